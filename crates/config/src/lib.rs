@@ -1,0 +1,56 @@
+//! ferrolb's configuration: one schema for the Kubernetes ConfigMap
+//! (`ferrolb-system/ferrolb-config`, key `config.yaml`) and the standalone
+//! file.
+//!
+//! [`Config::from_yaml`] is the only way in. It reports every problem at
+//! once, each with its path and a hint, and refuses unknown keys. A
+//! [`Config`] that comes out is valid and normalised: pool addresses are
+//! merged, sorted intervals, defaults are filled in, cross-references
+//! resolve.
+
+mod crossref;
+mod decode;
+pub mod duration;
+mod error;
+mod model;
+mod parse;
+pub mod selector;
+mod value;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use selector::LabelSelector;
+
+/// The ConfigMap key that holds the configuration in Kubernetes mode.
+pub const CONFIGMAP_KEY: &str = "config.yaml";
+
+/// Input larger than this is refused before parsing, so that a bad file
+/// cannot exhaust memory.
+pub const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
+
+impl Config {
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let fail = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message,
+            }])
+        };
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(fail(format!(
+                "the configuration is {} bytes; the limit is {MAX_CONFIG_BYTES}",
+                text.len()
+            )));
+        }
+        let root = value::parse_yaml(text).map_err(|e| fail(format!("not valid YAML: {e}")))?;
+        let mut ctx = decode::Ctx::default();
+        let draft = parse::config(&mut ctx, &root);
+        crossref::check(&mut ctx, &draft);
+        if ctx.errors.is_empty() {
+            Ok(draft.into_config())
+        } else {
+            Err(ConfigErrors(ctx.errors))
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The validated configuration. Every value here has passed validation;
+//! code that receives a [`Config`] never re-checks it.
+
+use crate::selector::LabelSelector;
+use ferrolb_ipset::{AddrSpec, Cidr, Family, IpSet};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole ferrolb configuration (Kubernetes ConfigMap or standalone file).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// Address pools, in file order.
+    pub pools: Vec<Pool>,
+    /// Layer 2 advertisements.
+    pub l2: Vec<L2Advertisement>,
+    /// BGP settings; `None` when the file has no `bgp` section.
+    pub bgp: Option<Bgp>,
+    /// Standalone mode: the hosts that take part in failover.
+    pub members: Vec<Member>,
+    /// Standalone mode: the services to expose.
+    pub services: Vec<Service>,
+}
+
+impl Config {
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// A named set of addresses services get their external IPs from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// Unique name.
+    pub name: String,
+    /// The entries as written (kept for display).
+    pub specs: Vec<AddrSpec>,
+    /// The addresses, merged into sorted intervals.
+    pub addresses: IpSet,
+    /// Whether services that name no pool may get addresses from it.
+    pub auto_assign: bool,
+    /// Whether IPv4 addresses ending in .0 or .255 are never handed out.
+    pub avoid_buggy_ips: bool,
+    /// Lower is preferred; pools without a priority come after all that have one.
+    pub priority: Option<u32>,
+    /// Namespaces allowed to use the pool; empty means all.
+    pub namespaces: Vec<String>,
+    /// Services whose labels must match; `None` means all.
+    pub service_selector: Option<LabelSelector>,
+}
+
+impl Pool {
+    /// The number of addresses the allocator may hand out for `family`
+    /// (buggy addresses excluded when `avoid_buggy_ips` is set).
+    pub fn usable(&self, family: Family) -> u128 {
+        let total = self.addresses.count(family);
+        if self.avoid_buggy_ips && family == Family::V4 {
+            let buggy: u128 = self
+                .addresses
+                .intervals(Family::V4)
+                .iter()
+                .map(|iv| ferrolb_ipset::buggy_count(iv.start(), iv.end()))
+                .sum();
+            total - buggy
+        } else {
+            total
+        }
+    }
+
+    /// The longest prefix among the CIDRs that cover the pool's `family`
+    /// addresses, i.e. the shortest aggregation length that never
+    /// announces addresses outside the pool.
+    pub fn longest_prefix(&self, family: Family) -> Option<u8> {
+        self.addresses
+            .intervals(family)
+            .iter()
+            .flat_map(|iv| iv.to_cidrs())
+            .map(|c| c.prefix())
+            .max()
+    }
+}
+
+/// Which pools are announced over layer 2 (ARP/NDP), from which nodes and interfaces.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct L2Advertisement {
+    /// Pools announced; empty means every pool.
+    pub pools: Vec<String>,
+    /// Interfaces to answer on; empty means every suitable interface.
+    pub interfaces: Vec<String>,
+    /// Nodes allowed to announce; `None` means all.
+    pub node_selector: Option<LabelSelector>,
+}
+
+/// BGP settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Bgp {
+    /// The router ID; derived from the node's addresses when absent.
+    pub router_id: Option<Ipv4Addr>,
+    /// Routers to peer with.
+    pub peers: Vec<Peer>,
+    /// What to announce to them.
+    pub advertisements: Vec<BgpAdvertisement>,
+}
+
+/// Where a peer's TCP-MD5 password comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PeerPassword {
+    /// Written in the config.
+    Inline(String),
+    /// Read from a file at start-up (a mounted Secret, for instance).
+    File(PathBuf),
+}
+
+impl fmt::Debug for PeerPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret, even in debug output.
+        match self {
+            PeerPassword::Inline(_) => f.write_str("Inline(<redacted>)"),
+            PeerPassword::File(p) => write!(f, "File({p:?})"),
+        }
+    }
+}
+
+/// A BGP neighbour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    /// Unique name, referenced by advertisements.
+    pub name: String,
+    /// The router's address.
+    pub address: IpAddr,
+    /// The router's AS number.
+    pub asn: u32,
+    /// Our AS number.
+    pub my_asn: u32,
+    /// The router's TCP port.
+    pub port: u16,
+    /// Proposed hold time (0 disables keepalives; otherwise at least 3 s).
+    pub hold_time: Duration,
+    /// Interval between KEEPALIVEs.
+    pub keepalive_time: Duration,
+    /// TCP-MD5 password, if any.
+    pub password: Option<PeerPassword>,
+    /// TTL for eBGP peers that are not directly connected.
+    pub ebgp_multihop: Option<u8>,
+    /// Local address to connect from.
+    pub source_address: Option<IpAddr>,
+    /// Graceful restart settings.
+    pub graceful_restart: GracefulRestart,
+    /// BFD settings; `None` means no BFD.
+    pub bfd: Option<Bfd>,
+    /// Nodes that peer with this router; `None` means all.
+    pub node_selector: Option<LabelSelector>,
+}
+
+impl Peer {
+    /// Whether the session is external (different AS).
+    pub fn is_ebgp(&self) -> bool {
+        self.asn != self.my_asn
+    }
+}
+
+/// Graceful restart (RFC 4724) settings of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GracefulRestart {
+    /// Whether the capability is advertised.
+    pub enabled: bool,
+    /// How long the router should keep our routes while we restart.
+    pub restart_time: Duration,
+}
+
+impl Default for GracefulRestart {
+    fn default() -> Self {
+        GracefulRestart {
+            enabled: true,
+            restart_time: Duration::from_secs(120),
+        }
+    }
+}
+
+/// BFD (RFC 5880) settings of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bfd {
+    /// Desired minimum receive interval.
+    pub receive_interval: Duration,
+    /// Desired minimum transmit interval.
+    pub transmit_interval: Duration,
+    /// Missed packets before the path is declared down.
+    pub detect_multiplier: u8,
+}
+
+impl Default for Bfd {
+    fn default() -> Self {
+        Bfd {
+            receive_interval: Duration::from_millis(300),
+            transmit_interval: Duration::from_millis(300),
+            detect_multiplier: 3,
+        }
+    }
+}
+
+/// A standard BGP community (RFC 1997), stored as its 32-bit value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Community(pub u32);
+
+impl fmt::Display for Community {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.0 >> 16, self.0 & 0xffff)
+    }
+}
+
+/// A large BGP community (RFC 8092).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LargeCommunity(pub u32, pub u32, pub u32);
+
+impl fmt::Display for LargeCommunity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.0, self.1, self.2)
+    }
+}
+
+/// What to announce over BGP, and to whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BgpAdvertisement {
+    /// Pools announced; empty means every pool.
+    pub pools: Vec<String>,
+    /// Prefix length of IPv4 announcements.
+    pub aggregation_length: u8,
+    /// Prefix length of IPv6 announcements.
+    pub aggregation_length_v6: u8,
+    /// LOCAL_PREF attribute (iBGP only).
+    pub local_pref: Option<u32>,
+    /// Standard communities attached.
+    pub communities: Vec<Community>,
+    /// Large communities attached.
+    pub large_communities: Vec<LargeCommunity>,
+    /// Peers to announce to; empty means all.
+    pub peers: Vec<String>,
+}
+
+/// A host taking part in standalone failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node name (the `--node` the host runs with).
+    pub name: String,
+    /// Where its failure detector listens.
+    pub address: SocketAddr,
+    /// Labels matched by node selectors.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The default UDP port of the membership protocol.
+pub const DEFAULT_MEMBER_PORT: u16 = 7946;
+
+/// A standalone service: a VIP and what to forward from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// A requested address.
+    pub ip: Option<IpAddr>,
+    /// The pool to allocate from.
+    pub pool: Option<String>,
+    /// Client networks allowed; empty means everyone.
+    pub source_ranges: Vec<Cidr>,
+    /// Forwarded ports; empty means the VIP is only announced.
+    pub ports: Vec<ServicePort>,
+}
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP (Kubernetes only; ferrolb announces but does not forward it).
+    Sctp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// How a port's backends are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest active connections (weighted).
+    LeastConnections,
+    /// Maglev consistent hashing on the client address.
+    Maglev,
+}
+
+/// PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// Text form.
+    V1,
+    /// Binary form.
+    V2,
+}
+
+/// One backend of a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share of new connections; 0 drains the backend.
+    pub weight: u32,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP GET of `path`, accepting a status in `[min_status, max_status]`.
+    Http {
+        /// Request path.
+        path: String,
+        /// Lowest accepted status.
+        min_status: u16,
+        /// Highest accepted status.
+        max_status: u16,
+    },
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The probe.
+    pub kind: CheckKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// How long a probe may take.
+    pub timeout: Duration,
+    /// Consecutive successes to mark a backend up.
+    pub rise: u32,
+    /// Consecutive failures to mark a backend down.
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        // Down within about a second of a backend dying (fall x interval + timeout).
+        HealthCheck {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_millis(300),
+            timeout: Duration::from_millis(250),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// A forwarded port of a standalone service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePort {
+    /// The port on the VIP.
+    pub port: u16,
+    /// Its protocol (TCP or UDP).
+    pub protocol: Protocol,
+    /// Where traffic goes.
+    pub backends: Vec<Backend>,
+    /// How backends are chosen.
+    pub algorithm: Algorithm,
+    /// PROXY protocol header sent to backends, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Active health checks; `None` disables them.
+    pub health_check: Option<HealthCheck>,
+}
