@@ -1,1 +1,105 @@
-//! placeholder
+//! Helpers shared by ferrolb's end-to-end suites.
+//!
+//! The skip policy lives here. A test that needs something the machine may
+//! lack (root, network namespaces, a router daemon) calls [`require`]; on a
+//! developer's machine without it the test prints a loud SKIPPED line and
+//! returns, but when [`NO_SKIP_ENV`] is set (CI sets it) the same test
+//! fails instead, so CI can never pass by skipping.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Set to `1` to turn every skip into a failure.
+pub const NO_SKIP_ENV: &str = "FERROLB_REQUIRE_ALL_TESTS";
+
+/// When set, every skip is also appended to this file, one line each, so
+/// the test runner can count and list them in its summary.
+pub const SKIP_LOG_ENV: &str = "FERROLB_SKIP_LOG";
+
+/// What a test needs from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Running as root (namespaces, raw sockets, routes).
+    Root,
+    /// A program on PATH (a router daemon, `ip`, `arping`...).
+    Program(&'static str),
+}
+
+/// Whether the machine offers `need`.
+pub fn available(need: Need) -> bool {
+    match need {
+        Need::Root => is_root(),
+        Need::Program(name) => find_program(name).is_some(),
+    }
+}
+
+fn is_root() -> bool {
+    // The effective uid is in /proc without libc; "Uid: real effective saved fs".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The full path of `name` on PATH, if it is there.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Returns true if the test may go on. Otherwise prints a loud skip (or,
+/// under [`NO_SKIP_ENV`], panics) and the test must return at once.
+#[must_use]
+pub fn require(test: &str, needs: &[Need]) -> bool {
+    let missing: Vec<String> = needs
+        .iter()
+        .filter(|n| !available(**n))
+        .map(|n| match n {
+            Need::Root => "root".to_string(),
+            Need::Program(p) => format!("program `{p}`"),
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{test}: needs {}", missing.join(", "));
+    if std::env::var(NO_SKIP_ENV).is_ok_and(|v| v == "1") {
+        panic!(
+            "{why}; {NO_SKIP_ENV}=1 forbids skipping (tests/run.sh installs what the suite needs)"
+        );
+    }
+    eprintln!("\n*** SKIPPED {why} ***\n");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{why}");
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_programs_on_path() {
+        assert!(find_program("sh").is_some(), "every test host has sh");
+        assert!(find_program("definitely-not-a-program-ferrolb").is_none());
+    }
+
+    #[test]
+    fn nothing_needed_never_skips() {
+        assert!(require("empty", &[]));
+    }
+}

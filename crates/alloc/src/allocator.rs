@@ -2,7 +2,7 @@
 //! allocated address who holds it; per service what it holds.
 
 use crate::free::FreeSet;
-use crate::{AllocError, Assignment, Port, Request, ServiceKey};
+use crate::{AllocError, Assignment, Request, ServiceKey};
 use ferrolb_config::Pool;
 use ferrolb_ipset::{is_buggy, to_u128, Family};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -42,15 +42,18 @@ pub struct RestoreReport {
 
 struct PoolState {
     pool: Pool,
+    /// The name as handed out in assignments, shared rather than copied.
+    name: std::sync::Arc<str>,
     free: [FreeSet; 2],
     used: [u128; 2],
 }
 
+/// Who holds an address. Sharing key, selector and ports are read from the
+/// holders' requests rather than copied here: memory per address stays small.
 struct IpUse {
     pool: usize,
-    sharing_key: Option<String>,
-    backend_key: Option<String>,
-    holders: BTreeMap<ServiceKey, Vec<Port>>,
+    /// Sorted; usually one holder, and a Vec avoids a B-tree node per address.
+    holders: Vec<ServiceKey>,
 }
 
 struct Held {
@@ -73,7 +76,8 @@ pub struct Allocator {
     pools: Vec<PoolState>,
     index: HashMap<String, usize>,
     ips: BTreeMap<IpAddr, IpUse>,
-    services: BTreeMap<ServiceKey, Held>,
+    /// Boxed so B-tree nodes stay small: a request is ~230 bytes and nodes hold eleven slots.
+    services: BTreeMap<ServiceKey, Box<Held>>,
     /// Sharing key -> addresses currently held under it.
     shared: HashMap<String, BTreeSet<IpAddr>>,
 }
@@ -83,17 +87,27 @@ impl Allocator {
     pub fn new(pools: &[Pool]) -> Allocator {
         let mut sorted: Vec<&Pool> = pools.iter().collect();
         sorted.sort_by(|a, b| {
-            (a.priority.is_none(), a.priority, &a.name).cmp(&(b.priority.is_none(), b.priority, &b.name))
+            (a.priority.is_none(), a.priority, &a.name).cmp(&(
+                b.priority.is_none(),
+                b.priority,
+                &b.name,
+            ))
         });
         let pools: Vec<PoolState> = sorted
             .into_iter()
             .map(|p| PoolState {
-                free: Family::ALL.map(|f| FreeSet::new(f, p.addresses.intervals(f), p.avoid_buggy_ips)),
+                free: Family::ALL
+                    .map(|f| FreeSet::new(f, p.addresses.intervals(f), p.avoid_buggy_ips)),
                 used: [0, 0],
+                name: p.name.as_str().into(),
                 pool: p.clone(),
             })
             .collect();
-        let index = pools.iter().enumerate().map(|(i, p)| (p.pool.name.clone(), i)).collect();
+        let index = pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.pool.name.clone(), i))
+            .collect();
         Allocator {
             pools,
             index,
@@ -115,7 +129,10 @@ impl Allocator {
 
     /// The services holding `ip`.
     pub fn holders(&self, ip: IpAddr) -> Vec<&ServiceKey> {
-        self.ips.get(&ip).map(|u| u.holders.keys().collect()).unwrap_or_default()
+        self.ips
+            .get(&ip)
+            .map(|u| u.holders.iter().collect())
+            .unwrap_or_default()
     }
 
     /// Exact counters for every pool, in preference order.
@@ -126,7 +143,11 @@ impl Allocator {
                 let fam = |f: Family| {
                     let total = p.pool.usable(f);
                     let used = p.used[fi(f)];
-                    FamilyStats { total, used, free: total - used }
+                    FamilyStats {
+                        total,
+                        used,
+                        free: total - used,
+                    }
                 };
                 PoolStats {
                     name: p.pool.name.clone(),
@@ -144,14 +165,26 @@ impl Allocator {
     /// addresses are honoured exactly. On failure nothing changes: a service
     /// keeps what it held before.
     pub fn allocate(&mut self, req: &Request) -> Result<Assignment, AllocError> {
-        let previous = self.services.get(&req.key).map(|h| (h.request.clone(), h.assignment.clone()));
+        // Reconcile loops ask again and again; an unchanged request keeps what it has.
+        if let Some(held) = self.services.get(&req.key) {
+            if held.request == *req {
+                return Ok(held.assignment.clone());
+            }
+        }
+        let previous = self
+            .services
+            .get(&req.key)
+            .map(|h| (h.request.clone(), h.assignment.clone()));
         self.release(&req.key);
         let result = self.allocate_fresh(req, previous.as_ref().map(|(_, a)| a));
         if result.is_err() {
             if let Some((old_req, old)) = previous {
                 // Nothing else changed since the release, so the old addresses are still claimable.
                 let restored = self.claim(&old_req, &old.ips);
-                debug_assert!(restored.is_ok(), "re-claiming released addresses cannot fail");
+                debug_assert!(
+                    restored.is_ok(),
+                    "re-claiming released addresses cannot fail"
+                );
             }
         }
         result
@@ -170,9 +203,10 @@ impl Allocator {
             if self.check_claim(req, &prev.ips).is_ok() {
                 let mut ips = prev.ips.clone();
                 // PreferDualStack may gain its second family from the same pool; nothing moves.
-                let pool = self.index[&prev.pool];
+                let pool = self.index[&*prev.pool];
                 for family in &wanted {
-                    if ips.len() < wanted.len() && !ips.iter().any(|ip| Family::of(*ip) == *family) {
+                    if ips.len() < wanted.len() && !ips.iter().any(|ip| Family::of(*ip) == *family)
+                    {
                         if let Some(ip) = self.pick(pool, *family, req) {
                             ips.push(ip);
                         }
@@ -189,8 +223,14 @@ impl Allocator {
         let candidates = self.candidates(req)?;
         let (wanted, required) = req.wanted_families();
         for family in &wanted[..required] {
-            if !candidates.iter().any(|&p| self.pools[p].pool.addresses.has_family(*family)) {
-                return Err(AllocError::FamilyUnavailable { service: req.key.clone(), family: *family });
+            if !candidates
+                .iter()
+                .any(|&p| self.pools[p].pool.addresses.has_family(*family))
+            {
+                return Err(AllocError::FamilyUnavailable {
+                    service: req.key.clone(),
+                    family: *family,
+                });
             }
         }
         // First choice: every wanted family from the best pool that has them all.
@@ -217,8 +257,15 @@ impl Allocator {
             .filter(|&&p| self.pools[p].pool.addresses.has_family(family))
             .map(|&p| self.pools[p].pool.name.as_str())
             .collect();
-        let family = if pools.is_empty() && wanted.len() > 1 { wanted[1] } else { family };
-        Err(AllocError::Exhausted { family, pools: pools.join(", ") })
+        let family = if pools.is_empty() && wanted.len() > 1 {
+            wanted[1]
+        } else {
+            family
+        };
+        Err(AllocError::Exhausted {
+            family,
+            pools: pools.join(", "),
+        })
     }
 
     /// Pools this service may auto-allocate from, in preference order.
@@ -228,11 +275,12 @@ impl Allocator {
                 .index
                 .get(name)
                 .ok_or_else(|| AllocError::UnknownPool { pool: name.clone() })?;
-            self.allowed(p, req).map_err(|reason| AllocError::PoolNotAllowed {
-                pool: name.clone(),
-                service: req.key.clone(),
-                reason,
-            })?;
+            self.allowed(p, req)
+                .map_err(|reason| AllocError::PoolNotAllowed {
+                    pool: name.clone(),
+                    service: req.key.clone(),
+                    reason,
+                })?;
             return Ok(vec![p]);
         }
         let mut reasons = Vec::new();
@@ -247,8 +295,15 @@ impl Allocator {
             }
         }
         if out.is_empty() {
-            let reason = if reasons.is_empty() { "no pool is configured".to_string() } else { reasons.join("; ") };
-            return Err(AllocError::NoPool { service: req.key.clone(), reason });
+            let reason = if reasons.is_empty() {
+                "no pool is configured".to_string()
+            } else {
+                reasons.join("; ")
+            };
+            return Err(AllocError::NoPool {
+                service: req.key.clone(),
+                reason,
+            });
         }
         Ok(out)
     }
@@ -256,7 +311,8 @@ impl Allocator {
     /// Whether pool `p`'s namespace and selector restrictions admit the service.
     fn allowed(&self, p: usize, req: &Request) -> Result<(), String> {
         let pool = &self.pools[p].pool;
-        if !pool.namespaces.is_empty() && !pool.namespaces.contains(&req.key.namespace) {
+        if !pool.namespaces.is_empty() && !pool.namespaces.iter().any(|n| **n == *req.key.namespace)
+        {
             return Err(format!(
                 "namespace {:?} is not among its namespaces ({})",
                 req.key.namespace,
@@ -265,7 +321,9 @@ impl Allocator {
         }
         if let Some(sel) = &pool.service_selector {
             if !sel.matches(&req.labels) {
-                return Err(format!("the service's labels do not match its serviceSelector ({sel})"));
+                return Err(format!(
+                    "the service's labels do not match its serviceSelector ({sel})"
+                ));
             }
         }
         Ok(())
@@ -278,31 +336,45 @@ impl Allocator {
         if let Some(key) = &req.sharing_key {
             if let Some(ips) = self.shared.get(key) {
                 let found = ips.iter().copied().find(|ip| {
-                    Family::of(*ip) == family && self.ips[ip].pool == p && self.check_share(*ip, req).is_ok()
+                    Family::of(*ip) == family
+                        && self.ips[ip].pool == p
+                        && self.check_share(*ip, req).is_ok()
                 });
                 if found.is_some() {
                     return found;
                 }
             }
         }
-        self.pools[p].free[fi(family)].first().map(|v| family.addr(v))
+        self.pools[p].free[fi(family)]
+            .first()
+            .map(|v| family.addr(v))
     }
 
     /// Whether `req` may hold `ip` alongside its current holders.
     fn check_share(&self, ip: IpAddr, req: &Request) -> Result<(), AllocError> {
-        let Some(usage) = self.ips.get(&ip) else { return Ok(()) };
-        let mut others = usage.holders.iter().filter(|(k, _)| **k != req.key).peekable();
-        let Some((holder, _)) = others.peek() else { return Ok(()) };
-        let holder = (*holder).clone();
-        if usage.sharing_key.is_none() || usage.sharing_key != req.sharing_key {
-            return Err(AllocError::InUse { ip, holder });
-        }
-        if usage.backend_key != req.backend_key {
-            return Err(AllocError::BackendMismatch { ip, holder });
-        }
-        for (holder, ports) in others {
-            if let Some(port) = req.ports.iter().find(|p| ports.contains(p)) {
-                return Err(AllocError::PortCollision { ip, holder: holder.clone(), port: *port });
+        let Some(usage) = self.ips.get(&ip) else {
+            return Ok(());
+        };
+        for holder in usage.holders.iter().filter(|k| **k != req.key) {
+            let other = &self.services[holder].request;
+            if other.sharing_key.is_none() || other.sharing_key != req.sharing_key {
+                return Err(AllocError::InUse {
+                    ip,
+                    holder: holder.clone(),
+                });
+            }
+            if other.backend_key != req.backend_key {
+                return Err(AllocError::BackendMismatch {
+                    ip,
+                    holder: holder.clone(),
+                });
+            }
+            if let Some(port) = req.ports.iter().find(|p| other.ports.contains(p)) {
+                return Err(AllocError::PortCollision {
+                    ip,
+                    holder: holder.clone(),
+                    port: *port,
+                });
             }
         }
         Ok(())
@@ -315,12 +387,22 @@ impl Allocator {
         for (n, ip) in ips.iter().enumerate() {
             let family = Family::of(*ip);
             if ips[..n].iter().any(|o| Family::of(*o) == family) {
-                return Err(AllocError::BadRequest(format!("more than one {family} address ({}, {ip})", ips[..n].iter().find(|o| Family::of(**o) == family).expect("found above"))));
+                return Err(AllocError::BadRequest(format!(
+                    "more than one {family} address ({}, {ip})",
+                    ips[..n]
+                        .iter()
+                        .find(|o| Family::of(**o) == family)
+                        .expect("found above")
+                )));
             }
             if !wanted.contains(&family) {
                 return Err(AllocError::BadRequest(format!(
                     "{ip} is {family}, but the service's ipFamilies/ipFamilyPolicy allow only {}",
-                    wanted.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" and ")
+                    wanted
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
                 )));
             }
             let p = self
@@ -330,7 +412,10 @@ impl Allocator {
                 .ok_or(AllocError::OutsidePools { ip: *ip })?;
             let state = &self.pools[p];
             if state.pool.avoid_buggy_ips && is_buggy(*ip) {
-                return Err(AllocError::BuggyIp { ip: *ip, pool: state.pool.name.clone() });
+                return Err(AllocError::BuggyIp {
+                    ip: *ip,
+                    pool: state.pool.name.clone(),
+                });
             }
             match pool {
                 Some(q) if q != p => {
@@ -360,11 +445,12 @@ impl Allocator {
                 )));
             }
         }
-        self.allowed(p, req).map_err(|reason| AllocError::PoolNotAllowed {
-            pool: self.pools[p].pool.name.clone(),
-            service: req.key.clone(),
-            reason,
-        })?;
+        self.allowed(p, req)
+            .map_err(|reason| AllocError::PoolNotAllowed {
+                pool: self.pools[p].pool.name.clone(),
+                service: req.key.clone(),
+                reason,
+            })?;
         Ok(p)
     }
 
@@ -375,9 +461,7 @@ impl Allocator {
         for ip in ips {
             let usage = self.ips.entry(*ip).or_insert_with(|| IpUse {
                 pool: p,
-                sharing_key: req.sharing_key.clone(),
-                backend_key: req.backend_key.clone(),
-                holders: BTreeMap::new(),
+                holders: Vec::new(),
             });
             if usage.holders.is_empty() {
                 let family = Family::of(*ip);
@@ -386,15 +470,23 @@ impl Allocator {
                 debug_assert!(taken, "an unheld pool address is in the free set");
                 state.used[fi(family)] += 1;
             }
-            usage.holders.insert(req.key.clone(), req.ports.clone());
+            if let Err(at) = usage.holders.binary_search(&req.key) {
+                usage.holders.insert(at, req.key.clone());
+            }
             if let Some(key) = &req.sharing_key {
                 self.shared.entry(key.clone()).or_default().insert(*ip);
             }
         }
-        let assignment = Assignment { pool: self.pools[p].pool.name.clone(), ips: ips.to_vec() };
+        let assignment = Assignment {
+            pool: self.pools[p].name.clone(),
+            ips: ips.to_vec(),
+        };
         self.services.insert(
             req.key.clone(),
-            Held { request: req.clone(), assignment: assignment.clone() },
+            Box::new(Held {
+                request: req.clone(),
+                assignment: assignment.clone(),
+            }),
         );
         Ok(assignment)
     }
@@ -403,15 +495,17 @@ impl Allocator {
     pub fn release(&mut self, key: &ServiceKey) -> Option<Assignment> {
         let held = self.services.remove(key)?;
         for ip in &held.assignment.ips {
-            let Some(usage) = self.ips.get_mut(ip) else { continue };
-            usage.holders.remove(key);
+            let Some(usage) = self.ips.get_mut(ip) else {
+                continue;
+            };
+            usage.holders.retain(|k| k != key);
             if usage.holders.is_empty() {
                 let usage = self.ips.remove(ip).expect("present above");
                 let family = Family::of(*ip);
                 let state = &mut self.pools[usage.pool];
                 state.free[fi(family)].put(to_u128(*ip));
                 state.used[fi(family)] -= 1;
-                if let Some(k) = &usage.sharing_key {
+                if let Some(k) = &held.request.sharing_key {
                     if let Some(set) = self.shared.get_mut(k) {
                         set.remove(ip);
                         if set.is_empty() {

@@ -17,13 +17,17 @@ pub enum AllocError {
         pools: String,
     },
     /// The requested address is in no pool.
-    #[error("{ip} is outside every pool; request an address from a pool or add a pool containing it")]
+    #[error(
+        "{ip} is outside every pool; request an address from a pool or add a pool containing it"
+    )]
     OutsidePools {
         /// The address asked for.
         ip: IpAddr,
     },
     /// The requested address ends in .0/.255 and its pool avoids those.
-    #[error("{ip} ends in .0 or .255 and pool {pool:?} has avoidBuggyIPs set; request another address")]
+    #[error(
+        "{ip} ends in .0 or .255 and pool {pool:?} has avoidBuggyIPs set; request another address"
+    )]
     BuggyIp {
         /// The address asked for.
         ip: IpAddr,

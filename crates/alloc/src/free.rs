@@ -111,7 +111,10 @@ mod tests {
     use super::*;
 
     fn set(ivs: &[(u128, u128)], buggy: bool) -> FreeSet {
-        let ivs: Vec<_> = ivs.iter().map(|&(s, e)| IpInterval::new(Family::V4, s, e)).collect();
+        let ivs: Vec<_> = ivs
+            .iter()
+            .map(|&(s, e)| IpInterval::new(Family::V4, s, e))
+            .collect();
         FreeSet::new(Family::V4, &ivs, buggy)
     }
 

@@ -5,20 +5,22 @@ use ferrolb_ipset::Family;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Identifies a service: `namespace/name` (standalone services use the
-/// namespace `standalone`).
+/// namespace `standalone`). Cloning is cheap (shared strings): the
+/// allocator keeps a key per service and per held address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     /// The namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// The name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
     /// Builds a key.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ServiceKey {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> ServiceKey {
         ServiceKey {
             namespace: namespace.into(),
             name: name.into(),
@@ -118,10 +120,18 @@ impl Request {
             FamilyPolicy::SingleStack => (vec![fams[0]], 1),
             FamilyPolicy::PreferDualStack | FamilyPolicy::RequireDualStack => {
                 if fams.len() == 1 {
-                    let other = if fams[0] == Family::V4 { Family::V6 } else { Family::V4 };
+                    let other = if fams[0] == Family::V4 {
+                        Family::V6
+                    } else {
+                        Family::V4
+                    };
                     fams.push(other);
                 }
-                let required = if self.policy == FamilyPolicy::RequireDualStack { 2 } else { 1 };
+                let required = if self.policy == FamilyPolicy::RequireDualStack {
+                    2
+                } else {
+                    1
+                };
                 (fams, required)
             }
         }
@@ -131,8 +141,8 @@ impl Request {
 /// The addresses a service holds and the pool they come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
-    /// The pool.
-    pub pool: String,
+    /// The pool (shared with the allocator's copy of the name).
+    pub pool: Arc<str>,
     /// One address per family, primary family first.
     pub ips: Vec<IpAddr>,
 }

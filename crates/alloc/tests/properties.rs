@@ -20,7 +20,7 @@ fn pools() -> Vec<Pool> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Allocate(Request),
+    Allocate(Box<Request>),
     Release(usize),
 }
 
@@ -36,50 +36,76 @@ fn request() -> impl Strategy<Value = Request> {
         prop::option::of(prop::sample::select(vec!["a", "b", "c", "zz"])),
         prop::option::of(0u8..12),
     )
-        .prop_map(|(svc, created, ns, key, ports, backend, fam, pool, req_ip)| {
-            let mut r = Request::new(ServiceKey::new(format!("ns{ns}"), format!("s{svc}")));
-            r.created = created;
-            r.sharing_key = key.map(|k| format!("k{k}"));
-            r.ports = ports
-                .into_iter()
-                .map(|(t, port)| Port { protocol: if t { Protocol::Tcp } else { Protocol::Udp }, port })
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            r.backend_key = backend.map(|b| format!("sel{b}"));
-            (r.families, r.policy) = match fam {
-                0 => (vec![], FamilyPolicy::SingleStack),
-                1 => (vec![Family::V6], FamilyPolicy::SingleStack),
-                2 => (vec![Family::V4, Family::V6], FamilyPolicy::PreferDualStack),
-                _ => (vec![Family::V6, Family::V4], FamilyPolicy::RequireDualStack),
-            };
-            r.requested_pool = pool.map(str::to_string);
-            if let Some(n) = req_ip {
-                // Requested addresses from inside, at the edge of and outside the pools.
-                let choices = ["10.0.0.254", "10.0.1.0", "10.0.1.1", "10.0.2.3", "10.0.3.1", "10.0.4.1", "fd00::2", "fd00:1::1", "192.0.2.1", "10.0.2.1", "fd00::", "10.0.0.255"];
-                r.requested_ips = vec![choices[n as usize].parse().unwrap()];
-            }
-            r
-        })
+        .prop_map(
+            |(svc, created, ns, key, ports, backend, fam, pool, req_ip)| {
+                let mut r = Request::new(ServiceKey::new(format!("ns{ns}"), format!("s{svc}")));
+                r.created = created;
+                r.sharing_key = key.map(|k| format!("k{k}"));
+                r.ports = ports
+                    .into_iter()
+                    .map(|(t, port)| Port {
+                        protocol: if t { Protocol::Tcp } else { Protocol::Udp },
+                        port,
+                    })
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                r.backend_key = backend.map(|b| format!("sel{b}"));
+                (r.families, r.policy) = match fam {
+                    0 => (vec![], FamilyPolicy::SingleStack),
+                    1 => (vec![Family::V6], FamilyPolicy::SingleStack),
+                    2 => (vec![Family::V4, Family::V6], FamilyPolicy::PreferDualStack),
+                    _ => (vec![Family::V6, Family::V4], FamilyPolicy::RequireDualStack),
+                };
+                r.requested_pool = pool.map(str::to_string);
+                if let Some(n) = req_ip {
+                    // Requested addresses from inside, at the edge of and outside the pools.
+                    let choices = [
+                        "10.0.0.254",
+                        "10.0.1.0",
+                        "10.0.1.1",
+                        "10.0.2.3",
+                        "10.0.3.1",
+                        "10.0.4.1",
+                        "fd00::2",
+                        "fd00:1::1",
+                        "192.0.2.1",
+                        "10.0.2.1",
+                        "fd00::",
+                        "10.0.0.255",
+                    ];
+                    r.requested_ips = vec![choices[n as usize].parse().unwrap()];
+                }
+                r
+            },
+        )
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
-        prop_oneof![4 => request().prop_map(Op::Allocate), 1 => (0usize..8).prop_map(Op::Release)],
+        prop_oneof![4 => request().prop_map(|r| Op::Allocate(Box::new(r))), 1 => (0usize..8).prop_map(Op::Release)],
         1..60,
     )
 }
 
 /// Everything that must hold at any moment, recomputed by brute force.
-fn check(a: &Allocator, pools: &[Pool], requests: &BTreeMap<ServiceKey, Request>) -> Result<(), TestCaseError> {
+fn check(
+    a: &Allocator,
+    pools: &[Pool],
+    requests: &BTreeMap<ServiceKey, Request>,
+) -> Result<(), TestCaseError> {
     let mut by_ip: BTreeMap<IpAddr, Vec<&ServiceKey>> = BTreeMap::new();
     for (key, asg) in a.assignments() {
-        let pool = pools.iter().find(|p| p.name == asg.pool).unwrap();
+        let pool = pools.iter().find(|p| *p.name == *asg.pool).unwrap();
         let fams: BTreeSet<Family> = asg.ips.iter().map(|ip| Family::of(*ip)).collect();
         prop_assert_eq!(fams.len(), asg.ips.len(), "one address per family");
         for ip in &asg.ips {
             prop_assert!(pool.addresses.contains(*ip), "{} outside its pool", ip);
-            prop_assert!(!(pool.avoid_buggy_ips && ferrolb_ipset::is_buggy(*ip)), "buggy {} handed out", ip);
+            prop_assert!(
+                !(pool.avoid_buggy_ips && ferrolb_ipset::is_buggy(*ip)),
+                "buggy {} handed out",
+                ip
+            );
             by_ip.entry(*ip).or_default().push(key);
         }
     }
@@ -88,9 +114,21 @@ fn check(a: &Allocator, pools: &[Pool], requests: &BTreeMap<ServiceKey, Request>
         for (i, x) in holders.iter().enumerate() {
             for y in &holders[i + 1..] {
                 let (rx, ry) = (&requests[*x], &requests[*y]);
-                prop_assert!(rx.sharing_key.is_some() && rx.sharing_key == ry.sharing_key, "{} shared by {} and {} without a common key", ip, x, y);
+                prop_assert!(
+                    rx.sharing_key.is_some() && rx.sharing_key == ry.sharing_key,
+                    "{} shared by {} and {} without a common key",
+                    ip,
+                    x,
+                    y
+                );
                 prop_assert_eq!(&rx.backend_key, &ry.backend_key);
-                prop_assert!(rx.ports.iter().all(|p| !ry.ports.contains(p)), "{} port collision between {} and {}", ip, x, y);
+                prop_assert!(
+                    rx.ports.iter().all(|p| !ry.ports.contains(p)),
+                    "{} port collision between {} and {}",
+                    ip,
+                    x,
+                    y
+                );
             }
         }
     }
@@ -105,8 +143,21 @@ fn check(a: &Allocator, pools: &[Pool], requests: &BTreeMap<ServiceKey, Request>
                 .flat_map(|iv| iv.start()..=iv.end())
                 .filter(|v| !(pool.avoid_buggy_ips && ferrolb_ipset::is_buggy(family.addr(*v))))
                 .count() as u128;
-            let used = by_ip.keys().filter(|ip| Family::of(**ip) == family && pool.addresses.contains(**ip)).count() as u128;
-            prop_assert_eq!(st, FamilyStats { total, used, free: total - used }, "pool {} {}", s.name, family);
+            let used = by_ip
+                .keys()
+                .filter(|ip| Family::of(**ip) == family && pool.addresses.contains(**ip))
+                .count() as u128;
+            prop_assert_eq!(
+                st,
+                FamilyStats {
+                    total,
+                    used,
+                    free: total - used
+                },
+                "pool {} {}",
+                s.name,
+                family
+            );
         }
     }
     Ok(())
@@ -130,7 +181,7 @@ proptest! {
                             if !r.requested_ips.is_empty() {
                                 prop_assert_eq!(&asg.ips, &r.requested_ips);
                             }
-                            requests.insert(r.key.clone(), r);
+                            requests.insert(r.key.clone(), *r);
                         }
                         // A failure changes nothing for the service.
                         Err(_) => prop_assert_eq!(a.assignment(&r.key).cloned(), before),
@@ -175,7 +226,7 @@ proptest! {
         for op in ops {
             if let Op::Allocate(r) = op {
                 if a.allocate(&r).is_ok() {
-                    requests.insert(r.key.clone(), r);
+                    requests.insert(r.key.clone(), *r);
                 }
             }
         }

@@ -6,7 +6,9 @@ use ferrolb_ipset::Family;
 use std::net::IpAddr;
 
 fn pools(yaml: &str) -> Vec<Pool> {
-    Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}")).pools
+    Config::from_yaml(yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .pools
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -18,24 +20,50 @@ fn req(ns: &str, name: &str) -> Request {
 }
 
 fn tcp(port: u16) -> Port {
-    Port { protocol: Protocol::Tcp, port }
+    Port {
+        protocol: Protocol::Tcp,
+        port,
+    }
 }
 
 fn udp(port: u16) -> Port {
-    Port { protocol: Protocol::Udp, port }
+    Port {
+        protocol: Protocol::Udp,
+        port,
+    }
 }
 
 #[test]
 fn lowest_free_address_first_and_idempotent() {
-    let mut a = Allocator::new(&pools("pools: [{name: p, addresses: [192.0.2.10-192.0.2.12]}]"));
+    let mut a = Allocator::new(&pools(
+        "pools: [{name: p, addresses: [192.0.2.10-192.0.2.12]}]",
+    ));
     let x = a.allocate(&req("ns", "a")).unwrap();
-    assert_eq!(x, Assignment { pool: "p".into(), ips: vec![ip("192.0.2.10")] });
-    assert_eq!(a.allocate(&req("ns", "a")).unwrap(), x, "allocating again keeps the address");
+    assert_eq!(
+        x,
+        Assignment {
+            pool: "p".into(),
+            ips: vec![ip("192.0.2.10")]
+        }
+    );
+    assert_eq!(
+        a.allocate(&req("ns", "a")).unwrap(),
+        x,
+        "allocating again keeps the address"
+    );
     assert_eq!(a.allocate(&req("ns", "b")).unwrap().ips, [ip("192.0.2.11")]);
     assert_eq!(a.allocate(&req("ns", "c")).unwrap().ips, [ip("192.0.2.12")]);
     let err = a.allocate(&req("ns", "d")).unwrap_err();
-    assert_eq!(err, AllocError::Exhausted { family: Family::V4, pools: "p".into() });
-    assert!(err.to_string().contains("no free IPv4 address in pool(s) p"));
+    assert_eq!(
+        err,
+        AllocError::Exhausted {
+            family: Family::V4,
+            pools: "p".into()
+        }
+    );
+    assert!(err
+        .to_string()
+        .contains("no free IPv4 address in pool(s) p"));
     a.release(&ServiceKey::new("ns", "b"));
     assert_eq!(a.allocate(&req("ns", "d")).unwrap().ips, [ip("192.0.2.11")]);
 }
@@ -49,21 +77,37 @@ fn priority_then_name_orders_pools() {
            - {name: a-high, addresses: [10.0.1.0/32], priority: 5}
            - {name: a-none, addresses: [10.0.4.0/32]}",
     ));
-    let order: Vec<String> = (0..4).map(|i| a.allocate(&req("ns", &format!("s{i}"))).unwrap().pool).collect();
+    let order: Vec<String> = (0..4)
+        .map(|i| {
+            a.allocate(&req("ns", &format!("s{i}")))
+                .unwrap()
+                .pool
+                .to_string()
+        })
+        .collect();
     assert_eq!(order, ["a-high", "b-low", "a-none", "zz-none"]);
 }
 
 #[test]
 fn auto_assign_off_only_by_request() {
-    let mut a = Allocator::new(&pools("pools: [{name: manual, addresses: [10.0.0.0/30], autoAssign: false}]"));
+    let mut a = Allocator::new(&pools(
+        "pools: [{name: manual, addresses: [10.0.0.0/30], autoAssign: false}]",
+    ));
     let err = a.allocate(&req("ns", "a")).unwrap_err();
-    assert!(matches!(&err, AllocError::NoPool { reason, .. } if reason.contains("autoAssign off")), "{err}");
+    assert!(
+        matches!(&err, AllocError::NoPool { reason, .. } if reason.contains("autoAssign off")),
+        "{err}"
+    );
     let mut r = req("ns", "a");
     r.requested_pool = Some("manual".into());
     assert_eq!(a.allocate(&r).unwrap().ips, [ip("10.0.0.0")]);
     let mut r = req("ns", "b");
     r.requested_ips = vec![ip("10.0.0.3")];
-    assert_eq!(a.allocate(&r).unwrap().ips, [ip("10.0.0.3")], "a requested IP may come from a manual pool");
+    assert_eq!(
+        a.allocate(&r).unwrap().ips,
+        [ip("10.0.0.3")],
+        "a requested IP may come from a manual pool"
+    );
 }
 
 #[test]
@@ -73,19 +117,33 @@ fn namespaces_and_selectors() {
            - {name: team, addresses: [10.0.1.0/30], namespaces: [team-a], priority: 1}
            - {name: front, addresses: [10.0.2.0/30], serviceSelector: {matchLabels: {tier: front}}, priority: 2}",
     ));
-    assert_eq!(a.allocate(&req("team-a", "x")).unwrap().pool, "team");
+    assert_eq!(a.allocate(&req("team-a", "x")).unwrap().pool, "team".into());
     let mut r = req("other", "y");
     r.labels.insert("tier".into(), "front".into());
-    assert_eq!(a.allocate(&r).unwrap().pool, "front");
+    assert_eq!(a.allocate(&r).unwrap().pool, "front".into());
     let err = a.allocate(&req("other", "z")).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("namespace \"other\" is not among its namespaces (team-a)"), "{text}");
-    assert!(text.contains("do not match its serviceSelector (tier=front)"), "{text}");
+    assert!(
+        text.contains("namespace \"other\" is not among its namespaces (team-a)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("do not match its serviceSelector (tier=front)"),
+        "{text}"
+    );
     let mut r = req("other", "z");
     r.requested_pool = Some("team".into());
-    assert!(matches!(a.allocate(&r), Err(AllocError::PoolNotAllowed { .. })));
+    assert!(matches!(
+        a.allocate(&r),
+        Err(AllocError::PoolNotAllowed { .. })
+    ));
     r.requested_pool = Some("nope".into());
-    assert_eq!(a.allocate(&r), Err(AllocError::UnknownPool { pool: "nope".into() }));
+    assert_eq!(
+        a.allocate(&r),
+        Err(AllocError::UnknownPool {
+            pool: "nope".into()
+        })
+    );
 }
 
 #[test]
@@ -100,34 +158,59 @@ fn requested_ip_rules() {
     r2.requested_ips = vec![ip("10.0.0.7")];
     assert_eq!(
         a.allocate(&r2),
-        Err(AllocError::InUse { ip: ip("10.0.0.7"), holder: ServiceKey::new("ns", "a") })
+        Err(AllocError::InUse {
+            ip: ip("10.0.0.7"),
+            holder: ServiceKey::new("ns", "a")
+        })
     );
     r2.requested_ips = vec![ip("10.0.0.255")];
     assert!(matches!(a.allocate(&r2), Err(AllocError::BuggyIp { .. })));
     r2.requested_ips = vec![ip("192.0.2.1")];
-    assert_eq!(a.allocate(&r2), Err(AllocError::OutsidePools { ip: ip("192.0.2.1") }));
+    assert_eq!(
+        a.allocate(&r2),
+        Err(AllocError::OutsidePools {
+            ip: ip("192.0.2.1")
+        })
+    );
     r2.requested_ips = vec![ip("2001:db8::5")];
-    assert!(matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("allow only IPv4")));
+    assert!(
+        matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("allow only IPv4"))
+    );
     r2.requested_ips = vec![ip("10.0.0.8"), ip("10.0.0.9")];
-    assert!(matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("more than one IPv4")));
+    assert!(
+        matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("more than one IPv4"))
+    );
     r2.policy = FamilyPolicy::RequireDualStack;
     r2.requested_ips = vec![ip("10.0.0.8"), ip("2001:db8::5")];
-    assert!(matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("different pools")));
+    assert!(
+        matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("different pools"))
+    );
     r2.requested_ips = vec![ip("10.0.0.8")];
-    assert!(matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("RequireDualStack")));
+    assert!(
+        matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("RequireDualStack"))
+    );
     r2.policy = FamilyPolicy::SingleStack;
     r2.requested_ips = vec![ip("10.0.0.8")];
     r2.requested_pool = Some("q".into());
-    assert!(matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("not in the requested pool")));
+    assert!(
+        matches!(a.allocate(&r2), Err(AllocError::BadRequest(m)) if m.contains("not in the requested pool"))
+    );
 }
 
 #[test]
 fn buggy_addresses_are_skipped_and_not_counted() {
-    let mut a = Allocator::new(&pools("pools: [{name: p, addresses: [10.0.0.254-10.0.1.2], avoidBuggyIPs: true}]"));
+    let mut a = Allocator::new(&pools(
+        "pools: [{name: p, addresses: [10.0.0.254-10.0.1.2], avoidBuggyIPs: true}]",
+    ));
     assert_eq!(a.stats()[0].v4.total, 3, ".254, .1, .2 of 5 addresses");
-    let got: Vec<IpAddr> = (0..3).map(|i| a.allocate(&req("ns", &i.to_string())).unwrap().ips[0]).collect();
+    let got: Vec<IpAddr> = (0..3)
+        .map(|i| a.allocate(&req("ns", &i.to_string())).unwrap().ips[0])
+        .collect();
     assert_eq!(got, [ip("10.0.0.254"), ip("10.0.1.1"), ip("10.0.1.2")]);
-    assert!(matches!(a.allocate(&req("ns", "x")), Err(AllocError::Exhausted { .. })));
+    assert!(matches!(
+        a.allocate(&req("ns", "x")),
+        Err(AllocError::Exhausted { .. })
+    ));
     assert_eq!(a.stats()[0].v4.free, 0);
 }
 
@@ -141,7 +224,11 @@ fn sharing_by_key_and_ports() {
     let mut dns_udp = req("ns", "dns-udp");
     dns_udp.sharing_key = Some("dns".into());
     dns_udp.ports = vec![udp(53)];
-    assert_eq!(a.allocate(&dns_udp).unwrap(), first, "TCP 53 and UDP 53 do not collide: same IP");
+    assert_eq!(
+        a.allocate(&dns_udp).unwrap(),
+        first,
+        "TCP 53 and UDP 53 do not collide: same IP"
+    );
     assert_eq!(a.holders(first.ips[0]).len(), 2);
     assert_eq!(a.stats()[0].v4.used, 1, "a shared address counts once");
 
@@ -151,16 +238,27 @@ fn sharing_by_key_and_ports() {
     clash.requested_ips = first.ips.clone();
     assert_eq!(
         a.allocate(&clash),
-        Err(AllocError::PortCollision { ip: first.ips[0], holder: ServiceKey::new("ns", "dns-tcp"), port: tcp(53) })
+        Err(AllocError::PortCollision {
+            ip: first.ips[0],
+            holder: ServiceKey::new("ns", "dns-tcp"),
+            port: tcp(53)
+        })
     );
     clash.requested_ips.clear();
-    assert_ne!(a.allocate(&clash).unwrap(), first, "auto allocation with a colliding port takes a new IP");
+    assert_ne!(
+        a.allocate(&clash).unwrap(),
+        first,
+        "auto allocation with a colliding port takes a new IP"
+    );
 
     let mut other_key = req("ns", "k2");
     other_key.sharing_key = Some("other".into());
     other_key.ports = vec![tcp(80)];
     other_key.requested_ips = first.ips.clone();
-    assert!(matches!(a.allocate(&other_key), Err(AllocError::InUse { .. })));
+    assert!(matches!(
+        a.allocate(&other_key),
+        Err(AllocError::InUse { .. })
+    ));
 
     // externalTrafficPolicy Local: selectors must match.
     let mut local = req("ns", "local");
@@ -168,7 +266,10 @@ fn sharing_by_key_and_ports() {
     local.ports = vec![tcp(80)];
     local.backend_key = Some("app=x".into());
     local.requested_ips = first.ips.clone();
-    assert!(matches!(a.allocate(&local), Err(AllocError::BackendMismatch { .. })));
+    assert!(matches!(
+        a.allocate(&local),
+        Err(AllocError::BackendMismatch { .. })
+    ));
 
     // The address stays held until its last holder goes.
     a.release(&ServiceKey::new("ns", "dns-tcp"));
@@ -186,8 +287,16 @@ fn dual_stack_policies() {
     r.policy = FamilyPolicy::PreferDualStack;
     r.families = vec![Family::V6, Family::V4];
     let got = a.allocate(&r).unwrap();
-    assert_eq!(got.pool, "dual", "the pool with both families wins over a higher-priority single-family pool");
-    assert_eq!(got.ips, [ip("fd00::"), ip("10.0.1.0")], "primary family first");
+    assert_eq!(
+        got.pool,
+        "dual".into(),
+        "the pool with both families wins over a higher-priority single-family pool"
+    );
+    assert_eq!(
+        got.ips,
+        [ip("fd00::"), ip("10.0.1.0")],
+        "primary family first"
+    );
 
     let mut r = req("ns", "require");
     r.policy = FamilyPolicy::RequireDualStack;
@@ -197,7 +306,10 @@ fn dual_stack_policies() {
     let mut r = req("ns", "prefer2");
     r.policy = FamilyPolicy::PreferDualStack;
     let got = a.allocate(&r).unwrap();
-    assert_eq!((got.pool.as_str(), got.ips.as_slice()), ("v4only", &[ip("10.0.0.0")][..]));
+    assert_eq!(
+        (&*got.pool, got.ips.as_slice()),
+        ("v4only", &[ip("10.0.0.0")][..])
+    );
     let mut r = req("ns", "require2");
     r.policy = FamilyPolicy::RequireDualStack;
     assert!(matches!(a.allocate(&r), Err(AllocError::Exhausted { .. })));
@@ -208,7 +320,10 @@ fn dual_stack_policies() {
     r.families = vec![Family::V6];
     assert_eq!(
         a.allocate(&r),
-        Err(AllocError::FamilyUnavailable { service: r.key.clone(), family: Family::V6 })
+        Err(AllocError::FamilyUnavailable {
+            service: r.key.clone(),
+            family: Family::V6
+        })
     );
 }
 
@@ -238,15 +353,24 @@ fn failed_change_keeps_previous_assignment() {
     a.allocate(&b).unwrap();
     r.requested_ips = vec![ip("10.0.0.2")];
     assert!(a.allocate(&r).is_err());
-    assert_eq!(a.assignment(&r.key), Some(&before), "a failed change never loses the working IP");
+    assert_eq!(
+        a.assignment(&r.key),
+        Some(&before),
+        "a failed change never loses the working IP"
+    );
     r.requested_ips = vec![ip("10.0.0.3")];
     assert_eq!(a.allocate(&r).unwrap().ips, [ip("10.0.0.3")]);
-    assert!(a.holders(ip("10.0.0.0")).is_empty(), "the old address is freed after a successful move");
+    assert!(
+        a.holders(ip("10.0.0.0")).is_empty(),
+        "the old address is freed after a successful move"
+    );
 }
 
 #[test]
 fn ipv6_counters_are_exact() {
-    let a = Allocator::new(&pools("pools: [{name: big, addresses: ['2001:db8::/32', '2001:db9::/64', 10.0.0.0/8]}]"));
+    let a = Allocator::new(&pools(
+        "pools: [{name: big, addresses: ['2001:db8::/32', '2001:db9::/64', 10.0.0.0/8]}]",
+    ));
     let s = &a.stats()[0];
     assert_eq!(s.v6.total, (1u128 << 96) + (1u128 << 64));
     assert_eq!(s.v4.total, 1 << 24);
@@ -277,7 +401,13 @@ fn restore_keeps_oldest_of_duplicates() {
     assert_eq!(report.kept, [old.key.clone(), other.key.clone()]);
     assert_eq!(
         report.rejected,
-        [(new.key.clone(), AllocError::InUse { ip: ip("10.0.0.3"), holder: old.key.clone() })]
+        [(
+            new.key.clone(),
+            AllocError::InUse {
+                ip: ip("10.0.0.3"),
+                holder: old.key.clone()
+            }
+        )]
     );
     assert_eq!(a.assignment(&new.key), None);
     // The loser gets a fresh address that moves nobody.
@@ -286,7 +416,9 @@ fn restore_keeps_oldest_of_duplicates() {
 
 #[test]
 fn reconfigure_keeps_valid_and_evicts_removed_pool() {
-    let mut a = Allocator::new(&pools("pools: [{name: p, addresses: [10.0.0.0/30]}, {name: q, addresses: [10.0.1.0/30]}]"));
+    let mut a = Allocator::new(&pools(
+        "pools: [{name: p, addresses: [10.0.0.0/30]}, {name: q, addresses: [10.0.1.0/30]}]",
+    ));
     let mut rp = req("ns", "on-p");
     rp.requested_pool = Some("p".into());
     rp.created = 1;
@@ -295,10 +427,23 @@ fn reconfigure_keeps_valid_and_evicts_removed_pool() {
     rq.created = 2;
     let kept = a.allocate(&rq).unwrap();
     a.allocate(&rp).unwrap();
-    let evicted = a.reconfigure(&pools("pools: [{name: q, addresses: [10.0.1.0/29]}, {name: r, addresses: [10.0.2.0/30]}]"));
+    let evicted = a.reconfigure(&pools(
+        "pools: [{name: q, addresses: [10.0.1.0/29]}, {name: r, addresses: [10.0.2.0/30]}]",
+    ));
     assert_eq!(evicted.len(), 1);
     assert_eq!(evicted[0].0, rp.key);
     assert!(matches!(evicted[0].1, AllocError::OutsidePools { .. }));
-    assert_eq!(a.assignment(&rq.key), Some(&kept), "a still-valid address never moves on reconfigure");
-    assert_eq!(a.stats().iter().find(|s| s.name == "q").unwrap().v4, FamilyStats { total: 8, used: 1, free: 7 });
+    assert_eq!(
+        a.assignment(&rq.key),
+        Some(&kept),
+        "a still-valid address never moves on reconfigure"
+    );
+    assert_eq!(
+        a.stats().iter().find(|s| s.name == "q").unwrap().v4,
+        FamilyStats {
+            total: 8,
+            used: 1,
+            free: 7
+        }
+    );
 }

@@ -17,7 +17,10 @@ pub(crate) fn check(ctx: &mut Ctx, d: &Draft) {
         if let Some(first) = names.insert(&p.name, *i) {
             ctx.error(
                 &pools_path.index(*i).key("name"),
-                format!("pool {:?} is already defined at pools[{first}]; names must be unique", p.name),
+                format!(
+                    "pool {:?} is already defined at pools[{first}]; names must be unique",
+                    p.name
+                ),
             );
         }
     }
@@ -40,7 +43,10 @@ pub(crate) fn check(ctx: &mut Ctx, d: &Draft) {
             if !pool_names.contains(&name.as_str()) {
                 ctx.error(
                     &path.index(k),
-                    format!("pool {name:?} is not defined; defined pools: {}", list(&pool_names)),
+                    format!(
+                        "pool {name:?} is not defined; defined pools: {}",
+                        list(&pool_names)
+                    ),
                 );
             }
         }
@@ -77,12 +83,19 @@ pub(crate) fn check(ctx: &mut Ctx, d: &Draft) {
                 if !peer_names.contains(&name.as_str()) {
                     ctx.error(
                         &path.key("peers").index(k),
-                        format!("peer {name:?} is not defined; defined peers: {}", list(&peer_names)),
+                        format!(
+                            "peer {name:?} is not defined; defined peers: {}",
+                            list(&peer_names)
+                        ),
                     );
                 }
             }
             // An aggregate shorter than a pool's own prefixes would announce addresses outside the pool.
-            for (_, pool) in d.pools.iter().filter(|(_, p)| ad.pools.is_empty() || ad.pools.contains(&p.name)) {
+            for (_, pool) in d
+                .pools
+                .iter()
+                .filter(|(_, p)| ad.pools.is_empty() || ad.pools.contains(&p.name))
+            {
                 for (family, len, key) in [
                     (Family::V4, ad.aggregation_length, "aggregationLength"),
                     (Family::V6, ad.aggregation_length_v6, "aggregationLengthV6"),
@@ -108,10 +121,16 @@ pub(crate) fn check(ctx: &mut Ctx, d: &Draft) {
     for (i, m) in &d.members {
         let path = root.key("members").index(*i);
         if let Some(first) = names.insert(&m.name, *i) {
-            ctx.error(&path.key("name"), format!("member {:?} is already listed at members[{first}]", m.name));
+            ctx.error(
+                &path.key("name"),
+                format!("member {:?} is already listed at members[{first}]", m.name),
+            );
         }
         if let Some(first) = addrs.insert(m.address, *i) {
-            ctx.error(&path.key("address"), format!("{} is already used by members[{first}]", m.address));
+            ctx.error(
+                &path.key("address"),
+                format!("{} is already used by members[{first}]", m.address),
+            );
         }
     }
 
@@ -119,14 +138,27 @@ pub(crate) fn check(ctx: &mut Ctx, d: &Draft) {
     for (i, s) in &d.services {
         let path = root.key("services").index(*i);
         if let Some(first) = names.insert(&s.name, *i) {
-            ctx.error(&path.key("name"), format!("service {:?} is already defined at services[{first}]", s.name));
+            ctx.error(
+                &path.key("name"),
+                format!(
+                    "service {:?} is already defined at services[{first}]",
+                    s.name
+                ),
+            );
         }
         let pool = s.pool.as_ref().and_then(|name| {
-            let found = d.pools.iter().find(|(_, p)| &p.name == name).map(|(_, p)| p);
+            let found = d
+                .pools
+                .iter()
+                .find(|(_, p)| &p.name == name)
+                .map(|(_, p)| p);
             if found.is_none() {
                 ctx.error(
                     &path.key("pool"),
-                    format!("pool {name:?} is not defined; defined pools: {}", list(&pool_names)),
+                    format!(
+                        "pool {name:?} is not defined; defined pools: {}",
+                        list(&pool_names)
+                    ),
                 );
             }
             found
@@ -135,7 +167,10 @@ pub(crate) fn check(ctx: &mut Ctx, d: &Draft) {
             match (pool, d.pools.iter().find(|(_, p)| p.addresses.contains(ip))) {
                 (Some(want), _) if !want.addresses.contains(ip) => ctx.error(
                     &path.key("ip"),
-                    format!("{ip} is not in pool {:?}; pick an address from it or drop `pool`", want.name),
+                    format!(
+                        "{ip} is not in pool {:?}; pick an address from it or drop `pool`",
+                        want.name
+                    ),
                 ),
                 (None, None) if s.pool.is_none() => ctx.error(
                     &path.key("ip"),

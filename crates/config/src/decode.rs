@@ -136,7 +136,13 @@ impl Ctx {
                 .enumerate()
                 .filter_map(|(i, v)| {
                     let path = f.path.index(i);
-                    each(self, Field { value: v, path: &path })
+                    each(
+                        self,
+                        Field {
+                            value: v,
+                            path: &path,
+                        },
+                    )
                 })
                 .collect(),
             Value::Null => Vec::new(),
@@ -188,7 +194,10 @@ impl Ctx {
             }
         };
         if n < min as i128 || n > max as i128 {
-            self.error(f.path, format!("{n} is out of range; allowed: {min} to {max}"));
+            self.error(
+                f.path,
+                format!("{n} is out of range; allowed: {min} to {max}"),
+            );
             return None;
         }
         T::try_from(n as u64).ok()
@@ -197,9 +206,7 @@ impl Ctx {
     /// A duration written with a unit (`200ms`, `9s`).
     pub fn duration(&mut self, f: Field<'_>) -> Option<Duration> {
         match f.value {
-            Value::Str(s) => parse_duration(s)
-                .map_err(|e| self.error(f.path, e))
-                .ok(),
+            Value::Str(s) => parse_duration(s).map_err(|e| self.error(f.path, e)).ok(),
             Value::Int(i) => {
                 self.error(
                     f.path,

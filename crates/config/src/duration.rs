@@ -29,7 +29,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if whole.is_empty() && frac.is_empty() || frac.contains('.') || frac.len() > 9 {
         return Err(bad());
     }
-    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
     let frac_nanos: u128 = if frac.is_empty() {
         0
     } else {

@@ -15,6 +15,7 @@ mod error;
 mod model;
 mod parse;
 pub mod selector;
+mod summary;
 mod value;
 
 pub use error::{ConfigError, ConfigErrors};

@@ -302,6 +302,16 @@ pub enum Algorithm {
     Maglev,
 }
 
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "roundRobin",
+            Algorithm::LeastConnections => "leastConnections",
+            Algorithm::Maglev => "maglev",
+        })
+    }
+}
+
 /// PROXY protocol version sent to backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocol {

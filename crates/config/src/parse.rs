@@ -68,7 +68,10 @@ pub(crate) fn config(ctx: &mut Ctx, root: &Value) -> Draft {
     }
     let path = Path::root();
     let Some(top) = ctx.object(
-        Field { value: root, path: &path },
+        Field {
+            value: root,
+            path: &path,
+        },
         &["pools", "l2", "bgp", "members", "services"],
     ) else {
         return Draft::default();
@@ -99,18 +102,29 @@ fn name(ctx: &mut Ctx, obj: &Obj<'_>, what: &str) -> Option<String> {
 fn pool(ctx: &mut Ctx, f: Field<'_>) -> Option<Pool> {
     let obj = ctx.object(
         f,
-        &["name", "addresses", "autoAssign", "avoidBuggyIPs", "priority", "namespaces", "serviceSelector"],
+        &[
+            "name",
+            "addresses",
+            "autoAssign",
+            "avoidBuggyIPs",
+            "priority",
+            "namespaces",
+            "serviceSelector",
+        ],
     )?;
     let name = name(ctx, &obj, "pool");
-    let entries: Vec<(Path, AddrSpec)> = match obj.require(ctx, "addresses", "list CIDRs or a-b ranges") {
-        Some(f) => {
-            if matches!(f.value, Value::Seq(v) if v.is_empty()) {
-                ctx.error(f.path, "is empty; list at least one CIDR or a-b range");
+    let entries: Vec<(Path, AddrSpec)> =
+        match obj.require(ctx, "addresses", "list CIDRs or a-b ranges") {
+            Some(f) => {
+                if matches!(f.value, Value::Seq(v) if v.is_empty()) {
+                    ctx.error(f.path, "is empty; list at least one CIDR or a-b range");
+                }
+                ctx.list(f, |ctx, f| {
+                    ctx.parse::<AddrSpec>(f).map(|s| (f.path.clone(), s))
+                })
             }
-            ctx.list(f, |ctx, f| ctx.parse::<AddrSpec>(f).map(|s| (f.path.clone(), s)))
-        }
-        None => Vec::new(),
-    };
+            None => Vec::new(),
+        };
     // Overlap inside one pool is almost always a typo (a wrong prefix length), so it is refused.
     let mut by_start: Vec<&(Path, AddrSpec)> = entries.iter().collect();
     by_start.sort_by_key(|(_, s)| s.interval());
@@ -119,7 +133,12 @@ fn pool(ctx: &mut Ctx, f: Field<'_>) -> Option<Pool> {
         if a.family() == b.family() && b.start() <= a.end() {
             ctx.error(
                 &w[1].0,
-                format!("{} overlaps {} ({}) in the same pool; remove one", w[1].1, w[0].1, w[0].0.as_str()),
+                format!(
+                    "{} overlaps {} ({}) in the same pool; remove one",
+                    w[1].1,
+                    w[0].1,
+                    w[0].0.as_str()
+                ),
             );
         }
     }
@@ -131,10 +150,21 @@ fn pool(ctx: &mut Ctx, f: Field<'_>) -> Option<Pool> {
             "covers the entire IPv6 address space; use a real prefix such as 2001:db8::/64",
         );
     }
-    let auto_assign = obj.get("autoAssign").and_then(|f| ctx.boolean(f)).unwrap_or(true);
-    let avoid_buggy_ips = obj.get("avoidBuggyIPs").and_then(|f| ctx.boolean(f)).unwrap_or(false);
-    let priority = obj.get("priority").and_then(|f| ctx.uint(f, 0, u32::MAX as u64));
-    let namespaces = obj.get("namespaces").map(|f| ctx.list(f, namespace)).unwrap_or_default();
+    let auto_assign = obj
+        .get("autoAssign")
+        .and_then(|f| ctx.boolean(f))
+        .unwrap_or(true);
+    let avoid_buggy_ips = obj
+        .get("avoidBuggyIPs")
+        .and_then(|f| ctx.boolean(f))
+        .unwrap_or(false);
+    let priority = obj
+        .get("priority")
+        .and_then(|f| ctx.uint(f, 0, u32::MAX as u64));
+    let namespaces = obj
+        .get("namespaces")
+        .map(|f| ctx.list(f, namespace))
+        .unwrap_or_default();
     let service_selector = obj.get("serviceSelector").and_then(|f| selector(ctx, f));
     Some(Pool {
         name: name?,
@@ -173,7 +203,10 @@ fn selector(ctx: &mut Ctx, f: Field<'_>) -> Option<LabelSelector> {
 
 fn labels(ctx: &mut Ctx, f: Field<'_>) -> Option<BTreeMap<String, String>> {
     let Value::Map(entries) = f.value else {
-        ctx.error(f.path, format!("expected a mapping of labels, found {}", f.value.kind()));
+        ctx.error(
+            f.path,
+            format!("expected a mapping of labels, found {}", f.value.kind()),
+        );
         return None;
     };
     let mut out = BTreeMap::new();
@@ -188,7 +221,10 @@ fn labels(ctx: &mut Ctx, f: Field<'_>) -> Option<BTreeMap<String, String>> {
             Value::Int(i) => i.to_string(),
             Value::Bool(b) => b.to_string(),
             other => {
-                ctx.error(&path, format!("expected a label value, found {}", other.kind()));
+                ctx.error(
+                    &path,
+                    format!("expected a label value, found {}", other.kind()),
+                );
                 continue;
             }
         };
@@ -208,30 +244,46 @@ fn requirement(ctx: &mut Ctx, f: Field<'_>) -> Option<Requirement> {
         check_label_key(&k).map_err(|e| ctx.error(f.path, e)).ok()?;
         Some(k)
     });
-    let op = obj.require(ctx, "operator", "use In, NotIn, Exists or DoesNotExist").and_then(|f| {
-        match ctx.string(f)?.as_str() {
+    let op = obj
+        .require(ctx, "operator", "use In, NotIn, Exists or DoesNotExist")
+        .and_then(|f| match ctx.string(f)?.as_str() {
             "In" => Some(SelectorOp::In),
             "NotIn" => Some(SelectorOp::NotIn),
             "Exists" => Some(SelectorOp::Exists),
             "DoesNotExist" => Some(SelectorOp::DoesNotExist),
             other => {
-                ctx.error(f.path, format!("{other:?} is not an operator; use In, NotIn, Exists or DoesNotExist"));
+                ctx.error(
+                    f.path,
+                    format!("{other:?} is not an operator; use In, NotIn, Exists or DoesNotExist"),
+                );
                 None
             }
-        }
-    });
-    let values = obj.get("values").map(|f| ctx.strings(f)).unwrap_or_default();
+        });
+    let values = obj
+        .get("values")
+        .map(|f| ctx.strings(f))
+        .unwrap_or_default();
     let op = op?;
     let needs_values = matches!(op, SelectorOp::In | SelectorOp::NotIn);
     if needs_values && values.is_empty() {
-        ctx.error(&obj.path().key("values"), "In and NotIn need at least one value");
+        ctx.error(
+            &obj.path().key("values"),
+            "In and NotIn need at least one value",
+        );
         return None;
     }
     if !needs_values && !values.is_empty() {
-        ctx.error(&obj.path().key("values"), "Exists and DoesNotExist take no values; remove them");
+        ctx.error(
+            &obj.path().key("values"),
+            "Exists and DoesNotExist take no values; remove them",
+        );
         return None;
     }
-    Some(Requirement { key: key?, op, values })
+    Some(Requirement {
+        key: key?,
+        op,
+        values,
+    })
 }
 
 fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
@@ -256,10 +308,18 @@ fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
         })
         .unwrap_or_default();
     let node_selector = obj.get("nodeSelector").and_then(|f| selector(ctx, f));
-    Some(L2Advertisement { pools, interfaces, node_selector })
+    Some(L2Advertisement {
+        pools,
+        interfaces,
+        node_selector,
+    })
 }
 
-type BgpDraft = (Option<Ipv4Addr>, Vec<(usize, Peer)>, Vec<(usize, BgpAdvertisement)>);
+type BgpDraft = (
+    Option<Ipv4Addr>,
+    Vec<(usize, Peer)>,
+    Vec<(usize, BgpAdvertisement)>,
+);
 
 fn bgp(ctx: &mut Ctx, f: Field<'_>) -> Option<BgpDraft> {
     let obj = ctx.object(f, &["routerId", "peers", "advertisements"])?;
@@ -273,7 +333,10 @@ fn asn(ctx: &mut Ctx, f: Field<'_>) -> Option<u32> {
     let asn: u32 = ctx.uint(f, 1, u32::MAX as u64)?;
     if asn == 23456 {
         // AS_TRANS (RFC 6793) stands in for 4-byte ASNs on old sessions; it is never a real AS.
-        ctx.error(f.path, "23456 is AS_TRANS, reserved by RFC 6793; use your real AS number");
+        ctx.error(
+            f.path,
+            "23456 is AS_TRANS, reserved by RFC 6793; use your real AS number",
+        );
         return None;
     }
     Some(asn)
@@ -297,22 +360,46 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
     let obj = ctx.object(
         f,
         &[
-            "name", "address", "asn", "myAsn", "port", "holdTime", "keepaliveTime", "password",
-            "passwordFile", "ebgpMultihop", "sourceAddress", "gracefulRestart", "bfd", "nodeSelector",
+            "name",
+            "address",
+            "asn",
+            "myAsn",
+            "port",
+            "holdTime",
+            "keepaliveTime",
+            "password",
+            "passwordFile",
+            "ebgpMultihop",
+            "sourceAddress",
+            "gracefulRestart",
+            "bfd",
+            "nodeSelector",
         ],
     )?;
     let name = name(ctx, &obj, "peer");
     let address = obj
         .require(ctx, "address", "give the router's IP address")
         .and_then(|f| ctx.parse::<IpAddr>(f));
-    let peer_asn = obj.require(ctx, "asn", "give the router's AS number").and_then(|f| asn(ctx, f));
-    let my_asn = obj.require(ctx, "myAsn", "give this cluster's AS number").and_then(|f| asn(ctx, f));
-    let port = obj.get("port").and_then(|f| ctx.uint(f, 1, 65535)).unwrap_or(179);
+    let peer_asn = obj
+        .require(ctx, "asn", "give the router's AS number")
+        .and_then(|f| asn(ctx, f));
+    let my_asn = obj
+        .require(ctx, "myAsn", "give this cluster's AS number")
+        .and_then(|f| asn(ctx, f));
+    let port = obj
+        .get("port")
+        .and_then(|f| ctx.uint(f, 1, 65535))
+        .unwrap_or(179);
     let hold_f = obj.get("holdTime");
-    let hold_time = hold_f.and_then(|f| seconds(ctx, f)).unwrap_or(Duration::from_secs(90));
+    let hold_time = hold_f
+        .and_then(|f| seconds(ctx, f))
+        .unwrap_or(Duration::from_secs(90));
     if let Some(f) = hold_f {
         if !hold_time.is_zero() && hold_time < Duration::from_secs(3) {
-            ctx.error(f.path, "must be 0s (no keepalives) or at least 3s (RFC 4271)");
+            ctx.error(
+                f.path,
+                "must be 0s (no keepalives) or at least 3s (RFC 4271)",
+            );
         }
     }
     let keepalive_f = obj.get("keepaliveTime");
@@ -322,7 +409,8 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
     if let Some(f) = keepalive_f {
         if hold_time.is_zero() && !keepalive_time.is_zero() {
             ctx.error(f.path, "must be 0s when holdTime is 0s");
-        } else if !hold_time.is_zero() && (keepalive_time >= hold_time || keepalive_time.is_zero()) {
+        } else if !hold_time.is_zero() && (keepalive_time >= hold_time || keepalive_time.is_zero())
+        {
             ctx.error(
                 f.path,
                 format!(
@@ -339,7 +427,10 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
         }
         (Some(f), None) => ctx.string(f).and_then(|p| {
             if p.is_empty() || p.len() > MAX_MD5_KEY {
-                ctx.error(f.path, format!("must be 1-{MAX_MD5_KEY} bytes (the TCP-MD5 key limit)"));
+                ctx.error(
+                    f.path,
+                    format!("must be 1-{MAX_MD5_KEY} bytes (the TCP-MD5 key limit)"),
+                );
                 None
             } else {
                 Some(PeerPassword::Inline(p))
@@ -349,15 +440,23 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
         (None, None) => None,
     };
     let ebgp_multihop = obj.get("ebgpMultihop").and_then(|f| ctx.uint(f, 1, 255));
-    let source_address = obj.get("sourceAddress").and_then(|f| ctx.parse::<IpAddr>(f));
+    let source_address = obj
+        .get("sourceAddress")
+        .and_then(|f| ctx.parse::<IpAddr>(f));
     if let (Some(a), Some(s), Some(f)) = (address, source_address, obj.get("sourceAddress")) {
         if Family::of(a) != Family::of(s) {
-            ctx.error(f.path, format!("{s} is not of the same family as the peer address {a}"));
+            ctx.error(
+                f.path,
+                format!("{s} is not of the same family as the peer address {a}"),
+            );
         }
     }
     if let (Some(p), Some(m), Some(f)) = (peer_asn, my_asn, obj.get("ebgpMultihop")) {
         if p == m {
-            ctx.error(f.path, "only applies to eBGP peers (asn differs from myAsn); remove it");
+            ctx.error(
+                f.path,
+                "only applies to eBGP peers (asn differs from myAsn); remove it",
+            );
         }
     }
     let graceful_restart = obj
@@ -404,7 +503,15 @@ fn graceful_restart(ctx: &mut Ctx, f: Field<'_>) -> Option<GracefulRestart> {
 
 /// `Some(None)` is an explicitly disabled BFD block.
 fn bfd(ctx: &mut Ctx, f: Field<'_>) -> Option<Option<Bfd>> {
-    let obj = ctx.object(f, &["enabled", "receiveInterval", "transmitInterval", "detectMultiplier"])?;
+    let obj = ctx.object(
+        f,
+        &[
+            "enabled",
+            "receiveInterval",
+            "transmitInterval",
+            "detectMultiplier",
+        ],
+    )?;
     let mut bfd = Bfd::default();
     let interval = |ctx: &mut Ctx, key: &str| -> Option<Duration> {
         let f = obj.get(key)?;
@@ -421,10 +528,16 @@ fn bfd(ctx: &mut Ctx, f: Field<'_>) -> Option<Option<Bfd>> {
     if let Some(d) = interval(ctx, "transmitInterval") {
         bfd.transmit_interval = d;
     }
-    if let Some(m) = obj.get("detectMultiplier").and_then(|f| ctx.uint(f, 1, 255)) {
+    if let Some(m) = obj
+        .get("detectMultiplier")
+        .and_then(|f| ctx.uint(f, 1, 255))
+    {
         bfd.detect_multiplier = m;
     }
-    let enabled = obj.get("enabled").and_then(|f| ctx.boolean(f)).unwrap_or(true);
+    let enabled = obj
+        .get("enabled")
+        .and_then(|f| ctx.boolean(f))
+        .unwrap_or(true);
     Some(enabled.then_some(bfd))
 }
 
@@ -442,9 +555,9 @@ fn community(ctx: &mut Ctx, f: Field<'_>) -> Option<Community> {
     if let Some(v) = well_known {
         return Some(Community(v));
     }
-    let parsed = text.split_once(':').and_then(|(a, b)| {
-        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-    });
+    let parsed = text
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
     match parsed {
         Some((hi, lo)) => Some(Community(((hi as u32) << 16) | lo as u32)),
         None => {
@@ -475,17 +588,33 @@ fn large_community(ctx: &mut Ctx, f: Field<'_>) -> Option<LargeCommunity> {
 fn advertisement(ctx: &mut Ctx, f: Field<'_>) -> Option<BgpAdvertisement> {
     let obj = ctx.object(
         f,
-        &["pools", "aggregationLength", "aggregationLengthV6", "localPref", "communities", "largeCommunities", "peers"],
+        &[
+            "pools",
+            "aggregationLength",
+            "aggregationLengthV6",
+            "localPref",
+            "communities",
+            "largeCommunities",
+            "peers",
+        ],
     )?;
     Some(BgpAdvertisement {
         pools: obj.get("pools").map(|f| ctx.strings(f)).unwrap_or_default(),
-        aggregation_length: obj.get("aggregationLength").and_then(|f| ctx.uint(f, 0, 32)).unwrap_or(32),
+        aggregation_length: obj
+            .get("aggregationLength")
+            .and_then(|f| ctx.uint(f, 0, 32))
+            .unwrap_or(32),
         aggregation_length_v6: obj
             .get("aggregationLengthV6")
             .and_then(|f| ctx.uint(f, 0, 128))
             .unwrap_or(128),
-        local_pref: obj.get("localPref").and_then(|f| ctx.uint(f, 0, u32::MAX as u64)),
-        communities: obj.get("communities").map(|f| ctx.list(f, community)).unwrap_or_default(),
+        local_pref: obj
+            .get("localPref")
+            .and_then(|f| ctx.uint(f, 0, u32::MAX as u64)),
+        communities: obj
+            .get("communities")
+            .map(|f| ctx.list(f, community))
+            .unwrap_or_default(),
         large_communities: obj
             .get("largeCommunities")
             .map(|f| ctx.list(f, large_community))
@@ -496,29 +625,46 @@ fn advertisement(ctx: &mut Ctx, f: Field<'_>) -> Option<BgpAdvertisement> {
 
 fn member(ctx: &mut Ctx, f: Field<'_>) -> Option<Member> {
     let obj = ctx.object(f, &["name", "address", "labels"])?;
-    let name = obj.require(ctx, "name", "give the node name the host runs with").and_then(|f| {
-        let n = ctx.string(f)?;
-        if n.is_empty() || n.len() > 253 {
-            ctx.error(f.path, "must be 1-253 characters");
-            return None;
-        }
-        Some(n)
-    });
+    let name = obj
+        .require(ctx, "name", "give the node name the host runs with")
+        .and_then(|f| {
+            let n = ctx.string(f)?;
+            if n.is_empty() || n.len() > 253 {
+                ctx.error(f.path, "must be 1-253 characters");
+                return None;
+            }
+            Some(n)
+        });
     let address = obj
-        .require(ctx, "address", "give the host's IP (port 7946 by default) or IP:port")
+        .require(
+            ctx,
+            "address",
+            "give the host's IP (port 7946 by default) or IP:port",
+        )
         .and_then(|f| {
             let text = ctx.string(f)?;
-            let parsed = text
-                .parse::<SocketAddr>()
-                .ok()
-                .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, DEFAULT_MEMBER_PORT)));
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, DEFAULT_MEMBER_PORT))
+            });
             if parsed.is_none() {
-                ctx.error(f.path, format!("{text:?} is not an IP address or IP:port ([v6]:port for IPv6)"));
+                ctx.error(
+                    f.path,
+                    format!("{text:?} is not an IP address or IP:port ([v6]:port for IPv6)"),
+                );
             }
             parsed
         });
-    let labels = obj.get("labels").and_then(|f| labels(ctx, f)).unwrap_or_default();
-    Some(Member { name: name?, address: address?, labels })
+    let labels = obj
+        .get("labels")
+        .and_then(|f| labels(ctx, f))
+        .unwrap_or_default();
+    Some(Member {
+        name: name?,
+        address: address?,
+        labels,
+    })
 }
 
 fn service(ctx: &mut Ctx, f: Field<'_>) -> Option<Service> {
@@ -535,33 +681,56 @@ fn service(ctx: &mut Ctx, f: Field<'_>) -> Option<Service> {
         .map(|f| ctx.list(f, |ctx, f| port(ctx, f).map(|p| (f.path.clone(), p))))
         .unwrap_or_default();
     for (i, (path, p)) in ports.iter().enumerate() {
-        if ports[..i].iter().any(|(_, q)| (q.port, q.protocol) == (p.port, p.protocol)) {
+        if ports[..i]
+            .iter()
+            .any(|(_, q)| (q.port, q.protocol) == (p.port, p.protocol))
+        {
             ctx.error(
                 path,
-                format!("{} {} is listed twice in this service; merge the backends into one entry", p.protocol, p.port),
+                format!(
+                    "{} {} is listed twice in this service; merge the backends into one entry",
+                    p.protocol, p.port
+                ),
             );
         }
     }
     let ports = ports.into_iter().map(|(_, p)| p).collect();
-    Some(Service { name: name?, ip, pool, source_ranges, ports })
+    Some(Service {
+        name: name?,
+        ip,
+        pool,
+        source_ranges,
+        ports,
+    })
 }
 
 fn port(ctx: &mut Ctx, f: Field<'_>) -> Option<ServicePort> {
     let obj = ctx.object(
         f,
-        &["port", "protocol", "backends", "algorithm", "proxyProtocol", "healthCheck"],
+        &[
+            "port",
+            "protocol",
+            "backends",
+            "algorithm",
+            "proxyProtocol",
+            "healthCheck",
+        ],
     )?;
-    let port = obj.require(ctx, "port", "give the port number on the VIP").and_then(|f| ctx.uint(f, 1, 65535));
+    let port = obj
+        .require(ctx, "port", "give the port number on the VIP")
+        .and_then(|f| ctx.uint(f, 1, 65535));
     let protocol = match obj.get("protocol") {
         None => Some(Protocol::Tcp),
-        Some(f) => ctx.string(f).and_then(|p| match p.to_ascii_uppercase().as_str() {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            _ => {
-                ctx.error(f.path, format!("{p:?} is not forwarded; use TCP or UDP"));
-                None
-            }
-        }),
+        Some(f) => ctx
+            .string(f)
+            .and_then(|p| match p.to_ascii_uppercase().as_str() {
+                "TCP" => Some(Protocol::Tcp),
+                "UDP" => Some(Protocol::Udp),
+                _ => {
+                    ctx.error(f.path, format!("{p:?} is not forwarded; use TCP or UDP"));
+                    None
+                }
+            }),
     };
     let backends = match obj.require(ctx, "backends", "list host:port backends") {
         Some(f) => {
@@ -573,25 +742,35 @@ fn port(ctx: &mut Ctx, f: Field<'_>) -> Option<ServicePort> {
         }
         None => Vec::new(),
     };
-    let algorithm = obj.get("algorithm").and_then(|f| {
-        match ctx.string(f)?.as_str() {
+    let algorithm = obj
+        .get("algorithm")
+        .and_then(|f| match ctx.string(f)?.as_str() {
             "roundRobin" => Some(Algorithm::RoundRobin),
             "leastConnections" => Some(Algorithm::LeastConnections),
             "maglev" => Some(Algorithm::Maglev),
             other => {
-                ctx.error(f.path, format!("{other:?} is not an algorithm; use roundRobin, leastConnections or maglev"));
+                ctx.error(
+                    f.path,
+                    format!(
+                        "{other:?} is not an algorithm; use roundRobin, leastConnections or maglev"
+                    ),
+                );
                 None
             }
-        }
-    });
-    let proxy_protocol = obj.get("proxyProtocol").and_then(|f| match ctx.string(f)?.as_str() {
-        "v1" => Some(ProxyProtocol::V1),
-        "v2" => Some(ProxyProtocol::V2),
-        other => {
-            ctx.error(f.path, format!("{other:?} is not a PROXY protocol version; use v1 or v2"));
-            None
-        }
-    });
+        });
+    let proxy_protocol = obj
+        .get("proxyProtocol")
+        .and_then(|f| match ctx.string(f)?.as_str() {
+            "v1" => Some(ProxyProtocol::V1),
+            "v2" => Some(ProxyProtocol::V2),
+            other => {
+                ctx.error(
+                    f.path,
+                    format!("{other:?} is not a PROXY protocol version; use v1 or v2"),
+                );
+                None
+            }
+        });
     let health_check = match obj.get("healthCheck") {
         Some(f) => health_check(ctx, f).flatten(),
         // A TCP connect tells nothing about a UDP service, so UDP ports are unchecked unless asked.
@@ -619,29 +798,54 @@ fn backend(ctx: &mut Ctx, f: Field<'_>) -> Option<Backend> {
             .map_err(|_| {
                 ctx.error(
                     f.path,
-                    format!("{text:?} is not IP:port ([v6]:port for IPv6); host names are not resolved"),
+                    format!(
+                        "{text:?} is not IP:port ([v6]:port for IPv6); host names are not resolved"
+                    ),
                 )
             })
             .ok()
     };
     match f.value {
-        Value::Str(_) => Some(Backend { address: parse_addr(ctx, f)?, weight: 1 }),
+        Value::Str(_) => Some(Backend {
+            address: parse_addr(ctx, f)?,
+            weight: 1,
+        }),
         _ => {
             let obj = ctx.object(f, &["address", "weight"])?;
             let address = obj
                 .require(ctx, "address", "give the backend as IP:port")
                 .and_then(|f| parse_addr(ctx, f));
-            let weight = obj.get("weight").and_then(|f| ctx.uint(f, 0, 1000)).unwrap_or(1);
-            Some(Backend { address: address?, weight })
+            let weight = obj
+                .get("weight")
+                .and_then(|f| ctx.uint(f, 0, 1000))
+                .unwrap_or(1);
+            Some(Backend {
+                address: address?,
+                weight,
+            })
         }
     }
 }
 
 /// `Some(None)` is `type: none`, an explicitly disabled check.
 fn health_check(ctx: &mut Ctx, f: Field<'_>) -> Option<Option<HealthCheck>> {
-    let obj = ctx.object(f, &["type", "path", "expectStatus", "interval", "timeout", "rise", "fall"])?;
+    let obj = ctx.object(
+        f,
+        &[
+            "type",
+            "path",
+            "expectStatus",
+            "interval",
+            "timeout",
+            "rise",
+            "fall",
+        ],
+    )?;
     let mut hc = HealthCheck::default();
-    let kind = obj.get("type").and_then(|f| ctx.string(f)).unwrap_or_else(|| "tcp".into());
+    let kind = obj
+        .get("type")
+        .and_then(|f| ctx.string(f))
+        .unwrap_or_else(|| "tcp".into());
     let path = obj.get("path").and_then(|f| ctx.string(f));
     let status = obj.get("expectStatus").and_then(|f| {
         let text = match f.value {
@@ -650,9 +854,14 @@ fn health_check(ctx: &mut Ctx, f: Field<'_>) -> Option<Option<HealthCheck>> {
         };
         let (lo, hi) = text.split_once('-').unwrap_or((&text, &text));
         match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
-            (Ok(lo), Ok(hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => Some((lo, hi)),
+            (Ok(lo), Ok(hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => {
+                Some((lo, hi))
+            }
             _ => {
-                ctx.error(f.path, format!("{text:?} is not a status or range like 200 or 200-399"));
+                ctx.error(
+                    f.path,
+                    format!("{text:?} is not a status or range like 200 or 200-399"),
+                );
                 None
             }
         }
@@ -669,13 +878,23 @@ fn health_check(ctx: &mut Ctx, f: Field<'_>) -> Option<Option<HealthCheck>> {
         "http" => {
             let path = path.unwrap_or_else(|| "/".into());
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                ctx.error(&obj.path().key("path"), format!("{path:?} must start with '/' and contain no spaces"));
+                ctx.error(
+                    &obj.path().key("path"),
+                    format!("{path:?} must start with '/' and contain no spaces"),
+                );
             }
             let (min_status, max_status) = status.unwrap_or((200, 399));
-            hc.kind = CheckKind::Http { path, min_status, max_status };
+            hc.kind = CheckKind::Http {
+                path,
+                min_status,
+                max_status,
+            };
         }
         other => {
-            ctx.error(&obj.path().key("type"), format!("{other:?} is not a check type; use tcp, http or none"));
+            ctx.error(
+                &obj.path().key("type"),
+                format!("{other:?} is not a check type; use tcp, http or none"),
+            );
         }
     }
     if let Some(d) = obj.get("interval").and_then(|f| ctx.duration(f)) {

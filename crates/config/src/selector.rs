@@ -106,7 +106,9 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
 pub fn check_label_value(value: &str) -> Result<(), String> {
     let ok = value.is_empty()
         || value.len() <= 63
-            && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && value.starts_with(|c: char| c.is_ascii_alphanumeric())
             && value.ends_with(|c: char| c.is_ascii_alphanumeric());
     if ok {
@@ -121,7 +123,8 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -131,7 +134,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -139,10 +145,26 @@ mod tests {
         let sel = LabelSelector {
             match_labels: labels(&[("app", "web")]),
             match_expressions: vec![
-                Requirement { key: "tier".into(), op: SelectorOp::In, values: vec!["a".into(), "b".into()] },
-                Requirement { key: "env".into(), op: SelectorOp::NotIn, values: vec!["dev".into()] },
-                Requirement { key: "zone".into(), op: SelectorOp::Exists, values: vec![] },
-                Requirement { key: "legacy".into(), op: SelectorOp::DoesNotExist, values: vec![] },
+                Requirement {
+                    key: "tier".into(),
+                    op: SelectorOp::In,
+                    values: vec!["a".into(), "b".into()],
+                },
+                Requirement {
+                    key: "env".into(),
+                    op: SelectorOp::NotIn,
+                    values: vec!["dev".into()],
+                },
+                Requirement {
+                    key: "zone".into(),
+                    op: SelectorOp::Exists,
+                    values: vec![],
+                },
+                Requirement {
+                    key: "legacy".into(),
+                    op: SelectorOp::DoesNotExist,
+                    values: vec![],
+                },
             ],
         };
         let yes = labels(&[("app", "web"), ("tier", "a"), ("zone", "z1")]);

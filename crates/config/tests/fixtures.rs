@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let mut out: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -41,14 +43,21 @@ fn bad_files_report_exactly_their_errors() {
                 (p.trim().to_string(), m.trim().to_string())
             })
             .collect();
-        assert!(!expected.is_empty(), "{} has no expect lines", path.display());
+        assert!(
+            !expected.is_empty(),
+            "{} has no expect lines",
+            path.display()
+        );
         let errors = match Config::from_yaml(&text) {
             Ok(_) => panic!("{} should be rejected", path.display()),
             Err(e) => e,
         };
         for (p, m) in &expected {
             assert!(
-                errors.errors().iter().any(|e| &e.path == p && e.message.contains(m.as_str())),
+                errors
+                    .errors()
+                    .iter()
+                    .any(|e| &e.path == p && e.message.contains(m.as_str())),
                 "{}: no error at {p:?} containing {m:?}; got:\n{errors}",
                 path.display()
             );

@@ -13,7 +13,12 @@ fn full() -> Config {
 fn pools_are_normalised_and_counted() {
     let c = full();
     let prod = c.pool("prod").unwrap();
-    let v4: Vec<String> = prod.addresses.intervals(Family::V4).iter().map(|i| i.to_string()).collect();
+    let v4: Vec<String> = prod
+        .addresses
+        .intervals(Family::V4)
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
     assert_eq!(v4, ["192.0.2.0-192.0.2.127", "192.0.2.200-192.0.2.220"]);
     assert_eq!(prod.addresses.count(Family::V4), 128 + 21);
     // avoidBuggyIPs removes 192.0.2.0 (and no .255 is in the pool).
@@ -31,28 +36,38 @@ fn bgp_values_and_defaults() {
     let bgp = c.bgp.unwrap();
     assert_eq!(bgp.router_id, Some("10.255.0.1".parse().unwrap()));
     let tor1 = &bgp.peers[0];
-    assert_eq!((tor1.asn, tor1.my_asn, tor1.port), (4_200_000_001, 64512, 1179));
+    assert_eq!(
+        (tor1.asn, tor1.my_asn, tor1.port),
+        (4_200_000_001, 64512, 1179)
+    );
     assert_eq!(tor1.hold_time, Duration::from_secs(9));
     assert_eq!(tor1.keepalive_time, Duration::from_secs(3));
     assert_eq!(tor1.password, Some(PeerPassword::Inline("s3cret".into())));
     assert_eq!(format!("{:?}", tor1.password), "Some(Inline(<redacted>))");
     assert_eq!(tor1.ebgp_multihop, Some(2));
     assert_eq!(tor1.graceful_restart.restart_time, Duration::from_secs(60));
-    assert_eq!(tor1.bfd.unwrap().receive_interval, Duration::from_millis(100));
+    assert_eq!(
+        tor1.bfd.unwrap().receive_interval,
+        Duration::from_millis(100)
+    );
     assert!(tor1.is_ebgp());
     let tor2 = &bgp.peers[1];
     assert_eq!(tor2.port, 179);
     assert!(tor2.hold_time.is_zero() && tor2.keepalive_time.is_zero());
     assert!(tor2.bfd.is_none() && tor2.graceful_restart.enabled);
     let ad = &bgp.advertisements[0];
-    assert_eq!(ad.communities, [Community(65000 << 16 | 100), Community(0xFFFF_FF01)]);
+    assert_eq!(
+        ad.communities,
+        [Community(65000 << 16 | 100), Community(0xFFFF_FF01)]
+    );
     assert_eq!(ad.large_communities, [LargeCommunity(4_200_000_001, 1, 2)]);
     assert_eq!(ad.local_pref, Some(200));
 }
 
 #[test]
 fn peer_defaults() {
-    let c = Config::from_yaml("bgp: {peers: [{name: r, address: 192.0.2.1, asn: 1, myAsn: 2}]}").unwrap();
+    let c = Config::from_yaml("bgp: {peers: [{name: r, address: 192.0.2.1, asn: 1, myAsn: 2}]}")
+        .unwrap();
     let p = &c.bgp.unwrap().peers[0];
     assert_eq!(p.hold_time, Duration::from_secs(90));
     assert_eq!(p.keepalive_time, Duration::from_secs(30));
@@ -73,10 +88,17 @@ fn service_values_and_defaults() {
     let hc = p.health_check.as_ref().unwrap();
     assert_eq!(
         hc.kind,
-        CheckKind::Http { path: "/ready".into(), min_status: 200, max_status: 299 }
+        CheckKind::Http {
+            path: "/ready".into(),
+            min_status: 200,
+            max_status: 299
+        }
     );
     assert_eq!((hc.rise, hc.fall), (3, 2));
-    assert!(web.ports[1].health_check.is_none(), "type: none disables the check");
+    assert!(
+        web.ports[1].health_check.is_none(),
+        "type: none disables the check"
+    );
     let members = &c.members;
     assert_eq!(members[0].address, "192.0.2.11:7946".parse().unwrap());
     assert_eq!(members[1].labels["rack"], "r1");
@@ -87,7 +109,10 @@ fn service_values_and_defaults() {
     .unwrap();
     let s = &c.services[0];
     assert_eq!(s.ports[0].protocol, Protocol::Udp);
-    assert!(s.ports[0].health_check.is_none(), "UDP ports are unchecked by default");
+    assert!(
+        s.ports[0].health_check.is_none(),
+        "UDP ports are unchecked by default"
+    );
     assert_eq!(s.ports[1].health_check, Some(HealthCheck::default()));
     assert_eq!(s.ports[1].algorithm, Algorithm::RoundRobin);
 }

@@ -103,7 +103,12 @@ pub fn buggy_count(start: u128, end: u128) -> u128 {
         return 0;
     }
     let count = |residue| {
-        upto(end, residue) - if start == 0 { 0 } else { upto(start - 1, residue) }
+        upto(end, residue)
+            - if start == 0 {
+                0
+            } else {
+                upto(start - 1, residue)
+            }
     };
     count(0) + count(255)
 }
@@ -129,7 +134,13 @@ mod tests {
 
     #[test]
     fn family_round_trip() {
-        for ip in ["0.0.0.0", "255.255.255.255", "192.0.2.7", "::", "2001:db8::1"] {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "192.0.2.7",
+            "::",
+            "2001:db8::1",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(Family::of(ip).addr(to_u128(ip)), ip);
         }

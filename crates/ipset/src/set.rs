@@ -68,13 +68,22 @@ impl IpInterval {
             } else {
                 127 - (remaining + 1).leading_zeros()
             };
-            let aligned = if start == 0 { bits } else { start.trailing_zeros() };
+            let aligned = if start == 0 {
+                bits
+            } else {
+                start.trailing_zeros()
+            };
             let k = fits.min(aligned).min(bits);
             out.push(
                 Cidr::containing(self.family.addr(start), (bits - k) as u8)
                     .expect("prefix is within the family's width"),
             );
-            let block_last = start + if k == 128 { u128::MAX } else { (1u128 << k) - 1 };
+            let block_last = start
+                + if k == 128 {
+                    u128::MAX
+                } else {
+                    (1u128 << k) - 1
+                };
             if block_last >= self.end {
                 return out;
             }
@@ -220,7 +229,10 @@ mod tests {
     #[test]
     fn merges_overlapping_and_adjacent() {
         let set = IpSet::from_intervals([v4(10, 20), v4(0, 5), v4(6, 8), v4(15, 30), v4(40, 40)]);
-        assert_eq!(set.intervals(Family::V4), &[v4(0, 8), v4(10, 30), v4(40, 40)]);
+        assert_eq!(
+            set.intervals(Family::V4),
+            &[v4(0, 8), v4(10, 30), v4(40, 40)]
+        );
         assert_eq!(set.count(Family::V4), 9 + 21 + 1);
     }
 
@@ -231,7 +243,10 @@ mod tests {
             .unwrap()
             .interval();
         let got: Vec<String> = iv.to_cidrs().iter().map(|c| c.to_string()).collect();
-        assert_eq!(got, ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]);
+        assert_eq!(
+            got,
+            ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
+        );
         let all6 = "::/0".parse::<Cidr>().unwrap().interval();
         assert_eq!(all6.to_cidrs(), vec!["::/0".parse::<Cidr>().unwrap()]);
         let all4 = "0.0.0.0/0".parse::<Cidr>().unwrap().interval();

@@ -1,0 +1,43 @@
+//! The `ferrolb-controller` binary as an operator runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn controller(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("the controller binary runs")
+}
+
+#[test]
+fn validate_configmap_config() {
+    let out = controller(&[
+        "validate",
+        "--config",
+        "crates/config/tests/fixtures/good/full.yaml",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("prod: 148 IPv4 and 18446744073709551616 IPv6 addresses free"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("standalone-mode sections"), "{stdout}");
+    let out = controller(&[
+        "validate",
+        "--config",
+        "crates/config/tests/fixtures/bad/three-at-once.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn help_on_binary_and_every_subcommand() {
+    for args in [&["--help"][..], &["validate", "--help"][..]] {
+        let out = controller(args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+}

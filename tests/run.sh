@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Runs every ferrolb test on a fresh machine and prints a summary.
+#
+#   ./tests/run.sh            # everything
+#   FERROLB_REQUIRE_ALL_TESTS=1 ./tests/run.sh   # what CI runs: a skip is a failure
+#
+# It installs what the suites need (Debian packages with apt-get, cargo-nextest
+# with cargo), then runs: formatting, clippy with warnings as errors, every
+# unit/property/integration test of the workspace, doc tests, and a short
+# allocator benchmark whose figures are printed (never asserted).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+# Debian packages the suites need. Suites that drive namespaces and router
+# daemons add theirs here (iproute2, bird2, gobgpd, exabgp...).
+APT_PACKAGES=()
+
+LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-tests.XXXXXX")
+export FERROLB_SKIP_LOG="$LOG_DIR/skipped.txt"
+: >"$FERROLB_SKIP_LOG"
+export CARGO_TERM_COLOR=never
+
+declare -a STEP_NAMES=() STEP_RESULTS=() STEP_SECONDS=()
+failed_steps=0
+
+# step NAME COMMAND...: runs a command, keeps its output in the log dir, records the result.
+step() {
+  local name=$1
+  shift
+  local log="$LOG_DIR/${name// /_}.log"
+  local start=$SECONDS
+  printf '\n==> %s: %s\n' "$name" "$*"
+  if "$@" 2>&1 | tee "$log"; then
+    STEP_RESULTS+=(ok)
+  else
+    STEP_RESULTS+=(FAILED)
+    failed_steps=$((failed_steps + 1))
+  fi
+  STEP_NAMES+=("$name")
+  STEP_SECONDS+=($((SECONDS - start)))
+}
+
+install_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "all Debian packages present (${APT_PACKAGES[*]:-none needed})"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages ${missing[*]} and not root: suites that need them will skip loudly"
+    return 0
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+}
+
+install_nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest --version | head -1
+    return 0
+  fi
+  echo "cargo-nextest not found; installing it from crates.io"
+  cargo install --locked cargo-nextest
+}
+
+step "install packages" install_packages
+step "install nextest" install_nextest
+step "format" cargo fmt --all -- --check
+step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+tests_passed=0
+tests_failed=0
+if cargo nextest --version >/dev/null 2>&1; then
+  step "tests" cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+  summary=$(grep -E '^\s*Summary \[' "$LOG_DIR/tests.log" | tail -1)
+  tests_passed=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+  tests_failed=$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+else
+  step "tests" cargo test --workspace --locked --no-fail-fast
+  tests_passed=$(grep -oE 'test result: .* ([0-9]+) passed' "$LOG_DIR/tests.log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  tests_failed=$(grep -oE '[0-9]+ failed' "$LOG_DIR/tests.log" | awk '{s+=$1} END {print s+0}')
+fi
+step "doc tests" cargo test --workspace --locked --doc
+doc_passed=$(grep -oE 'test result: .* ([0-9]+) passed' "$LOG_DIR/doc_tests.log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+doc_failed=$(grep -oE '[0-9]+ failed' "$LOG_DIR/doc_tests.log" | awk '{s+=$1} END {print s+0}')
+tests_passed=$((tests_passed + doc_passed))
+tests_failed=$((tests_failed + doc_failed))
+
+# Figures only: speed targets are compared against a reference in the same run, never asserted.
+step "allocator benchmark" cargo bench --locked -p ferrolb-alloc --bench alloc -- --quick --naive-budget 60
+
+skipped=$(wc -l <"$FERROLB_SKIP_LOG")
+echo
+echo "==================== ferrolb test summary ===================="
+for i in "${!STEP_NAMES[@]}"; do
+  printf '  %-22s %-7s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}" "${STEP_SECONDS[$i]}"
+done
+if [ "$skipped" -gt 0 ]; then
+  echo "  skipped tests (need root or programs this machine lacks):"
+  sed 's/^/    /' "$FERROLB_SKIP_LOG"
+fi
+echo "  logs: $LOG_DIR"
+# A failed step that is not a test (format, clippy, install, benchmark) counts as one failure.
+other_failures=0
+for i in "${!STEP_NAMES[@]}"; do
+  if [ "${STEP_RESULTS[$i]}" = FAILED ] && [ "${STEP_NAMES[$i]}" != tests ] && [ "${STEP_NAMES[$i]}" != "doc tests" ]; then
+    other_failures=$((other_failures + 1))
+  fi
+done
+total_failed=$((tests_failed + other_failures))
+# A test that skipped returned early and was counted as passed by the runner; count it as skipped only.
+tests_passed=$((tests_passed > skipped ? tests_passed - skipped : 0))
+if [ "$failed_steps" -gt 0 ] && [ "$total_failed" -eq 0 ]; then
+  total_failed=$failed_steps
+fi
+echo "summary: ${tests_passed} passed, ${total_failed} failed, ${skipped} skipped"
+[ "$failed_steps" -eq 0 ] && [ "$total_failed" -eq 0 ]
