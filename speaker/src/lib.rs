@@ -1,5 +1,10 @@
-//! The ferrolb speaker. Today it holds standalone planning (which VIP each
-//! configured service gets); announcement and forwarding join it as their
-//! issues land.
+//! The ferrolb speaker: standalone planning and runtime, the L4 forwarder,
+//! metrics and the announcement seam. Layer 2 and BGP announcement join as
+//! their issues land.
 
+pub mod announce;
+pub mod forwarder;
+pub mod http;
+pub mod metrics;
 pub mod plan;
+pub mod standalone;

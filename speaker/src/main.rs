@@ -1,5 +1,5 @@
-//! `ferrolb-speaker`: the per-node agent. Subcommands: `validate` today;
-//! `standalone` and `kubernetes` arrive with their issues.
+//! `ferrolb-speaker`: the per-node agent. Subcommands: `validate` and
+//! `standalone`; `kubernetes` arrives with its issue.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -13,6 +13,20 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -24,6 +38,48 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run without Kubernetes: allocate VIPs for the file's services, forward
+    /// their traffic to healthy backends, serve /metrics, /healthz and
+    /// /readyz. Reloads on SIGHUP or when the file changes; drains on SIGTERM.
+    Standalone {
+        /// The YAML configuration.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// This host's name (matched against `members`).
+        #[arg(long, value_name = "NAME", default_value = "standalone")]
+        node: String,
+        /// Address for /metrics, /healthz and /readyz.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9470")]
+        metrics_address: std::net::SocketAddr,
+        /// How often the file is checked for changes, e.g. 1s.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        reload_poll: std::time::Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    ferrolb_config::duration::parse_duration(s)
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn standalone(opts: ferrolb_speaker::standalone::Options) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(ferrolb_speaker::standalone::run(opts))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(path: &PathBuf) -> Result<ExitCode> {
@@ -59,8 +115,20 @@ fn validate(path: &PathBuf) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Validate { config } => validate(config),
+    init_logging(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Standalone {
+            config,
+            node,
+            metrics_address,
+            reload_poll,
+        } => standalone(ferrolb_speaker::standalone::Options {
+            config,
+            node,
+            metrics_address,
+            poll: reload_poll,
+        }),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,39 @@ pub struct Config {
     pub members: Vec<Member>,
     /// Standalone mode: the services to expose.
     pub services: Vec<Service>,
+    /// Forwarder limits and timeouts.
+    pub forwarder: ForwarderSettings,
+}
+
+/// Limits and timeouts of the L4 forwarder, for every forwarded port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwarderSettings {
+    /// How long a connect to a backend may take before the next one is tried.
+    pub connect_timeout: Duration,
+    /// A TCP connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long connections to a removed backend, or to any backend at
+    /// shutdown, may continue before they are closed.
+    pub drain_timeout: Duration,
+    /// Concurrent connections per service, unless the service sets its own.
+    pub max_connections: u32,
+    /// A UDP flow with no packet either way for this long is forgotten.
+    pub udp_idle_timeout: Duration,
+    /// UDP flows kept per port; beyond it the oldest is evicted.
+    pub udp_max_flows: u32,
+}
+
+impl Default for ForwarderSettings {
+    fn default() -> Self {
+        ForwarderSettings {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            udp_idle_timeout: Duration::from_secs(30),
+            udp_max_flows: 65_536,
+        }
+    }
 }
 
 impl Config {
@@ -267,6 +300,9 @@ pub struct Service {
     pub source_ranges: Vec<Cidr>,
     /// Forwarded ports; empty means the VIP is only announced.
     pub ports: Vec<ServicePort>,
+    /// Concurrent connections across the service's ports; `None` means the
+    /// forwarder default.
+    pub max_connections: Option<u32>,
 }
 
 /// A transport protocol.

@@ -26,6 +26,7 @@ pub(crate) struct Draft {
     pub bgp: Option<BgpDraft>,
     pub members: Vec<(usize, Member)>,
     pub services: Vec<(usize, Service)>,
+    pub forwarder: ForwarderSettings,
 }
 
 impl Draft {
@@ -43,6 +44,7 @@ impl Draft {
             }),
             members: strip(self.members),
             services: strip(self.services),
+            forwarder: self.forwarder,
         }
     }
 }
@@ -72,7 +74,7 @@ pub(crate) fn config(ctx: &mut Ctx, root: &Value) -> Draft {
             value: root,
             path: &path,
         },
-        &["pools", "l2", "bgp", "members", "services"],
+        &["pools", "l2", "bgp", "members", "services", "forwarder"],
     ) else {
         return Draft::default();
     };
@@ -82,7 +84,69 @@ pub(crate) fn config(ctx: &mut Ctx, root: &Value) -> Draft {
         bgp: top.get("bgp").and_then(|f| bgp(ctx, f)),
         members: indexed(ctx, top.get("members"), member),
         services: indexed(ctx, top.get("services"), service),
+        forwarder: top
+            .get("forwarder")
+            .and_then(|f| forwarder(ctx, f))
+            .unwrap_or_default(),
     }
+}
+
+fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings> {
+    let obj = ctx.object(
+        f,
+        &[
+            "connectTimeout",
+            "idleTimeout",
+            "drainTimeout",
+            "maxConnections",
+            "udpIdleTimeout",
+            "udpMaxFlows",
+        ],
+    )?;
+    let mut s = ForwarderSettings::default();
+    let bounded = |ctx: &mut Ctx, key: &str, min: Duration, max: Duration| -> Option<Duration> {
+        let f = obj.get(key)?;
+        let d = ctx.duration(f)?;
+        if d < min || d > max {
+            ctx.error(
+                f.path,
+                format!(
+                    "must be between {} and {}",
+                    crate::duration::format_duration(min),
+                    crate::duration::format_duration(max)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    };
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    if let Some(d) = bounded(ctx, "connectTimeout", ms(1), secs(60)) {
+        s.connect_timeout = d;
+    }
+    if let Some(d) = bounded(ctx, "idleTimeout", secs(1), secs(7 * 24 * 3600)) {
+        s.idle_timeout = d;
+    }
+    if let Some(d) = bounded(ctx, "drainTimeout", ms(0), secs(3600)) {
+        s.drain_timeout = d;
+    }
+    if let Some(d) = bounded(ctx, "udpIdleTimeout", ms(100), secs(3600)) {
+        s.udp_idle_timeout = d;
+    }
+    if let Some(n) = obj
+        .get("maxConnections")
+        .and_then(|f| ctx.uint(f, 1, 10_000_000))
+    {
+        s.max_connections = n;
+    }
+    if let Some(n) = obj
+        .get("udpMaxFlows")
+        .and_then(|f| ctx.uint(f, 1, 10_000_000))
+    {
+        s.udp_max_flows = n;
+    }
+    Some(s)
 }
 
 /// A name that other sections refer to: a lower-case DNS label.
@@ -668,7 +732,20 @@ fn member(ctx: &mut Ctx, f: Field<'_>) -> Option<Member> {
 }
 
 fn service(ctx: &mut Ctx, f: Field<'_>) -> Option<Service> {
-    let obj = ctx.object(f, &["name", "ip", "pool", "sourceRanges", "ports"])?;
+    let obj = ctx.object(
+        f,
+        &[
+            "name",
+            "ip",
+            "pool",
+            "sourceRanges",
+            "ports",
+            "maxConnections",
+        ],
+    )?;
+    let max_connections = obj
+        .get("maxConnections")
+        .and_then(|f| ctx.uint(f, 1, 10_000_000));
     let name = name(ctx, &obj, "service");
     let ip = obj.get("ip").and_then(|f| ctx.parse::<IpAddr>(f));
     let pool = obj.get("pool").and_then(|f| ctx.string(f));
@@ -701,6 +778,7 @@ fn service(ctx: &mut Ctx, f: Field<'_>) -> Option<Service> {
         pool,
         source_ranges,
         ports,
+        max_connections,
     })
 }
 

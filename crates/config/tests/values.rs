@@ -156,3 +156,17 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn forwarder_settings_and_defaults() {
+    let c = full();
+    let f = &c.forwarder;
+    assert_eq!(f.connect_timeout, Duration::from_millis(500));
+    assert_eq!(f.idle_timeout, Duration::from_secs(300));
+    assert_eq!((f.max_connections, f.udp_max_flows), (2000, 1000));
+    assert_eq!(c.services[1].max_connections, Some(50));
+    assert_eq!(c.services[0].max_connections, None);
+    let d = Config::from_yaml("").unwrap().forwarder;
+    assert_eq!(d, ForwarderSettings::default());
+    assert_eq!(d.connect_timeout, Duration::from_secs(2));
+}

@@ -1,0 +1,191 @@
+//! Prometheus metrics of the speaker, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Labels of a forwarded port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// Service name.
+    pub service: String,
+    /// `PORT/PROTOCOL`, e.g. `80/TCP`.
+    pub port: String,
+}
+
+/// Labels of one backend of a port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// Service name.
+    pub service: String,
+    /// `PORT/PROTOCOL`.
+    pub port: String,
+    /// Backend `IP:port`.
+    pub backend: String,
+}
+
+/// Labels of a rejected connection or packet.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// Service name.
+    pub service: String,
+    /// `PORT/PROTOCOL`.
+    pub port: String,
+    /// `source_range`, `limit`, `no_backend` or `connect_failed`.
+    pub reason: String,
+}
+
+/// Labels of a service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// Service name.
+    pub service: String,
+}
+
+/// Labels of a config reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// Labels of a byte counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// Service name.
+    pub service: String,
+    /// `PORT/PROTOCOL`.
+    pub port: String,
+    /// `in` (client to backend) or `out` (backend to client).
+    pub direction: String,
+}
+
+fn check_buckets() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
+}
+
+/// Every metric the speaker exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections forwarded, per backend.
+    pub connections: Family<BackendLabels, Counter>,
+    /// Open connections per port.
+    pub active: Family<PortLabels, Gauge>,
+    /// Bytes forwarded per port and direction.
+    pub bytes: Family<DirectionLabels, Counter>,
+    /// 1 if the backend takes new connections, 0 if it is down.
+    pub backend_up: Family<BackendLabels, Gauge>,
+    /// Connects to a backend that failed (passive health).
+    pub connect_failures: Family<BackendLabels, Counter>,
+    /// Health check duration.
+    pub check_seconds: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    /// Connections or packets refused, by reason.
+    pub rejected: Family<RejectLabels, Counter>,
+    /// 1 if some backend of the service is up.
+    pub service_up: Family<ServiceLabels, Gauge>,
+    /// UDP flows per port.
+    pub udp_flows: Family<PortLabels, Gauge>,
+    /// UDP flows evicted because the table was full.
+    pub udp_evicted: Family<PortLabels, Counter>,
+    /// UDP datagrams forwarded per port and direction.
+    pub udp_packets: Family<DirectionLabels, Counter>,
+    /// Configuration reloads by result.
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    /// A registry with every family registered.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("ferrolb");
+        let m = Metrics {
+            connections: Family::default(),
+            active: Family::default(),
+            bytes: Family::default(),
+            backend_up: Family::default(),
+            connect_failures: Family::default(),
+            check_seconds: Family::new_with_constructor(check_buckets as fn() -> Histogram),
+            rejected: Family::default(),
+            service_up: Family::default(),
+            udp_flows: Family::default(),
+            udp_evicted: Family::default(),
+            udp_packets: Family::default(),
+            config_reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Connections forwarded to a backend",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Open client connections per port",
+            m.active.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes forwarded (in: client to backend, out: backend to client)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "backend_up",
+            "1 if the backend takes new connections",
+            m.backend_up.clone(),
+        );
+        registry.register(
+            "backend_connect_failures",
+            "Failed connects to a backend",
+            m.connect_failures.clone(),
+        );
+        registry.register(
+            "health_check_duration_seconds",
+            "Active health check duration",
+            m.check_seconds.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Connections or datagrams refused, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "service_up",
+            "1 if some backend of the service takes connections",
+            m.service_up.clone(),
+        );
+        registry.register(
+            "udp_flows",
+            "UDP flows tracked per port",
+            m.udp_flows.clone(),
+        );
+        registry.register(
+            "udp_flows_evicted",
+            "UDP flows evicted because the flow table was full",
+            m.udp_evicted.clone(),
+        );
+        registry.register(
+            "udp_datagrams",
+            "UDP datagrams forwarded",
+            m.udp_packets.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            m.config_reloads.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

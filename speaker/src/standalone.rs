@@ -1,0 +1,192 @@
+//! Standalone mode: the speaker reads pools, services and backends from a
+//! YAML file, allocates VIPs, forwards traffic, and reloads on SIGHUP or
+//! when the file changes, with no Kubernetes involved.
+
+use crate::announce::{Announcer, NoAnnouncer};
+use crate::forwarder::Forwarder;
+use crate::http::{self, Endpoint};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::plan::{self, Plan};
+use anyhow::{bail, Context};
+use ferrolb_config::Config;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How standalone mode runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The YAML file.
+    pub config: PathBuf,
+    /// This host's name (matched against `members`).
+    pub node: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: SocketAddr,
+    /// How often the file is checked for changes.
+    pub poll: Duration,
+}
+
+/// Reads, validates and plans the file; the error lists every problem.
+pub fn load(path: &Path) -> Result<(Config, Plan), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let config = Config::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let plan = plan::plan(&config).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        format!(
+            "{}: not every service gets an address:\n{}",
+            path.display(),
+            lines.join("\n")
+        )
+    })?;
+    Ok((config, plan))
+}
+
+/// Modification time and size: a change in either triggers a reload.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn vips(plan: &Plan, health: &BTreeMap<String, bool>) -> BTreeMap<IpAddr, bool> {
+    let mut out = BTreeMap::new();
+    for s in &plan.services {
+        let healthy =
+            s.service.ports.is_empty() || health.get(&s.service.name).copied().unwrap_or(false);
+        for ip in &s.assignment.ips {
+            *out.entry(*ip).or_insert(false) |= healthy;
+        }
+    }
+    out
+}
+
+/// Describes where to reach each forwarded port.
+fn log_plan(plan: &Plan) {
+    for s in &plan.services {
+        for ip in &s.assignment.ips {
+            for p in &s.service.ports {
+                tracing::info!(
+                    service = %s.service.name,
+                    vip = %SocketAddr::new(*ip, p.port),
+                    protocol = %p.protocol,
+                    backends = p.backends.len(),
+                    "serving"
+                );
+            }
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then drains.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (config, mut plan) = match load(&opts.config) {
+        Ok(x) => x,
+        Err(e) => bail!("{e}"),
+    };
+    let mut forwarder = Forwarder::new(Arc::clone(&metrics));
+    let errors = forwarder.apply(&plan, &config.forwarder);
+    if !errors.is_empty() {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        bail!("cannot open every listener:\n{}", lines.join("\n"));
+    }
+    log_plan(&plan);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(opts.metrics_address)
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", opts.metrics_address))?;
+    let endpoint = Arc::new(Endpoint {
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+    });
+    tokio::spawn(http::serve(listener, endpoint));
+    let mut announcer: Box<dyn Announcer> = Box::new(NoAnnouncer);
+    tracing::info!(
+        node = %opts.node,
+        config = %opts.config.display(),
+        metrics = %opts.metrics_address,
+        announcer = announcer.name(),
+        services = plan.services.len(),
+        "standalone speaker ready"
+    );
+    ready.store(true, Ordering::Relaxed);
+
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut last_stamp = stamp(&opts.config);
+    let mut poll = tokio::time::interval(opts.poll);
+    let mut health_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut health = forwarder.service_health();
+    let mut announced = BTreeMap::new();
+    loop {
+        let reason = tokio::select! {
+            _ = hup.recv() => Some("SIGHUP"),
+            _ = poll.tick() => {
+                let now = stamp(&opts.config);
+                if now != last_stamp {
+                    last_stamp = now;
+                    Some("file changed")
+                } else {
+                    None
+                }
+            }
+            _ = health_tick.tick() => {
+                forwarder.refresh_health();
+                None
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        if let Some(reason) = reason {
+            match load(&opts.config) {
+                Ok((config, new_plan)) => {
+                    let errors = forwarder.apply(&new_plan, &config.forwarder);
+                    for e in &errors {
+                        tracing::error!(error = %e, "reload: listener not opened");
+                    }
+                    let result = if errors.is_empty() { "ok" } else { "error" };
+                    metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabels {
+                            result: result.into(),
+                        })
+                        .inc();
+                    plan = new_plan;
+                    log_plan(&plan);
+                    tracing::info!(
+                        reason,
+                        services = plan.services.len(),
+                        "configuration reloaded"
+                    );
+                }
+                Err(e) => {
+                    metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabels {
+                            result: "error".into(),
+                        })
+                        .inc();
+                    tracing::error!(
+                        reason,
+                        "reload refused, the running configuration stays in force:\n{e}"
+                    );
+                }
+            }
+        }
+        let current = vips(&plan, &health.borrow_and_update());
+        if current != announced {
+            announcer.update(&current);
+            announced = current;
+        }
+    }
+    tracing::info!("shutting down: no new connections");
+    ready.store(false, Ordering::Relaxed);
+    forwarder.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
