@@ -70,6 +70,8 @@ step "install packages" install_packages
 step "install nextest" install_nextest
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# End-to-end suites run the real binaries, found next to the test executables.
+step "build binaries" cargo build --workspace --bins --locked
 
 tests_passed=0
 tests_failed=0
@@ -88,6 +90,14 @@ doc_passed=$(grep -oE 'test result: .* ([0-9]+) passed' "$LOG_DIR/doc_tests.log"
 doc_failed=$(grep -oE '[0-9]+ failed' "$LOG_DIR/doc_tests.log" | awk '{s+=$1} END {print s+0}')
 tests_passed=$((tests_passed + doc_passed))
 tests_failed=$((tests_failed + doc_failed))
+
+# The README's first command, non-interactively: traffic must reach both web backends.
+demo_check() {
+  ./examples/demo.sh --once >"$LOG_DIR/demo.out" 2>&1 || { cat "$LOG_DIR/demo.out"; return 1; }
+  cat "$LOG_DIR/demo.out"
+  grep -q -- '-> web-1' "$LOG_DIR/demo.out" && grep -q -- '-> web-2' "$LOG_DIR/demo.out"
+}
+step "demo (README first command)" demo_check
 
 # Figures only: speed targets are compared against a reference in the same run, never asserted.
 step "allocator benchmark" cargo bench --locked -p ferrolb-alloc --bench alloc -- --quick --naive-budget 60

@@ -6,6 +6,10 @@
 //! returns, but when [`NO_SKIP_ENV`] is set (CI sets it) the same test
 //! fails instead, so CI can never pass by skipping.
 
+pub mod backend;
+pub mod client;
+pub mod speaker;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -86,6 +90,24 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
         }
     }
     false
+}
+
+/// The path of a workspace binary (`ferrolb-speaker`, `ferrolb-echo`),
+/// next to the running test executable in `target/<profile>/`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; build it first with `cargo build --workspace --bins` (tests/run.sh does)",
+        path.display()
+    );
+    path
 }
 
 #[cfg(test)]
