@@ -54,6 +54,9 @@ enum Command {
         /// How often the file is checked for changes, e.g. 1s.
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
         reload_poll: std::time::Duration,
+        /// Forwarder worker threads (default: one per CPU).
+        #[arg(long, value_name = "N")]
+        worker_threads: Option<usize>,
     },
 }
 
@@ -73,8 +76,15 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-fn standalone(opts: ferrolb_speaker::standalone::Options) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn standalone(
+    opts: ferrolb_speaker::standalone::Options,
+    workers: Option<usize>,
+) -> Result<ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -123,12 +133,16 @@ fn main() -> ExitCode {
             node,
             metrics_address,
             reload_poll,
-        } => standalone(ferrolb_speaker::standalone::Options {
-            config,
-            node,
-            metrics_address,
-            poll: reload_poll,
-        }),
+            worker_threads,
+        } => standalone(
+            ferrolb_speaker::standalone::Options {
+                config,
+                node,
+                metrics_address,
+                poll: reload_poll,
+            },
+            worker_threads,
+        ),
     };
     match result {
         Ok(code) => code,

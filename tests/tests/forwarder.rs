@@ -488,25 +488,49 @@ async fn all_backends_down_refuses_fast() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_close_delivers_the_full_reply() {
+/// A client sends 300 KB and half-closes; the backend answers only after
+/// that FIN, so the reply arrives in full only if the proxy forwards the FIN
+/// and keeps the other direction open.
+async fn half_close(vip: &str, splice: bool) {
     let e = backend::reply_after_eof("e", any()).await.unwrap();
-    let yaml = tcp_config("127.77.12.1", 8000, &[&e], "", "")
-        .replace("{type: http, path: /healthz,", "{type: tcp,");
-    let _s = Speaker::start(&yaml).await;
-    let mut c = client::connect("127.77.12.1:8000".parse().unwrap(), None)
+    let yaml = tcp_config(vip, 8000, &[&e], "", "")
+        .replace("{type: http, path: /healthz,", "{type: tcp,")
+        .replace(
+            "drainTimeout: 2s}",
+            &format!("drainTimeout: 2s, splice: {splice}}}"),
+        );
+    let s = Speaker::start(&yaml).await;
+    let mut c = client::connect(format!("{vip}:8000").parse().unwrap(), None)
         .await
         .unwrap();
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     c.write_all(&payload).await.unwrap();
-    c.shutdown().await.unwrap(); // FIN towards the backend; the echo must still come back in full
+    c.shutdown().await.unwrap();
     let mut back = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut back))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(back.len(), payload.len());
-    assert!(back == payload);
+    assert_eq!(back.len(), payload.len(), "splice: {splice}");
+    assert!(back == payload, "splice: {splice}");
+    let counted = s
+        .metric("ferrolb_bytes_total", &["direction=\"out\""])
+        .await;
+    assert_eq!(
+        counted,
+        payload.len() as f64,
+        "bytes metric, splice: {splice}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_delivers_the_full_reply() {
+    half_close("127.77.12.1", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_delivers_the_full_reply_with_splice() {
+    half_close("127.77.12.2", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

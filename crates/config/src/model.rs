@@ -42,6 +42,8 @@ pub struct ForwarderSettings {
     pub udp_idle_timeout: Duration,
     /// UDP flows kept per port; beyond it the oldest is evicted.
     pub udp_max_flows: u32,
+    /// Relay TCP with splice(2) (zero-copy) instead of a user-space copy.
+    pub splice: bool,
 }
 
 impl Default for ForwarderSettings {
@@ -53,6 +55,7 @@ impl Default for ForwarderSettings {
             max_connections: 10_000,
             udp_idle_timeout: Duration::from_secs(30),
             udp_max_flows: 65_536,
+            splice: false,
         }
     }
 }

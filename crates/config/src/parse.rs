@@ -101,6 +101,7 @@ fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings> {
             "maxConnections",
             "udpIdleTimeout",
             "udpMaxFlows",
+            "splice",
         ],
     )?;
     let mut s = ForwarderSettings::default();
@@ -145,6 +146,9 @@ fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings> {
         .and_then(|f| ctx.uint(f, 1, 10_000_000))
     {
         s.udp_max_flows = n;
+    }
+    if let Some(b) = obj.get("splice").and_then(|f| ctx.boolean(f)) {
+        s.splice = b;
     }
     Some(s)
 }

@@ -163,7 +163,10 @@ fn forwarder_settings_and_defaults() {
     let f = &c.forwarder;
     assert_eq!(f.connect_timeout, Duration::from_millis(500));
     assert_eq!(f.idle_timeout, Duration::from_secs(300));
-    assert_eq!((f.max_connections, f.udp_max_flows), (2000, 1000));
+    assert_eq!(
+        (f.max_connections, f.udp_max_flows, f.splice),
+        (2000, 1000, true)
+    );
     assert_eq!(c.services[1].max_connections, Some(50));
     assert_eq!(c.services[0].max_connections, None);
     let d = Config::from_yaml("").unwrap().forwarder;

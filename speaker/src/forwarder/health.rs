@@ -21,7 +21,7 @@ pub async fn run(port: Weak<PortRuntime>, backend: Arc<Backend>) {
             return;
         }
         let Some(p) = port.upgrade() else { return };
-        let Some(hc) = p.config().health_check else {
+        let Some(hc) = p.config().health_check.clone() else {
             drop(p);
             // Checks may be turned on by a reload.
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -8,6 +8,7 @@
 pub mod health;
 pub mod port;
 pub mod socket;
+pub mod splice;
 pub mod tcp;
 pub mod udp;
 
@@ -210,6 +211,7 @@ impl Forwarder {
                     idle_timeout: settings.idle_timeout,
                     udp_idle_timeout: settings.udp_idle_timeout,
                     udp_max_flows: settings.udp_max_flows as usize,
+                    splice: settings.splice,
                 };
                 let weights: Vec<(SocketAddr, u32)> =
                     p.backends.iter().map(|b| (b.address, b.weight)).collect();

@@ -110,10 +110,13 @@ pub struct PortConfig {
     pub udp_idle_timeout: Duration,
     /// UDP flow table size.
     pub udp_max_flows: usize,
+    /// Relay TCP with splice(2) instead of copying through user space.
+    pub splice: bool,
 }
 
 struct PortState {
-    config: PortConfig,
+    /// Shared so that each connection takes a reference, not a copy.
+    config: Arc<PortConfig>,
     backends: Vec<Arc<Backend>>,
     selector: Selector,
 }
@@ -201,6 +204,12 @@ pub struct PortRuntime {
     pub labels: PortLabels,
     /// Stops the listener when set.
     pub stop: watch::Sender<bool>,
+    /// Bytes from clients to backends (made once, not per connection).
+    pub bytes_in: prometheus_client::metrics::counter::Counter,
+    /// Bytes from backends to clients.
+    pub bytes_out: prometheus_client::metrics::counter::Counter,
+    /// Open connections on this port.
+    pub active_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl PortRuntime {
@@ -216,17 +225,32 @@ impl PortRuntime {
             service: service.name.clone(),
             port: format!("{}/{}", key.port, key.protocol),
         };
+        let direction = |d: &str| {
+            metrics
+                .bytes
+                .get_or_create(&crate::metrics::DirectionLabels {
+                    service: labels.service.clone(),
+                    port: labels.port.clone(),
+                    direction: d.to_string(),
+                })
+                .clone()
+        };
+        let (bytes_in, bytes_out) = (direction("in"), direction("out"));
+        let active_gauge = metrics.active.get_or_create(&labels).clone();
         let port = Arc::new(PortRuntime {
             key,
             service,
             state: Mutex::new(PortState {
                 selector: Selector::new(config.algorithm, Vec::new()),
-                config,
+                config: Arc::new(config),
                 backends: Vec::new(),
             }),
             metrics,
             labels,
             stop: watch::Sender::new(false),
+            bytes_in,
+            bytes_out,
+            active_gauge,
         });
         port.set_backends(weights);
         port
@@ -241,8 +265,8 @@ impl PortRuntime {
     }
 
     /// The current configuration.
-    pub fn config(&self) -> PortConfig {
-        self.state.lock().expect("lock poisoned").config.clone()
+    pub fn config(&self) -> Arc<PortConfig> {
+        Arc::clone(&self.state.lock().expect("lock poisoned").config)
     }
 
     /// Replaces the configuration (backends are set separately).
@@ -251,7 +275,7 @@ impl PortRuntime {
         if st.config.algorithm != config.algorithm {
             st.selector = Selector::new(config.algorithm, Vec::new());
         }
-        st.config = config;
+        st.config = Arc::new(config);
         Self::refresh(&mut st);
     }
 

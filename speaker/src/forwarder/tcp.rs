@@ -3,7 +3,6 @@
 //! half-close and an idle timeout.
 
 use super::port::{Backend, PortRuntime};
-use crate::metrics::DirectionLabels;
 use ferrolb_balance::health::Observation;
 use ferrolb_balance::proxy_protocol;
 use ferrolb_config::ProxyProtocol;
@@ -18,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use tokio::time::Instant;
 
-/// Per-direction buffer, allocated only once data arrives, so idle
+/// Per-direction buffer, allocated only while data flows, so idle
 /// connections hold no buffers.
 const BUF: usize = 32 * 1024;
 
@@ -91,7 +90,7 @@ async fn handle(port: Arc<PortRuntime>, client: TcpStream, peer: SocketAddr) {
         }
     };
     backend.active.fetch_add(1, Ordering::Relaxed);
-    let active = port.metrics.active.get_or_create(&port.labels).clone();
+    let active = &port.active_gauge;
     active.inc();
     port.metrics
         .connections
@@ -102,17 +101,7 @@ async fn handle(port: Arc<PortRuntime>, client: TcpStream, peer: SocketAddr) {
     let local = client
         .local_addr()
         .unwrap_or(SocketAddr::new(port.key.vip, port.key.port));
-    let result = relay(
-        &port,
-        &backend,
-        client,
-        upstream,
-        peer,
-        local,
-        cfg.proxy_protocol,
-        cfg.idle_timeout,
-    )
-    .await;
+    let result = relay(&port, &backend, client, upstream, peer, local, &cfg).await;
     if let Err(e) = result {
         tracing::debug!(port = %port.key, client = %peer, error = %e, "connection ended with an error");
     }
@@ -128,35 +117,32 @@ async fn relay(
     mut upstream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    proxy: Option<ProxyProtocol>,
-    idle: Duration,
+    cfg: &super::port::PortConfig,
 ) -> io::Result<()> {
-    if let Some(v) = proxy {
+    let idle = cfg.idle_timeout;
+    if let Some(v) = cfg.proxy_protocol {
         let header = match v {
             ProxyProtocol::V1 => proxy_protocol::v1(peer, local),
             ProxyProtocol::V2 => proxy_protocol::v2(peer, local),
         };
         upstream.write_all(&header).await?;
     }
-    let (cr, cw) = client.into_split();
-    let (br, bw) = upstream.into_split();
     // Nanoseconds since `epoch` of the last byte either way.
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
-    let counter = |direction: &str| {
-        port.metrics
-            .bytes
-            .get_or_create(&DirectionLabels {
-                service: port.labels.service.clone(),
-                port: port.labels.port.clone(),
-                direction: direction.to_string(),
-            })
-            .clone()
-    };
-    let (bytes_in, bytes_out) = (counter("in"), counter("out"));
-    let up = copy_half(cr, bw, epoch, &last, &bytes_in);
-    let down = copy_half(br, cw, epoch, &last, &bytes_out);
+    let (bytes_in, bytes_out) = (&port.bytes_in, &port.bytes_out);
     let mut kill = backend.kill_signal();
+    if cfg.splice {
+        return tokio::select! {
+            r = super::splice::relay(&client, &upstream, epoch, &last, bytes_in, bytes_out) => r,
+            _ = idle_watch(epoch, &last, idle) => Ok(()),
+            _ = super::until_set(&mut kill) => Ok(()),
+        };
+    }
+    let (cr, cw) = client.into_split();
+    let (br, bw) = upstream.into_split();
+    let up = copy_half(cr, bw, epoch, &last, bytes_in);
+    let down = copy_half(br, cw, epoch, &last, bytes_out);
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
         _ = idle_watch(epoch, &last, idle) => Ok(()),
@@ -175,6 +161,11 @@ async fn idle_watch(epoch: Instant, last: &AtomicU64, idle: Duration) {
 }
 
 /// Copies one direction until EOF, then half-closes the other side.
+///
+/// The buffer exists only while data flows: it is taken (uninitialised, so
+/// no page is touched until data lands in it) when the socket is readable and
+/// given back as soon as the socket runs dry, so an idle connection holds no
+/// buffer, and a burst keeps one buffer until it ends.
 async fn copy_half(
     r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
@@ -184,21 +175,23 @@ async fn copy_half(
 ) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        r.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0; BUF];
+        if buf.capacity() == 0 {
+            r.readable().await?;
+            buf = Vec::with_capacity(BUF);
         }
-        let n = match r.try_read(&mut buf) {
+        buf.clear();
+        match r.try_read_buf(&mut buf) {
             Ok(0) => {
                 w.shutdown().await?;
                 return Ok(());
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(n) => {
+                w.write_all(&buf).await?;
+                bytes.inc_by(n as u64);
+                last.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
             Err(e) => return Err(e),
-        };
-        w.write_all(&buf[..n]).await?;
-        bytes.inc_by(n as u64);
-        last.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 }
