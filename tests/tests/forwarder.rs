@@ -582,3 +582,82 @@ async fn hostile_clients_do_not_hurt_the_forwarder() {
         "RSS grew by {growth} KiB after 900 hostile connections"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_beyond_max() {
+    let a = backend::http("a", any(), Proxy::None).await.unwrap();
+    let yaml = tcp_config("127.77.14.1", 8000, &[&a], "", "    maxConnections: 2");
+    let s = Speaker::start(&yaml).await;
+    let vip: SocketAddr = "127.77.14.1:8000".parse().unwrap();
+    let mut c1 = KeepAlive::open(vip, None).await.unwrap();
+    let mut c2 = KeepAlive::open(vip, None).await.unwrap();
+    assert_eq!(c1.get("/").await.unwrap(), "a\n");
+    assert_eq!(c2.get("/").await.unwrap(), "a\n");
+    assert!(
+        client::get(vip, "/", None).await.is_err(),
+        "a third connection is refused"
+    );
+    assert_eq!(
+        s.metric("ferrolb_rejected_total", &["reason=\"limit\""])
+            .await,
+        1.0
+    );
+    drop(c1);
+    // The slot frees once the forwarder has seen the close.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if client::get(vip, "/", None).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c2.get("/").await.unwrap(), "a\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_backend_drains_then_closes() {
+    let a = backend::http("a", any(), Proxy::None).await.unwrap();
+    let b = backend::http("b", any(), Proxy::None).await.unwrap();
+    let s = Speaker::start(&tcp_config("127.77.15.1", 8000, &[&a, &b], "", "")).await;
+    let vip: SocketAddr = "127.77.15.1:8000".parse().unwrap();
+    // Find a connection that landed on b.
+    let mut on_b = None;
+    for _ in 0..4 {
+        let mut c = KeepAlive::open(vip, None).await.unwrap();
+        if c.get("/").await.unwrap() == "b\n" {
+            on_b = Some(c);
+            break;
+        }
+    }
+    let mut on_b = on_b.expect("round robin reaches b");
+    s.write_config(&tcp_config("127.77.15.1", 8000, &[&a], "", ""));
+    s.wait_metric(
+        "ferrolb_config_reloads_total",
+        &["result=\"ok\""],
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    )
+    .await;
+    let removed_at = Instant::now();
+    // During the 2 s drain the established connection to b keeps working; new ones go to a.
+    assert_eq!(on_b.get("/").await.unwrap(), "b\n");
+    assert_eq!(tally(vip, 4, None).await.get("a"), Some(&4));
+    // After the drain timeout it is closed.
+    let deadline = removed_at + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if on_b.get("/").await.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connection to the removed backend outlived the drain"
+        );
+    }
+    assert!(
+        removed_at.elapsed() >= Duration::from_millis(1800),
+        "closed before the drain timeout: {:?}",
+        removed_at.elapsed()
+    );
+}
