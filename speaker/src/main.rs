@@ -80,9 +80,13 @@ fn standalone(
     opts: ferrolb_speaker::standalone::Options,
     workers: Option<usize>,
 ) -> Result<ExitCode> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.max(1));
+    // One worker: a current-thread runtime skips the work-stealing machinery.
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
+        builder.worker_threads(n);
     }
     let runtime = builder
         .enable_all()

@@ -359,12 +359,15 @@ def main():
             cpu[name].append(c)
             errs[name] = errs[name] or e
     print("\nHTTP keep-alive, wrk -t1 -c64 (requests/s, p99, proxy CPU per request):")
+    http_only = "--http-only" in sys.argv
     print(f"  {'target':<16}{'req/s':>12}{'vs direct':>11}{'vs haproxy':>12}{'p99 ms':>9}{'CPU us/req':>12}")
     for name, _, _ in http_targets:
         print(f"  {name:<16}{med(rps[name]):>12,.0f}{med(rps[name]) / med(rps['direct']):>11.2f}"
               f"{med(rps[name]) / med(rps['haproxy']):>12.2f}{med(p99[name]):>9.2f}{med(cpu[name]):>12.2f}"
               f"  {errs[name]}")
 
+    if http_only:
+        return
     bulk_targets = [("direct", IPERF[0], IPERF[1], None), ("ferrolb", VIP_COPY, 5201, copy.pid),
                     ("ferrolb-splice", VIP_SPLICE, 5201, splice.pid), ("haproxy", VIP_HAPROXY, 5201, haproxy.pid),
                     ("nginx-stream", VIP_NGINX, 5201, nginx.pid)]
