@@ -1,0 +1,13 @@
+//! Layer 2 mode's pure logic. Sockets, timers and interfaces live in the
+//! speaker; everything that decides lives here and is tested in-process:
+//!
+//! - [`wire`]: Ethernet, ARP and NDP frames, parsed and emitted.
+//! - [`respond`]: what to answer for the VIPs an interface owns, conflict
+//!   detection, and the announcement frames.
+//! - [`election`]: one owner per service, sticky, identical on every node.
+//! - [`membership`]: the UDP heartbeat failure detector.
+
+pub mod election;
+pub mod membership;
+pub mod respond;
+pub mod wire;

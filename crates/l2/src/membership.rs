@@ -1,0 +1,542 @@
+//! Membership and failure detection between speakers, independent of any
+//! API server: every node sends a small UDP heartbeat to every other member
+//! each `interval`, carrying the services it announces (and for how long)
+//! and how long ago it last heard each member.
+//!
+//! A member is down when neither this node nor any live peer has heard it
+//! for `dead_after`. The second condition is indirect confirmation (as in
+//! SWIM's indirect probes): a few lost packets on one path never take a
+//! live owner down, while a dead node is still declared down everywhere
+//! within about `dead_after` plus one interval.
+//!
+//! Sans-IO: [`Membership::tick`] and [`Membership::receive`] take the time
+//! and return what to send and which members changed state; the caller owns
+//! the socket and the clock.
+//!
+//! Cost: each node sends and receives N-1 heartbeats per interval (about
+//! 60 bytes plus ~20 bytes per claimed service). With the default 100 ms
+//! interval that is 10 x (N-1) packets per second per node: 20 pps with 3
+//! nodes, ~1,000 with 100, ~10,000 (about 6 Mbit/s) with 1,000 - which is
+//! why only nodes that may announce on the same segment need to be members.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Timing of the failure detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Time between heartbeats, in milliseconds.
+    pub interval_ms: u64,
+    /// Silence after which a member is down, in milliseconds. Also how long a
+    /// starting node listens before it may claim anything.
+    pub dead_after_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        // Down after 4 missed heartbeats: a dead owner is replaced in ~0.4-0.5 s.
+        Timing {
+            interval_ms: 100,
+            dead_after_ms: 400,
+        }
+    }
+}
+
+/// One heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The sender's node name.
+    pub from: String,
+    /// Increases with every heartbeat of one sender run.
+    pub seq: u64,
+    /// Services the sender announces, with how long it has (ms).
+    pub claims: Vec<(String, u64)>,
+    /// Per member (in sorted member order), how long ago the sender last
+    /// heard it, in units of 10 ms; `u16::MAX` for never or long ago.
+    pub ages: Vec<u16>,
+}
+
+/// Age value meaning "never heard" (or longer than the encoding holds).
+pub const NEVER: u16 = u16::MAX;
+
+const MAGIC: &[u8; 4] = b"FLB1";
+
+/// Why a datagram is not a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Wrong magic or truncated.
+    #[error("not a ferrolb heartbeat")]
+    Malformed,
+}
+
+impl Heartbeat {
+    /// Encodes to bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.claims.len() * 24);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        put_str(&mut out, &self.from);
+        out.extend_from_slice(&(self.claims.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        for (k, held) in self.claims.iter().take(u16::MAX as usize) {
+            put_str(&mut out, k);
+            out.extend_from_slice(&held.to_be_bytes());
+        }
+        out.extend_from_slice(&(self.ages.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        for a in self.ages.iter().take(u16::MAX as usize) {
+            out.extend_from_slice(&a.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decodes bytes; anything malformed is refused.
+    pub fn decode(mut b: &[u8]) -> Result<Heartbeat, DecodeError> {
+        if b.len() < 4 || &b[..4] != MAGIC {
+            return Err(DecodeError::Malformed);
+        }
+        b = &b[4..];
+        let seq = take_u64(&mut b)?;
+        let from = take_str(&mut b)?;
+        let n = take_u16(&mut b)? as usize;
+        let mut claims = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let k = take_str(&mut b)?;
+            let held = take_u64(&mut b)?;
+            claims.push((k, held));
+        }
+        let m = take_u16(&mut b)? as usize;
+        let mut ages = Vec::with_capacity(m.min(4096));
+        for _ in 0..m {
+            ages.push(take_u16(&mut b)?);
+        }
+        if !b.is_empty() || from.is_empty() {
+            return Err(DecodeError::Malformed);
+        }
+        Ok(Heartbeat {
+            from,
+            seq,
+            claims,
+            ages,
+        })
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn take_u16(b: &mut &[u8]) -> Result<u16, DecodeError> {
+    let v = b.get(..2).ok_or(DecodeError::Malformed)?;
+    let r = u16::from_be_bytes([v[0], v[1]]);
+    *b = &b[2..];
+    Ok(r)
+}
+
+fn take_u64(b: &mut &[u8]) -> Result<u64, DecodeError> {
+    let v = b.get(..8).ok_or(DecodeError::Malformed)?;
+    let r = u64::from_be_bytes(v.try_into().expect("8 bytes"));
+    *b = &b[8..];
+    Ok(r)
+}
+
+fn take_str(b: &mut &[u8]) -> Result<String, DecodeError> {
+    let n = take_u16(b)? as usize;
+    let v = b.get(..n).ok_or(DecodeError::Malformed)?;
+    let s = std::str::from_utf8(v)
+        .map_err(|_| DecodeError::Malformed)?
+        .to_string();
+    *b = &b[n..];
+    Ok(s)
+}
+
+/// A state change of a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// First heard, or heard again after being down.
+    Up(String),
+    /// Silent for `dead_after`.
+    Down(String),
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddr,
+    last_heard: Option<u64>,
+    up: bool,
+    seq: u64,
+    claims: Vec<(String, u64)>,
+    /// The peer's last report of member ages (10 ms units), and when it arrived.
+    ages: Vec<u16>,
+    ages_at: u64,
+}
+
+/// The failure detector of one node.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: String,
+    timing: Timing,
+    peers: BTreeMap<String, Peer>,
+    /// Every member, this node included, sorted: the order of `ages`.
+    order: Vec<String>,
+    started: Option<u64>,
+    next_send: u64,
+    seq: u64,
+}
+
+impl Membership {
+    /// A detector for node `me` with the other members and their addresses.
+    pub fn new(
+        me: &str,
+        peers: impl IntoIterator<Item = (String, SocketAddr)>,
+        timing: Timing,
+    ) -> Membership {
+        let peers: BTreeMap<String, Peer> = peers
+            .into_iter()
+            .filter(|(n, _)| n != me)
+            .map(|(n, addr)| {
+                (
+                    n,
+                    Peer {
+                        addr,
+                        last_heard: None,
+                        up: false,
+                        seq: 0,
+                        claims: Vec::new(),
+                        ages: Vec::new(),
+                        ages_at: 0,
+                    },
+                )
+            })
+            .collect();
+        let mut order: Vec<String> = peers.keys().cloned().collect();
+        order.push(me.to_string());
+        order.sort();
+        Membership {
+            me: me.to_string(),
+            timing,
+            peers,
+            order,
+            started: None,
+            next_send: 0,
+            seq: 0,
+        }
+    }
+
+    /// Advances time: returns the heartbeats due (destination and bytes) and
+    /// members that went down. `claims` are this node's current claims.
+    pub fn tick(
+        &mut self,
+        now: u64,
+        claims: &[(String, u64)],
+    ) -> (Vec<(SocketAddr, Vec<u8>)>, Vec<Change>) {
+        self.started.get_or_insert(now);
+        let mut changes = Vec::new();
+        let dead_after = self.timing.dead_after_ms;
+        let down: Vec<String> = self
+            .peers
+            .iter()
+            // Cheap check first: only members this node has not heard lately need the peers' reports.
+            .filter(|(_, p)| {
+                p.up && p
+                    .last_heard
+                    .is_some_and(|t| now.saturating_sub(t) >= dead_after)
+            })
+            .filter(|(name, _)| self.heard_age(name, now) >= dead_after)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in down {
+            let p = self.peers.get_mut(&name).expect("listed above");
+            p.up = false;
+            p.claims.clear();
+            changes.push(Change::Down(name));
+        }
+        let mut sends = Vec::new();
+        if now >= self.next_send {
+            self.seq += 1;
+            let ages = self.order.iter().map(|n| self.own_age(n, now)).collect();
+            let bytes = Heartbeat {
+                from: self.me.clone(),
+                seq: self.seq,
+                claims: claims.to_vec(),
+                ages,
+            }
+            .encode();
+            sends = self
+                .peers
+                .values()
+                .map(|p| (p.addr, bytes.clone()))
+                .collect();
+            self.next_send = now + self.timing.interval_ms;
+        }
+        (sends, changes)
+    }
+
+    /// Takes a received datagram; returns a change if the sender came up.
+    /// Unknown senders and malformed or stale datagrams are ignored.
+    pub fn receive(&mut self, now: u64, bytes: &[u8]) -> Result<Option<Change>, DecodeError> {
+        let hb = Heartbeat::decode(bytes)?;
+        let Some(p) = self.peers.get_mut(&hb.from) else {
+            return Ok(None);
+        };
+        // A restarted peer starts its sequence again; anything else older than what we have is a reordered leftover.
+        if hb.seq <= p.seq && p.up && hb.seq + 1000 > p.seq {
+            return Ok(None);
+        }
+        p.seq = hb.seq;
+        p.last_heard = Some(now);
+        p.claims = hb.claims;
+        // Only a report over the same member list can be read index by index.
+        if hb.ages.len() == self.order.len() {
+            p.ages = hb.ages;
+            p.ages_at = now;
+        } else {
+            p.ages.clear();
+        }
+        if !p.up {
+            p.up = true;
+            return Ok(Some(Change::Up(hb.from)));
+        }
+        Ok(None)
+    }
+
+    /// How long ago this node itself heard `name`, in 10 ms units.
+    fn own_age(&self, name: &str, now: u64) -> u16 {
+        if name == self.me {
+            return 0;
+        }
+        match self.peers.get(name).and_then(|p| p.last_heard) {
+            Some(t) => (now.saturating_sub(t) / 10).min(NEVER as u64 - 1) as u16,
+            None => NEVER,
+        }
+    }
+
+    /// The shortest time since anyone (this node or a live peer, by its
+    /// latest report) heard `name`, in ms.
+    fn heard_age(&self, name: &str, now: u64) -> u64 {
+        let Some(idx) = self.order.iter().position(|n| n == name) else {
+            return u64::MAX;
+        };
+        let mine = self
+            .peers
+            .get(name)
+            .and_then(|p| p.last_heard)
+            .map_or(u64::MAX, |t| now.saturating_sub(t));
+        let reported = self
+            .peers
+            .iter()
+            .filter(|(n, p)| p.up && n.as_str() != name)
+            .filter_map(|(_, p)| {
+                let a = *p.ages.get(idx)?;
+                (a != NEVER).then(|| a as u64 * 10 + now.saturating_sub(p.ages_at))
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        mine.min(reported)
+    }
+
+    /// Whether this node has listened long enough to know its peers and may
+    /// claim services (a starting node must not grab VIPs others hold).
+    pub fn settled(&self, now: u64) -> bool {
+        self.started
+            .is_some_and(|s| now.saturating_sub(s) >= self.timing.dead_after_ms)
+    }
+
+    /// Live members, this node included.
+    pub fn live(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.up)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        v.push(&self.me);
+        v.sort_unstable();
+        v
+    }
+
+    /// The claims live peers reported, as (node, service, held ms).
+    pub fn peer_claims(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.peers.iter().filter(|(_, p)| p.up).flat_map(|(n, p)| {
+            p.claims
+                .iter()
+                .map(move |(k, h)| (n.as_str(), k.as_str(), *h))
+        })
+    }
+
+    /// This node's name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn heartbeat_round_trip_and_golden_bytes() {
+        let hb = Heartbeat {
+            from: "n1".into(),
+            seq: 7,
+            claims: vec![("svc".into(), 1500)],
+            ages: vec![0, 12, NEVER],
+        };
+        let bytes = hb.encode();
+        let mut want = b"FLB1".to_vec();
+        want.extend_from_slice(&7u64.to_be_bytes());
+        want.extend_from_slice(&[0, 2, b'n', b'1', 0, 1, 0, 3, b's', b'v', b'c']);
+        want.extend_from_slice(&1500u64.to_be_bytes());
+        want.extend_from_slice(&[0, 3, 0, 0, 0, 12, 0xff, 0xff]);
+        assert_eq!(bytes, want);
+        assert_eq!(Heartbeat::decode(&bytes), Ok(hb));
+        assert!(Heartbeat::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Heartbeat::decode(&extra).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Heartbeat::decode(&bytes);
+            let mut framed = b"FLB1".to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = Heartbeat::decode(&framed);
+        }
+    }
+
+    /// A simulated network of members with loss, driven by a simulated clock.
+    struct Sim {
+        nodes: Vec<Membership>,
+        alive: Vec<bool>,
+        rng: u64,
+        loss_percent: u64,
+        /// (observer, subject, time of the Down change)
+        downs: Vec<(usize, usize, u64)>,
+    }
+
+    impl Sim {
+        fn new(n: usize, loss_percent: u64) -> Sim {
+            let addrs: Vec<(String, SocketAddr)> = (0..n)
+                .map(|i| {
+                    (
+                        format!("n{i}"),
+                        SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 7946)),
+                    )
+                })
+                .collect();
+            let nodes = (0..n)
+                .map(|i| Membership::new(&format!("n{i}"), addrs.clone(), Timing::default()))
+                .collect();
+            Sim {
+                nodes,
+                alive: vec![true; n],
+                rng: 0x9e3779b97f4a7c15,
+                loss_percent,
+                downs: Vec::new(),
+            }
+        }
+
+        fn lost(&mut self) -> bool {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng % 100 < self.loss_percent
+        }
+
+        fn index(addr: SocketAddr) -> usize {
+            match addr.ip() {
+                std::net::IpAddr::V4(v) => v.octets()[2] as usize * 250 + v.octets()[3] as usize,
+                _ => unreachable!(),
+            }
+        }
+
+        /// Runs until `until` ms in 10 ms steps.
+        fn run(&mut self, from: u64, until: u64) {
+            let mut now = from;
+            while now < until {
+                let mut inflight = Vec::new();
+                for i in 0..self.nodes.len() {
+                    if !self.alive[i] {
+                        continue;
+                    }
+                    let (sends, changes) = self.nodes[i].tick(now, &[]);
+                    for c in changes {
+                        if let Change::Down(name) = c {
+                            self.downs.push((i, name[1..].parse().unwrap(), now));
+                        }
+                    }
+                    for (to, bytes) in sends {
+                        inflight.push((Self::index(to), bytes));
+                    }
+                }
+                for (to, bytes) in inflight {
+                    if self.alive[to] && !self.lost() {
+                        self.nodes[to].receive(now, &bytes).unwrap();
+                    }
+                }
+                now += 10;
+            }
+        }
+    }
+
+    #[test]
+    fn a_hundred_members_detect_a_death_within_half_a_second() {
+        let mut sim = Sim::new(100, 1);
+        sim.run(0, 2_000);
+        for n in &sim.nodes {
+            assert_eq!(n.live().len(), 100, "everyone sees everyone");
+        }
+        assert!(
+            sim.downs.is_empty(),
+            "no false positives at 1% loss: {:?}",
+            &sim.downs[..sim.downs.len().min(5)]
+        );
+        sim.alive[42] = false;
+        sim.run(2_000, 3_000);
+        let detections: Vec<u64> = sim
+            .downs
+            .iter()
+            .filter(|(_, s, _)| *s == 42)
+            .map(|(_, _, t)| t - 2_000)
+            .collect();
+        assert_eq!(detections.len(), 99, "every live member notices");
+        let worst = *detections.iter().max().unwrap();
+        assert!(
+            worst <= 500,
+            "worst detection {worst} ms (dead_after 400 + interval 100)"
+        );
+    }
+
+    #[test]
+    fn heavy_loss_still_detects_and_rarely_misfires() {
+        let mut sim = Sim::new(100, 10);
+        sim.run(0, 10_000);
+        // Lost heartbeats on one path are covered by the other peers' reports: no false verdict.
+        let false_downs = sim.downs.len();
+        assert_eq!(false_downs, 0, "false suspicions in 10 s at 10% loss");
+        let before = sim.downs.len();
+        sim.alive[7] = false;
+        sim.run(10_000, 11_000);
+        let detected = sim.downs[before..]
+            .iter()
+            .filter(|(_, s, _)| *s == 7)
+            .count();
+        assert!(detected >= 99, "{detected}");
+    }
+
+    #[test]
+    fn a_starting_node_waits_before_claiming() {
+        let mut m = Membership::new(
+            "a",
+            [("b".to_string(), "10.0.0.2:7946".parse().unwrap())],
+            Timing::default(),
+        );
+        m.tick(1_000, &[]);
+        assert!(!m.settled(1_100));
+        assert!(m.settled(1_400));
+        assert_eq!(m.live(), ["a"]);
+    }
+}
