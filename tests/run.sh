@@ -13,8 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 # Debian packages the suites need. Suites that drive namespaces and router
-# daemons add theirs here (iproute2, bird2, gobgpd, exabgp...).
-APT_PACKAGES=()
+# daemons add theirs here (bird2, gobgpd, exabgp...). iproute2: the L2 suite's namespaces.
+APT_PACKAGES=(iproute2)
 
 LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-tests.XXXXXX")
 export FERROLB_SKIP_LOG="$LOG_DIR/skipped.txt"

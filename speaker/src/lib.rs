@@ -5,6 +5,7 @@
 pub mod announce;
 pub mod forwarder;
 pub mod http;
+pub mod l2;
 pub mod metrics;
 pub mod plan;
 pub mod standalone;

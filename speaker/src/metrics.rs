@@ -64,6 +64,20 @@ pub struct DirectionLabels {
     pub direction: String,
 }
 
+/// Labels of an interface.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IfaceLabels {
+    /// Interface name.
+    pub interface: String,
+}
+
+/// Labels of a VIP.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VipLabels {
+    /// The address.
+    pub vip: String,
+}
+
 fn check_buckets() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -97,6 +111,20 @@ pub struct Metrics {
     pub udp_packets: Family<DirectionLabels, Counter>,
     /// Configuration reloads by result.
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// ARP requests and neighbour solicitations received for owned VIPs.
+    pub l2_requests: Family<IfaceLabels, Counter>,
+    /// Answers sent.
+    pub l2_answers: Family<IfaceLabels, Counter>,
+    /// Gratuitous ARP and unsolicited NA frames sent.
+    pub l2_gratuitous: Family<IfaceLabels, Counter>,
+    /// Frames dropped as malformed.
+    pub l2_malformed: Family<IfaceLabels, Counter>,
+    /// Another MAC seen answering or announcing an owned VIP.
+    pub l2_duplicates: Family<VipLabels, Counter>,
+    /// Services taken or given up by this node.
+    pub l2_ownership_changes: Counter,
+    /// From a member declared down to this node's first announcement.
+    pub l2_failover_seconds: Histogram,
 }
 
 impl Metrics {
@@ -116,6 +144,15 @@ impl Metrics {
             udp_evicted: Family::default(),
             udp_packets: Family::default(),
             config_reloads: Family::default(),
+            l2_requests: Family::default(),
+            l2_answers: Family::default(),
+            l2_gratuitous: Family::default(),
+            l2_malformed: Family::default(),
+            l2_duplicates: Family::default(),
+            l2_ownership_changes: Counter::default(),
+            l2_failover_seconds: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(

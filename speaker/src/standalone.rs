@@ -2,7 +2,7 @@
 //! YAML file, allocates VIPs, forwards traffic, and reloads on SIGHUP or
 //! when the file changes, with no Kubernetes involved.
 
-use crate::announce::{Announcer, NoAnnouncer};
+use crate::announce::{Announcer, NoAnnouncer, ServiceVips};
 use crate::forwarder::Forwarder;
 use crate::http::{self, Endpoint};
 use crate::metrics::{Metrics, ResultLabels};
@@ -10,7 +10,7 @@ use crate::plan::{self, Plan};
 use anyhow::{bail, Context};
 use ferrolb_config::Config;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,16 +52,17 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-fn vips(plan: &Plan, health: &BTreeMap<String, bool>) -> BTreeMap<IpAddr, bool> {
-    let mut out = BTreeMap::new();
-    for s in &plan.services {
-        let healthy =
-            s.service.ports.is_empty() || health.get(&s.service.name).copied().unwrap_or(false);
-        for ip in &s.assignment.ips {
-            *out.entry(*ip).or_insert(false) |= healthy;
-        }
-    }
-    out
+fn vips(plan: &Plan, health: &BTreeMap<String, bool>) -> Vec<ServiceVips> {
+    plan.services
+        .iter()
+        .map(|s| ServiceVips {
+            key: s.service.name.clone(),
+            pool: s.assignment.pool.to_string(),
+            vips: s.assignment.ips.clone(),
+            healthy: s.service.ports.is_empty()
+                || health.get(&s.service.name).copied().unwrap_or(false),
+        })
+        .collect()
 }
 
 /// Describes where to reach each forwarded port.
@@ -104,7 +105,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         ready: Arc::clone(&ready),
     });
     tokio::spawn(http::serve(listener, endpoint));
-    let mut announcer: Box<dyn Announcer> = Box::new(NoAnnouncer);
+    // Layer 2 mode when the file names members and l2 advertisements; nothing to announce otherwise.
+    let mut announcer: Box<dyn Announcer> = if !config.members.is_empty() && !config.l2.is_empty() {
+        let opts = crate::l2::Options {
+            node: opts.node.clone(),
+            members: config.members.clone(),
+            advertisements: config.l2.clone(),
+            timing: ferrolb_l2::membership::Timing::default(),
+        };
+        Box::new(
+            crate::l2::start(opts, Arc::clone(&metrics))
+                .await
+                .context("layer 2 mode cannot start")?,
+        )
+    } else {
+        Box::new(NoAnnouncer)
+    };
     tracing::info!(
         node = %opts.node,
         config = %opts.config.display(),
@@ -122,7 +138,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut poll = tokio::time::interval(opts.poll);
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
     let mut health = forwarder.service_health();
-    let mut announced = BTreeMap::new();
+    let mut announced: Vec<ServiceVips> = Vec::new();
     loop {
         let reason = tokio::select! {
             _ = hup.recv() => Some("SIGHUP"),

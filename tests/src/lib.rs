@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod netns;
 pub mod speaker;
 
 use std::io::Write;

@@ -1,0 +1,495 @@
+//! Layer 2 mode: this node answers ARP/NDP for the VIPs it owns, announces
+//! them when it takes them, and agrees with the other members on one owner
+//! per service through UDP heartbeats, with no API server involved.
+//!
+//! The decisions are pure code in `ferrolb-l2` (codec, responder, election,
+//! failure detector); this module owns sockets, timers and host settings.
+
+pub mod host;
+pub mod iface;
+
+use crate::announce::{Announcer, ServiceVips};
+use crate::metrics::{IfaceLabels, Metrics};
+use ferrolb_config::{L2Advertisement, Member};
+use ferrolb_l2::election::{self, Claim};
+use ferrolb_l2::membership::{Change, Membership, Timing};
+use ferrolb_l2::respond::Responder;
+use ferrolb_l2::wire::solicited_node;
+use ferrolb_sys::PacketSocket;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Announcements sent when a VIP is taken: at once, then after these delays
+/// (a lost first frame is repeated quickly), then every refresh interval.
+const REPEATS_MS: [u64; 4] = [100, 300, 1_000, 2_000];
+
+/// Periodic re-announcement, so that switch FDB and client ARP ageing can
+/// never leave a VIP pointing nowhere.
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// How layer 2 mode runs on this node.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This node's name (one of `members`).
+    pub node: String,
+    /// Every member, this node included.
+    pub members: Vec<Member>,
+    /// The `l2` advertisements.
+    pub advertisements: Vec<L2Advertisement>,
+    /// Failure detector timing.
+    pub timing: Timing,
+}
+
+/// Why layer 2 mode cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum L2Error {
+    /// The node is not a member.
+    #[error("node {0:?} is not in `members`; start the speaker with --node set to one of the member names")]
+    NotAMember(String),
+    /// No interface to announce on.
+    #[error("no interface to announce on (wanted: {0}); check `l2[].interfaces` and that the interface is up")]
+    NoInterface(String),
+    /// Host settings.
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    /// A socket.
+    #[error("cannot open {what}: {source}")]
+    Socket {
+        /// Which socket.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct IfaceRt {
+    name: String,
+    index: u32,
+    socket: Arc<PacketSocket>,
+    responder: Arc<Mutex<Responder>>,
+    /// Joins the solicited-node groups of owned IPv6 VIPs on this interface.
+    mcast: Option<socket2::Socket>,
+    joined: BTreeSet<Ipv6Addr>,
+}
+
+struct Owned {
+    since: Instant,
+    vips: Vec<IpAddr>,
+    next: Instant,
+    sent: usize,
+}
+
+/// The handle standalone mode talks to.
+pub struct L2Announcer {
+    tx: mpsc::UnboundedSender<Vec<ServiceVips>>,
+}
+
+impl Announcer for L2Announcer {
+    fn name(&self) -> &'static str {
+        "l2"
+    }
+
+    fn update(&mut self, services: &[ServiceVips]) {
+        let _ = self.tx.send(services.to_vec());
+    }
+}
+
+/// Starts layer 2 mode: checks host settings, opens the sockets, and spawns
+/// the task that runs membership, election and responders.
+pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, L2Error> {
+    let me = opts
+        .members
+        .iter()
+        .find(|m| m.name == opts.node)
+        .cloned()
+        .ok_or_else(|| L2Error::NotAMember(opts.node.clone()))?;
+    let named: Vec<String> = opts
+        .advertisements
+        .iter()
+        .flat_map(|a| a.interfaces.clone())
+        .collect();
+    let ifaces = iface::announcing(&named);
+    if ifaces.is_empty() {
+        return Err(L2Error::NoInterface(if named.is_empty() {
+            "any".into()
+        } else {
+            named.join(",")
+        }));
+    }
+    let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
+    host::prepare_arp(&names)?;
+    let mut rts = Vec::new();
+    let (conflict_tx, conflict_rx) = mpsc::unbounded_channel();
+    for i in &ifaces {
+        let socket = Arc::new(
+            PacketSocket::open(i.index).map_err(|source| L2Error::Socket {
+                what: format!("a packet socket on {}", i.name),
+                source,
+            })?,
+        );
+        let responder = Arc::new(Mutex::new(Responder::new(i.mac)));
+        let mcast = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).ok();
+        tokio::spawn(receive(
+            i.name.clone(),
+            Arc::clone(&socket),
+            Arc::clone(&responder),
+            conflict_tx.clone(),
+            Arc::clone(&metrics),
+        ));
+        tracing::info!(interface = %i.name, mac = %i.mac, "answering ARP/NDP");
+        rts.push(IfaceRt {
+            name: i.name.clone(),
+            index: i.index,
+            socket,
+            responder,
+            mcast,
+            joined: BTreeSet::new(),
+        });
+    }
+    let udp = UdpSocket::bind(me.address)
+        .await
+        .map_err(|source| L2Error::Socket {
+            what: format!("the membership socket on {}", me.address),
+            source,
+        })?;
+    let membership = Membership::new(
+        &me.name,
+        opts.members.iter().map(|m| (m.name.clone(), m.address)),
+        opts.timing,
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    let runner = Runner {
+        opts,
+        me: me.name,
+        membership,
+        udp,
+        ifaces: rts,
+        services: Vec::new(),
+        owned: BTreeMap::new(),
+        epoch: Instant::now(),
+        metrics,
+        lost_owner_at: None,
+    };
+    tokio::spawn(runner.run(rx, conflict_rx));
+    Ok(L2Announcer { tx })
+}
+
+/// Answers frames on one interface until its socket fails.
+async fn receive(
+    name: String,
+    socket: Arc<PacketSocket>,
+    responder: Arc<Mutex<Responder>>,
+    conflicts: mpsc::UnboundedSender<(IpAddr, ferrolb_l2::wire::Mac)>,
+    metrics: Arc<Metrics>,
+) {
+    let labels = IfaceLabels {
+        interface: name.clone(),
+    };
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let n = match socket.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(interface = %name, error = %e, "packet socket failed; no longer answering here");
+                return;
+            }
+        };
+        let outcome = responder.lock().expect("lock poisoned").handle(&buf[..n]);
+        match outcome {
+            Ok(o) => {
+                if o.asked {
+                    metrics.l2_requests.get_or_create(&labels).inc();
+                }
+                if let Some(reply) = o.reply {
+                    if socket.send(&reply).await.is_ok() {
+                        metrics.l2_answers.get_or_create(&labels).inc();
+                    }
+                }
+                if let Some(c) = o.conflict {
+                    let _ = conflicts.send(c);
+                }
+            }
+
+            Err(_) => {
+                metrics.l2_malformed.get_or_create(&labels).inc();
+            }
+        }
+    }
+}
+
+struct Runner {
+    opts: Options,
+    me: String,
+    membership: Membership,
+    udp: UdpSocket,
+    ifaces: Vec<IfaceRt>,
+    services: Vec<ServiceVips>,
+    owned: BTreeMap<String, Owned>,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+    /// When a member that owned something was declared down (for the failover histogram).
+    lost_owner_at: Option<Instant>,
+}
+
+impl Runner {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    async fn run(
+        mut self,
+        mut updates: mpsc::UnboundedReceiver<Vec<ServiceVips>>,
+        mut conflicts: mpsc::UnboundedReceiver<(IpAddr, ferrolb_l2::wire::Mac)>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.on_tick().await,
+                r = self.udp.recv_from(&mut buf) => {
+                    if let Ok((n, _)) = r {
+                        let now = self.now_ms();
+                        match self.membership.receive(now, &buf[..n]) {
+                            Ok(Some(Change::Up(name))) => {
+                                tracing::info!(member = %name, "member up");
+                                self.elect().await;
+                            }
+                            Ok(_) => {}
+                            Err(_) => tracing::debug!("ignored a datagram that is not a heartbeat"),
+                        }
+                    }
+                }
+                u = updates.recv() => match u {
+                    Some(services) => {
+                        self.services = services;
+                        for s in &self.services {
+                            for vip in &s.vips {
+                                if let Err(e) = host::make_local(*vip) {
+                                    tracing::error!(error = %e, "VIP traffic will not be accepted on this node");
+                                }
+                            }
+                        }
+                        self.elect().await;
+                    }
+                    None => return,
+                },
+                Some((vip, mac)) = conflicts.recv() => {
+                    self.metrics.l2_duplicates.get_or_create(&crate::metrics::VipLabels { vip: vip.to_string() }).inc();
+                    tracing::warn!(%vip, other = %mac, "another MAC answers for a VIP this node owns");
+                    // Re-assert now; the other node stands down once it sees our older claim.
+                    let key = self.owned.iter().find(|(_, o)| o.vips.contains(&vip)).map(|(k, _)| k.clone());
+                    if let Some(k) = key {
+                        if let Some(o) = self.owned.get_mut(&k) {
+                            o.next = Instant::now();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn claims(&self) -> Vec<(String, u64)> {
+        self.owned
+            .iter()
+            .map(|(k, o)| (k.clone(), o.since.elapsed().as_millis() as u64))
+            .collect()
+    }
+
+    async fn on_tick(&mut self) {
+        let now = self.now_ms();
+        let claims = self.claims();
+        let (sends, changes) = self.membership.tick(now, &claims);
+        for (to, bytes) in sends {
+            let _ = self.udp.send_to(&bytes, to).await;
+        }
+        let mut any = false;
+        for c in changes {
+            if let Change::Down(name) = c {
+                tracing::warn!(member = %name, "member down");
+                self.lost_owner_at = Some(Instant::now());
+                any = true;
+            }
+        }
+        if any || self.membership.settled(now) {
+            self.elect().await;
+        }
+        self.announce_due().await;
+    }
+
+    /// Eligible live members for a service: node selectors of the
+    /// advertisements covering its pool.
+    fn eligible(&self, pool: &str) -> Vec<String> {
+        let live = self.membership.live();
+        let ads: Vec<&L2Advertisement> = self
+            .opts
+            .advertisements
+            .iter()
+            .filter(|a| a.pools.is_empty() || a.pools.iter().any(|p| p == pool))
+            .collect();
+        if ads.is_empty() {
+            return Vec::new();
+        }
+        live.into_iter()
+            .filter(|name| {
+                let Some(m) = self.opts.members.iter().find(|m| m.name == *name) else {
+                    return false;
+                };
+                let mut labels = m.labels.clone();
+                labels.insert("kubernetes.io/hostname".into(), m.name.clone());
+                ads.iter()
+                    .any(|a| a.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn elect(&mut self) {
+        if !self.membership.settled(self.now_ms()) {
+            return;
+        }
+        let peer_claims: Vec<(String, String, u64)> = self
+            .membership
+            .peer_claims()
+            .map(|(n, k, h)| (n.to_string(), k.to_string(), h))
+            .collect();
+        let mine = self.claims();
+        let mut changed = false;
+        for s in self.services.clone() {
+            let eligible = self.eligible(&s.pool);
+            let refs: Vec<&str> = eligible.iter().map(|s| s.as_str()).collect();
+            let mut claims: Vec<Claim<'_>> = peer_claims
+                .iter()
+                .filter(|(_, k, _)| *k == s.key)
+                .map(|(n, _, h)| Claim {
+                    node: n.as_str(),
+                    held_ms: *h,
+                })
+                .collect();
+            if let Some((_, h)) = mine.iter().find(|(k, _)| *k == s.key) {
+                claims.push(Claim {
+                    node: &self.me,
+                    held_ms: *h,
+                });
+            }
+            let owner = election::owner(&s.key, &refs, &claims);
+            let i_own = self.owned.contains_key(&s.key);
+            if owner == Some(self.me.as_str()) && !i_own {
+                tracing::info!(service = %s.key, vips = ?s.vips, "taking over: announcing");
+                self.owned.insert(
+                    s.key.clone(),
+                    Owned {
+                        since: Instant::now(),
+                        vips: s.vips.clone(),
+                        next: Instant::now(),
+                        sent: 0,
+                    },
+                );
+                self.metrics.l2_ownership_changes.inc();
+                changed = true;
+            } else if owner != Some(self.me.as_str()) && i_own {
+                tracing::info!(service = %s.key, new_owner = ?owner, "giving up: no longer answering");
+                self.owned.remove(&s.key);
+                self.metrics.l2_ownership_changes.inc();
+                changed = true;
+            }
+        }
+        // Services that left the configuration are given up too.
+        let keys: BTreeSet<String> = self.services.iter().map(|s| s.key.clone()).collect();
+        let before = self.owned.len();
+        self.owned.retain(|k, _| keys.contains(k));
+        changed |= before != self.owned.len();
+        if changed {
+            self.apply_owned();
+            self.announce_due().await;
+        }
+    }
+
+    /// Points every responder at the owned VIPs and joins their IPv6 groups.
+    fn apply_owned(&mut self) {
+        let vips: Vec<IpAddr> = self
+            .owned
+            .values()
+            .flat_map(|o| o.vips.iter().copied())
+            .collect();
+        let groups: BTreeSet<Ipv6Addr> = vips
+            .iter()
+            .filter_map(|v| {
+                if let IpAddr::V6(a) = v {
+                    Some(solicited_node(*a))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for i in &mut self.ifaces {
+            i.responder
+                .lock()
+                .expect("lock poisoned")
+                .set_owned(vips.iter().copied());
+            if let Some(m) = &i.mcast {
+                for g in groups.difference(&i.joined) {
+                    if let Err(e) = m.join_multicast_v6(g, i.index) {
+                        tracing::warn!(interface = %i.name, group = %g, error = %e, "cannot join the solicited-node group");
+                    }
+                }
+                for g in i.joined.difference(&groups) {
+                    let _ = m.leave_multicast_v6(g, i.index);
+                }
+            }
+            i.joined = groups.clone();
+        }
+    }
+
+    /// Sends the announcements that are due.
+    async fn announce_due(&mut self) {
+        let now = Instant::now();
+        let mut frames = Vec::new();
+        for o in self.owned.values_mut() {
+            if o.next > now {
+                continue;
+            }
+            frames.extend(o.vips.iter().copied());
+            o.sent += 1;
+            o.next = match REPEATS_MS.get(o.sent - 1) {
+                Some(ms) => o.since + Duration::from_millis(*ms),
+                None => now + REFRESH,
+            };
+        }
+        if frames.is_empty() {
+            return;
+        }
+        if let Some(t) = self.lost_owner_at.take() {
+            self.metrics
+                .l2_failover_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+        for i in &self.ifaces {
+            let out: Vec<Vec<u8>> = {
+                let r = i.responder.lock().expect("lock poisoned");
+                frames.iter().flat_map(|v| r.announce(*v)).collect()
+            };
+            for f in out {
+                match i.socket.send(&f).await {
+                    Ok(()) => {
+                        self.metrics
+                            .l2_gratuitous
+                            .get_or_create(&IfaceLabels {
+                                interface: i.name.clone(),
+                            })
+                            .inc();
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %i.name, error = %e, "cannot send an announcement")
+                    }
+                }
+            }
+        }
+    }
+}

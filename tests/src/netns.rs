@@ -1,0 +1,174 @@
+//! Network namespaces for tests: a "switch" namespace holding a Linux
+//! bridge, and hosts attached to it by veth pairs. Everything is created by
+//! the test and removed when the [`Lab`] is dropped. Needs root.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A set of namespaces owned by one test.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &[&str]) -> Output {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Lab {
+    /// A new lab; namespace names start with a prefix unique to this process and lab.
+    pub fn new(tag: &str) -> Lab {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "flb{}{}{}",
+            tag,
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        Lab {
+            prefix,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// The full name of namespace `short`.
+    pub fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Creates namespace `short` with loopback up.
+    pub fn add(&mut self, short: &str) -> String {
+        let ns = self.name(short);
+        run(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `cmd` inside namespace `short`.
+    pub fn exec(&self, short: &str, cmd: &[&str]) -> Output {
+        let ns = self.name(short);
+        let mut full = vec!["ip", "netns", "exec", &ns];
+        full.extend_from_slice(cmd);
+        Command::new(full[0])
+            .args(&full[1..])
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Like [`Lab::exec`], panicking on failure.
+    pub fn exec_ok(&self, short: &str, cmd: &[&str]) -> Output {
+        let out = self.exec(short, cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?} in {short}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Starts a long-running process in namespace `short`; its stderr goes to `log`.
+    pub fn spawn(&mut self, short: &str, cmd: &[&str], log: &std::path::Path) -> u32 {
+        let ns = self.name(short);
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(cmd)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn in namespace");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Kills a process started with [`Lab::spawn`] with `signal` and reaps it.
+    pub fn kill(&mut self, pid: u32, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status();
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(i);
+            let _ = c.wait();
+        }
+    }
+
+    /// A bridge in namespace `switch` (created if needed) and host `short`
+    /// attached to it as `eth0` with the given addresses (CIDR notation).
+    pub fn attach(&mut self, short: &str, addrs: &[&str]) {
+        let sw = self.name("switch");
+        if !self.namespaces.contains(&sw) {
+            self.add("switch");
+            run(&[
+                "ip",
+                "-n",
+                &sw,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ]);
+            run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        }
+        let host = self.name(short);
+        let port = format!("p{}", self.namespaces.len());
+        run(&[
+            "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &host,
+        ]);
+        run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        for a in addrs {
+            if a.contains(':') {
+                run(&[
+                    "ip", "-n", &host, "-6", "addr", "add", a, "dev", "eth0", "nodad",
+                ]);
+            } else {
+                run(&["ip", "-n", &host, "addr", "add", a, "dev", "eth0"]);
+            }
+        }
+        run(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
+    }
+
+    /// Cuts host `short`'s link (its end of the veth goes down).
+    pub fn cut(&self, short: &str) {
+        run(&["ip", "-n", &self.name(short), "link", "set", "eth0", "down"]);
+    }
+
+    /// The MAC address of `eth0` in host `short`.
+    pub fn mac(&self, short: &str) -> String {
+        let out = self.exec_ok(short, &["cat", "/sys/class/net/eth0/address"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Layer 2 mode against the real Linux kernel: a client namespace and three
+//! node namespaces on one bridge, each node running `ferrolb-speaker
+//! standalone` with the same config and a local backend that answers with
+//! the node's name. The client is the kernel (its ARP/ND cache, its TCP).
+//! Needs root; skips loudly without it (and fails under CI's no-skip rule).
+
+use ferrolb_tests::netns::Lab;
+use ferrolb_tests::{binary, require, Need};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const NODES: [(&str, &str, &str); 3] = [
+    ("node1", "192.0.2.11", "2001:db8::11"),
+    ("node2", "192.0.2.12", "2001:db8::12"),
+    ("node3", "192.0.2.13", "2001:db8::13"),
+];
+
+fn config() -> String {
+    let members: Vec<String> = NODES
+        .iter()
+        .map(|(n, v4, _)| format!("  - {{name: {n}, address: \"{v4}:7946\"}}"))
+        .collect();
+    format!(
+        "pools: [{{name: vips, addresses: [192.0.2.100, \"2001:db8::100\"]}}]
+l2: [{{pools: [vips], interfaces: [eth0]}}]
+members:
+{}
+services:
+  - name: web
+    ip: 192.0.2.100
+    ports: [{{port: 8080, backends: [\"127.0.0.1:9000\"], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms}}}}]
+  - name: web6
+    ip: \"2001:db8::100\"
+    ports: [{{port: 8080, backends: [\"127.0.0.1:9000\"], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms}}}}]
+",
+        members.join("\n")
+    )
+}
+
+struct Cluster {
+    lab: Lab,
+    dir: PathBuf,
+    speakers: Vec<(String, u32)>,
+}
+
+impl Cluster {
+    fn start(tag: &str) -> Cluster {
+        let mut lab = Lab::new(tag);
+        let dir = std::env::temp_dir().join(format!("ferrolb-l2-{}", lab.name("x")));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), config()).unwrap();
+        lab.add("client");
+        lab.attach("client", &["192.0.2.1/24", "2001:db8::1/64"]);
+        for (n, v4, v6) in NODES {
+            lab.add(n);
+            lab.attach(n, &[&format!("{v4}/24"), &format!("{v6}/64")]);
+            let echo = binary("ferrolb-echo");
+            lab.spawn(
+                n,
+                &[
+                    echo.to_str().unwrap(),
+                    "--http",
+                    &format!("{n}@127.0.0.1:9000"),
+                ],
+                &dir.join(format!("{n}-echo.log")),
+            );
+        }
+        let mut c = Cluster {
+            lab,
+            dir,
+            speakers: Vec::new(),
+        };
+        for (n, _, _) in NODES {
+            c.start_speaker(n);
+        }
+        c
+    }
+
+    fn start_speaker(&mut self, node: &str) {
+        let bin = binary("ferrolb-speaker");
+        let cfg = self.dir.join("config.yaml");
+        let log = self.dir.join(format!("{node}-speaker.log"));
+        let pid = self.lab.spawn(
+            node,
+            &[
+                bin.to_str().unwrap(),
+                "standalone",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--node",
+                node,
+                "--log-level",
+                "debug",
+            ],
+            &log,
+        );
+        self.speakers.retain(|(n, _)| n != node);
+        self.speakers.push((node.to_string(), pid));
+    }
+
+    fn kill_speaker(&mut self, node: &str) {
+        let pid = self
+            .speakers
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, p)| *p)
+            .expect("running");
+        self.lab.kill(pid, "KILL");
+        self.speakers.retain(|(n, _)| n != node);
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (n, _, _) in NODES {
+            out += &format!(
+                "--- {n}\n{}\n",
+                std::fs::read_to_string(self.dir.join(format!("{n}-speaker.log")))
+                    .unwrap_or_default()
+            );
+        }
+        out
+    }
+
+    /// One GET from the client through the VIP; the body names the node that served it.
+    fn get(&self, url: &str, timeout: f64) -> Option<String> {
+        let code = "import sys,urllib.request\ntry:\n print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode().strip())\nexcept Exception as e:\n sys.exit(1)";
+        let out = self.lab.exec(
+            "client",
+            &["python3", "-c", code, url, &timeout.to_string()],
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Waits until the client reaches the VIP; returns the serving node.
+    fn wait_served(&self, url: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(n) = self.get(url, 0.5) {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "client never reached {url}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks for the VIP with a broadcast ARP request from the client and
+    /// returns every MAC that answered within 500 ms.
+    fn arp_answers(&self, vip: &str) -> BTreeSet<String> {
+        let code = r#"
+import socket, struct, sys, time
+vip = socket.inet_aton(sys.argv[1]); me = socket.inet_aton("192.0.2.1")
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+req = b"\xff"*6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + me + b"\x00"*6 + vip
+s.send(req.ljust(60, b"\x00")); s.settimeout(0.05); seen = set(); end = time.time() + 0.5
+while time.time() < end:
+    try: f = s.recv(128)
+    except socket.timeout: continue
+    if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == vip: seen.add(f[22:28].hex(":"))
+print(" ".join(sorted(seen)))
+"#;
+        let out = self.lab.exec_ok("client", &["python3", "-c", code, vip]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn neighbour_mac(&self, ip: &str) -> String {
+        let out = self.lab.exec_ok("client", &["ip", "neigh", "show", ip]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn ipv4_owner_killed_fails_over_and_does_not_flap_back() {
+    if !require(
+        "ipv4_owner_killed_fails_over_and_does_not_flap_back",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut c = Cluster::start("a");
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    // One owner answers, and the client's ARP entry points at it.
+    let answers = c.arp_answers("192.0.2.100");
+    assert_eq!(
+        answers,
+        BTreeSet::from([c.lab.mac(&owner)]),
+        "exactly the owner answers ARP; logs:\n{}",
+        c.logs()
+    );
+    assert_eq!(c.neighbour_mac("192.0.2.100"), c.lab.mac(&owner));
+    for _ in 0..5 {
+        assert_eq!(
+            c.get(url, 1.0).as_deref(),
+            Some(owner.as_str()),
+            "the VIP stays put"
+        );
+    }
+
+    // Kill the owner without warning: traffic must flow again through another node.
+    let t = Instant::now();
+    c.kill_speaker(&owner);
+    let next = c.wait_served(url, Duration::from_secs(5));
+    let failover = t.elapsed();
+    assert_ne!(next, owner);
+    eprintln!("IPv4 failover after SIGKILL: {failover:?} (client polling with python, ~30 ms per attempt)");
+    assert!(
+        failover < Duration::from_secs(3),
+        "failover took {failover:?}; logs:\n{}",
+        c.logs()
+    );
+    let answers = c.arp_answers("192.0.2.100");
+    assert_eq!(
+        answers,
+        BTreeSet::from([c.lab.mac(&next)]),
+        "one answer after convergence"
+    );
+    assert_eq!(
+        c.neighbour_mac("192.0.2.100"),
+        c.lab.mac(&next),
+        "gratuitous ARP updated the client"
+    );
+
+    // The old owner comes back: the VIP stays where it is.
+    c.start_speaker(&owner);
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..5 {
+        assert_eq!(
+            c.get(url, 1.0).as_deref(),
+            Some(next.as_str()),
+            "no flap-back; logs:\n{}",
+            c.logs()
+        );
+    }
+    assert_eq!(
+        c.arp_answers("192.0.2.100"),
+        BTreeSet::from([c.lab.mac(&next)])
+    );
+}
+
+#[test]
+fn link_cut_fails_over() {
+    if !require(
+        "link_cut_fails_over",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let c = Cluster::start("b");
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    let t = Instant::now();
+    c.lab.cut(&owner);
+    let next = c.wait_served(url, Duration::from_secs(5));
+    assert_ne!(next, owner);
+    eprintln!("IPv4 failover after link cut: {:?}", t.elapsed());
+    assert_eq!(
+        c.arp_answers("192.0.2.100"),
+        BTreeSet::from([c.lab.mac(&next)])
+    );
+}
+
+#[test]
+fn ipv6_reachable_and_unicast_probe_without_source_lla_answered() {
+    if !require(
+        "ipv6_reachable_and_unicast_probe_without_source_lla_answered",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let c = Cluster::start("c");
+    let owner = c.wait_served("http://[2001:db8::100]:8080/", Duration::from_secs(10));
+    assert_eq!(c.neighbour_mac("2001:db8::100"), c.lab.mac(&owner));
+    // A unicast neighbour solicitation without the source link-layer option (RFC 4861 7.2.2 allows it;
+    // MetalLB drops these, #2920) must be answered with a solicited NA.
+    let owner_mac = c.lab.mac(&owner);
+    let code = r#"
+import socket, struct, sys, time
+def csum(src, dst, msg):
+    data = src + dst + struct.pack("!I", len(msg)) + b"\x00\x00\x00\x3a" + msg
+    if len(data) % 2: data += b"\x00"
+    s = sum(struct.unpack("!%dH" % (len(data)//2), data)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return (~s) & 0xffff
+dst_mac = bytes.fromhex(sys.argv[1].replace(":", ""))
+src = socket.inet_pton(socket.AF_INET6, "2001:db8::1"); dst = socket.inet_pton(socket.AF_INET6, "2001:db8::100")
+ns = struct.pack("!BBHI", 135, 0, 0, 0) + dst
+ns = ns[:2] + struct.pack("!H", csum(src, dst, ns)) + ns[4:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86dd)); s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+ip6 = struct.pack("!IHBB", 6 << 28, len(ns), 58, 255) + src + dst
+s.send(dst_mac + mac + b"\x86\xdd" + ip6 + ns); s.settimeout(0.05); end = time.time() + 1
+while time.time() < end:
+    try: f = s.recv(256)
+    except socket.timeout: continue
+    if f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == 136 and f[62:78] == dst:
+        print("NA", f[21], hex(f[58]), f[6:12].hex(":")); break
+"#;
+    let out = c
+        .lab
+        .exec_ok("client", &["python3", "-c", code, &owner_mac]);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Hop limit 255, flags S|O (0x60), from the owner.
+    assert_eq!(
+        text,
+        format!("NA 255 0x60 {owner_mac}"),
+        "logs:\n{}",
+        c.logs()
+    );
+}
+
+#[test]
+fn malformed_and_foreign_frames_change_nothing() {
+    if !require(
+        "malformed_and_foreign_frames_change_nothing",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let c = Cluster::start("d");
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    let code = r#"
+import socket, random
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)); s.bind(("eth0", 0))
+mac = s.getsockname()[4]; r = random.Random(7)
+for i in range(500):
+    kind = r.choice([b"\x08\x06", b"\x86\xdd", b"\x08\x00", b"\x88\xcc"])
+    body = bytes(r.randrange(256) for _ in range(r.randrange(0, 90)))
+    s.send(b"\xff"*6 + mac + kind + body)
+"#;
+    c.lab.exec_ok("client", &["python3", "-c", code]);
+    for _ in 0..5 {
+        assert_eq!(
+            c.get(url, 1.0).as_deref(),
+            Some(owner.as_str()),
+            "still served by the same owner"
+        );
+    }
+    assert_eq!(
+        c.arp_answers("192.0.2.100"),
+        BTreeSet::from([c.lab.mac(&owner)])
+    );
+}
