@@ -111,7 +111,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             node: opts.node.clone(),
             members: config.members.clone(),
             advertisements: config.l2.clone(),
-            timing: ferrolb_l2::membership::Timing::default(),
+            timing: ferrolb_l2::membership::Timing {
+                interval_ms: config.failover.heartbeat_interval.as_millis() as u64,
+                dead_after_ms: config.failover.dead_after.as_millis() as u64,
+            },
+            refresh: config.failover.refresh_interval,
         };
         Box::new(
             crate::l2::start(opts, Arc::clone(&metrics))

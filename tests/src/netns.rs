@@ -154,6 +154,11 @@ impl Lab {
         run(&["ip", "-n", &self.name(short), "link", "set", "eth0", "down"]);
     }
 
+    /// Restores host `short`'s link.
+    pub fn uncut(&self, short: &str) {
+        run(&["ip", "-n", &self.name(short), "link", "set", "eth0", "up"]);
+    }
+
     /// The MAC address of `eth0` in host `short`.
     pub fn mac(&self, short: &str) -> String {
         let out = self.exec_ok(short, &["cat", "/sys/class/net/eth0/address"]);

@@ -24,6 +24,29 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Forwarder limits and timeouts.
     pub forwarder: ForwarderSettings,
+    /// Layer 2 failure detection and announcement timing.
+    pub failover: FailoverSettings,
+}
+
+/// Timing of layer 2 failure detection and announcements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverSettings {
+    /// Time between heartbeats to each member.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a member is down (when no other member heard it either).
+    pub dead_after: Duration,
+    /// Gratuitous ARP / unsolicited NA refresh for owned VIPs; zero disables.
+    pub refresh_interval: Duration,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings {
+            heartbeat_interval: Duration::from_millis(100),
+            dead_after: Duration::from_millis(400),
+            refresh_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Limits and timeouts of the L4 forwarder, for every forwarded port.

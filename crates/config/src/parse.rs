@@ -27,6 +27,7 @@ pub(crate) struct Draft {
     pub members: Vec<(usize, Member)>,
     pub services: Vec<(usize, Service)>,
     pub forwarder: ForwarderSettings,
+    pub failover: FailoverSettings,
 }
 
 impl Draft {
@@ -45,6 +46,7 @@ impl Draft {
             members: strip(self.members),
             services: strip(self.services),
             forwarder: self.forwarder,
+            failover: self.failover,
         }
     }
 }
@@ -74,7 +76,15 @@ pub(crate) fn config(ctx: &mut Ctx, root: &Value) -> Draft {
             value: root,
             path: &path,
         },
-        &["pools", "l2", "bgp", "members", "services", "forwarder"],
+        &[
+            "pools",
+            "l2",
+            "bgp",
+            "members",
+            "services",
+            "forwarder",
+            "failover",
+        ],
     ) else {
         return Draft::default();
     };
@@ -88,7 +98,50 @@ pub(crate) fn config(ctx: &mut Ctx, root: &Value) -> Draft {
             .get("forwarder")
             .and_then(|f| forwarder(ctx, f))
             .unwrap_or_default(),
+        failover: top
+            .get("failover")
+            .and_then(|f| failover(ctx, f))
+            .unwrap_or_default(),
     }
+}
+
+fn failover(ctx: &mut Ctx, f: Field<'_>) -> Option<FailoverSettings> {
+    let obj = ctx.object(f, &["heartbeatInterval", "deadAfter", "refreshInterval"])?;
+    let mut s = FailoverSettings::default();
+    if let Some(d) = obj.get("heartbeatInterval").and_then(|f| ctx.duration(f)) {
+        s.heartbeat_interval = d;
+    }
+    if let Some(d) = obj.get("deadAfter").and_then(|f| ctx.duration(f)) {
+        s.dead_after = d;
+    }
+    if let Some(d) = obj.get("refreshInterval").and_then(|f| ctx.duration(f)) {
+        s.refresh_interval = d;
+    }
+    if s.heartbeat_interval < Duration::from_millis(10)
+        || s.heartbeat_interval > Duration::from_secs(10)
+    {
+        ctx.error(
+            &obj.path().key("heartbeatInterval"),
+            "must be between 10ms and 10s",
+        );
+    }
+    // Fewer than two missed heartbeats would declare members dead on a single lost packet.
+    if s.dead_after < s.heartbeat_interval * 2 {
+        ctx.error(
+            &obj.path().key("deadAfter"),
+            format!(
+                "must be at least twice heartbeatInterval ({}); four times is usual",
+                crate::duration::format_duration(s.heartbeat_interval)
+            ),
+        );
+    }
+    if !s.refresh_interval.is_zero() && s.refresh_interval < Duration::from_secs(1) {
+        ctx.error(
+            &obj.path().key("refreshInterval"),
+            "must be 0s (off) or at least 1s",
+        );
+    }
+    Some(s)
 }
 
 fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings> {

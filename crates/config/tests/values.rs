@@ -173,3 +173,15 @@ fn forwarder_settings_and_defaults() {
     assert_eq!(d, ForwarderSettings::default());
     assert_eq!(d.connect_timeout, Duration::from_secs(2));
 }
+
+#[test]
+fn failover_settings() {
+    let f = full().failover;
+    assert_eq!(f.heartbeat_interval, Duration::from_millis(50));
+    assert_eq!(f.dead_after, Duration::from_millis(200));
+    assert!(f.refresh_interval.is_zero());
+    assert_eq!(
+        Config::from_yaml("").unwrap().failover,
+        FailoverSettings::default()
+    );
+}

@@ -28,10 +28,6 @@ use tokio::time::Instant;
 /// (a lost first frame is repeated quickly), then every refresh interval.
 const REPEATS_MS: [u64; 4] = [100, 300, 1_000, 2_000];
 
-/// Periodic re-announcement, so that switch FDB and client ARP ageing can
-/// never leave a VIP pointing nowhere.
-const REFRESH: Duration = Duration::from_secs(10);
-
 /// How layer 2 mode runs on this node.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -43,6 +39,9 @@ pub struct Options {
     pub advertisements: Vec<L2Advertisement>,
     /// Failure detector timing.
     pub timing: Timing,
+    /// Periodic re-announcement of owned VIPs, so that switch FDB and client
+    /// ARP ageing never leave a VIP pointing nowhere; zero disables it.
+    pub refresh: Duration,
 }
 
 /// Why layer 2 mode cannot start.
@@ -71,6 +70,9 @@ pub enum L2Error {
 struct IfaceRt {
     name: String,
     index: u32,
+    /// Link detected, rechecked every 100 ms.
+    carrier: bool,
+    receiver: tokio::task::JoinHandle<()>,
     socket: Arc<PacketSocket>,
     responder: Arc<Mutex<Responder>>,
     /// Joins the solicited-node groups of owned IPv6 VIPs on this interface.
@@ -79,7 +81,10 @@ struct IfaceRt {
 }
 
 struct Owned {
+    /// Start of the claim as peers see it (made fresh while isolated).
     since: Instant,
+    /// When this node took the service (the announcement schedule's origin).
+    taken: Instant,
     vips: Vec<IpAddr>,
     next: Instant,
     sent: usize,
@@ -88,6 +93,46 @@ struct Owned {
 /// The handle standalone mode talks to.
 pub struct L2Announcer {
     tx: mpsc::UnboundedSender<Vec<ServiceVips>>,
+}
+
+impl Drop for IfaceRt {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+/// Opens the responder of one interface.
+fn open_iface(
+    i: &iface::Iface,
+    conflicts: &mpsc::UnboundedSender<(IpAddr, ferrolb_l2::wire::Mac)>,
+    metrics: &Arc<Metrics>,
+) -> Result<IfaceRt, L2Error> {
+    let socket = Arc::new(
+        PacketSocket::open(i.index).map_err(|source| L2Error::Socket {
+            what: format!("a packet socket on {}", i.name),
+            source,
+        })?,
+    );
+    let responder = Arc::new(Mutex::new(Responder::new(i.mac)));
+    let mcast = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).ok();
+    let receiver = tokio::spawn(receive(
+        i.name.clone(),
+        Arc::clone(&socket),
+        Arc::clone(&responder),
+        conflicts.clone(),
+        Arc::clone(metrics),
+    ));
+    tracing::info!(interface = %i.name, mac = %i.mac, "answering ARP/NDP");
+    Ok(IfaceRt {
+        name: i.name.clone(),
+        index: i.index,
+        carrier: i.carrier,
+        receiver,
+        socket,
+        responder,
+        mcast,
+        joined: BTreeSet::new(),
+    })
 }
 
 impl Announcer for L2Announcer {
@@ -127,30 +172,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
     let mut rts = Vec::new();
     let (conflict_tx, conflict_rx) = mpsc::unbounded_channel();
     for i in &ifaces {
-        let socket = Arc::new(
-            PacketSocket::open(i.index).map_err(|source| L2Error::Socket {
-                what: format!("a packet socket on {}", i.name),
-                source,
-            })?,
-        );
-        let responder = Arc::new(Mutex::new(Responder::new(i.mac)));
-        let mcast = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).ok();
-        tokio::spawn(receive(
-            i.name.clone(),
-            Arc::clone(&socket),
-            Arc::clone(&responder),
-            conflict_tx.clone(),
-            Arc::clone(&metrics),
-        ));
-        tracing::info!(interface = %i.name, mac = %i.mac, "answering ARP/NDP");
-        rts.push(IfaceRt {
-            name: i.name.clone(),
-            index: i.index,
-            socket,
-            responder,
-            mcast,
-            joined: BTreeSet::new(),
-        });
+        rts.push(open_iface(i, &conflict_tx, &metrics)?);
     }
     let udp = UdpSocket::bind(me.address)
         .await
@@ -175,6 +197,10 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         epoch: Instant::now(),
         metrics,
         lost_owner_at: None,
+        named,
+        conflict_tx,
+        ticks: 0,
+        isolated: false,
     };
     tokio::spawn(runner.run(rx, conflict_rx));
     Ok(L2Announcer { tx })
@@ -235,6 +261,12 @@ struct Runner {
     metrics: Arc<Metrics>,
     /// When a member that owned something was declared down (for the failover histogram).
     lost_owner_at: Option<Instant>,
+    /// Interfaces named in the config (empty: automatic).
+    named: Vec<String>,
+    conflict_tx: mpsc::UnboundedSender<(IpAddr, ferrolb_l2::wire::Mac)>,
+    ticks: u64,
+    /// No peer heard while peers are configured.
+    isolated: bool,
 }
 
 impl Runner {
@@ -302,8 +334,79 @@ impl Runner {
             .collect()
     }
 
+    /// Rechecks carrier every 100 ms and the interface list every second, so
+    /// interfaces that appear or vanish are picked up without a restart.
+    fn watch_interfaces(&mut self) {
+        self.ticks += 1;
+        if self.ticks % 10 == 0 {
+            for i in &mut self.ifaces {
+                let carrier = iface::read_iface(&i.name).is_some_and(|x| x.up && x.carrier);
+                if carrier != i.carrier {
+                    if carrier {
+                        tracing::info!(interface = %i.name, "link up");
+                    } else {
+                        tracing::warn!(interface = %i.name, "link down");
+                    }
+                    i.carrier = carrier;
+                }
+            }
+        }
+        if self.ticks % 100 == 0 {
+            let now: Vec<iface::Iface> = iface::announcing(&self.named);
+            let before = self.ifaces.len();
+            self.ifaces.retain(|i| {
+                let keep = now.iter().any(|n| n.name == i.name && n.index == i.index);
+                if !keep {
+                    tracing::warn!(interface = %i.name, "interface gone; no longer answering on it");
+                }
+                keep
+            });
+            for n in now {
+                if !self.ifaces.iter().any(|i| i.name == n.name) {
+                    if let Err(e) = host::prepare_arp(std::slice::from_ref(&n.name)) {
+                        tracing::error!(interface = %n.name, error = %e, "new interface not used");
+                        continue;
+                    }
+                    match open_iface(&n, &self.conflict_tx, &self.metrics) {
+                        Ok(rt) => self.ifaces.push(rt),
+                        Err(e) => {
+                            tracing::error!(interface = %n.name, error = %e, "new interface not used")
+                        }
+                    }
+                }
+            }
+            if self.ifaces.len() != before {
+                self.apply_owned();
+            }
+        }
+    }
+
+    /// Whether this node can announce at all: some announcing interface has a link.
+    fn can_announce(&self) -> bool {
+        self.ifaces.iter().any(|i| i.carrier)
+    }
+
     async fn on_tick(&mut self) {
+        self.watch_interfaces();
         let now = self.now_ms();
+        // Heard by nobody while peers exist: maybe the others are dead, maybe this node is cut off.
+        // Keep serving, but make the claims fresh so that, when the network heals, a peer that took
+        // over meanwhile keeps the VIPs (no flap-back to the node that was cut off).
+        let isolated = self.opts.members.len() > 1
+            && self.membership.live().len() == 1
+            && self.membership.settled(now);
+        if isolated != self.isolated {
+            if isolated {
+                tracing::warn!("no member heard: isolated or alone; yielding to any peer that holds a VIP when the network heals");
+            }
+            self.isolated = isolated;
+        }
+        if isolated {
+            let t = Instant::now();
+            for o in self.owned.values_mut() {
+                o.since = t;
+            }
+        }
         let claims = self.claims();
         let (sends, changes) = self.membership.tick(now, &claims);
         for (to, bytes) in sends {
@@ -336,7 +439,9 @@ impl Runner {
         if ads.is_empty() {
             return Vec::new();
         }
+        let me_ok = self.can_announce();
         live.into_iter()
+            .filter(|name| *name != self.me || me_ok)
             .filter(|name| {
                 let Some(m) = self.opts.members.iter().find(|m| m.name == *name) else {
                     return false;
@@ -386,6 +491,7 @@ impl Runner {
                     s.key.clone(),
                     Owned {
                         since: Instant::now(),
+                        taken: Instant::now(),
                         vips: s.vips.clone(),
                         next: Instant::now(),
                         sent: 0,
@@ -458,8 +564,15 @@ impl Runner {
             frames.extend(o.vips.iter().copied());
             o.sent += 1;
             o.next = match REPEATS_MS.get(o.sent - 1) {
-                Some(ms) => o.since + Duration::from_millis(*ms),
-                None => now + REFRESH,
+                Some(ms) => o.taken + Duration::from_millis(*ms),
+                // A disabled refresh is a day away: in effect never, without a special case.
+                None => {
+                    now + if self.opts.refresh.is_zero() {
+                        Duration::from_secs(86_400)
+                    } else {
+                        self.opts.refresh
+                    }
+                }
             };
         }
         if frames.is_empty() {

@@ -1,0 +1,219 @@
+//! A three-node layer 2 cluster in network namespaces, shared by the L2
+//! suite and the failover measurement: a client and three nodes on one
+//! bridge, each node running `ferrolb-speaker standalone` with the same
+//! config and a local backend that answers with the node's name.
+
+use crate::binary;
+use crate::netns::Lab;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The nodes: name, IPv4, IPv6.
+pub const NODES: [(&str, &str, &str); 3] = [
+    ("node1", "192.0.2.11", "2001:db8::11"),
+    ("node2", "192.0.2.12", "2001:db8::12"),
+    ("node3", "192.0.2.13", "2001:db8::13"),
+];
+
+/// The config every node runs.
+pub fn config() -> String {
+    let members: Vec<String> = NODES
+        .iter()
+        .map(|(n, v4, _)| format!("  - {{name: {n}, address: \"{v4}:7946\"}}"))
+        .collect();
+    format!(
+        "pools: [{{name: vips, addresses: [192.0.2.100, \"2001:db8::100\"]}}]
+l2: [{{pools: [vips], interfaces: [eth0]}}]
+members:
+{}
+services:
+  - name: web
+    ip: 192.0.2.100
+    ports: [{{port: 8080, backends: [\"127.0.0.1:9000\"], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms}}}}]
+  - name: web6
+    ip: \"2001:db8::100\"
+    ports: [{{port: 8080, backends: [\"127.0.0.1:9000\"], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms}}}}]
+",
+        members.join("\n")
+    )
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// The namespaces.
+    pub lab: Lab,
+    dir: PathBuf,
+    speakers: Vec<(String, u32)>,
+}
+
+impl Cluster {
+    /// Builds the namespaces and starts backends and speakers.
+    pub fn start(tag: &str) -> Cluster {
+        let mut lab = Lab::new(tag);
+        let dir = std::env::temp_dir().join(format!("ferrolb-l2-{}", lab.name("x")));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), config()).unwrap();
+        lab.add("client");
+        lab.attach("client", &["192.0.2.1/24", "2001:db8::1/64"]);
+        for (n, v4, v6) in NODES {
+            lab.add(n);
+            lab.attach(n, &[&format!("{v4}/24"), &format!("{v6}/64")]);
+            let echo = binary("ferrolb-echo");
+            lab.spawn(
+                n,
+                &[
+                    echo.to_str().unwrap(),
+                    "--http",
+                    &format!("{n}@127.0.0.1:9000"),
+                ],
+                &dir.join(format!("{n}-echo.log")),
+            );
+        }
+        let mut c = Cluster {
+            lab,
+            dir,
+            speakers: Vec::new(),
+        };
+        for (n, _, _) in NODES {
+            c.start_speaker(n);
+        }
+        c
+    }
+
+    /// Starts (or restarts) the speaker of `node`.
+    pub fn start_speaker(&mut self, node: &str) {
+        let bin = binary("ferrolb-speaker");
+        let cfg = self.dir.join("config.yaml");
+        let log = self.dir.join(format!("{node}-speaker.log"));
+        let pid = self.lab.spawn(
+            node,
+            &[
+                bin.to_str().unwrap(),
+                "standalone",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--node",
+                node,
+                "--log-level",
+                "debug",
+            ],
+            &log,
+        );
+        self.speakers.retain(|(n, _)| n != node);
+        self.speakers.push((node.to_string(), pid));
+    }
+
+    /// Kills the speaker of `node` with SIGKILL.
+    pub fn kill_speaker(&mut self, node: &str) {
+        let pid = self
+            .speakers
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, p)| *p)
+            .expect("running");
+        self.lab.kill(pid, "KILL");
+        self.speakers.retain(|(n, _)| n != node);
+    }
+
+    /// Every speaker's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (n, _, _) in NODES {
+            out += &format!(
+                "--- {n}\n{}\n",
+                std::fs::read_to_string(self.dir.join(format!("{n}-speaker.log")))
+                    .unwrap_or_default()
+            );
+        }
+        out
+    }
+
+    /// One GET from the client through the VIP; the body names the node that served it.
+    pub fn get(&self, url: &str, timeout: f64) -> Option<String> {
+        let code = "import sys,urllib.request\ntry:\n print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode().strip())\nexcept Exception as e:\n sys.exit(1)";
+        let out = self.lab.exec(
+            "client",
+            &["python3", "-c", code, url, &timeout.to_string()],
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Waits until the client reaches the VIP; returns the serving node.
+    pub fn wait_served(&self, url: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(n) = self.get(url, 0.5) {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "client never reached {url}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks for the VIP with a broadcast ARP request from the client and
+    /// returns every MAC that answered within 500 ms.
+    pub fn arp_answers(&self, vip: &str) -> BTreeSet<String> {
+        let code = r#"
+import socket, struct, sys, time
+vip = socket.inet_aton(sys.argv[1]); me = socket.inet_aton("192.0.2.1")
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+req = b"\xff"*6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + me + b"\x00"*6 + vip
+s.send(req.ljust(60, b"\x00")); s.settimeout(0.05); seen = set(); end = time.time() + 0.5
+while time.time() < end:
+    try: f = s.recv(128)
+    except socket.timeout: continue
+    if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == vip: seen.add(f[22:28].hex(":"))
+print(" ".join(sorted(seen)))
+"#;
+        let out = self.lab.exec_ok("client", &["python3", "-c", code, vip]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The MAC the client's neighbour table holds for `ip`.
+    pub fn neighbour_mac(&self, ip: &str) -> String {
+        let out = self.lab.exec_ok("client", &["ip", "neigh", "show", ip]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Cluster {
+    /// The speaker process id of `node`.
+    pub fn speaker_pid(&self, node: &str) -> Option<u32> {
+        self.speakers
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, p)| *p)
+    }
+
+    /// Forgets a speaker that was killed from outside (by a prober) and reaps it.
+    pub fn reap_speaker(&mut self, node: &str) {
+        if let Some(pid) = self.speaker_pid(node) {
+            self.lab.kill(pid, "KILL");
+        }
+        self.speakers.retain(|(n, _)| n != node);
+    }
+}
