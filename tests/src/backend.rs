@@ -244,9 +244,13 @@ pub async fn udp_echo(name: &str, addr: SocketAddr) -> std::io::Result<Backend> 
     })
 }
 
-/// Starts a raw TCP echo backend (everything read is written back; EOF is
-/// answered with EOF), for half-close and bulk tests.
-pub async fn tcp_echo(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+/// Starts a TCP backend on `addr` that runs `serve` on each accepted
+/// connection until the backend is stopped.
+async fn tcp_backend<F, Fut>(name: &str, addr: SocketAddr, serve: F) -> std::io::Result<Backend>
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let seen = Arc::new(Seen::default());
@@ -259,17 +263,14 @@ pub async fn tcp_echo(name: &str, addr: SocketAddr) -> std::io::Result<Backend> 
                 tokio::select! {
                     _ = stopped(&mut rx2) => return,
                     accepted = listener.accept() => {
-                        let Ok((mut stream, _)) = accepted else { continue };
+                        let Ok((stream, _)) = accepted else { continue };
                         seen.connections.fetch_add(1, Ordering::Relaxed);
                         let mut rx = rx.clone();
+                        let work = serve(stream);
                         tokio::spawn(async move {
-                            let (mut r, mut w) = stream.split();
                             tokio::select! {
                                 _ = stopped(&mut rx) => {}
-                                _ = async {
-                                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                                    let _ = w.shutdown().await;
-                                } => {}
+                                _ = work => {}
                             }
                         });
                     }
@@ -285,46 +286,27 @@ pub async fn tcp_echo(name: &str, addr: SocketAddr) -> std::io::Result<Backend> 
     })
 }
 
+/// Starts a raw TCP echo backend (everything read is written back; EOF is
+/// answered with EOF), for half-close and bulk tests.
+pub async fn tcp_echo(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+    tcp_backend(name, addr, |mut stream| async move {
+        let (mut r, mut w) = stream.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
 /// Starts a TCP backend that reads until the client half-closes, then sends
 /// everything back and closes: the reply exists only if the proxy forwards
 /// the client's FIN and keeps the other direction open.
 pub async fn reply_after_eof(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
-    let listener = TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
-    let seen = Arc::new(Seen::default());
-    let (stop, rx) = watch::channel(false);
-    {
-        let seen = Arc::clone(&seen);
-        let mut rx2 = rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stopped(&mut rx2) => return,
-                    accepted = listener.accept() => {
-                        let Ok((mut stream, _)) = accepted else { continue };
-                        seen.connections.fetch_add(1, Ordering::Relaxed);
-                        let mut rx = rx.clone();
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                _ = stopped(&mut rx) => {}
-                                _ = async {
-                                    let mut all = Vec::new();
-                                    if stream.read_to_end(&mut all).await.is_ok() {
-                                        let _ = stream.write_all(&all).await;
-                                        let _ = stream.shutdown().await;
-                                    }
-                                } => {}
-                            }
-                        });
-                    }
-                }
-            }
-        });
-    }
-    Ok(Backend {
-        addr,
-        name: name.to_string(),
-        seen,
-        stop,
+    tcp_backend(name, addr, |mut stream| async move {
+        let mut all = Vec::new();
+        if stream.read_to_end(&mut all).await.is_ok() {
+            let _ = stream.write_all(&all).await;
+            let _ = stream.shutdown().await;
+        }
     })
+    .await
 }
