@@ -10,6 +10,8 @@ pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    /// Host name -> its bridge port in the switch namespace.
+    ports: Vec<(String, String)>,
 }
 
 /// Runs a command, panicking with its output if it fails.
@@ -41,6 +43,7 @@ impl Lab {
             prefix,
             namespaces: Vec::new(),
             children: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -137,6 +140,7 @@ impl Lab {
             &host,
         ]);
         run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        self.ports.push((short.to_string(), port.clone()));
         for a in addrs {
             if a.contains(':') {
                 run(&[
@@ -152,6 +156,31 @@ impl Lab {
     /// Cuts host `short`'s link (its end of the veth goes down).
     pub fn cut(&self, short: &str) {
         run(&["ip", "-n", &self.name(short), "link", "set", "eth0", "down"]);
+    }
+
+    /// Isolates (or releases) host `short`'s bridge port: isolated ports
+    /// cannot reach each other, only non-isolated ones (a partition between
+    /// nodes that all still reach the client).
+    pub fn isolate(&self, short: &str, on: bool) {
+        let port = &self
+            .ports
+            .iter()
+            .find(|(h, _)| h == short)
+            .expect("attached host")
+            .1;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name("switch"),
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            port,
+            "isolated",
+            if on { "on" } else { "off" },
+        ]);
     }
 
     /// Restores host `short`'s link.

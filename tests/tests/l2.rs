@@ -181,3 +181,54 @@ for i in range(500):
         BTreeSet::from([c.lab.mac(&owner)])
     );
 }
+
+#[test]
+fn split_brain_converges_to_one_owner() {
+    if !require(
+        "split_brain_converges_to_one_owner",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bridge"),
+            Need::Program("python3"),
+        ],
+    ) {
+        return;
+    }
+    let c = Cluster::start("e");
+    let url = "http://192.0.2.100:8080/";
+    c.wait_served(url, Duration::from_secs(10));
+    // Partition: the nodes cannot hear each other, but all still reach the client.
+    for (n, _, _) in ferrolb_tests::l2lab::NODES {
+        c.lab.isolate(n, true);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let during = c.arp_answers("192.0.2.100");
+    eprintln!("answers during the partition: {during:?}");
+    assert!(
+        !during.is_empty(),
+        "someone keeps serving during the partition"
+    );
+    // Heal: the claims meet and exactly one owner remains.
+    for (n, _, _) in ferrolb_tests::l2lab::NODES {
+        c.lab.isolate(n, false);
+    }
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(5);
+    loop {
+        let answers = c.arp_answers("192.0.2.100");
+        if answers.len() == 1 {
+            eprintln!("one owner {:?} after the heal", healed.elapsed());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {answers:?} 5 s after the heal; logs:\n{}",
+            c.logs()
+        );
+    }
+    let owner = c.wait_served(url, Duration::from_secs(5));
+    for _ in 0..5 {
+        assert_eq!(c.get(url, 1.0).as_deref(), Some(owner.as_str()));
+    }
+}
