@@ -1,0 +1,10 @@
+//! ferrolb's native BGP speaker, the pure parts: messages and their codec
+//! (the session state machine joins later). Written in-project rather than
+//! taken from bgp-rs (GPL-3.0, unmaintained, wrong AS_PATH width under
+//! RFC 6793); see docs/decisions.md.
+
+pub mod codec;
+pub mod message;
+
+pub use codec::{decode, encode, pack, pack_withdrawals, Action, DecodeError, Session, MAX_LEN};
+pub use message::*;
