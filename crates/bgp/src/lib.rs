@@ -4,6 +4,7 @@
 //! RFC 6793); see docs/decisions.md.
 
 pub mod codec;
+pub mod fsm;
 pub mod message;
 
 pub use codec::{decode, encode, pack, pack_withdrawals, Action, DecodeError, Session, MAX_LEN};
