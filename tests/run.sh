@@ -13,8 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 # Debian packages the suites need. Suites that drive namespaces and router
-# daemons add theirs here (bird2, gobgpd, exabgp...). iproute2: the L2 suite's namespaces.
-APT_PACKAGES=(iproute2)
+# daemons add theirs here. iproute2: the namespace suites; bird2: the BGP suite's router.
+APT_PACKAGES=(iproute2 bird2)
 
 LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-tests.XXXXXX")
 export FERROLB_SKIP_LOG="$LOG_DIR/skipped.txt"
@@ -54,7 +54,15 @@ install_packages() {
     echo "missing Debian packages ${missing[*]} and not root: suites that need them will skip loudly"
     return 0
   fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  # Keep the packages' own services (bird) from starting on install: the tests run their own.
+  local had_policy=0
+  [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+  [ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  local rc=0
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || rc=$?
+  [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+  return $rc
 }
 
 install_nextest() {

@@ -23,6 +23,34 @@ pub trait Announcer: Send {
     fn name(&self) -> &'static str;
     /// The services this host serves. Called on every change.
     fn update(&mut self, services: &[ServiceVips]);
+    /// Stops announcing (BGP sends Cease so routers withdraw at once);
+    /// returns tasks to wait for.
+    fn stop(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
+        Vec::new()
+    }
+}
+
+/// Several announcers at once (layer 2 and BGP).
+pub struct Many(pub Vec<Box<dyn Announcer>>);
+
+impl Announcer for Many {
+    fn name(&self) -> &'static str {
+        match self.0.len() {
+            0 => "none",
+            1 => self.0[0].name(),
+            _ => "l2+bgp",
+        }
+    }
+
+    fn update(&mut self, services: &[ServiceVips]) {
+        for a in &mut self.0 {
+            a.update(services);
+        }
+    }
+
+    fn stop(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.0.iter_mut().flat_map(|a| a.stop()).collect()
+    }
 }
 
 /// Announces nothing: the VIPs are reachable already (loopback, or routed

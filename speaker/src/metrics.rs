@@ -78,6 +78,22 @@ pub struct VipLabels {
     pub vip: String,
 }
 
+/// Labels of a BGP peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// Peer name.
+    pub peer: String,
+}
+
+/// Labels of a BGP peer and a direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerDirectionLabels {
+    /// Peer name.
+    pub peer: String,
+    /// `sent` or `received`.
+    pub direction: String,
+}
+
 fn check_buckets() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -125,6 +141,14 @@ pub struct Metrics {
     pub l2_ownership_changes: Counter,
     /// From a member declared down to this node's first announcement.
     pub l2_failover_seconds: Histogram,
+    /// 1 while the BGP session is established.
+    pub bgp_session_up: Family<PeerLabels, Gauge>,
+    /// Prefixes advertised to the peer.
+    pub bgp_prefixes: Family<PeerLabels, Gauge>,
+    /// UPDATE messages by direction.
+    pub bgp_updates: Family<PeerDirectionLabels, Counter>,
+    /// NOTIFICATION messages by direction.
+    pub bgp_notifications: Family<PeerDirectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -153,6 +177,10 @@ impl Metrics {
             l2_failover_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
+            bgp_session_up: Family::default(),
+            bgp_prefixes: Family::default(),
+            bgp_updates: Family::default(),
+            bgp_notifications: Family::default(),
             registry: Registry::default(),
         };
         registry.register(

@@ -105,9 +105,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         ready: Arc::clone(&ready),
     });
     tokio::spawn(http::serve(listener, endpoint));
-    // Layer 2 mode when the file names members and l2 advertisements; nothing to announce otherwise.
-    let mut announcer: Box<dyn Announcer> = if !config.members.is_empty() && !config.l2.is_empty() {
-        let opts = crate::l2::Options {
+    let mut announcers: Vec<Box<dyn Announcer>> = Vec::new();
+    // Layer 2 mode when the file names members and l2 advertisements.
+    if !config.members.is_empty() && !config.l2.is_empty() {
+        let l2 = crate::l2::Options {
             node: opts.node.clone(),
             members: config.members.clone(),
             advertisements: config.l2.clone(),
@@ -117,13 +118,37 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             },
             refresh: config.failover.refresh_interval,
         };
-        Box::new(
-            crate::l2::start(opts, Arc::clone(&metrics))
+        announcers.push(Box::new(
+            crate::l2::start(l2, Arc::clone(&metrics))
                 .await
                 .context("layer 2 mode cannot start")?,
-        )
-    } else {
-        Box::new(NoAnnouncer)
+        ));
+    }
+    // BGP mode when the file has peers.
+    if let Some(bgp) = config.bgp.as_ref().filter(|b| !b.peers.is_empty()) {
+        let me = config.members.iter().find(|m| m.name == opts.node);
+        let mut labels = me.map(|m| m.labels.clone()).unwrap_or_default();
+        labels.insert("kubernetes.io/hostname".into(), opts.node.clone());
+        let router_id = bgp
+            .router_id
+            .or_else(|| me.and_then(|m| if let std::net::IpAddr::V4(a) = m.address.ip() { Some(a) } else { None }))
+            .context("BGP needs a router ID: set bgp.routerId, or list this node in `members` with an IPv4 address")?;
+        let peers = bgp
+            .peers
+            .iter()
+            .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
+            .cloned()
+            .collect();
+        let opts = crate::bgp::Options {
+            router_id,
+            peers,
+            advertisements: bgp.advertisements.clone(),
+        };
+        announcers.push(Box::new(crate::bgp::start(opts, Arc::clone(&metrics))));
+    }
+    let mut announcer: Box<dyn Announcer> = match announcers.len() {
+        0 => Box::new(NoAnnouncer),
+        _ => Box::new(crate::announce::Many(announcers)),
     };
     tracing::info!(
         node = %opts.node,
@@ -206,6 +231,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: no new connections");
     ready.store(false, Ordering::Relaxed);
+    // Withdraw first (BGP Cease), then drain: routers stop sending new flows while open ones finish.
+    for task in announcer.stop() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     forwarder.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,493 @@
+//! BGP mode: one task per peer owns the TCP connection and the timers, runs
+//! the pure session state machine (`ferrolb_bgp::fsm`), and advertises the
+//! healthy services' VIPs as the `advertisements` describe, sending only
+//! differences after the initial table and End-of-RIB.
+
+use crate::announce::{Announcer, ServiceVips};
+use crate::metrics::{Metrics, PeerLabels};
+use ferrolb_bgp::codec::{self, Session as Wire};
+use ferrolb_bgp::fsm::{self, Event, Output, Session, Timer};
+use ferrolb_bgp::message::*;
+use ferrolb_config::{BgpAdvertisement, Peer, PeerPassword};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How BGP mode runs on this node.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Peers this node talks to (node selectors already applied).
+    pub peers: Vec<Peer>,
+    /// What to announce.
+    pub advertisements: Vec<BgpAdvertisement>,
+}
+
+/// The handle standalone mode talks to.
+pub struct BgpAnnouncer {
+    services: watch::Sender<Vec<ServiceVips>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Announcer for BgpAnnouncer {
+    fn name(&self) -> &'static str {
+        "bgp"
+    }
+
+    fn update(&mut self, services: &[ServiceVips]) {
+        self.services.send_replace(services.to_vec());
+    }
+
+    fn stop(&mut self) -> Vec<JoinHandle<()>> {
+        self.stop.send_replace(true);
+        std::mem::take(&mut self.tasks)
+    }
+}
+
+/// Starts one session task per peer.
+pub fn start(opts: Options, metrics: Arc<Metrics>) -> BgpAnnouncer {
+    let (services, rx) = watch::channel(Vec::new());
+    let (stop, stop_rx) = watch::channel(false);
+    let tasks = opts
+        .peers
+        .iter()
+        .map(|p| {
+            let peer = PeerTask {
+                peer: p.clone(),
+                router_id: opts.router_id,
+                ads: opts.advertisements.clone(),
+                metrics: Arc::clone(&metrics),
+            };
+            tokio::spawn(peer.run(rx.clone(), stop_rx.clone()))
+        })
+        .collect();
+    BgpAnnouncer {
+        services,
+        stop,
+        tasks,
+    }
+}
+
+/// Routes this node wants a peer to have: prefix -> attributes.
+pub fn desired(
+    services: &[ServiceVips],
+    ads: &[BgpAdvertisement],
+    peer: &Peer,
+    local: IpAddr,
+) -> BTreeMap<Prefix, Attrs> {
+    let mut out = BTreeMap::new();
+    for s in services.iter().filter(|s| s.healthy) {
+        for ad in ads {
+            if !(ad.pools.is_empty() || ad.pools.contains(&s.pool))
+                || !(ad.peers.is_empty() || ad.peers.contains(&peer.name))
+            {
+                continue;
+            }
+            for vip in &s.vips {
+                // Routes travel over a session of their own family, whose local address is their next hop.
+                if vip.is_ipv4() != local.is_ipv4() {
+                    continue;
+                }
+                let len = if vip.is_ipv4() {
+                    ad.aggregation_length
+                } else {
+                    ad.aggregation_length_v6
+                };
+                let Some(prefix) = Prefix::new(*vip, len) else {
+                    continue;
+                };
+                let attrs = Attrs {
+                    origin: Some(Origin::Igp),
+                    as_path: Some(if peer.is_ebgp() {
+                        vec![Segment::Sequence(vec![peer.my_asn])]
+                    } else {
+                        vec![]
+                    }),
+                    next_hop: match local {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    },
+                    local_pref: if peer.is_ebgp() { None } else { ad.local_pref },
+                    communities: ad.communities.iter().map(|c| c.0).collect(),
+                    large_communities: ad
+                        .large_communities
+                        .iter()
+                        .map(|c| (c.0, c.1, c.2))
+                        .collect(),
+                    ..Attrs::default()
+                };
+                out.entry(prefix).or_insert(attrs);
+            }
+        }
+    }
+    out
+}
+
+type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+struct PeerTask {
+    peer: Peer,
+    router_id: Ipv4Addr,
+    ads: Vec<BgpAdvertisement>,
+    metrics: Arc<Metrics>,
+}
+
+fn timer_index(t: Timer) -> usize {
+    match t {
+        Timer::ConnectRetry => 0,
+        Timer::Hold => 1,
+        Timer::Keepalive => 2,
+    }
+}
+
+async fn connect(peer: Peer) -> std::io::Result<TcpStream> {
+    let addr = SocketAddr::new(peer.address, peer.port);
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if let Some(pw) = &peer.password {
+        let key = match pw {
+            PeerPassword::Inline(k) => k.clone().into_bytes(),
+            PeerPassword::File(path) => std::fs::read_to_string(path)?
+                .trim_end()
+                .as_bytes()
+                .to_vec(),
+        };
+        ferrolb_sys::set_tcp_md5(&socket, peer.address, &key)?;
+    }
+    if let Some(ttl) = peer.ebgp_multihop {
+        if addr.is_ipv4() {
+            socket.set_ttl_v4(ttl as u32)?;
+        } else {
+            socket.set_unicast_hops_v6(ttl as u32)?;
+        }
+    }
+    if let Some(src) = peer.source_address {
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+impl PeerTask {
+    fn labels(&self) -> PeerLabels {
+        PeerLabels {
+            peer: self.peer.name.clone(),
+        }
+    }
+
+    async fn run(
+        self,
+        mut services: watch::Receiver<Vec<ServiceVips>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let cfg = fsm::Config {
+            local_asn: self.peer.my_asn,
+            peer_asn: self.peer.asn,
+            router_id: self.router_id,
+            hold_time: self.peer.hold_time.as_secs() as u16,
+            passive: false,
+            connect_retry: Duration::from_secs(2),
+            families: vec![Afi::Ipv4, Afi::Ipv6],
+            graceful_restart: self
+                .peer
+                .graceful_restart
+                .enabled
+                .then_some(self.peer.graceful_restart.restart_time.as_secs() as u16),
+        };
+        let mut st = State {
+            fsm: Session::new(cfg),
+            conn: None,
+            rbuf: Vec::new(),
+            timers: [None; 3],
+            connecting: None,
+            wire: Wire::default(),
+            advertised: BTreeMap::new(),
+            families: Vec::new(),
+            pending: Vec::new(),
+        };
+        let out = st.fsm.handle(Event::Start);
+        {
+            let current = services.borrow().clone();
+            self.apply(&mut st, out, &current).await;
+        }
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let deadline = st.timers.iter().flatten().min().copied();
+            tokio::select! {
+                _ = crate::forwarder::until_set(&mut stop) => {
+                    let out = st.fsm.handle(Event::Stop("ferrolb speaker shutting down".into()));
+                    {
+                        let current = services.borrow().clone();
+                        self.apply(&mut st, out, &current).await;
+                    }
+                    return;
+                }
+                changed = services.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = services.borrow_and_update().clone();
+                    self.sync(&mut st, &current).await;
+                }
+                result = async { st.connecting.as_mut().expect("guarded").await }, if st.connecting.is_some() => {
+                    st.connecting = None;
+                    let ev = match result {
+                        Ok(stream) => {
+                            tracing::info!(peer = %self.peer.name, address = %self.peer.address, "connected");
+                            st.conn = Some(stream);
+                            Event::TcpConnected
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %self.peer.name, error = %e, "connect failed");
+                            Event::TcpFailed
+                        }
+                    };
+                    let out = st.fsm.handle(ev);
+                    {
+                        let current = services.borrow().clone();
+                        self.apply(&mut st, out, &current).await;
+                    }
+                }
+                read = async { st.conn.as_mut().expect("guarded").read(&mut buf).await }, if st.conn.is_some() => {
+                    let events = match read {
+                        Ok(0) | Err(_) => vec![Event::TcpFailed],
+                        Ok(n) => {
+                            st.rbuf.extend_from_slice(&buf[..n]);
+                            let mut evs = Vec::new();
+                            loop {
+                                match codec::decode(&st.rbuf, &st.wire) {
+                                    Ok(Some((m, used))) => {
+                                        st.rbuf.drain(..used);
+                                        evs.push(Event::Message(m));
+                                    }
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        st.rbuf.clear();
+                                        evs.push(Event::Malformed(e));
+                                        break;
+                                    }
+                                }
+                            }
+                            evs
+                        }
+                    };
+                    for ev in events {
+                        if let Event::Message(Message::Update(_)) = &ev {
+                            self.metrics.bgp_updates.get_or_create(&self.dir("received")).inc();
+                        }
+                        let out = st.fsm.handle(ev);
+                        {
+                        let current = services.borrow().clone();
+                        self.apply(&mut st, out, &current).await;
+                    }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    let now = Instant::now();
+                    for t in [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive] {
+                        if st.timers[timer_index(t)].is_some_and(|d| d <= now) {
+                            st.timers[timer_index(t)] = None;
+                            let out = st.fsm.handle(Event::Expired(t));
+                            {
+                        let current = services.borrow().clone();
+                        self.apply(&mut st, out, &current).await;
+                    }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn dir(&self, direction: &str) -> crate::metrics::PeerDirectionLabels {
+        crate::metrics::PeerDirectionLabels {
+            peer: self.peer.name.clone(),
+            direction: direction.to_string(),
+        }
+    }
+
+    async fn send(&self, st: &mut State, bytes: &[u8]) {
+        if let Some(c) = st.conn.as_mut() {
+            if c.write_all(bytes).await.is_err() {
+                st.pending.push(Event::TcpFailed);
+            }
+        }
+    }
+
+    /// Carries out the state machine's outputs, then any events they caused.
+    async fn apply(&self, st: &mut State, mut out: Vec<Output>, services: &[ServiceVips]) {
+        loop {
+            for o in out {
+                match o {
+                    Output::Connect => st.connecting = Some(Box::pin(connect(self.peer.clone()))),
+                    Output::Disconnect => {
+                        if let Some(mut c) = st.conn.take() {
+                            let _ = c.shutdown().await;
+                        }
+                        st.rbuf.clear();
+                        st.advertised.clear();
+                        st.connecting = None;
+                    }
+                    Output::Send(m) => {
+                        let kind = match &m {
+                            Message::Notification(_) => Some("notifications"),
+                            Message::Update(_) => Some("updates"),
+                            _ => None,
+                        };
+                        let bytes = codec::encode(&m, &st.wire);
+                        self.send(st, &bytes).await;
+                        match kind {
+                            Some("notifications") => self
+                                .metrics
+                                .bgp_notifications
+                                .get_or_create(&self.dir("sent"))
+                                .inc(),
+                            Some(_) => self
+                                .metrics
+                                .bgp_updates
+                                .get_or_create(&self.dir("sent"))
+                                .inc(),
+                            None => 0,
+                        };
+                    }
+                    Output::StartTimer(t, d) => {
+                        st.timers[timer_index(t)] = Some(Instant::now() + d)
+                    }
+                    Output::StopTimer(t) => st.timers[timer_index(t)] = None,
+                    Output::Established(n) => {
+                        tracing::info!(peer = %self.peer.name, hold = n.hold_time, four_octet = n.four_octet, families = ?n.families, "session established");
+                        st.wire = Wire {
+                            four_octet: n.four_octet,
+                        };
+                        st.families = n.families.clone();
+                        self.metrics
+                            .bgp_session_up
+                            .get_or_create(&self.labels())
+                            .set(1);
+                        self.sync(st, services).await;
+                        for afi in n.families {
+                            let eor =
+                                codec::encode(&Message::Update(Update::end_of_rib(afi)), &st.wire);
+                            self.send(st, &eor).await;
+                        }
+                    }
+                    Output::Down(reason) => {
+                        tracing::warn!(peer = %self.peer.name, %reason, "session down");
+                        self.metrics
+                            .bgp_session_up
+                            .get_or_create(&self.labels())
+                            .set(0);
+                        self.metrics
+                            .bgp_prefixes
+                            .get_or_create(&self.labels())
+                            .set(0);
+                        st.families.clear();
+                    }
+                    Output::Received(_) => {}
+                    Output::TreatAsWithdraw(routes) => {
+                        tracing::warn!(peer = %self.peer.name, routes = routes.len(), "malformed UPDATE treated as withdraw (RFC 7606)");
+                    }
+                    Output::Refresh(_) => {
+                        // Re-send everything the peer should have.
+                        st.advertised.clear();
+                        self.sync(st, services).await;
+                    }
+                }
+            }
+            if st.pending.is_empty() {
+                return;
+            }
+            let ev = st.pending.remove(0);
+            out = st.fsm.handle(ev);
+        }
+    }
+
+    /// Sends the difference between what the peer has and what it should have.
+    async fn sync(&self, st: &mut State, services: &[ServiceVips]) {
+        if st.fsm.state() != fsm::State::Established {
+            return;
+        }
+        let Some(local) = st
+            .conn
+            .as_ref()
+            .and_then(|c| c.local_addr().ok())
+            .map(|a| a.ip())
+        else {
+            return;
+        };
+        let want: BTreeMap<Prefix, Attrs> = desired(services, &self.ads, &self.peer, local)
+            .into_iter()
+            .filter(|(p, _)| st.families.contains(&p.afi()))
+            .collect();
+        let gone: Vec<Prefix> = st
+            .advertised
+            .keys()
+            .filter(|p| !want.contains_key(p))
+            .copied()
+            .collect();
+        let mut by_attrs: Vec<(Attrs, Vec<Prefix>)> = Vec::new();
+        for (p, a) in &want {
+            if st.advertised.get(p) == Some(a) {
+                continue;
+            }
+            match by_attrs.iter_mut().find(|(x, _)| x == a) {
+                Some((_, list)) => list.push(*p),
+                None => by_attrs.push((a.clone(), vec![*p])),
+            }
+        }
+        let nh6 = match local {
+            IpAddr::V6(a) => Some(a),
+            _ => None,
+        };
+        let mut messages = codec::pack_withdrawals(&gone, &st.wire);
+        for (attrs, prefixes) in &by_attrs {
+            messages.extend(codec::pack(attrs, prefixes, nh6, &st.wire));
+        }
+        for m in messages {
+            self.send(st, &m).await;
+            self.metrics
+                .bgp_updates
+                .get_or_create(&self.dir("sent"))
+                .inc();
+        }
+        let changed: BTreeSet<Prefix> = gone
+            .iter()
+            .copied()
+            .chain(by_attrs.iter().flat_map(|(_, p)| p.iter().copied()))
+            .collect();
+        if !changed.is_empty() {
+            tracing::info!(peer = %self.peer.name, announced = want.len(), withdrawn = gone.len(), "routes updated");
+        }
+        st.advertised = want;
+        self.metrics
+            .bgp_prefixes
+            .get_or_create(&self.labels())
+            .set(st.advertised.len() as i64);
+    }
+}
+
+struct State {
+    fsm: Session,
+    conn: Option<TcpStream>,
+    rbuf: Vec<u8>,
+    timers: [Option<Instant>; 3],
+    connecting: Option<Connecting>,
+    wire: Wire,
+    advertised: BTreeMap<Prefix, Attrs>,
+    families: Vec<Afi>,
+    pending: Vec<Event>,
+}

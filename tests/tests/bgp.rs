@@ -1,0 +1,247 @@
+//! BGP mode against a real router: BIRD 2 in a network namespace, the
+//! speaker (`ferrolb-speaker standalone`) in another, on one bridge. Needs
+//! root and the `bird2` package; skips loudly without them (a failure in CI).
+
+use ferrolb_tests::netns::Lab;
+use ferrolb_tests::{binary, require, Need};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct Rig {
+    lab: Lab,
+    dir: PathBuf,
+    speaker: Option<u32>,
+}
+
+fn bird_conf(dir: &Path, password: Option<&str>) -> String {
+    let pw = password
+        .map(|p| format!("password \"{p}\";"))
+        .unwrap_or_default();
+    format!(
+        "router id 192.0.2.1;
+log \"{}/bird.log\" all;
+protocol device {{ }}
+protocol bgp ferrolb {{
+  local 192.0.2.1 as 65000;
+  neighbor 192.0.2.11 as 65001;
+  hold time 9;
+  passive on;
+  {pw}
+  ipv4 {{ import all; export none; }};
+}}
+",
+        dir.display()
+    )
+}
+
+fn speaker_conf(services: &str, password: Option<&str>) -> String {
+    let pw = password
+        .map(|p| format!(", password: \"{p}\""))
+        .unwrap_or_default();
+    format!(
+        "pools: [{{name: vips, addresses: [203.0.113.0/28]}}]
+services:
+{services}
+bgp:
+  routerId: 192.0.2.11
+  peers: [{{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s{pw}}}]
+  advertisements: [{{communities: [\"65000:100\"], largeCommunities: [\"65001:1:2\"]}}]
+"
+    )
+}
+
+impl Rig {
+    fn start(tag: &str, password: Option<&str>) -> Rig {
+        let mut lab = Lab::new(tag);
+        let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
+        std::fs::create_dir_all(&dir).unwrap();
+        lab.add("router");
+        lab.attach("router", &["192.0.2.1/24"]);
+        lab.add("node");
+        lab.attach("node", &["192.0.2.11/24"]);
+        std::fs::write(dir.join("bird.conf"), bird_conf(&dir, password)).unwrap();
+        let conf = dir.join("bird.conf");
+        let sock = dir.join("bird.ctl");
+        let pid = dir.join("bird.pid");
+        lab.spawn(
+            "router",
+            &[
+                "bird",
+                "-f",
+                "-c",
+                conf.to_str().unwrap(),
+                "-s",
+                sock.to_str().unwrap(),
+                "-P",
+                pid.to_str().unwrap(),
+            ],
+            &dir.join("bird.stderr"),
+        );
+        let mut rig = Rig {
+            lab,
+            dir,
+            speaker: None,
+        };
+        std::fs::write(
+            rig.dir.join("speaker.yaml"),
+            speaker_conf(
+                "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}",
+                password,
+            ),
+        )
+        .unwrap();
+        rig.start_speaker();
+        rig
+    }
+
+    fn start_speaker(&mut self) {
+        let bin = binary("ferrolb-speaker");
+        let cfg = self.dir.join("speaker.yaml");
+        let pid = self.lab.spawn(
+            "node",
+            &[
+                bin.to_str().unwrap(),
+                "standalone",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--node",
+                "node1",
+                "--reload-poll",
+                "100ms",
+                "--log-level",
+                "debug",
+            ],
+            &self.dir.join("speaker.log"),
+        );
+        self.speaker = Some(pid);
+    }
+
+    fn birdc(&self, cmd: &str) -> String {
+        let sock = self.dir.join("bird.ctl");
+        let mut args = vec!["birdc", "-s", sock.to_str().unwrap()];
+        args.extend(cmd.split_whitespace());
+        let out = self.lab.exec("router", &args);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- speaker\n{}\n--- bird\n{}{}",
+            std::fs::read_to_string(self.dir.join("speaker.log")).unwrap_or_default(),
+            std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default(),
+            std::fs::read_to_string(self.dir.join("bird.stderr")).unwrap_or_default()
+        )
+    }
+
+    fn wait_for(&self, what: &str, within: Duration, cond: impl Fn(&Rig) -> bool) -> Duration {
+        let t = Instant::now();
+        while !cond(self) {
+            assert!(
+                t.elapsed() < within,
+                "{what} not seen within {within:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    }
+
+    fn has_route(&self, prefix: &str) -> bool {
+        self.birdc(&format!("show route for {prefix} all"))
+            .contains("via 192.0.2.11")
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn bird_learns_the_vips_with_attributes_and_loses_them_on_removal_and_shutdown() {
+    if !require(
+        "bird_learns_the_vips",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let mut rig = Rig::start("g", None);
+    let took = rig.wait_for("session and routes", Duration::from_secs(15), |r| {
+        r.has_route("203.0.113.10") && r.has_route("203.0.113.11")
+    });
+    eprintln!("speaker start to both routes in BIRD: {took:?}");
+    let detail = rig.birdc("show route for 203.0.113.10 all");
+    assert!(detail.contains("203.0.113.10/32"), "{detail}");
+    assert!(
+        detail.contains("BGP.as_path: 65001"),
+        "eBGP path carries our AS: {detail}"
+    );
+    assert!(detail.contains("BGP.origin: IGP"), "{detail}");
+    assert!(detail.contains("BGP.next_hop: 192.0.2.11"), "{detail}");
+    assert!(detail.contains("(65000,100)"), "community: {detail}");
+    assert!(
+        detail.contains("(65001, 1, 2)"),
+        "large community: {detail}"
+    );
+    let proto = rig.birdc("show protocols all ferrolb");
+    assert!(proto.contains("Established"), "{proto}");
+    assert!(proto.contains("4-octet AS numbers"), "{proto}");
+    assert!(proto.contains("Graceful restart"), "{proto}");
+
+    // Removing a service withdraws its route and keeps the other.
+    std::fs::write(
+        rig.dir.join("speaker.yaml"),
+        speaker_conf("  - {name: web, ip: 203.0.113.10}", None),
+    )
+    .unwrap();
+    let took = rig.wait_for("withdrawal", Duration::from_secs(5), |r| {
+        !r.has_route("203.0.113.11")
+    });
+    eprintln!("service removed to route withdrawn: {took:?}");
+    assert!(rig.has_route("203.0.113.10"));
+
+    // SIGTERM: the speaker sends a Cease; BIRD drops the routes at once.
+    let pid = rig.speaker.take().unwrap();
+    let t = Instant::now();
+    rig.lab.kill(pid, "TERM");
+    rig.wait_for("routes gone after SIGTERM", Duration::from_secs(5), |r| {
+        !r.has_route("203.0.113.10")
+    });
+    eprintln!("SIGTERM to route gone: {:?}", t.elapsed());
+    let proto = rig.birdc("show protocols all ferrolb");
+    assert!(
+        proto.contains("Administrative shutdown") || proto.contains("shutting down"),
+        "Cease seen by BIRD: {proto}\n{}",
+        rig.logs()
+    );
+}
+
+#[test]
+fn tcp_md5_session_with_bird() {
+    if !require(
+        "tcp_md5_session_with_bird",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let rig = Rig::start("h", Some("s3cret-key"));
+    rig.wait_for("MD5 session and route", Duration::from_secs(15), |r| {
+        r.has_route("203.0.113.10")
+    });
+    assert!(rig
+        .birdc("show protocols all ferrolb")
+        .contains("Established"));
+}
