@@ -44,7 +44,8 @@ step() {
 install_packages() {
   local missing=()
   for p in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    # "install ok installed" only: a removed package keeps its config files and still answers dpkg -s.
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -eq 0 ]; then
     echo "all Debian packages present (${APT_PACKAGES[*]:-none needed})"
