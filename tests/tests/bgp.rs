@@ -17,6 +17,7 @@ fn bird_conf(dir: &Path, password: Option<&str>) -> String {
     let pw = password
         .map(|p| format!("password \"{p}\";"))
         .unwrap_or_default();
+    let pw6 = pw.clone();
     format!(
         "router id 192.0.2.1;
 log \"{}/bird.log\" all;
@@ -29,6 +30,14 @@ protocol bgp ferrolb {{
   {pw}
   ipv4 {{ import all; export none; }};
 }}
+protocol bgp ferrolb6 {{
+  local 2001:db8::1 as 65000;
+  neighbor 2001:db8::11 as 65001;
+  hold time 9;
+  passive on;
+  {pw6}
+  ipv6 {{ import all; export none; }};
+}}
 ",
         dir.display()
     )
@@ -39,12 +48,14 @@ fn speaker_conf(services: &str, password: Option<&str>) -> String {
         .map(|p| format!(", password: \"{p}\""))
         .unwrap_or_default();
     format!(
-        "pools: [{{name: vips, addresses: [203.0.113.0/28]}}]
+        "pools: [{{name: vips, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}}]
 services:
 {services}
 bgp:
   routerId: 192.0.2.11
-  peers: [{{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s{pw}}}]
+  peers:
+    - {{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s{pw}}}
+    - {{name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s{pw}}}
   advertisements: [{{communities: [\"65000:100\"], largeCommunities: [\"65001:1:2\"]}}]
 "
     )
@@ -56,9 +67,9 @@ impl Rig {
         let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();
         lab.add("router");
-        lab.attach("router", &["192.0.2.1/24"]);
+        lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
         lab.add("node");
-        lab.attach("node", &["192.0.2.11/24"]);
+        lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
         std::fs::write(dir.join("bird.conf"), bird_conf(&dir, password)).unwrap();
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
@@ -85,7 +96,7 @@ impl Rig {
         std::fs::write(
             rig.dir.join("speaker.yaml"),
             speaker_conf(
-                "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}",
+                "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}\n  - {name: web6, ip: \"2001:db8:100::10\"}",
                 password,
             ),
         )
@@ -126,7 +137,9 @@ impl Rig {
 
     fn logs(&self) -> String {
         format!(
-            "--- speaker\n{}\n--- bird\n{}{}",
+            "--- bird v6 route\n{}\n--- bird protocols\n{}\n--- speaker\n{}\n--- bird\n{}{}",
+            self.birdc("show route for 2001:db8:100::10 all"),
+            self.birdc("show protocols all"),
             std::fs::read_to_string(self.dir.join("speaker.log")).unwrap_or_default(),
             std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default(),
             std::fs::read_to_string(self.dir.join("bird.stderr")).unwrap_or_default()
@@ -147,8 +160,13 @@ impl Rig {
     }
 
     fn has_route(&self, prefix: &str) -> bool {
+        let via = if prefix.contains(':') {
+            "via 2001:db8::11"
+        } else {
+            "via 192.0.2.11"
+        };
         self.birdc(&format!("show route for {prefix} all"))
-            .contains("via 192.0.2.11")
+            .contains(via)
     }
 }
 
@@ -195,11 +213,22 @@ fn bird_learns_the_vips_with_attributes_and_loses_them_on_removal_and_shutdown()
     assert!(proto.contains("Established"), "{proto}");
     assert!(proto.contains("4-octet AS numbers"), "{proto}");
     assert!(proto.contains("Graceful restart"), "{proto}");
+    // IPv6: an MP-BGP session over IPv6 carries the /128 with our global address as next hop.
+    let took6 = rig.wait_for("IPv6 route", Duration::from_secs(20), |r| {
+        r.has_route("2001:db8:100::10")
+    });
+    eprintln!("IPv6 route in BIRD after a further {took6:?}");
+    let detail6 = rig.birdc("show route for 2001:db8:100::10 all");
+    assert!(detail6.contains("2001:db8:100::10/128"), "{detail6}");
+    assert!(detail6.contains("BGP.next_hop: 2001:db8::11"), "{detail6}");
 
     // Removing a service withdraws its route and keeps the other.
     std::fs::write(
         rig.dir.join("speaker.yaml"),
-        speaker_conf("  - {name: web, ip: 203.0.113.10}", None),
+        speaker_conf(
+            "  - {name: web, ip: 203.0.113.10}\n  - {name: web6, ip: \"2001:db8:100::10\"}",
+            None,
+        ),
     )
     .unwrap();
     let took = rig.wait_for("withdrawal", Duration::from_secs(5), |r| {
