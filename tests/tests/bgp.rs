@@ -274,3 +274,103 @@ fn tcp_md5_session_with_bird() {
         .birdc("show protocols all ferrolb")
         .contains("Established"));
 }
+
+#[test]
+fn gobgp_learns_the_vip() {
+    if !require(
+        "gobgp_learns_the_vip",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("gobgpd"),
+            Need::Program("gobgp"),
+        ],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("k");
+    let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
+    std::fs::create_dir_all(&dir).unwrap();
+    lab.add("router");
+    lab.attach("router", &["192.0.2.1/24"]);
+    lab.add("node");
+    lab.attach("node", &["192.0.2.11/24"]);
+    std::fs::write(
+        dir.join("gobgpd.toml"),
+        "[global.config]\n  as = 65000\n  router-id = \"192.0.2.1\"\n  local-address-list = [\"192.0.2.1\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.0.2.11\"\n    peer-as = 65001\n\
+         \x20 [neighbors.transport.config]\n    passive-mode = true\n\
+         \x20 [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n",
+    )
+    .unwrap();
+    let conf = dir.join("gobgpd.toml");
+    lab.spawn(
+        "router",
+        &[
+            "gobgpd",
+            "-f",
+            conf.to_str().unwrap(),
+            "-t",
+            "toml",
+            "-p",
+            "--api-hosts",
+            "127.0.0.1:50051",
+            "--pprof-disable",
+        ],
+        &dir.join("gobgpd.log"),
+    );
+    std::fs::write(dir.join("speaker.yaml"), speaker_conf("  - {name: web, ip: 203.0.113.10}", None).replace(
+        "    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n",
+        "",
+    ))
+    .unwrap();
+    let bin = binary("ferrolb-speaker");
+    let cfg = dir.join("speaker.yaml");
+    lab.spawn(
+        "node",
+        &[
+            bin.to_str().unwrap(),
+            "standalone",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--node",
+            "node1",
+            "--log-level",
+            "debug",
+        ],
+        &dir.join("speaker.log"),
+    );
+    let t = Instant::now();
+    loop {
+        let out = lab.exec(
+            "router",
+            &[
+                "gobgp",
+                "-u",
+                "127.0.0.1",
+                "-p",
+                "50051",
+                "global",
+                "rib",
+                "-a",
+                "ipv4",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("203.0.113.10/32") {
+            assert!(text.contains("192.0.2.11"), "next hop: {text}");
+            assert!(text.contains("65001"), "AS path: {text}");
+            eprintln!("GoBGP has the route after {:?}:\n{text}", t.elapsed());
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "GoBGP never learned the route: {text}\n--- gobgpd\n{}\n--- speaker\n{}",
+            std::fs::read_to_string(dir.join("gobgpd.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
