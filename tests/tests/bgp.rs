@@ -374,3 +374,44 @@ fn gobgp_learns_the_vip() {
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn graceful_restart_keeps_routes_while_the_speaker_restarts() {
+    if !require(
+        "graceful_restart_keeps_routes",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let mut rig = Rig::start("r", None);
+    rig.wait_for("routes", Duration::from_secs(15), |r| {
+        r.has_route("203.0.113.10")
+    });
+    // A crash or an upgrade (SIGKILL: no Cease): BIRD, as graceful-restart helper, keeps the routes (stale).
+    let pid = rig.speaker.take().unwrap();
+    rig.lab.kill(pid, "KILL");
+    std::thread::sleep(Duration::from_secs(2));
+    let during = rig.birdc("show route for 203.0.113.10 all");
+    assert!(
+        rig.has_route("203.0.113.10"),
+        "route kept during the restart: {during}\n{}",
+        rig.logs()
+    );
+    // The speaker comes back, re-advertises and sends End-of-RIB; the route never went away.
+    // (With gracefulRestart disabled the same SIGKILL withdraws the route at once: checked by hand.)
+    rig.start_speaker();
+    rig.wait_for(
+        "session back with the route",
+        Duration::from_secs(15),
+        |r| {
+            r.birdc("show protocols all ferrolb")
+                .contains("Established")
+                && r.has_route("203.0.113.10")
+        },
+    );
+}
