@@ -117,6 +117,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 dead_after_ms: config.failover.dead_after.as_millis() as u64,
             },
             refresh: config.failover.refresh_interval,
+            repeats: config.failover.announce_repeats.clone(),
         };
         announcers.push(Box::new(
             crate::l2::start(l2, Arc::clone(&metrics))

@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 /// Timing of layer 2 failure detection and announcements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverSettings {
     /// Time between heartbeats to each member.
     pub heartbeat_interval: Duration,
@@ -37,6 +37,8 @@ pub struct FailoverSettings {
     pub dead_after: Duration,
     /// Gratuitous ARP / unsolicited NA refresh for owned VIPs; zero disables.
     pub refresh_interval: Duration,
+    /// After the announcement at takeover, repeat it at these offsets.
+    pub announce_repeats: Vec<Duration>,
 }
 
 impl Default for FailoverSettings {
@@ -45,6 +47,7 @@ impl Default for FailoverSettings {
             heartbeat_interval: Duration::from_millis(100),
             dead_after: Duration::from_millis(400),
             refresh_interval: Duration::from_secs(10),
+            announce_repeats: [100, 300, 1_000, 2_000].map(Duration::from_millis).to_vec(),
         }
     }
 }

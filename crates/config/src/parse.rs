@@ -106,7 +106,15 @@ pub(crate) fn config(ctx: &mut Ctx, root: &Value) -> Draft {
 }
 
 fn failover(ctx: &mut Ctx, f: Field<'_>) -> Option<FailoverSettings> {
-    let obj = ctx.object(f, &["heartbeatInterval", "deadAfter", "refreshInterval"])?;
+    let obj = ctx.object(
+        f,
+        &[
+            "heartbeatInterval",
+            "deadAfter",
+            "refreshInterval",
+            "announceRepeats",
+        ],
+    )?;
     let mut s = FailoverSettings::default();
     if let Some(d) = obj.get("heartbeatInterval").and_then(|f| ctx.duration(f)) {
         s.heartbeat_interval = d;
@@ -116,6 +124,17 @@ fn failover(ctx: &mut Ctx, f: Field<'_>) -> Option<FailoverSettings> {
     }
     if let Some(d) = obj.get("refreshInterval").and_then(|f| ctx.duration(f)) {
         s.refresh_interval = d;
+    }
+    if let Some(f) = obj.get("announceRepeats") {
+        let repeats: Vec<Duration> = ctx.list(f, |ctx, f| ctx.duration(f));
+        // Offsets from the takeover: they must grow, and stay within a minute.
+        if repeats.windows(2).any(|w| w[1] <= w[0])
+            || repeats.iter().any(|d| *d > Duration::from_secs(60))
+        {
+            ctx.error(f.path, "must be increasing offsets from the takeover, each at most 1m, e.g. [100ms, 300ms, 1s, 2s]");
+        } else {
+            s.announce_repeats = repeats;
+        }
     }
     if s.heartbeat_interval < Duration::from_millis(10)
         || s.heartbeat_interval > Duration::from_secs(10)

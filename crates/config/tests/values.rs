@@ -181,6 +181,10 @@ fn failover_settings() {
     assert_eq!(f.dead_after, Duration::from_millis(200));
     assert!(f.refresh_interval.is_zero());
     assert_eq!(
+        f.announce_repeats,
+        [Duration::from_millis(50), Duration::from_millis(200)]
+    );
+    assert_eq!(
         Config::from_yaml("").unwrap().failover,
         FailoverSettings::default()
     );

@@ -24,10 +24,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Announcements sent when a VIP is taken: at once, then after these delays
-/// (a lost first frame is repeated quickly), then every refresh interval.
-const REPEATS_MS: [u64; 4] = [100, 300, 1_000, 2_000];
-
 /// How layer 2 mode runs on this node.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -42,6 +38,9 @@ pub struct Options {
     /// Periodic re-announcement of owned VIPs, so that switch FDB and client
     /// ARP ageing never leave a VIP pointing nowhere; zero disables it.
     pub refresh: Duration,
+    /// Announcements are sent at once when a VIP is taken, then again at
+    /// these offsets (a lost first frame is repeated quickly).
+    pub repeats: Vec<Duration>,
 }
 
 /// Why layer 2 mode cannot start.
@@ -563,8 +562,8 @@ impl Runner {
             }
             frames.extend(o.vips.iter().copied());
             o.sent += 1;
-            o.next = match REPEATS_MS.get(o.sent - 1) {
-                Some(ms) => o.taken + Duration::from_millis(*ms),
+            o.next = match self.opts.repeats.get(o.sent - 1) {
+                Some(offset) => o.taken + *offset,
                 // A disabled refresh is a day away: in effect never, without a special case.
                 None => {
                     now + if self.opts.refresh.is_zero() {
