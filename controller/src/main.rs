@@ -4,7 +4,7 @@
 //! binary checks a ConfigMap's `config.yaml` the way the controller will
 //! read it.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ferrolb_alloc::Allocator;
 use ferrolb_config::Config;
@@ -30,15 +30,14 @@ enum Command {
     },
 }
 
-fn validate(path: &PathBuf) -> Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let config = match Config::from_yaml(&text) {
+fn validate(path: &std::path::Path) -> Result<ExitCode> {
+    let config = match Config::load(path) {
         Ok(c) => c,
-        Err(errors) => {
-            eprint!("{}: {errors}", path.display());
+        Err(e @ ferrolb_config::LoadError::Invalid { .. }) => {
+            eprint!("{e}");
             return Ok(ExitCode::from(1));
         }
+        Err(e) => return Err(e.into()),
     };
     println!("{}: valid", path.display());
     print!("{}", config.summary());

@@ -96,15 +96,14 @@ fn standalone(
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(path: &PathBuf) -> Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let config = match Config::from_yaml(&text) {
+fn validate(path: &std::path::Path) -> Result<ExitCode> {
+    let config = match Config::load(path) {
         Ok(c) => c,
-        Err(errors) => {
-            eprint!("{}: {errors}", path.display());
+        Err(e @ ferrolb_config::LoadError::Invalid { .. }) => {
+            eprint!("{e}");
             return Ok(ExitCode::from(1));
         }
+        Err(e) => return Err(e.into()),
     };
     let plan = match ferrolb_speaker::plan::plan(&config) {
         Ok(p) => p,

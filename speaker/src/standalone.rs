@@ -32,9 +32,7 @@ pub struct Options {
 
 /// Reads, validates and plans the file; the error lists every problem.
 pub fn load(path: &Path) -> Result<(Config, Plan), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let config = Config::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = Config::load(path).map_err(|e| e.to_string())?;
     let plan = plan::plan(&config).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         format!(

@@ -29,7 +29,42 @@ pub const CONFIGMAP_KEY: &str = "config.yaml";
 /// cannot exhaust memory.
 pub const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
 
+/// Why a configuration file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("{path}: {errors}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem.
+        errors: ConfigErrors,
+    },
+}
+
 impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Config, LoadError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::from_yaml(&text).map_err(|errors| LoadError::Invalid {
+            path: shown,
+            errors,
+        })
+    }
+
     /// Parses and validates YAML text.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
         let fail = |message: String| {
