@@ -54,28 +54,34 @@ impl Announcer for BgpAnnouncer {
     }
 }
 
-/// Starts one session task per peer.
-pub fn start(opts: Options, metrics: Arc<Metrics>) -> BgpAnnouncer {
+/// Starts one session task per peer (and BFD for the peers that ask for it).
+pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpAnnouncer> {
     let (services, rx) = watch::channel(Vec::new());
     let (stop, stop_rx) = watch::channel(false);
-    let tasks = opts
-        .peers
-        .iter()
-        .map(|p| {
-            let peer = PeerTask {
-                peer: p.clone(),
-                router_id: opts.router_id,
-                ads: opts.advertisements.clone(),
-                metrics: Arc::clone(&metrics),
-            };
-            tokio::spawn(peer.run(rx.clone(), stop_rx.clone()))
-        })
-        .collect();
-    BgpAnnouncer {
+    let hub = if opts.peers.iter().any(|p| p.bfd.is_some()) {
+        Some(crate::bfd::Hub::start().await?)
+    } else {
+        None
+    };
+    let mut tasks = Vec::new();
+    for (i, p) in opts.peers.iter().enumerate() {
+        let bfd = match (&hub, &p.bfd) {
+            (Some(h), Some(b)) => Some(h.session(p.address, crate::bfd::config(b, i as u32 + 1))),
+            _ => None,
+        };
+        let peer = PeerTask {
+            peer: p.clone(),
+            router_id: opts.router_id,
+            ads: opts.advertisements.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        tasks.push(tokio::spawn(peer.run(rx.clone(), stop_rx.clone(), bfd)));
+    }
+    Ok(BgpAnnouncer {
         services,
         stop,
         tasks,
-    }
+    })
 }
 
 /// Routes this node wants a peer to have: prefix -> attributes.
@@ -193,6 +199,7 @@ impl PeerTask {
         self,
         mut services: watch::Receiver<Vec<ServiceVips>>,
         mut stop: watch::Receiver<bool>,
+        mut bfd: Option<watch::Receiver<bool>>,
     ) {
         let cfg = fsm::Config {
             local_asn: self.peer.my_asn,
@@ -228,6 +235,13 @@ impl PeerTask {
         loop {
             let deadline = st.timers.iter().flatten().min().copied();
             tokio::select! {
+                _ = async { crate::bfd::down(bfd.as_mut().expect("guarded")).await }, if bfd.is_some() => {
+                    // The path failed: do not wait for the hold timer (RFC 5882).
+                    tracing::warn!(peer = %self.peer.name, "BFD declared the path down; closing the session");
+                    let out = st.fsm.handle(Event::TcpFailed);
+                    let current = services.borrow().clone();
+                    self.apply(&mut st, out, &current).await;
+                }
                 _ = crate::forwarder::until_set(&mut stop) => {
                     let out = st.fsm.handle(Event::Stop("ferrolb speaker shutting down".into()));
                     {

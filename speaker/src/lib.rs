@@ -3,6 +3,7 @@
 //! their issues land.
 
 pub mod announce;
+pub mod bfd;
 pub mod bgp;
 pub mod forwarder;
 pub mod http;

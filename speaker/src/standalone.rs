@@ -143,7 +143,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             peers,
             advertisements: bgp.advertisements.clone(),
         };
-        announcers.push(Box::new(crate::bgp::start(opts, Arc::clone(&metrics))));
+        let bgp = crate::bgp::start(opts, Arc::clone(&metrics))
+            .await
+            .context("BGP mode cannot start (BFD needs UDP port 3784)")?;
+        announcers.push(Box::new(bgp));
     }
     let mut announcer: Box<dyn Announcer> = match announcers.len() {
         0 => Box::new(NoAnnouncer),

@@ -63,6 +63,11 @@ bgp:
 
 impl Rig {
     fn start(tag: &str, password: Option<&str>) -> Rig {
+        Rig::start_with(tag, password, false)
+    }
+
+    /// With `bfd`, BIRD and the IPv4 peer run BFD at 100 ms x 3.
+    fn start_with(tag: &str, password: Option<&str>, bfd: bool) -> Rig {
         let mut lab = Lab::new(tag);
         let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -70,7 +75,12 @@ impl Rig {
         lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
         lab.add("node");
         lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
-        std::fs::write(dir.join("bird.conf"), bird_conf(&dir, password)).unwrap();
+        let mut bird = bird_conf(&dir, password);
+        if bfd {
+            bird = bird.replacen("  passive on;\n", "  passive on;\n  bfd on;\n", 1);
+            bird.push_str("protocol bfd {\n  interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n");
+        }
+        std::fs::write(dir.join("bird.conf"), bird).unwrap();
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
         let pid = dir.join("bird.pid");
@@ -93,14 +103,18 @@ impl Rig {
             dir,
             speaker: None,
         };
-        std::fs::write(
-            rig.dir.join("speaker.yaml"),
-            speaker_conf(
-                "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}\n  - {name: web6, ip: \"2001:db8:100::10\"}",
-                password,
-            ),
-        )
-        .unwrap();
+        let mut speaker = speaker_conf(
+            "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}\n  - {name: web6, ip: \"2001:db8:100::10\"}",
+            password,
+        );
+        if bfd {
+            speaker = speaker.replacen(
+                "holdTime: 9s",
+                "holdTime: 9s, bfd: {receiveInterval: 100ms, transmitInterval: 100ms, detectMultiplier: 3}",
+                1,
+            );
+        }
+        std::fs::write(rig.dir.join("speaker.yaml"), speaker).unwrap();
         rig.start_speaker();
         rig
     }
@@ -414,4 +428,34 @@ fn graceful_restart_keeps_routes_while_the_speaker_restarts() {
                 && r.has_route("203.0.113.10")
         },
     );
+}
+
+#[test]
+fn bfd_withdraws_a_silently_dead_speaker_within_a_second() {
+    if !require(
+        "bfd_withdraws_a_silently_dead_speaker",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let rig = Rig::start_with("f", None, true);
+    rig.wait_for("route and BFD up", Duration::from_secs(15), |r| {
+        r.has_route("203.0.113.10") && r.birdc("show bfd sessions").contains("Up")
+    });
+    // Silent death: the process freezes, no FIN, no Cease. Without BFD the router
+    // would wait for the 9 s hold timer.
+    let pid = rig.speaker.unwrap();
+    let t = Instant::now();
+    ferrolb_tests::netns::run(&["kill", "-STOP", &pid.to_string()]);
+    let took = rig.wait_for("route withdrawn by BFD", Duration::from_secs(5), |r| {
+        !r.has_route("203.0.113.10")
+    });
+    let _ = ferrolb_tests::netns::run(&["kill", "-CONT", &pid.to_string()]);
+    eprintln!("frozen speaker to route withdrawn with BFD 100 ms x 3: {took:?}");
+    assert!(took < Duration::from_secs(2), "took {:?}", t.elapsed());
 }

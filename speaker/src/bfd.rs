@@ -1,0 +1,176 @@
+//! BFD (RFC 5880/5881, single hop, asynchronous mode) for BGP peers: a hub
+//! receives every control packet on UDP 3784 and hands it to the session of
+//! its source address; each session task runs the pure state machine
+//! (`ferrolb_bfd`) and tells its BGP peer when the path goes down.
+
+use ferrolb_bfd::{Config, Control, Input, Output, Session};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// The single-hop BFD control port (RFC 5881).
+pub const PORT: u16 = 3784;
+
+type Routes = Arc<Mutex<HashMap<IpAddr, mpsc::UnboundedSender<Control>>>>;
+
+/// Receives control packets and dispatches them by source address.
+#[derive(Clone)]
+pub struct Hub {
+    routes: Routes,
+}
+
+impl Hub {
+    /// Binds UDP 3784 for both families (as available) and starts dispatching.
+    pub async fn start() -> std::io::Result<Hub> {
+        let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
+        let mut bound = 0;
+        for addr in [
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT),
+        ] {
+            let socket = match bind(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "BFD listener not opened");
+                    continue;
+                }
+            };
+            bound += 1;
+            let routes = Arc::clone(&routes);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 128];
+                loop {
+                    let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                        continue;
+                    };
+                    let Ok(c) = Control::decode(&buf[..n]) else {
+                        continue;
+                    };
+                    let ip = match from.ip() {
+                        IpAddr::V6(v6) => v6
+                            .to_ipv4_mapped()
+                            .map(IpAddr::V4)
+                            .unwrap_or(IpAddr::V6(v6)),
+                        v4 => v4,
+                    };
+                    if let Some(tx) = routes.lock().expect("lock poisoned").get(&ip) {
+                        let _ = tx.send(c);
+                    }
+                }
+            });
+        }
+        if bound == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "cannot listen on UDP 3784",
+            ));
+        }
+        Ok(Hub { routes })
+    }
+
+    /// Starts a session with `peer`; the returned watch is true while BFD is up.
+    pub fn session(&self, peer: IpAddr, cfg: Config) -> watch::Receiver<bool> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.routes.lock().expect("lock poisoned").insert(peer, tx);
+        let (up_tx, up_rx) = watch::channel(false);
+        tokio::spawn(run(peer, cfg, rx, up_tx));
+        up_rx
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+async fn run(
+    peer: IpAddr,
+    cfg: Config,
+    mut rx: mpsc::UnboundedReceiver<Control>,
+    up: watch::Sender<bool>,
+) {
+    let any: IpAddr = if peer.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = match UdpSocket::bind(SocketAddr::new(any, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot open a BFD socket");
+            return;
+        }
+    };
+    // Single hop: packets leave with TTL 255 so the peer can check they were not forwarded (RFC 5881 5).
+    let _ = if peer.is_ipv4() {
+        socket.set_ttl(255)
+    } else {
+        socket2::SockRef::from(&socket).set_unicast_hops_v6(255)
+    };
+    let dest = SocketAddr::new(peer, PORT);
+    let epoch = Instant::now();
+    let mut session = Session::new(cfg);
+    loop {
+        let deadline = epoch + session.next_deadline();
+        let input = tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => Input::Received(c),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(deadline) => Input::Tick(epoch.elapsed()),
+        };
+        for o in session.handle(input, epoch.elapsed()) {
+            match o {
+                Output::Send(p) => {
+                    let _ = socket.send_to(&p, dest).await;
+                }
+                Output::Up => {
+                    tracing::info!(%peer, "BFD up");
+                    up.send_replace(true);
+                }
+                Output::Down(diag) => {
+                    tracing::warn!(%peer, ?diag, "BFD down: the path to the peer failed");
+                    up.send_replace(false);
+                }
+            }
+        }
+    }
+}
+
+/// The BFD configuration of a peer, with a discriminator unique on this host.
+pub fn config(b: &ferrolb_config::Bfd, disc: u32) -> Config {
+    Config {
+        my_disc: disc.max(1),
+        desired_min_tx: b.transmit_interval,
+        required_min_rx: b.receive_interval,
+        detect_mult: b.detect_multiplier,
+    }
+}
+
+/// Keeps the BGP session in step with BFD: resolves when an up BFD session goes down.
+pub async fn down(up: &mut watch::Receiver<bool>) {
+    // Wait until it has been up, then until it is down.
+    while !*up.borrow_and_update() {
+        if up.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    while *up.borrow_and_update() {
+        if up.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
