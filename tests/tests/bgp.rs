@@ -459,3 +459,106 @@ fn bfd_withdraws_a_silently_dead_speaker_within_a_second() {
     eprintln!("frozen speaker to route withdrawn with BFD 100 ms x 3: {took:?}");
     assert!(took < Duration::from_secs(2), "took {:?}", t.elapsed());
 }
+
+#[test]
+fn exabgp_learns_the_vip() {
+    if !require(
+        "exabgp_learns_the_vip",
+        &[Need::Root, Need::Program("ip"), Need::Program("exabgp")],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("x");
+    let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
+    std::fs::create_dir_all(&dir).unwrap();
+    lab.add("router");
+    lab.attach("router", &["192.0.2.1/24"]);
+    lab.add("node");
+    lab.attach("node", &["192.0.2.11/24"]);
+    let dump = dir.join("received.json");
+    std::fs::write(
+        dir.join("exabgp.conf"),
+        format!(
+            "process dump {{\n  run /bin/sh -c 'cat >> {}';\n  encoder json;\n}}\n\
+             neighbor 192.0.2.11 {{\n  router-id 192.0.2.1;\n  local-address 192.0.2.1;\n  local-as 65000;\n  peer-as 65001;\n  hold-time 9;\n  passive true;\n\
+             \x20 api {{\n    processes [ dump ];\n    receive {{ parsed; update; }}\n  }}\n}}\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    let conf = dir.join("exabgp.conf");
+    let ns = lab.name("router");
+    let log = std::fs::File::create(dir.join("exabgp.log")).unwrap();
+    let mut exa = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "env",
+            "exabgp_daemon_user=root",
+            "exabgp_daemon_daemonize=false",
+            "exabgp_api_cli=false",
+        ])
+        .args([
+            "exabgp_log_destination=stdout",
+            "exabgp_tcp_bind=192.0.2.1",
+            "exabgp_tcp_port=179",
+            "exabgp",
+        ])
+        .arg(&conf)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        dir.join("speaker.yaml"),
+        speaker_conf("  - {name: web, ip: 203.0.113.10}", None)
+            .replace("    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n", ""),
+    )
+    .unwrap();
+    let bin = binary("ferrolb-speaker");
+    let cfg = dir.join("speaker.yaml");
+    lab.spawn(
+        "node",
+        &[
+            bin.to_str().unwrap(),
+            "standalone",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--node",
+            "node1",
+            "--log-level",
+            "debug",
+        ],
+        &dir.join("speaker.log"),
+    );
+    let t = Instant::now();
+    let found = loop {
+        let text = std::fs::read_to_string(&dump).unwrap_or_default();
+        if text.contains("203.0.113.10/32") {
+            break text;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = exa.kill();
+            panic!(
+                "ExaBGP never received the route\n--- exabgp\n{}\n--- speaker\n{}",
+                std::fs::read_to_string(dir.join("exabgp.log")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = exa.kill();
+    let _ = exa.wait();
+    eprintln!("ExaBGP received the route after {:?}", t.elapsed());
+    assert!(
+        found.contains("\"as-path\": [ 65001 ]") || found.contains("\"as-path\": [65001]"),
+        "{found}"
+    );
+    assert!(
+        found.contains("65000:100") || found.contains("[ 65000, 100 ]"),
+        "community: {found}"
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
