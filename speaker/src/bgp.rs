@@ -9,6 +9,7 @@ use ferrolb_bgp::codec::{self, Session as Wire};
 use ferrolb_bgp::fsm::{self, Event, Output, Session, Timer};
 use ferrolb_bgp::message::*;
 use ferrolb_config::{BgpAdvertisement, Peer, PeerPassword};
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -63,6 +64,18 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
     } else {
         None
     };
+    // Passive peers: one listener on port 179 hands each accepted connection to its peer's task.
+    let mut inboxes: HashMap<IpAddr, mpsc::UnboundedReceiver<TcpStream>> = HashMap::new();
+    let passive: Vec<&Peer> = opts.peers.iter().filter(|p| p.passive).collect();
+    if !passive.is_empty() {
+        let mut routes = HashMap::new();
+        for p in &passive {
+            let (tx, rx) = mpsc::unbounded_channel();
+            routes.insert(p.address, tx);
+            inboxes.insert(p.address, rx);
+        }
+        listen(&passive, routes)?;
+    }
     let mut tasks = Vec::new();
     for (i, p) in opts.peers.iter().enumerate() {
         let bfd = match (&hub, &p.bfd) {
@@ -75,12 +88,87 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
             ads: opts.advertisements.clone(),
             metrics: Arc::clone(&metrics),
         };
-        tasks.push(tokio::spawn(peer.run(rx.clone(), stop_rx.clone(), bfd)));
+        tasks.push(tokio::spawn(peer.run(
+            rx.clone(),
+            stop_rx.clone(),
+            bfd,
+            inboxes.remove(&p.address),
+        )));
     }
     Ok(BgpAnnouncer {
         services,
         stop,
         tasks,
+    })
+}
+
+/// Listens on port 179 for the passive peers (with their TCP-MD5 keys set
+/// on the listening socket) and routes each connection to its peer.
+fn listen(
+    peers: &[&Peer],
+    routes: HashMap<IpAddr, mpsc::UnboundedSender<TcpStream>>,
+) -> std::io::Result<()> {
+    let routes = Arc::new(routes);
+    for v6 in [false, true] {
+        let family: Vec<&&Peer> = peers.iter().filter(|p| p.address.is_ipv6() == v6).collect();
+        if family.is_empty() {
+            continue;
+        }
+        let port = family[0].port;
+        let addr = if v6 {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port)
+        } else {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+        };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if v6 {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        for p in &family {
+            if let Some(key) = password(p)? {
+                ferrolb_sys::set_tcp_md5(&socket, p.address, &key)?;
+            }
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(64)?;
+        socket.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(socket.into())?;
+        let routes = Arc::clone(&routes);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, from)) = listener.accept().await else {
+                    continue;
+                };
+                match routes.get(&from.ip()) {
+                    Some(tx) => {
+                        let _ = stream.set_nodelay(true);
+                        let _ = tx.send(stream);
+                    }
+                    None => {
+                        tracing::debug!(%from, "refused a BGP connection from an unknown address")
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn password(peer: &Peer) -> std::io::Result<Option<Vec<u8>>> {
+    Ok(match &peer.password {
+        Some(PeerPassword::Inline(k)) => Some(k.clone().into_bytes()),
+        Some(PeerPassword::File(path)) => Some(
+            std::fs::read_to_string(path)?
+                .trim_end()
+                .as_bytes()
+                .to_vec(),
+        ),
+        None => None,
     })
 }
 
@@ -200,13 +288,14 @@ impl PeerTask {
         mut services: watch::Receiver<Vec<ServiceVips>>,
         mut stop: watch::Receiver<bool>,
         mut bfd: Option<watch::Receiver<bool>>,
+        mut inbox: Option<mpsc::UnboundedReceiver<TcpStream>>,
     ) {
         let cfg = fsm::Config {
             local_asn: self.peer.my_asn,
             peer_asn: self.peer.asn,
             router_id: self.router_id,
             hold_time: self.peer.hold_time.as_secs() as u16,
-            passive: false,
+            passive: self.peer.passive,
             connect_retry: Duration::from_secs(2),
             families: vec![Afi::Ipv4, Afi::Ipv6],
             graceful_restart: self
@@ -241,6 +330,20 @@ impl PeerTask {
                     let out = st.fsm.handle(Event::TcpFailed);
                     let current = services.borrow().clone();
                     self.apply(&mut st, out, &current).await;
+                }
+                incoming = async { inbox.as_mut().expect("guarded").recv().await }, if inbox.is_some() => {
+                    match incoming {
+                        // One connection at a time: a second one while we have a session is dropped (the router retries).
+                        Some(stream) if st.conn.is_none() => {
+                            tracing::info!(peer = %self.peer.name, "accepted a connection");
+                            st.conn = Some(stream);
+                            let out = st.fsm.handle(Event::TcpConnected);
+                            let current = services.borrow().clone();
+                            self.apply(&mut st, out, &current).await;
+                        }
+                        Some(_) => tracing::debug!(peer = %self.peer.name, "dropped a second connection"),
+                        None => inbox = None,
+                    }
                 }
                 _ = crate::forwarder::until_set(&mut stop) => {
                     let out = st.fsm.handle(Event::Stop("ferrolb speaker shutting down".into()));

@@ -63,11 +63,12 @@ bgp:
 
 impl Rig {
     fn start(tag: &str, password: Option<&str>) -> Rig {
-        Rig::start_with(tag, password, false)
+        Rig::start_with(tag, password, false, false)
     }
 
     /// With `bfd`, BIRD and the IPv4 peer run BFD at 100 ms x 3.
-    fn start_with(tag: &str, password: Option<&str>, bfd: bool) -> Rig {
+    /// With `passive`, the speaker waits for BIRD to connect to it.
+    fn start_with(tag: &str, password: Option<&str>, bfd: bool, passive: bool) -> Rig {
         let mut lab = Lab::new(tag);
         let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -76,6 +77,13 @@ impl Rig {
         lab.add("node");
         lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
         let mut bird = bird_conf(&dir, password);
+        if passive {
+            bird = bird.replacen(
+                "  passive on;\n",
+                "  connect delay time 1;\n  connect retry time 1;\n",
+                1,
+            );
+        }
         if bfd {
             bird = bird.replacen("  passive on;\n", "  passive on;\n  bfd on;\n", 1);
             bird.push_str("protocol bfd {\n  interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n");
@@ -107,6 +115,9 @@ impl Rig {
             "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}\n  - {name: web6, ip: \"2001:db8:100::10\"}",
             password,
         );
+        if passive {
+            speaker = speaker.replacen("holdTime: 9s", "holdTime: 9s, passive: true", 1);
+        }
         if bfd {
             speaker = speaker.replacen(
                 "holdTime: 9s",
@@ -443,7 +454,7 @@ fn bfd_withdraws_a_silently_dead_speaker_within_a_second() {
     ) {
         return;
     }
-    let rig = Rig::start_with("f", None, true);
+    let rig = Rig::start_with("f", None, true, false);
     rig.wait_for("route and BFD up", Duration::from_secs(15), |r| {
         r.has_route("203.0.113.10") && r.birdc("show bfd sessions").contains("Up")
     });
@@ -561,4 +572,28 @@ fn exabgp_learns_the_vip() {
     );
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn passive_peer_accepts_birds_connection_with_md5() {
+    if !require(
+        "passive_peer_accepts_birds_connection",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let rig = Rig::start_with("p", Some("listen-key"), false, true);
+    rig.wait_for(
+        "BIRD connects to the passive speaker",
+        Duration::from_secs(20),
+        |r| r.has_route("203.0.113.10"),
+    );
+    assert!(rig
+        .birdc("show protocols all ferrolb")
+        .contains("Established"));
 }

@@ -207,6 +207,8 @@ pub struct Peer {
     pub password: Option<PeerPassword>,
     /// TTL for eBGP peers that are not directly connected.
     pub ebgp_multihop: Option<u8>,
+    /// Wait for the router to connect (port 179) instead of connecting out.
+    pub passive: bool,
     /// Local address to connect from.
     pub source_address: Option<IpAddr>,
     /// Graceful restart settings.

@@ -514,6 +514,7 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
             "gracefulRestart",
             "bfd",
             "nodeSelector",
+            "passive",
         ],
     )?;
     let name = name(ctx, &obj, "peer");
@@ -580,6 +581,10 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
         (None, None) => None,
     };
     let ebgp_multihop = obj.get("ebgpMultihop").and_then(|f| ctx.uint(f, 1, 255));
+    let passive = obj
+        .get("passive")
+        .and_then(|f| ctx.boolean(f))
+        .unwrap_or(false);
     let source_address = obj
         .get("sourceAddress")
         .and_then(|f| ctx.parse::<IpAddr>(f));
@@ -615,6 +620,7 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
         keepalive_time,
         password,
         ebgp_multihop,
+        passive,
         source_address,
         graceful_restart,
         bfd,
