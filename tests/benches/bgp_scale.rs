@@ -1,0 +1,141 @@
+//! BGP measurements against BIRD 2 (prints figures; asserts nothing about time).
+//!
+//!   tests/bench/bgp_scale.sh            # 10,000 VIPs
+//!   tests/bench/bgp_scale.sh --n 2000
+//!
+//! Needs root and `bird2`. BIRD in one namespace, the speaker in another.
+//! (1) 10,000 services, each with its own VIP: time from the speaker's start
+//! until BIRD holds every route, and the UPDATE count. (2) one service
+//! added by SIGHUP reload: time until its route is in BIRD, 10 trials.
+
+use ferrolb_tests::netns::Lab;
+use ferrolb_tests::{binary, require, Need};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: u32 = args
+        .iter()
+        .position(|a| a == "--n")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    if !require(
+        "bgp_scale benchmark",
+        &[Need::Root, Need::Program("bird"), Need::Program("birdc")],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("s");
+    let dir = std::env::temp_dir().join(format!("ferrolb-bgpscale-{}", lab.name("x")));
+    std::fs::create_dir_all(&dir).unwrap();
+    lab.add("router");
+    lab.attach("router", &["192.0.2.1/24"]);
+    lab.add("node");
+    lab.attach("node", &["192.0.2.11/24"]);
+    std::fs::write(
+        dir.join("bird.conf"),
+        "router id 192.0.2.1;\nprotocol device { }\nprotocol bgp ferrolb {\n  local 192.0.2.1 as 65000;\n  neighbor 192.0.2.11 as 65001;\n  passive on;\n  ipv4 { import all; export none; };\n}\n",
+    )
+    .unwrap();
+    let sock = dir.join("bird.ctl");
+    let conf = dir.join("bird.conf");
+    let pid = dir.join("bird.pid");
+    lab.spawn(
+        "router",
+        &[
+            "bird",
+            "-f",
+            "-c",
+            conf.to_str().unwrap(),
+            "-s",
+            sock.to_str().unwrap(),
+            "-P",
+            pid.to_str().unwrap(),
+        ],
+        &dir.join("bird.err"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let count = |lab: &Lab| -> usize {
+        let out = lab.exec(
+            "router",
+            &[
+                "birdc",
+                "-s",
+                sock.to_str().unwrap(),
+                "show",
+                "route",
+                "count",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace()
+            .zip(text.split_whitespace().skip(1))
+            .find(|(_, w)| w.starts_with("of"))
+            .and_then(|(c, _)| c.parse().ok())
+            .unwrap_or(0)
+    };
+    let services = |k: u32| -> String {
+        (0..k)
+            .map(|i| {
+                format!(
+                    "  - {{name: s{i}, ip: {}}}\n",
+                    Ipv4Addr::from(0xcb00_0000u32 + i)
+                )
+            })
+            .collect()
+    };
+    let config = |k: u32| {
+        format!(
+            "pools: [{{name: vips, addresses: [203.0.0.0/16]}}]\nservices:\n{}bgp:\n  routerId: 192.0.2.11\n  peers: [{{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 90s}}]\n  advertisements: [{{}}]\n",
+            services(k)
+        )
+    };
+    let cfg = dir.join("speaker.yaml");
+    std::fs::write(&cfg, config(n)).unwrap();
+    let bin = binary("ferrolb-speaker");
+    let t = Instant::now();
+    let speaker = lab.spawn(
+        "node",
+        &[
+            bin.to_str().unwrap(),
+            "standalone",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--node",
+            "n1",
+            "--reload-poll",
+            "1h",
+            "--log-level",
+            "warn",
+        ],
+        &dir.join("speaker.log"),
+    );
+    let mut last = 0;
+    while t.elapsed() < Duration::from_secs(60) {
+        last = count(&lab);
+        if last >= n as usize {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("{n} VIPs: speaker start to all {last} routes in BIRD: {:?} (includes config parsing, allocation and session setup)", t.elapsed());
+    // One more service, by SIGHUP: time to its route.
+    let mut lat = Vec::new();
+    for k in 0..10 {
+        std::fs::write(&cfg, config(n + k + 1)).unwrap();
+        let t = Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &speaker.to_string()])
+            .status();
+        while count(&lab) < (n + k + 1) as usize && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!("service added (SIGHUP reload of {n} services) to its route in BIRD: p50 {:?}, max {:?} over 10 trials", lat[5], lat[9]);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
