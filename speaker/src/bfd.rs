@@ -3,6 +3,7 @@
 //! its source address; each session task runs the pure state machine
 //! (`ferrolb_bfd`) and tells its BGP peer when the path goes down.
 
+use crate::metrics::{Metrics, PeerLabels};
 use ferrolb_bfd::{Config, Control, Input, Output, Session};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -72,11 +73,22 @@ impl Hub {
     }
 
     /// Starts a session with `peer`; the returned watch is true while BFD is up.
-    pub fn session(&self, peer: IpAddr, cfg: Config) -> watch::Receiver<bool> {
+    /// `name` labels its metrics.
+    pub fn session(
+        &self,
+        peer: IpAddr,
+        name: &str,
+        cfg: Config,
+        metrics: Arc<Metrics>,
+    ) -> watch::Receiver<bool> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.routes.lock().expect("lock poisoned").insert(peer, tx);
         let (up_tx, up_rx) = watch::channel(false);
-        tokio::spawn(run(peer, cfg, rx, up_tx));
+        let labels = PeerLabels {
+            peer: name.to_string(),
+        };
+        metrics.bfd_session_up.get_or_create(&labels).set(0);
+        tokio::spawn(run(peer, cfg, rx, up_tx, metrics, labels));
         up_rx
     }
 }
@@ -101,6 +113,8 @@ async fn run(
     cfg: Config,
     mut rx: mpsc::UnboundedReceiver<Control>,
     up: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    labels: PeerLabels,
 ) {
     let any: IpAddr = if peer.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
@@ -140,10 +154,15 @@ async fn run(
                 Output::Up => {
                     tracing::info!(%peer, "BFD up");
                     up.send_replace(true);
+                    metrics.bfd_session_up.get_or_create(&labels).set(1);
                 }
                 Output::Down(diag) => {
                     tracing::warn!(%peer, ?diag, "BFD down: the path to the peer failed");
-                    up.send_replace(false);
+                    // Down is also reported for a session that never came up; count real losses only.
+                    if up.send_replace(false) {
+                        metrics.bfd_down.get_or_create(&labels).inc();
+                    }
+                    metrics.bfd_session_up.get_or_create(&labels).set(0);
                 }
             }
         }

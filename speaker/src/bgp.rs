@@ -79,7 +79,12 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
     let mut tasks = Vec::new();
     for (i, p) in opts.peers.iter().enumerate() {
         let bfd = match (&hub, &p.bfd) {
-            (Some(h), Some(b)) => Some(h.session(p.address, crate::bfd::config(b, i as u32 + 1))),
+            (Some(h), Some(b)) => Some(h.session(
+                p.address,
+                &p.name,
+                crate::bfd::config(b, i as u32 + 1),
+                Arc::clone(&metrics),
+            )),
             _ => None,
         };
         let peer = PeerTask {
@@ -403,8 +408,14 @@ impl PeerTask {
                         }
                     };
                     for ev in events {
-                        if let Event::Message(Message::Update(_)) = &ev {
-                            self.metrics.bgp_updates.get_or_create(&self.dir("received")).inc();
+                        match &ev {
+                            Event::Message(Message::Update(_)) => {
+                                self.metrics.bgp_updates.get_or_create(&self.dir("received")).inc();
+                            }
+                            Event::Message(Message::Notification(_)) => {
+                                self.metrics.bgp_notifications.get_or_create(&self.dir("received")).inc();
+                            }
+                            _ => {}
                         }
                         let out = st.fsm.handle(ev);
                         {
@@ -435,6 +446,17 @@ impl PeerTask {
             peer: self.peer.name.clone(),
             direction: direction.to_string(),
         }
+    }
+
+    fn mark_change(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.metrics
+            .bgp_last_change
+            .get_or_create(&self.labels())
+            .set(now);
     }
 
     async fn send(&self, st: &mut State, bytes: &[u8]) {
@@ -495,6 +517,7 @@ impl PeerTask {
                             .bgp_session_up
                             .get_or_create(&self.labels())
                             .set(1);
+                        self.mark_change();
                         self.sync(st, services).await;
                         for afi in n.families {
                             let eor =
@@ -508,6 +531,7 @@ impl PeerTask {
                             .bgp_session_up
                             .get_or_create(&self.labels())
                             .set(0);
+                        self.mark_change();
                         self.metrics
                             .bgp_prefixes
                             .get_or_create(&self.labels())

@@ -149,6 +149,12 @@ pub struct Metrics {
     pub bgp_updates: Family<PeerDirectionLabels, Counter>,
     /// NOTIFICATION messages by direction.
     pub bgp_notifications: Family<PeerDirectionLabels, Counter>,
+    /// Unix time of the session's last transition to or from Established.
+    pub bgp_last_change: Family<PeerLabels, Gauge>,
+    /// 1 while the BFD session with the peer is up.
+    pub bfd_session_up: Family<PeerLabels, Gauge>,
+    /// BFD sessions that went from up to down (a path failure detected).
+    pub bfd_down: Family<PeerLabels, Counter>,
 }
 
 impl Metrics {
@@ -181,6 +187,9 @@ impl Metrics {
             bgp_prefixes: Family::default(),
             bgp_updates: Family::default(),
             bgp_notifications: Family::default(),
+            bgp_last_change: Family::default(),
+            bfd_session_up: Family::default(),
+            bfd_down: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,6 +252,76 @@ impl Metrics {
             "Configuration reloads by result",
             m.config_reloads.clone(),
         );
+        registry.register(
+            "l2_requests",
+            "ARP requests and neighbor solicitations for a VIP this node serves",
+            m.l2_requests.clone(),
+        );
+        registry.register(
+            "l2_answers",
+            "ARP replies and neighbor advertisements sent in answer",
+            m.l2_answers.clone(),
+        );
+        registry.register(
+            "l2_gratuitous",
+            "Gratuitous ARP and unsolicited neighbor advertisements sent",
+            m.l2_gratuitous.clone(),
+        );
+        registry.register(
+            "l2_malformed_frames",
+            "Frames on the packet socket that failed to parse",
+            m.l2_malformed.clone(),
+        );
+        registry.register(
+            "l2_duplicate_responders",
+            "Another host answered for a VIP this node owns",
+            m.l2_duplicates.clone(),
+        );
+        registry.register(
+            "l2_ownership_changes",
+            "Services this node took or gave up",
+            m.l2_ownership_changes.clone(),
+        );
+        registry.register(
+            "l2_failover_seconds",
+            "From a member declared down to this node's first announcement",
+            m.l2_failover_seconds.clone(),
+        );
+        registry.register(
+            "bgp_session_up",
+            "1 while the BGP session is established",
+            m.bgp_session_up.clone(),
+        );
+        registry.register(
+            "bgp_prefixes_advertised",
+            "Prefixes advertised to the peer",
+            m.bgp_prefixes.clone(),
+        );
+        registry.register(
+            "bgp_updates",
+            "BGP UPDATE messages by direction",
+            m.bgp_updates.clone(),
+        );
+        registry.register(
+            "bgp_notifications",
+            "BGP NOTIFICATION messages by direction",
+            m.bgp_notifications.clone(),
+        );
+        registry.register(
+            "bgp_session_last_change_timestamp_seconds",
+            "Unix time of the session's last transition to or from Established",
+            m.bgp_last_change.clone(),
+        );
+        registry.register(
+            "bfd_session_up",
+            "1 while the BFD session with the peer is up",
+            m.bfd_session_up.clone(),
+        );
+        registry.register(
+            "bfd_down",
+            "BFD sessions that went from up to down",
+            m.bfd_down.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -252,5 +331,124 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Metric names as exposed (`# TYPE` lines), without a counter's `_total`.
+    fn exposed() -> BTreeSet<String> {
+        // Families without a series are not exposed at all; give each one.
+        let m = Metrics::new();
+        let port = PortLabels {
+            service: "s".into(),
+            port: "80".into(),
+        };
+        let backend = BackendLabels {
+            service: "s".into(),
+            port: "80".into(),
+            backend: "b".into(),
+        };
+        let dir = DirectionLabels {
+            service: "s".into(),
+            port: "80".into(),
+            direction: "in".into(),
+        };
+        let iface = IfaceLabels {
+            interface: "eth0".into(),
+        };
+        let peer = PeerLabels { peer: "p".into() };
+        let peer_dir = PeerDirectionLabels {
+            peer: "p".into(),
+            direction: "sent".into(),
+        };
+        m.connections.get_or_create(&backend).inc();
+        m.active.get_or_create(&port).set(1);
+        m.bytes.get_or_create(&dir).inc();
+        m.backend_up.get_or_create(&backend).set(1);
+        m.connect_failures.get_or_create(&backend).inc();
+        m.check_seconds.get_or_create(&backend).observe(0.1);
+        m.rejected
+            .get_or_create(&RejectLabels {
+                service: "s".into(),
+                port: "80".into(),
+                reason: "limit".into(),
+            })
+            .inc();
+        m.service_up
+            .get_or_create(&ServiceLabels {
+                service: "s".into(),
+            })
+            .set(1);
+        m.udp_flows.get_or_create(&port).set(1);
+        m.udp_evicted.get_or_create(&port).inc();
+        m.udp_packets.get_or_create(&dir).inc();
+        m.config_reloads
+            .get_or_create(&ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        m.l2_requests.get_or_create(&iface).inc();
+        m.l2_answers.get_or_create(&iface).inc();
+        m.l2_gratuitous.get_or_create(&iface).inc();
+        m.l2_malformed.get_or_create(&iface).inc();
+        m.l2_duplicates
+            .get_or_create(&VipLabels {
+                vip: "192.0.2.1".into(),
+            })
+            .inc();
+        m.bgp_session_up.get_or_create(&peer).set(1);
+        m.bgp_prefixes.get_or_create(&peer).set(1);
+        m.bgp_updates.get_or_create(&peer_dir).inc();
+        m.bgp_notifications.get_or_create(&peer_dir).inc();
+        m.bgp_last_change.get_or_create(&peer).set(1);
+        m.bfd_session_up.get_or_create(&peer).set(1);
+        m.bfd_down.get_or_create(&peer).inc();
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Metric names the operator documentation mentions, without `_total`.
+    fn documented() -> BTreeSet<String> {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let mut names = BTreeSet::new();
+        for file in ["configuration.md", "l2.md", "bgp.md"] {
+            let text = std::fs::read_to_string(docs.join(file)).expect("docs readable");
+            for chunk in text.split('`').skip(1).step_by(2) {
+                if let Some(rest) = chunk.strip_prefix("ferrolb_") {
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    let name = name.strip_suffix("_total").unwrap_or(&name).to_string();
+                    names.insert(format!("ferrolb_{name}"));
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_documented_metric_is_exposed_and_every_exposed_one_documented() {
+        let exposed = exposed();
+        let documented = documented();
+        let missing: Vec<_> = documented.difference(&exposed).collect();
+        assert!(
+            missing.is_empty(),
+            "documented but not registered: {missing:?}"
+        );
+        let undocumented: Vec<_> = exposed.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "registered but not documented: {undocumented:?}"
+        );
+        assert!(exposed.len() >= 20, "{exposed:?}");
     }
 }

@@ -104,6 +104,11 @@ impl Cluster {
         self.speakers.push((node.to_string(), pid));
     }
 
+    /// The `/metrics` text of `node`'s speaker (default address, in its namespace).
+    pub fn metrics(&self, node: &str) -> String {
+        self.lab.speaker_metrics(node)
+    }
+
     /// Kills the speaker of `node` with SIGKILL.
     pub fn kill_speaker(&mut self, node: &str) {
         let pid = self

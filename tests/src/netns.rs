@@ -72,6 +72,20 @@ impl Lab {
             .expect("ip netns exec")
     }
 
+    /// The speaker's `/metrics` on its default address inside namespace `short`,
+    /// fetched with bash's `/dev/tcp` so no HTTP client need be installed.
+    pub fn speaker_metrics(&self, short: &str) -> String {
+        let out = self.exec(
+            short,
+            &[
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/9470 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// Like [`Lab::exec`], panicking on failure.
     pub fn exec_ok(&self, short: &str, cmd: &[&str]) -> Output {
         let out = self.exec(short, cmd);

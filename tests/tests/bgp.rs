@@ -160,6 +160,11 @@ impl Rig {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// The speaker's `/metrics` (default address, inside the node's namespace).
+    fn metrics(&self) -> String {
+        self.lab.speaker_metrics("node")
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- bird v6 route\n{}\n--- bird protocols\n{}\n--- speaker\n{}\n--- bird\n{}{}",
@@ -238,6 +243,18 @@ fn bird_learns_the_vips_with_attributes_and_loses_them_on_removal_and_shutdown()
     assert!(proto.contains("Established"), "{proto}");
     assert!(proto.contains("4-octet AS numbers"), "{proto}");
     assert!(proto.contains("Graceful restart"), "{proto}");
+    let metrics = rig.metrics();
+    for line in [
+        "ferrolb_bgp_session_up{peer=\"bird\"} 1",
+        "ferrolb_bgp_prefixes_advertised{peer=\"bird\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("ferrolb_bgp_updates_total{peer=\"bird\",direction=\"sent\"}")
+            && metrics.contains("ferrolb_bgp_session_last_change_timestamp_seconds{peer=\"bird\"}"),
+        "{metrics}"
+    );
     // IPv6: an MP-BGP session over IPv6 carries the /128 with our global address as next hop.
     let took6 = rig.wait_for("IPv6 route", Duration::from_secs(20), |r| {
         r.has_route("2001:db8:100::10")
@@ -460,6 +477,11 @@ fn bfd_withdraws_a_silently_dead_speaker_within_a_second() {
     });
     // Silent death: the process freezes, no FIN, no Cease. Without BFD the router
     // would wait for the 9 s hold timer.
+    let metrics = rig.metrics();
+    assert!(
+        metrics.contains("ferrolb_bfd_session_up{peer=\"bird\"} 1"),
+        "{metrics}"
+    );
     let pid = rig.speaker.unwrap();
     let t = Instant::now();
     ferrolb_tests::netns::run(&["kill", "-STOP", &pid.to_string()]);

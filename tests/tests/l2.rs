@@ -180,6 +180,24 @@ for i in range(500):
         c.arp_answers("192.0.2.100"),
         BTreeSet::from([c.lab.mac(&owner)])
     );
+    // The garbage was counted, and the owner's answers show in its metrics.
+    let metrics = c.metrics(&owner);
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("ferrolb_l2_malformed_frames_total{interface=\"eth0\"}") > 0,
+        "{metrics}"
+    );
+    assert!(
+        count("ferrolb_l2_answers_total{interface=\"eth0\"}") > 0,
+        "{metrics}"
+    );
 }
 
 #[test]
