@@ -38,6 +38,8 @@ pub struct BgpAnnouncer {
     services: watch::Sender<Vec<ServiceVips>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// VIPs made local so traffic the routers send here is accepted.
+    local: crate::host::LocalRoutes,
 }
 
 impl Announcer for BgpAnnouncer {
@@ -46,6 +48,14 @@ impl Announcer for BgpAnnouncer {
     }
 
     fn update(&mut self, services: &[ServiceVips]) {
+        // Local before advertised, so the first packet a router sends is accepted.
+        let advertised = services
+            .iter()
+            .filter(|s| s.healthy)
+            .flat_map(|s| s.vips.iter().copied());
+        if let Err(e) = self.local.ensure(advertised) {
+            tracing::error!(error = %e, "VIP traffic routed to this node will be dropped");
+        }
         self.services.send_replace(services.to_vec());
     }
 
@@ -103,6 +113,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
     Ok(BgpAnnouncer {
         services,
         stop,
+        local: crate::host::LocalRoutes::default(),
         tasks,
     })
 }
@@ -177,13 +188,16 @@ fn password(peer: &Peer) -> std::io::Result<Option<Vec<u8>>> {
     })
 }
 
-/// Routes this node wants a peer to have: prefix -> attributes.
+/// Routes this node wants a peer to have: prefix -> attributes. With no
+/// advertisements configured, every healthy VIP goes to every peer.
 pub fn desired(
     services: &[ServiceVips],
     ads: &[BgpAdvertisement],
     peer: &Peer,
     local: IpAddr,
 ) -> BTreeMap<Prefix, Attrs> {
+    let fallback = [BgpAdvertisement::default()];
+    let ads = if ads.is_empty() { &fallback[..] } else { ads };
     let mut out = BTreeMap::new();
     for s in services.iter().filter(|s| s.healthy) {
         for ad in ads {
@@ -631,4 +645,73 @@ struct State {
     advertised: BTreeMap<Prefix, Attrs>,
     families: Vec<Afi>,
     pending: Vec<Event>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(ads: &str) -> (Vec<ServiceVips>, ferrolb_config::Bgp) {
+        let cfg = ferrolb_config::Config::from_yaml(&format!(
+            "pools: [{{name: a, addresses: [203.0.113.0/28]}}, {{name: b, addresses: [198.51.100.0/28]}}]
+bgp:
+  peers:
+    - {{name: r1, address: 192.0.2.1, asn: 65000, myAsn: 65001}}
+    - {{name: r2, address: 192.0.2.2, asn: 65001, myAsn: 65001}}
+{ads}"
+        ))
+        .expect("valid config");
+        let vips = |key: &str, pool: &str, ip: &str, healthy| ServiceVips {
+            key: key.into(),
+            pool: pool.into(),
+            vips: vec![ip.parse().unwrap()],
+            healthy,
+        };
+        let services = vec![
+            vips("web", "a", "203.0.113.1", true),
+            vips("api", "b", "198.51.100.1", true),
+            vips("down", "a", "203.0.113.2", false),
+        ];
+        (services, cfg.bgp.expect("bgp section"))
+    }
+
+    fn prefixes(routes: &BTreeMap<Prefix, Attrs>) -> Vec<String> {
+        routes.keys().map(|p| format!("{p:?}")).collect()
+    }
+
+    #[test]
+    fn without_advertisements_every_healthy_vip_goes_to_every_peer() {
+        let (services, bgp) = setup("");
+        let local: IpAddr = "192.0.2.11".parse().unwrap();
+        for peer in &bgp.peers {
+            let routes = desired(&services, &bgp.advertisements, peer, local);
+            assert_eq!(routes.len(), 2, "{peer:?}: {:?}", prefixes(&routes));
+            assert!(routes
+                .values()
+                .all(|a| a.communities.is_empty() && a.local_pref.is_none()));
+        }
+    }
+
+    #[test]
+    fn advertisements_select_pools_and_peers_and_local_pref_is_ibgp_only() {
+        let (services, bgp) = setup(
+            "  advertisements: [{pools: [a], peers: [r1, r2], localPref: 200}, {pools: [b], peers: [r2]}]",
+        );
+        let local: IpAddr = "192.0.2.11".parse().unwrap();
+        let r1 = desired(&services, &bgp.advertisements, &bgp.peers[0], local);
+        let r2 = desired(&services, &bgp.advertisements, &bgp.peers[1], local);
+        assert_eq!(r1.len(), 1, "{:?}", prefixes(&r1));
+        assert_eq!(
+            r1.values().next().unwrap().local_pref,
+            None,
+            "eBGP: no LOCAL_PREF"
+        );
+        assert_eq!(r2.len(), 2, "{:?}", prefixes(&r2));
+        let web = r2
+            .iter()
+            .find(|(p, _)| format!("{p:?}").contains("203.0.113.1"))
+            .expect("web to r2");
+        assert_eq!(web.1.local_pref, Some(200), "iBGP carries LOCAL_PREF");
+        assert_eq!(web.1.as_path, Some(vec![]), "iBGP: empty AS path");
+    }
 }

@@ -6,6 +6,7 @@ pub mod announce;
 pub mod bfd;
 pub mod bgp;
 pub mod forwarder;
+pub mod host;
 pub mod http;
 pub mod l2;
 pub mod metrics;

@@ -167,6 +167,35 @@ impl Lab {
         run(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
     }
 
+    /// A point-to-point veth between namespaces `a` and `b`, named `to-B` in `a`
+    /// and `to-A` in `b`, with the given addresses (CIDR notation).
+    pub fn link(&mut self, a: &str, a_addrs: &[&str], b: &str, b_addrs: &[&str]) {
+        let (na, nb) = (self.name(a), self.name(b));
+        let (ia, ib) = (format!("to-{b}"), format!("to-{a}"));
+        run(&[
+            "ip", "-n", &na, "link", "add", &ia, "type", "veth", "peer", "name", &ib, "netns", &nb,
+        ]);
+        for (ns, dev, addrs) in [(&na, &ia, a_addrs), (&nb, &ib, b_addrs)] {
+            for addr in addrs {
+                let mut cmd = vec![
+                    "ip",
+                    "-n",
+                    ns.as_str(),
+                    "addr",
+                    "add",
+                    addr,
+                    "dev",
+                    dev.as_str(),
+                ];
+                if addr.contains(':') {
+                    cmd.push("nodad");
+                }
+                run(&cmd);
+            }
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
     /// Cuts host `short`'s link (its end of the veth goes down).
     pub fn cut(&self, short: &str) {
         run(&["ip", "-n", &self.name(short), "link", "set", "eth0", "down"]);

@@ -304,6 +304,22 @@ pub struct BgpAdvertisement {
     pub peers: Vec<String>,
 }
 
+impl Default for BgpAdvertisement {
+    /// Every pool to every peer as /32 and /128, no attributes: what is
+    /// announced when the configuration lists no advertisements.
+    fn default() -> Self {
+        BgpAdvertisement {
+            pools: Vec::new(),
+            aggregation_length: 32,
+            aggregation_length_v6: 128,
+            local_pref: None,
+            communities: Vec::new(),
+            large_communities: Vec::new(),
+            peers: Vec::new(),
+        }
+    }
+}
+
 /// A host taking part in standalone failover.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {

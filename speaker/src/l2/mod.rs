@@ -5,7 +5,6 @@
 //! The decisions are pure code in `ferrolb-l2` (codec, responder, election,
 //! failure detector); this module owns sockets, timers and host settings.
 
-pub mod host;
 pub mod iface;
 
 use crate::announce::{Announcer, ServiceVips};
@@ -54,7 +53,7 @@ pub enum L2Error {
     NoInterface(String),
     /// Host settings.
     #[error(transparent)]
-    Host(#[from] host::HostError),
+    Host(#[from] crate::host::HostError),
     /// A socket.
     #[error("cannot open {what}: {source}")]
     Socket {
@@ -167,7 +166,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         }));
     }
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
-    host::prepare_arp(&names)?;
+    crate::host::prepare_arp(&names)?;
     let mut rts = Vec::new();
     let (conflict_tx, conflict_rx) = mpsc::unbounded_channel();
     for i in &ifaces {
@@ -200,6 +199,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         conflict_tx,
         ticks: 0,
         isolated: false,
+        local: crate::host::LocalRoutes::default(),
     };
     tokio::spawn(runner.run(rx, conflict_rx));
     Ok(L2Announcer { tx })
@@ -266,6 +266,8 @@ struct Runner {
     ticks: u64,
     /// No peer heard while peers are configured.
     isolated: bool,
+    /// VIPs already made local on this node.
+    local: crate::host::LocalRoutes,
 }
 
 impl Runner {
@@ -300,12 +302,9 @@ impl Runner {
                 u = updates.recv() => match u {
                     Some(services) => {
                         self.services = services;
-                        for s in &self.services {
-                            for vip in &s.vips {
-                                if let Err(e) = host::make_local(*vip) {
-                                    tracing::error!(error = %e, "VIP traffic will not be accepted on this node");
-                                }
-                            }
+                        let vips = self.services.iter().flat_map(|s| s.vips.iter().copied());
+                        if let Err(e) = self.local.ensure(vips) {
+                            tracing::error!(error = %e, "VIP traffic will not be accepted on this node");
                         }
                         self.elect().await;
                     }
@@ -362,7 +361,7 @@ impl Runner {
             });
             for n in now {
                 if !self.ifaces.iter().any(|i| i.name == n.name) {
-                    if let Err(e) = host::prepare_arp(std::slice::from_ref(&n.name)) {
+                    if let Err(e) = crate::host::prepare_arp(std::slice::from_ref(&n.name)) {
                         tracing::error!(interface = %n.name, error = %e, "new interface not used");
                         continue;
                     }

@@ -1,0 +1,270 @@
+//! ECMP through a real router: two speakers advertise the same VIP to BIRD 2,
+//! BIRD installs one multipath route in its kernel table, and a client behind
+//! the router reaches the VIP through both nodes (the kernel's L4 multipath
+//! hash spreads its connections). When one node's backend dies, that node
+//! withdraws and the client is served by the other alone. Needs root, `bird2`
+//! and `python3`; skips loudly without them (a failure in CI).
+
+use ferrolb_tests::netns::Lab;
+use ferrolb_tests::{binary, require, Need};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const NODES: [(&str, &str); 2] = [("node1", "192.0.2.11"), ("node2", "192.0.2.12")];
+
+fn bird_conf(dir: &std::path::Path) -> String {
+    let mut c = format!(
+        "router id 192.0.2.1;
+log \"{}/bird.log\" all;
+protocol device {{ }}
+protocol kernel {{
+  ipv4 {{ export all; }};
+  merge paths yes;
+}}
+",
+        dir.display()
+    );
+    for (n, ip) in NODES {
+        c.push_str(&format!(
+            "protocol bgp {n} {{
+  local 192.0.2.1 as 65000;
+  neighbor {ip} as 65001;
+  hold time 9;
+  passive on;
+  ipv4 {{ import all; export none; }};
+}}
+"
+        ));
+    }
+    c
+}
+
+fn speaker_conf(router_id: &str) -> String {
+    format!(
+        "pools: [{{name: vips, addresses: [203.0.113.0/28]}}]
+services:
+  - name: web
+    ip: 203.0.113.10
+    ports: [{{port: 8080, backends: [\"127.0.0.1:9000\"], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms, fall: 2}}}}]
+bgp:
+  routerId: {router_id}
+  peers:
+    - {{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s}}
+"
+    )
+}
+
+struct Rig {
+    lab: Lab,
+    dir: PathBuf,
+    echo: BTreeMap<String, u32>,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let mut lab = Lab::new("e");
+        let dir = std::env::temp_dir().join(format!("ferrolb-ecmp-{}", lab.name("x")));
+        std::fs::create_dir_all(&dir).unwrap();
+        lab.add("router");
+        lab.attach("router", &["192.0.2.1/24"]);
+        lab.add("client");
+        lab.link(
+            "router",
+            &["198.51.100.1/24"],
+            "client",
+            &["198.51.100.2/24"],
+        );
+        lab.exec_ok(
+            "client",
+            &["ip", "route", "add", "default", "via", "198.51.100.1"],
+        );
+        for s in [
+            "net.ipv4.ip_forward=1",
+            // Hash on ports too, so one client's connections spread over the paths.
+            "net.ipv4.fib_multipath_hash_policy=1",
+        ] {
+            lab.exec_ok("router", &["sysctl", "-qw", s]);
+        }
+        std::fs::write(dir.join("bird.conf"), bird_conf(&dir)).unwrap();
+        let (conf, sock, pid) = (
+            dir.join("bird.conf"),
+            dir.join("bird.ctl"),
+            dir.join("bird.pid"),
+        );
+        lab.spawn(
+            "router",
+            &[
+                "bird",
+                "-f",
+                "-c",
+                conf.to_str().unwrap(),
+                "-s",
+                sock.to_str().unwrap(),
+                "-P",
+                pid.to_str().unwrap(),
+            ],
+            &dir.join("bird.stderr"),
+        );
+        let mut echo = BTreeMap::new();
+        for (n, ip) in NODES {
+            lab.add(n);
+            lab.attach(n, &[&format!("{ip}/24")]);
+            lab.exec_ok(
+                n,
+                &["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.1"],
+            );
+            let bin = binary("ferrolb-echo");
+            let pid = lab.spawn(
+                n,
+                &[
+                    bin.to_str().unwrap(),
+                    "--http",
+                    &format!("{n}@127.0.0.1:9000"),
+                ],
+                &dir.join(format!("{n}-echo.log")),
+            );
+            echo.insert(n.to_string(), pid);
+            let cfg = dir.join(format!("{n}.yaml"));
+            std::fs::write(&cfg, speaker_conf(ip)).unwrap();
+            let bin = binary("ferrolb-speaker");
+            lab.spawn(
+                n,
+                &[
+                    bin.to_str().unwrap(),
+                    "standalone",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--node",
+                    n,
+                    "--log-level",
+                    "debug",
+                ],
+                &dir.join(format!("{n}-speaker.log")),
+            );
+        }
+        Rig { lab, dir, echo }
+    }
+
+    fn kernel_route(&self) -> String {
+        let out = self
+            .lab
+            .exec("router", &["ip", "route", "show", "203.0.113.10"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn logs(&self) -> String {
+        let sock = self.dir.join("bird.ctl");
+        let birdc = |cmd: &str| {
+            let mut args = vec!["birdc", "-s", sock.to_str().unwrap()];
+            args.extend(cmd.split_whitespace());
+            String::from_utf8_lossy(&self.lab.exec("router", &args).stdout).to_string()
+        };
+        let mut s = format!(
+            "--- router kernel route\n{}--- bird routes\n{}--- bird protocols\n{}",
+            self.kernel_route(),
+            birdc("show route all"),
+            birdc("show protocols all")
+        );
+        for f in ["bird.log", "node1-speaker.log", "node2-speaker.log"] {
+            s.push_str(&format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+            ));
+        }
+        s
+    }
+
+    fn wait_for(&self, what: &str, within: Duration, cond: impl Fn(&Rig) -> bool) -> Duration {
+        let t = Instant::now();
+        while !cond(self) {
+            assert!(
+                t.elapsed() < within,
+                "{what} not seen within {within:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    }
+
+    /// `n` new connections from the client to the VIP: how many each node served
+    /// (failures counted under "failed").
+    fn spread(&self, n: u32) -> BTreeMap<String, u32> {
+        let code = "import sys,urllib.request
+for _ in range(int(sys.argv[1])):
+    try:
+        print(urllib.request.urlopen('http://203.0.113.10:8080/', timeout=1).read().decode().strip())
+    except Exception:
+        print('failed')";
+        let out = self
+            .lab
+            .exec("client", &["python3", "-c", code, &n.to_string()]);
+        let mut by = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            *by.entry(line.to_string()).or_insert(0) += 1;
+        }
+        by
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn two_speakers_give_the_router_two_paths_and_a_dead_backend_withdraws_one() {
+    if !require(
+        "bgp ecmp",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("python3"),
+        ],
+    ) {
+        return;
+    }
+    let mut rig = Rig::start();
+    let took = rig.wait_for(
+        "a two-path route in the router's kernel table",
+        Duration::from_secs(20),
+        |r| {
+            let route = r.kernel_route();
+            route.contains("nexthop via 192.0.2.11") && route.contains("nexthop via 192.0.2.12")
+        },
+    );
+    eprintln!("speakers start to ECMP route in the router's kernel: {took:?}");
+
+    // The client reaches the VIP through both nodes; each node accepts the VIP
+    // because its speaker made it local.
+    let by = rig.spread(40);
+    assert_eq!(by.get("failed"), None, "{by:?}\n{}", rig.logs());
+    assert!(
+        by.get("node1").is_some_and(|&c| c > 0) && by.get("node2").is_some_and(|&c| c > 0),
+        "both paths carry connections: {by:?}"
+    );
+    eprintln!("40 connections through the router: {by:?}");
+
+    // node1's only backend dies: its health check fails, node1 withdraws, and the
+    // router is left with one path.
+    let pid = rig.echo.remove("node1").unwrap();
+    let t = Instant::now();
+    rig.lab.kill(pid, "KILL");
+    rig.wait_for("node1's path withdrawn", Duration::from_secs(10), |r| {
+        let route = r.kernel_route();
+        route.contains("via 192.0.2.12") && !route.contains("192.0.2.11")
+    });
+    eprintln!("backend killed to path withdrawn: {:?}", t.elapsed());
+    let by = rig.spread(20);
+    assert_eq!(
+        by,
+        BTreeMap::from([("node2".to_string(), 20)]),
+        "{}",
+        rig.logs()
+    );
+}
