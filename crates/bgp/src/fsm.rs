@@ -127,6 +127,18 @@ pub struct Session {
     negotiated: Option<Negotiated>,
     /// Stopped by the operator: no automatic restart.
     stopped: bool,
+    /// Attempts that failed since the session was last established; sets the backoff.
+    failures: u32,
+}
+
+/// The longest wait between attempts, however many failed in a row.
+pub const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Wait before attempt `failures + 1`: `base`, doubled per consecutive failure
+/// after the first, at most [`MAX_RETRY`] (and never less than `base`).
+pub fn backoff(base: Duration, failures: u32) -> Duration {
+    let doubled = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled.min(MAX_RETRY).max(base)
 }
 
 /// Hold time the first OPEN may wait for (RFC 4271 suggests 4 minutes).
@@ -165,6 +177,7 @@ impl Session {
             state: State::Idle,
             negotiated: None,
             stopped: false,
+            failures: 0,
         }
     }
 
@@ -220,17 +233,21 @@ impl Session {
         self.state = State::Idle;
         self.negotiated = None;
         if !self.stopped {
-            // Automatic restart after the retry interval.
-            out.push(Output::StartTimer(
-                Timer::ConnectRetry,
-                self.cfg.connect_retry,
-            ));
+            // Automatic restart, backing off while attempts keep failing, so a
+            // peer that rejects us (or sends garbage) is not hammered.
+            let wait = self.next_retry();
+            out.push(Output::StartTimer(Timer::ConnectRetry, wait));
         } else {
             out.push(Output::StopTimer(Timer::ConnectRetry));
         }
         if was_up {
             out.push(Output::Down(reason));
         }
+    }
+
+    fn next_retry(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        backoff(self.cfg.connect_retry, self.failures)
     }
 
     fn fsm_error(&mut self, out: &mut Vec<Output>, what: &str) {
@@ -352,6 +369,7 @@ impl Session {
             }
             (State::Idle, Event::Start) => {
                 self.stopped = false;
+                self.failures = 0;
                 self.start_connecting(&mut out);
             }
             (State::Idle, Event::Expired(Timer::ConnectRetry)) if !self.stopped => {
@@ -365,10 +383,8 @@ impl Session {
                 self.state = State::OpenSent;
             }
             (State::Connect, Event::TcpFailed) => {
-                out.push(Output::StartTimer(
-                    Timer::ConnectRetry,
-                    self.cfg.connect_retry,
-                ));
+                let wait = self.next_retry();
+                out.push(Output::StartTimer(Timer::ConnectRetry, wait));
                 self.state = State::Active;
             }
             (State::Connect, Event::Expired(Timer::ConnectRetry)) => {
@@ -451,6 +467,7 @@ impl Session {
             (State::OpenConfirm, Event::Message(Message::Keepalive)) => {
                 self.restart_hold(&mut out);
                 self.state = State::Established;
+                self.failures = 0;
                 out.push(Output::Established(
                     self.negotiated.clone().expect("negotiated in OpenSent"),
                 ));
@@ -607,6 +624,61 @@ mod tests {
         let out = s.handle(Event::Expired(Timer::ConnectRetry));
         assert!(out.contains(&Output::Connect));
         assert_eq!(s.state(), State::Connect);
+    }
+
+    fn retry_timer(out: &[Output]) -> Option<Duration> {
+        out.iter().find_map(|o| match o {
+            Output::StartTimer(Timer::ConnectRetry, d) => Some(*d),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn backoff_table() {
+        let base = Duration::from_secs(2);
+        let s = Duration::from_secs;
+        for (failures, want) in [
+            (0, s(2)),
+            (1, s(2)),
+            (2, s(4)),
+            (3, s(8)),
+            (4, s(16)),
+            (5, s(30)),
+            (40, s(30)),
+            (u32::MAX, s(30)),
+        ] {
+            assert_eq!(backoff(base, failures), want, "failures {failures}");
+        }
+        // A base above the cap is kept (the operator asked for it).
+        assert_eq!(backoff(s(60), 3), s(60));
+        assert_eq!(backoff(Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    #[test]
+    fn failed_attempts_back_off_and_an_established_session_resets_it() {
+        let base = cfg(false).connect_retry;
+        let mut s = Session::new(cfg(false));
+        s.handle(Event::Start);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            waits.push(retry_timer(&s.handle(Event::TcpFailed)).expect("retry timer"));
+            s.handle(Event::Expired(Timer::ConnectRetry));
+        }
+        let want: Vec<Duration> = (1..=6).map(|f| backoff(base, f)).collect();
+        assert_eq!(waits, want);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        // A peer answering with a NOTIFICATION in OpenSent keeps backing off.
+        s.handle(Event::TcpConnected);
+        let out = s.handle(Event::Message(Message::Notification(Notification {
+            code: 2,
+            subcode: 1,
+            data: vec![],
+        })));
+        assert_eq!(retry_timer(&out), Some(backoff(base, 7)));
+        // Once established, the next failure waits the base interval again.
+        let mut s = established(false);
+        let out = s.handle(Event::TcpFailed);
+        assert_eq!(retry_timer(&out), Some(base));
     }
 
     #[test]

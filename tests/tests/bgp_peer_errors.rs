@@ -1,0 +1,163 @@
+//! A misbehaving BGP peer: a hand-written router on loopback sends a bad
+//! OPEN, a bad header, then a malformed UPDATE after the session is up. The
+//! speaker answers each with the RFC 4271 NOTIFICATION, never panics, and
+//! reconnects with backoff that resets once a session was established. Needs
+//! no root (the speaker connects out to 127.0.0.1). The VIP is in 127.0.0.0/8,
+//! already local on every host, so the local route a speaker running as root
+//! adds changes nothing; the test removes it at the end.
+
+use ferrolb_tests::speaker::Speaker;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+const KEEPALIVE: u8 = 4;
+const NOTIFICATION: u8 = 3;
+const UPDATE: u8 = 2;
+const OPEN: u8 = 1;
+
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(kind);
+    m.extend_from_slice(body);
+    m
+}
+
+/// An OPEN from AS 65000, hold 9 s, ID 192.0.2.1, with the 4-octet AS capability.
+fn open(version: u8) -> Vec<u8> {
+    let mut b = vec![version];
+    b.extend_from_slice(&65000u16.to_be_bytes());
+    b.extend_from_slice(&9u16.to_be_bytes());
+    b.extend_from_slice(&[192, 0, 2, 1]);
+    // Optional parameters: one capability parameter holding 4-octet AS 65000.
+    b.extend_from_slice(&[8, 2, 6, 65, 4]);
+    b.extend_from_slice(&65000u32.to_be_bytes());
+    message(OPEN, &b)
+}
+
+/// Reads one message: (type, body).
+async fn read(c: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 19];
+    timeout(Duration::from_secs(15), c.read_exact(&mut h))
+        .await
+        .expect("a message within 15 s")
+        .expect("connection open");
+    let len = u16::from_be_bytes([h[16], h[17]]) as usize;
+    let mut body = vec![0u8; len - 19];
+    c.read_exact(&mut body).await.expect("message body");
+    (h[18], body)
+}
+
+/// Reads until a NOTIFICATION arrives: (code, subcode); then the speaker must close.
+async fn notification(c: &mut TcpStream) -> (u8, u8) {
+    loop {
+        let (kind, body) = read(c).await;
+        if kind == NOTIFICATION {
+            let mut rest = [0u8; 1];
+            let closed = timeout(Duration::from_secs(5), c.read(&mut rest)).await;
+            assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "connection closed after the NOTIFICATION"
+            );
+            return (body[0], body[1]);
+        }
+    }
+}
+
+async fn accept(l: &TcpListener, s: &Speaker) -> (TcpStream, Instant) {
+    let (mut c, _) = match timeout(Duration::from_secs(40), l.accept()).await {
+        Ok(r) => r.expect("accept"),
+        Err(_) => panic!("speaker did not reconnect within 40 s:\n{}", s.log()),
+    };
+    let at = Instant::now();
+    let (kind, _) = read(&mut c).await;
+    assert_eq!(kind, OPEN, "the speaker opens with OPEN");
+    (c, at)
+}
+
+#[tokio::test]
+async fn bad_messages_get_the_right_notification_and_reconnects_back_off() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let speaker = Speaker::start(&format!(
+        "pools: [{{name: vips, addresses: [127.0.30.0/28]}}]
+services: [{{name: web, ip: 127.0.30.10}}]
+bgp:
+  routerId: 192.0.2.11
+  peers: [{{name: fake, address: 127.0.0.1, port: {port}, asn: 65000, myAsn: 65001, holdTime: 9s}}]
+"
+    ))
+    .await;
+
+    // 1. BGP version 3: OPEN Message Error / Unsupported Version Number.
+    let (mut c, t1) = accept(&listener, &speaker).await;
+    c.write_all(&open(3)).await.unwrap();
+    assert_eq!(notification(&mut c).await, (2, 1), "{}", speaker.log());
+    drop(c);
+
+    // 2. A header whose marker is not all ones: Message Header Error /
+    //    Connection Not Synchronized.
+    let (mut c, t2) = accept(&listener, &speaker).await;
+    let mut bad = message(KEEPALIVE, &[]);
+    bad[3] = 0;
+    c.write_all(&bad).await.unwrap();
+    assert_eq!(notification(&mut c).await, (1, 1), "{}", speaker.log());
+    drop(c);
+
+    // 3. A good session, then an UPDATE whose attribute length runs past the
+    //    message: UPDATE Message Error / Malformed Attribute List.
+    let (mut c, t3) = accept(&listener, &speaker).await;
+    c.write_all(&open(4)).await.unwrap();
+    c.write_all(&message(KEEPALIVE, &[])).await.unwrap();
+    loop {
+        let (kind, body) = read(&mut c).await;
+        assert_ne!(kind, NOTIFICATION, "session refused: {body:?}");
+        // The VIP's /32 is the last 5 bytes of the first UPDATE (length 32, 127.0.30.10).
+        if kind == UPDATE && body.ends_with(&[32, 127, 0, 30, 10]) {
+            break;
+        }
+    }
+    c.write_all(&message(UPDATE, &[0, 0, 0, 16, 0x40, 1, 1, 0]))
+        .await
+        .unwrap();
+    assert_eq!(notification(&mut c).await, (3, 1), "{}", speaker.log());
+    drop(c);
+
+    // 4. After an established session the wait is the base interval again.
+    let (c, t4) = accept(&listener, &speaker).await;
+    drop(c);
+
+    let (g1, g2, g3) = (t2 - t1, t3 - t2, t4 - t3);
+    eprintln!("reconnect gaps: {g1:?}, {g2:?} (backed off), {g3:?} (after an established session)");
+    assert!(g1 >= Duration::from_millis(1900), "base retry 2 s: {g1:?}");
+    assert!(g2 >= Duration::from_millis(3900), "doubled: {g2:?}");
+    assert!(
+        g3 < g2,
+        "reset after the session was established: {g3:?} vs {g2:?}"
+    );
+
+    // It never panicked and still serves metrics, which count what it sent.
+    let (code, metrics) = speaker.http("/metrics").await.expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("ferrolb_bgp_notifications_total{peer=\"fake\",direction=\"sent\"} 3"),
+        "{metrics}"
+    );
+    assert!(!speaker.log().contains("panicked"), "{}", speaker.log());
+    drop(speaker);
+    // Leave the host as it was (a no-op route inside 127/8, present only when root).
+    let _ = std::process::Command::new("ip")
+        .args([
+            "route",
+            "del",
+            "local",
+            "127.0.30.10/32",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .output();
+}
