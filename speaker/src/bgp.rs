@@ -309,6 +309,12 @@ impl PeerTask {
         mut bfd: Option<watch::Receiver<bool>>,
         mut inbox: Option<mpsc::UnboundedReceiver<TcpStream>>,
     ) {
+        // Every peer has a series from the start, so `session_up == 0` alerts fire
+        // for a session that never came up.
+        self.metrics
+            .bgp_session_up
+            .get_or_create(&self.labels())
+            .set(0);
         let cfg = fsm::Config {
             local_asn: self.peer.my_asn,
             peer_asn: self.peer.asn,

@@ -69,14 +69,7 @@ impl Rig {
     /// With `bfd`, BIRD and the IPv4 peer run BFD at 100 ms x 3.
     /// With `passive`, the speaker waits for BIRD to connect to it.
     fn start_with(tag: &str, password: Option<&str>, bfd: bool, passive: bool) -> Rig {
-        let mut lab = Lab::new(tag);
-        let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
-        std::fs::create_dir_all(&dir).unwrap();
-        lab.add("router");
-        lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
-        lab.add("node");
-        lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
-        let mut bird = bird_conf(&dir, password);
+        let mut bird = bird_conf(Path::new("DIR"), password);
         if passive {
             bird = bird.replacen(
                 "  passive on;\n",
@@ -88,7 +81,38 @@ impl Rig {
             bird = bird.replacen("  passive on;\n", "  passive on;\n  bfd on;\n", 1);
             bird.push_str("protocol bfd {\n  interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n");
         }
-        std::fs::write(dir.join("bird.conf"), bird).unwrap();
+        let mut speaker = speaker_conf(
+            "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}\n  - {name: web6, ip: \"2001:db8:100::10\"}",
+            password,
+        );
+        if passive {
+            speaker = speaker.replacen("holdTime: 9s", "holdTime: 9s, passive: true", 1);
+        }
+        if bfd {
+            speaker = speaker.replacen(
+                "holdTime: 9s",
+                "holdTime: 9s, bfd: {receiveInterval: 100ms, transmitInterval: 100ms, detectMultiplier: 3}",
+                1,
+            );
+        }
+        Rig::custom(tag, &bird, &speaker)
+    }
+
+    /// BIRD on `bird` (where `DIR` stands for the rig's directory) and the speaker
+    /// on `speaker`, router 192.0.2.1 / 2001:db8::1, node .11.
+    fn custom(tag: &str, bird: &str, speaker: &str) -> Rig {
+        let mut lab = Lab::new(tag);
+        let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
+        std::fs::create_dir_all(&dir).unwrap();
+        lab.add("router");
+        lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
+        lab.add("node");
+        lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
+        std::fs::write(
+            dir.join("bird.conf"),
+            bird.replace("DIR", dir.to_str().unwrap()),
+        )
+        .unwrap();
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
         let pid = dir.join("bird.pid");
@@ -111,20 +135,6 @@ impl Rig {
             dir,
             speaker: None,
         };
-        let mut speaker = speaker_conf(
-            "  - {name: web, ip: 203.0.113.10}\n  - {name: api, ip: 203.0.113.11}\n  - {name: web6, ip: \"2001:db8:100::10\"}",
-            password,
-        );
-        if passive {
-            speaker = speaker.replacen("holdTime: 9s", "holdTime: 9s, passive: true", 1);
-        }
-        if bfd {
-            speaker = speaker.replacen(
-                "holdTime: 9s",
-                "holdTime: 9s, bfd: {receiveInterval: 100ms, transmitInterval: 100ms, detectMultiplier: 3}",
-                1,
-            );
-        }
         std::fs::write(rig.dir.join("speaker.yaml"), speaker).unwrap();
         rig.start_speaker();
         rig
@@ -618,4 +628,85 @@ fn passive_peer_accepts_birds_connection_with_md5() {
     assert!(rig
         .birdc("show protocols all ferrolb")
         .contains("Established"));
+}
+
+#[test]
+fn ibgp_with_four_octet_asn_carries_local_pref() {
+    if !require(
+        "ibgp_with_four_octet_asn",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let bird = "router id 192.0.2.1;
+log \"DIR/bird.log\" all;
+protocol device { }
+protocol bgp ferrolb {
+  local 192.0.2.1 as 4200000001;
+  neighbor 192.0.2.11 as 4200000001;
+  direct;
+  hold time 9;
+  passive on;
+  ipv4 { import all; export none; gateway direct; };
+}
+";
+    let speaker = "pools: [{name: vips, addresses: [203.0.113.0/28]}]
+services: [{name: web, ip: 203.0.113.10}]
+bgp:
+  routerId: 192.0.2.11
+  peers: [{name: bird, address: 192.0.2.1, asn: 4200000001, myAsn: 4200000001, holdTime: 9s}]
+  advertisements: [{localPref: 250, communities: [no-export]}]
+";
+    let rig = Rig::custom("i", bird, speaker);
+    rig.wait_for("iBGP route", Duration::from_secs(15), |r| {
+        r.has_route("203.0.113.10")
+    });
+    let proto = rig.birdc("show protocols all ferrolb");
+    assert!(proto.contains("Session:          internal"), "{proto}");
+    assert!(proto.contains("4-octet AS numbers"), "{proto}");
+    let detail = rig.birdc("show route for 203.0.113.10 all");
+    assert!(detail.contains("BGP.local_pref: 250"), "{detail}");
+    assert!(
+        detail.contains("BGP.as_path: \n") || detail.contains("BGP.as_path:\n"),
+        "empty AS path on iBGP: {detail}"
+    );
+    assert!(
+        detail.contains("no_export") || detail.contains("(65535,65281)"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn tcp_md5_with_the_wrong_password_never_establishes() {
+    if !require(
+        "tcp_md5_with_the_wrong_password",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let bird = bird_conf(Path::new("DIR"), Some("right-key"));
+    let speaker = speaker_conf("  - {name: web, ip: 203.0.113.10}", Some("wrong-key"));
+    let rig = Rig::custom("w", &bird, &speaker);
+    // Several connect attempts (every 2 s and more) go by; the kernel drops every
+    // segment whose signature does not verify, so nothing ever reaches BGP.
+    std::thread::sleep(Duration::from_secs(5));
+    let proto = rig.birdc("show protocols all ferrolb");
+    assert!(!proto.contains("Established"), "{proto}");
+    assert!(!rig.has_route("203.0.113.10"));
+    // The series exists from the start, so `session_up == 0` alerts fire.
+    let metrics = rig.metrics();
+    assert!(
+        metrics.contains("ferrolb_bgp_session_up{peer=\"bird\"} 0"),
+        "{metrics}"
+    );
 }
