@@ -9,6 +9,13 @@
 //!   keeps it: a node that joins or comes back does not take VIPs back
 //!   (no second outage), and after a partition heals the incumbent wins and
 //!   the newcomer stands down.
+//! - Hold times within [`TIE_MS`] of the longest count as a tie, decided by
+//!   the score. Each node sees its peers' hold times a little late (a
+//!   heartbeat interval plus the network), so two claims taken at nearly the
+//!   same moment (every node claiming everything during a full partition)
+//!   would otherwise each look longer to their own node, and both would keep
+//!   answering. With the tie band, nodes disagree only when two hold times
+//!   differ by almost exactly `TIE_MS`, give or take that delay.
 //!
 //! The key is the service, not the address, so both addresses of a
 //! dual-stack service land on the same node.
@@ -36,7 +43,7 @@ pub struct Claim<'a> {
 /// The owner of `key` among `eligible` nodes (live and allowed to announce
 /// it), given the current `claims`. `None` when no node is eligible.
 pub fn owner<'a>(key: &str, eligible: &[&'a str], claims: &[Claim<'_>]) -> Option<&'a str> {
-    let incumbent = claims
+    let live: Vec<(&'a str, u64)> = claims
         .iter()
         .filter_map(|c| {
             eligible
@@ -44,20 +51,22 @@ pub fn owner<'a>(key: &str, eligible: &[&'a str], claims: &[Claim<'_>]) -> Optio
                 .find(|e| **e == c.node)
                 .map(|e| (*e, c.held_ms))
         })
-        // Longest held wins; equal hold times fall back to the score, then the name, so the rule is total.
-        .max_by(|(a, ha), (b, hb)| {
-            ha.cmp(hb)
-                .then(score(a, key).cmp(&score(b, key)))
-                .then(a.cmp(b))
-        });
-    if let Some((node, _)) = incumbent {
-        return Some(node);
+        .collect();
+    let by_score = |a: &&'a str, b: &&'a str| score(a, key).cmp(&score(b, key)).then(a.cmp(b));
+    if let Some(longest) = live.iter().map(|(_, h)| *h).max() {
+        // Everything close to the longest hold is a tie; the score decides, the
+        // same way whatever order the claims arrived in.
+        return live
+            .iter()
+            .filter(|(_, h)| longest - h <= TIE_MS)
+            .map(|(n, _)| *n)
+            .max_by(by_score);
     }
-    eligible
-        .iter()
-        .copied()
-        .max_by(|a, b| score(a, key).cmp(&score(b, key)).then(a.cmp(b)))
+    eligible.iter().copied().max_by(by_score)
 }
+
+/// Hold times this close to the longest one tie (see the module notes).
+pub const TIE_MS: u64 = 1_000;
 
 #[cfg(test)]
 mod tests {
@@ -114,6 +123,8 @@ mod tests {
             },
         ];
         assert_eq!(owner("svc", &all, &claims), Some("c"));
+        // Within the tie band (here 600 ms apart) the score decides, not who is a
+        // little older.
         let tie = [
             Claim {
                 node: "a",
@@ -121,7 +132,7 @@ mod tests {
             },
             Claim {
                 node: "c",
-                held_ms: 50,
+                held_ms: 650,
             },
         ];
         let by_score = if score("a", "svc") > score("c", "svc") {
@@ -140,6 +151,27 @@ mod tests {
             let mut rotated = refs.clone();
             rotated.rotate_left(rot % n);
             prop_assert_eq!(owner(&key, &refs, &[]), owner(&key, &rotated, &[]));
+        }
+
+        /// Two nodes each see their own claim exactly and the other's up to
+        /// `lag` ms late (heartbeat interval plus network). They agree on the
+        /// owner unless the hold times differ by about `TIE_MS`, within `lag`.
+        #[test]
+        fn views_a_heartbeat_apart_agree(key in "[a-z]{1,12}", ha in 0u64..10_000, hb in 0u64..10_000,
+                                         lag_a in 0u64..150, lag_b in 0u64..150, third in proptest::option::of(0u64..10_000)) {
+            let all = ["a", "b", "c"];
+            prop_assume!((ha.abs_diff(hb)).abs_diff(TIE_MS) > 300);
+            let mut view_a = vec![Claim { node: "a", held_ms: ha }, Claim { node: "b", held_ms: hb.saturating_sub(lag_a) }];
+            let mut view_b = vec![Claim { node: "b", held_ms: hb }, Claim { node: "a", held_ms: ha.saturating_sub(lag_b) }];
+            if let Some(hc) = third {
+                prop_assume!(hc.abs_diff(ha).abs_diff(TIE_MS) > 300 && hc.abs_diff(hb).abs_diff(TIE_MS) > 300);
+                view_a.push(Claim { node: "c", held_ms: hc.saturating_sub(lag_a) });
+                view_b.push(Claim { node: "c", held_ms: hc.saturating_sub(lag_b) });
+            }
+            prop_assert_eq!(owner(&key, &all, &view_a), owner(&key, &all, &view_b));
+            // And the order the claims are listed in never matters.
+            view_a.reverse();
+            prop_assert_eq!(owner(&key, &all, &view_a), owner(&key, &all, &view_b));
         }
 
         #[test]

@@ -166,6 +166,8 @@ struct Peer {
     up: bool,
     seq: u64,
     claims: Vec<(String, u64)>,
+    /// When `claims` arrived, so their hold times can be aged to now.
+    claims_at: u64,
     /// The peer's last report of member ages (10 ms units), and when it arrived.
     ages: Vec<u16>,
     ages_at: u64,
@@ -203,6 +205,7 @@ impl Membership {
                         up: false,
                         seq: 0,
                         claims: Vec::new(),
+                        claims_at: 0,
                         ages: Vec::new(),
                         ages_at: 0,
                     },
@@ -286,6 +289,7 @@ impl Membership {
         p.seq = hb.seq;
         p.last_heard = Some(now);
         p.claims = hb.claims;
+        p.claims_at = now;
         // Only a report over the same member list can be read index by index.
         if hb.ages.len() == self.order.len() {
             p.ages = hb.ages;
@@ -355,13 +359,19 @@ impl Membership {
         v
     }
 
-    /// The claims live peers reported, as (node, service, held ms).
-    pub fn peer_claims(&self) -> impl Iterator<Item = (&str, &str, u64)> {
-        self.peers.iter().filter(|(_, p)| p.up).flat_map(|(n, p)| {
-            p.claims
-                .iter()
-                .map(move |(k, h)| (n.as_str(), k.as_str(), *h))
-        })
+    /// The claims live peers reported, as (node, service, held ms), each
+    /// hold time aged by how long ago it arrived, so they compare fairly with
+    /// this node's own (computed at `now`).
+    pub fn peer_claims(&self, now: u64) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.up)
+            .flat_map(move |(n, p)| {
+                let age = now.saturating_sub(p.claims_at);
+                p.claims
+                    .iter()
+                    .map(move |(k, h)| (n.as_str(), k.as_str(), h.saturating_add(age)))
+            })
     }
 
     /// This node's name.
@@ -538,5 +548,27 @@ mod tests {
         assert!(!m.settled(1_100));
         assert!(m.settled(1_400));
         assert_eq!(m.live(), ["a"]);
+    }
+
+    #[test]
+    fn peer_claims_age_from_when_they_arrived() {
+        let mut a = Membership::new(
+            "a",
+            [("b".to_string(), "10.0.0.2:7946".parse().unwrap())],
+            Timing::default(),
+        );
+        let mut b = Membership::new(
+            "b",
+            [("a".to_string(), "10.0.0.1:7946".parse().unwrap())],
+            Timing::default(),
+        );
+        let (sends, _) = b.tick(1_000, &[("svc".to_string(), 2_000)]);
+        let (_, bytes) = sends.into_iter().next().expect("b sends a heartbeat");
+        a.receive(1_000, &bytes).expect("valid heartbeat");
+        let at = |now| -> Vec<u64> { a.peer_claims(now).map(|(_, _, h)| h).collect() };
+        assert_eq!(at(1_000), [2_000]);
+        // 80 ms later b has held it 80 ms longer, heartbeat or not.
+        assert_eq!(at(1_080), [2_080]);
+        assert_eq!(at(900), [2_000], "a clock read before arrival does not subtract");
     }
 }

@@ -459,7 +459,7 @@ impl Runner {
         }
         let peer_claims: Vec<(String, String, u64)> = self
             .membership
-            .peer_claims()
+            .peer_claims(self.now_ms())
             .map(|(n, k, h)| (n.to_string(), k.to_string(), h))
             .collect();
         let mine = self.claims();
