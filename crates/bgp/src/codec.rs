@@ -904,8 +904,14 @@ fn decode_update(body: &[u8], s: &Session) -> Result<Update, DecodeError> {
             }
             // A malformed AS4_PATH is discarded and the UPDATE kept (RFC 6793 6).
             AS4_PATH => as4 = decode_path(v, true),
+            // An attribute we do not know that claims to be well-known (Optional
+            // bit clear) cannot be understood, so neither can the routes (RFC 4271
+            // 6.3 subcode 2; withdrawn rather than a reset, as BIRD does under RFC 7606).
+            _ if flags & OPTIONAL == 0 => fail(2, "unrecognized well-known attribute"),
+            // The extended-length bit is an encoding detail: dropped, so a kept
+            // attribute re-encodes to the same meaning at whatever length fits.
             _ => attrs.other.push(RawAttr {
-                flags: *flags,
+                flags: *flags & !EXTENDED,
                 code: *code,
                 value: v.to_vec(),
             }),

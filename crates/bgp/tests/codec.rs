@@ -354,6 +354,33 @@ fn update_errors_follow_rfc7606() {
         &FOUR,
     );
     assert_eq!((e.subcode, e.action), (11, Action::TreatAsWithdraw));
+    // An unknown attribute with the Optional bit clear: unrecognized well-known.
+    let e = err(
+        &update_bytes(
+            &format!("400101 00 {good_path} {nh} 40f102 abcd"),
+            "20cb00710a",
+        ),
+        &FOUR,
+    );
+    assert_eq!(
+        (e.code, e.subcode, e.action),
+        (3, 2, Action::TreatAsWithdraw)
+    );
+    assert_eq!(e.routes, vec![p("203.0.113.10/32")]);
+    // An unknown optional transitive one is kept, and its extended-length bit
+    // (an encoding detail) does not survive, so it re-encodes the same.
+    let bytes = update_bytes(
+        &format!("400101 00 {good_path} {nh} d0f10002 abcd"),
+        "20cb00710a",
+    );
+    let (m, _) = decode(&bytes, &FOUR).unwrap().unwrap();
+    let Message::Update(u) = &m else { panic!() };
+    assert_eq!(
+        (u.attrs.other[0].flags, u.attrs.other[0].code),
+        (0xc0, 0xf1)
+    );
+    let again = encode(&m, &FOUR);
+    assert_eq!(decode(&again, &FOUR).unwrap().unwrap().0, m);
     // Malformed MP_REACH: reset.
     let e = err(&update_bytes("800e03 000201", ""), &FOUR);
     assert_eq!((e.subcode, e.action), (9, Action::SessionReset));
