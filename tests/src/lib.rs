@@ -27,7 +27,7 @@ pub const SKIP_LOG_ENV: &str = "FERROLB_SKIP_LOG";
 pub enum Need {
     /// Running as root (namespaces, raw sockets, routes).
     Root,
-    /// A program on PATH (a router daemon, `ip`, `arping`...).
+    /// A program on PATH (a router daemon, `ip`, `arping`...), or an absolute path.
     Program(&'static str),
 }
 
@@ -53,6 +53,11 @@ fn is_root() -> bool {
 
 /// The full path of `name` on PATH, if it is there.
 pub fn find_program(name: &str) -> Option<PathBuf> {
+    // Daemons outside PATH (FRR's in /usr/lib/frr) are named by absolute path.
+    if name.starts_with('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join(name))

@@ -569,6 +569,10 @@ mod tests {
         assert_eq!(at(1_000), [2_000]);
         // 80 ms later b has held it 80 ms longer, heartbeat or not.
         assert_eq!(at(1_080), [2_080]);
-        assert_eq!(at(900), [2_000], "a clock read before arrival does not subtract");
+        assert_eq!(
+            at(900),
+            [2_000],
+            "a clock read before arrival does not subtract"
+        );
     }
 }

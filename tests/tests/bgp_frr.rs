@@ -1,0 +1,171 @@
+//! BGP mode against FRR 8 (`bgpd` from the Debian `frr` package) in a network
+//! namespace: the session comes up with TCP-MD5, the VIP arrives with its AS
+//! path, origin, next hop, community and large community, FRR's reflection of
+//! the route back to the speaker is tolerated, and SIGTERM withdraws at once.
+//! bgpd runs without zebra (`-Z`): the test reads FRR's BGP table, not a kernel.
+//! Needs root and `frr`; skips loudly without them (a failure in CI).
+
+use ferrolb_tests::netns::Lab;
+use ferrolb_tests::{binary, require, Need};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const BGPD: &str = "/usr/lib/frr/bgpd";
+
+struct Frr {
+    lab: Lab,
+    dir: PathBuf,
+}
+
+impl Frr {
+    fn vtysh(&self, cmd: &str) -> String {
+        let vty = self.dir.join("vty");
+        let out = self.lab.exec(
+            "router",
+            &["vtysh", "--vty_socket", vty.to_str().unwrap(), "-c", cmd],
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for f in ["bgpd.log", "speaker.log"] {
+            s.push_str(&format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+            ));
+        }
+        s
+    }
+
+    fn wait_for(&self, what: &str, within: Duration, cond: impl Fn(&Frr) -> bool) -> Duration {
+        let t = Instant::now();
+        while !cond(self) {
+            assert!(
+                t.elapsed() < within,
+                "{what} not seen within {within:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    }
+
+    fn route(&self) -> String {
+        self.vtysh("show bgp ipv4 unicast 203.0.113.10/32 json")
+    }
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn frr_learns_the_vip_over_md5_and_loses_it_on_shutdown() {
+    if !require(
+        "frr_learns_the_vip",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program(BGPD),
+            Need::Program("vtysh"),
+        ],
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("f");
+    let dir = std::env::temp_dir().join(format!("ferrolb-frr-{}", lab.name("x")));
+    for sub in ["vty", "vartmp"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    lab.add("router");
+    lab.attach("router", &["192.0.2.1/24"]);
+    lab.add("node");
+    lab.attach("node", &["192.0.2.11/24"]);
+    std::fs::write(
+        dir.join("bgpd.conf"),
+        "frr defaults traditional
+hostname r1
+log stdout informational
+router bgp 65000
+ bgp router-id 192.0.2.1
+ no bgp ebgp-requires-policy
+ neighbor 192.0.2.11 remote-as 65001
+ neighbor 192.0.2.11 passive
+ neighbor 192.0.2.11 password frr-md5-key
+ neighbor 192.0.2.11 timers 3 9
+ address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+",
+    )
+    .unwrap();
+    // FRR writes crash and per-thread logs under /var/tmp/frr: keep them in the
+    // test's directory (`ip netns exec` gives the daemon its own mount namespace).
+    let start = format!(
+        "mount --bind {d}/vartmp /var/tmp && exec {BGPD} -Z -S -f {d}/bgpd.conf -i {d}/bgpd.pid --vty_socket {d}/vty -P 0",
+        d = dir.display()
+    );
+    lab.spawn("router", &["sh", "-c", &start], &dir.join("bgpd.log"));
+    let cfg = dir.join("speaker.yaml");
+    std::fs::write(
+        &cfg,
+        "pools: [{name: vips, addresses: [203.0.113.0/28]}]
+services: [{name: web, ip: 203.0.113.10}]
+bgp:
+  routerId: 192.0.2.11
+  peers: [{name: frr, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s, password: frr-md5-key}]
+  advertisements: [{communities: [\"65000:100\"], largeCommunities: [\"65001:1:2\"]}]
+",
+    )
+    .unwrap();
+    let bin = binary("ferrolb-speaker");
+    let speaker = lab.spawn(
+        "node",
+        &[
+            bin.to_str().unwrap(),
+            "standalone",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--node",
+            "node1",
+            "--log-level",
+            "debug",
+        ],
+        &dir.join("speaker.log"),
+    );
+    let mut frr = Frr { lab, dir };
+    let took = frr.wait_for("the VIP in FRR", Duration::from_secs(20), |f| {
+        f.route().contains("\"prefix\":\"203.0.113.10/32\"")
+    });
+    eprintln!("speaker start to route in FRR: {took:?}");
+    let route = frr.route();
+    for want in [
+        "\"string\":\"65001\"",
+        "\"origin\":\"IGP\"",
+        "\"valid\":true",
+        "\"list\":[\n          \"65000:100\"",
+        "\"65001:1:2\"",
+        "\"ip\":\"192.0.2.11\"",
+    ] {
+        let squashed: String = route.split_whitespace().collect();
+        let want_squashed: String = want.split_whitespace().collect();
+        assert!(squashed.contains(&want_squashed), "{want} in:\n{route}");
+    }
+    // FRR sends the route back (AS path 65000 65001); the speaker counts it and
+    // stays up.
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = frr.vtysh("show bgp ipv4 unicast summary json");
+    assert!(summary.contains("\"state\":\"Established\""), "{summary}");
+
+    let t = Instant::now();
+    frr.lab.kill(speaker, "TERM");
+    frr.wait_for("withdrawal after SIGTERM", Duration::from_secs(5), |f| {
+        !f.route().contains("203.0.113.10/32")
+    });
+    eprintln!("SIGTERM to route gone from FRR: {:?}", t.elapsed());
+}
