@@ -138,4 +138,104 @@ fn main() {
     println!("service added (SIGHUP reload of {n} services) to its route in BIRD: p50 {:?}, max {:?} over 10 trials", lat[5], lat[9]);
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
+    gobgp(n, &config(n));
+}
+
+/// (3) The same table into GoBGP (passive, so its 4-7 s connect delay does not
+/// count): time from the speaker's start until `gobgp global rib summary` shows
+/// every route.
+fn gobgp(n: u32, config: &str) {
+    if !ferrolb_tests::available(Need::Program("gobgpd"))
+        || !ferrolb_tests::available(Need::Program("gobgp"))
+    {
+        println!("GoBGP: not installed (apt-get install gobgpd); skipped");
+        return;
+    }
+    let mut lab = Lab::new("t");
+    let dir = std::env::temp_dir().join(format!("ferrolb-bgpscale-{}", lab.name("x")));
+    std::fs::create_dir_all(&dir).unwrap();
+    lab.add("router");
+    lab.attach("router", &["192.0.2.1/24"]);
+    lab.add("node");
+    lab.attach("node", &["192.0.2.11/24"]);
+    let conf = dir.join("gobgpd.toml");
+    std::fs::write(
+        &conf,
+        "[global.config]\n  as = 65000\n  router-id = \"192.0.2.1\"\n  local-address-list = [\"192.0.2.1\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.0.2.11\"\n    peer-as = 65001\n\
+         \x20 [neighbors.transport.config]\n    passive-mode = true\n",
+    )
+    .unwrap();
+    lab.spawn(
+        "router",
+        &[
+            "gobgpd",
+            "-f",
+            conf.to_str().unwrap(),
+            "-t",
+            "toml",
+            "-p",
+            "--api-hosts",
+            "127.0.0.1:50051",
+            "--pprof-disable",
+        ],
+        &dir.join("gobgpd.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let count = |lab: &Lab| -> usize {
+        let out = lab.exec(
+            "router",
+            &[
+                "gobgp",
+                "-u",
+                "127.0.0.1",
+                "-p",
+                "50051",
+                "global",
+                "rib",
+                "summary",
+                "-a",
+                "ipv4",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // "Table ipv4-unicast\nDestination: 10000, Path: 10000"
+        text.split("Destination:")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let cfg = dir.join("speaker.yaml");
+    std::fs::write(&cfg, config.replace("name: bird,", "name: gobgp,")).unwrap();
+    let bin = binary("ferrolb-speaker");
+    let t = Instant::now();
+    lab.spawn(
+        "node",
+        &[
+            bin.to_str().unwrap(),
+            "standalone",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--node",
+            "n1",
+            "--log-level",
+            "warn",
+        ],
+        &dir.join("speaker.log"),
+    );
+    let mut last = 0;
+    while t.elapsed() < Duration::from_secs(60) {
+        last = count(&lab);
+        if last >= n as usize {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "{n} VIPs: speaker start to all {last} routes in GoBGP: {:?}",
+        t.elapsed()
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
 }
