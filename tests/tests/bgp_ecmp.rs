@@ -59,6 +59,7 @@ struct Rig {
     lab: Lab,
     dir: PathBuf,
     echo: BTreeMap<String, u32>,
+    speakers: BTreeMap<String, u32>,
 }
 
 impl Rig {
@@ -125,25 +126,38 @@ impl Rig {
                 &dir.join(format!("{n}-echo.log")),
             );
             echo.insert(n.to_string(), pid);
-            let cfg = dir.join(format!("{n}.yaml"));
-            std::fs::write(&cfg, speaker_conf(ip)).unwrap();
-            let bin = binary("ferrolb-speaker");
-            lab.spawn(
-                n,
-                &[
-                    bin.to_str().unwrap(),
-                    "standalone",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--node",
-                    n,
-                    "--log-level",
-                    "debug",
-                ],
-                &dir.join(format!("{n}-speaker.log")),
-            );
+            std::fs::write(dir.join(format!("{n}.yaml")), speaker_conf(ip)).unwrap();
         }
-        Rig { lab, dir, echo }
+        let mut rig = Rig {
+            lab,
+            dir,
+            echo,
+            speakers: BTreeMap::new(),
+        };
+        for (n, _) in NODES {
+            rig.start_speaker(n);
+        }
+        rig
+    }
+
+    fn start_speaker(&mut self, n: &str) {
+        let cfg = self.dir.join(format!("{n}.yaml"));
+        let bin = binary("ferrolb-speaker");
+        let pid = self.lab.spawn(
+            n,
+            &[
+                bin.to_str().unwrap(),
+                "standalone",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--node",
+                n,
+                "--log-level",
+                "debug",
+            ],
+            &self.dir.join(format!("{n}-speaker.log")),
+        );
+        self.speakers.insert(n.to_string(), pid);
     }
 
     fn kernel_route(&self) -> String {
@@ -266,5 +280,60 @@ fn two_speakers_give_the_router_two_paths_and_a_dead_backend_withdraws_one() {
         BTreeMap::from([("node2".to_string(), 20)]),
         "{}",
         rig.logs()
+    );
+}
+
+#[test]
+fn graceful_restart_keeps_both_paths_through_a_crash_and_traffic_returns() {
+    if !require(
+        "bgp graceful restart with traffic",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("python3"),
+        ],
+    ) {
+        return;
+    }
+    let mut rig = Rig::start();
+    let both = |r: &Rig| {
+        let route = r.kernel_route();
+        route.contains("nexthop via 192.0.2.11") && route.contains("nexthop via 192.0.2.12")
+    };
+    rig.wait_for("a two-path route", Duration::from_secs(20), both);
+    rig.wait_for("both nodes serving", Duration::from_secs(10), |r| {
+        let by = r.spread(20);
+        !by.contains_key("failed") && by.len() == 2
+    });
+
+    // node1's speaker crashes (SIGKILL: no Cease). BIRD, as graceful-restart helper,
+    // keeps node1's path: the router's table does not churn.
+    let pid = rig.speakers.remove("node1").unwrap();
+    rig.lab.kill(pid, "KILL");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        assert!(both(&rig), "path kept during the restart:\n{}", rig.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Meanwhile connections hashed to node1 are refused (its forwarder is part of
+    // the speaker): the price of keeping the path. node2's share is unaffected.
+    let during = rig.spread(20);
+    eprintln!("while node1's speaker is down: {during:?}");
+    assert!(during.get("node2").is_some_and(|&c| c > 0), "{during:?}");
+    assert_eq!(during.get("node1"), None, "{during:?}");
+
+    // It comes back: session up again, End-of-RIB, and every connection is
+    // served by both nodes again, without the route ever having been withdrawn.
+    let t = Instant::now();
+    rig.start_speaker("node1");
+    let took = rig.wait_for("both nodes serving again", Duration::from_secs(15), |r| {
+        let by = r.spread(20);
+        !by.contains_key("failed") && by.len() == 2
+    });
+    assert!(both(&rig), "{}", rig.logs());
+    eprintln!(
+        "speaker restarted to all connections served: {took:?} ({:?} since restart)",
+        t.elapsed()
     );
 }
