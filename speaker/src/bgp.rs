@@ -358,15 +358,24 @@ impl PeerTask {
                 }
                 incoming = async { inbox.as_mut().expect("guarded").recv().await }, if inbox.is_some() => {
                     match incoming {
-                        // One connection at a time: a second one while we have a session is dropped (the router retries).
-                        Some(stream) if st.conn.is_none() => {
+                        Some(stream) => {
+                            let current = services.borrow().clone();
+                            if st.conn.is_some() {
+                                // Only the router connects to a passive peer, so a second
+                                // connection means it restarted and our old session is dead
+                                // (we would otherwise wait out the hold timer). Replace it,
+                                // as a graceful-restart helper does (RFC 4724 4.2).
+                                tracing::info!(peer = %self.peer.name, "the router opened a new connection: replacing the old session");
+                                let out = st.fsm.handle(Event::TcpFailed);
+                                self.apply(&mut st, out, &current).await;
+                                let out = st.fsm.handle(Event::Start);
+                                self.apply(&mut st, out, &current).await;
+                            }
                             tracing::info!(peer = %self.peer.name, "accepted a connection");
                             st.conn = Some(stream);
                             let out = st.fsm.handle(Event::TcpConnected);
-                            let current = services.borrow().clone();
                             self.apply(&mut st, out, &current).await;
                         }
-                        Some(_) => tracing::debug!(peer = %self.peer.name, "dropped a second connection"),
                         None => inbox = None,
                     }
                 }

@@ -161,3 +161,86 @@ bgp:
         ])
         .output();
 }
+
+/// Runs OPEN and KEEPALIVE as the router on `c` until the VIP's UPDATE arrives.
+async fn establish(c: &mut TcpStream) {
+    c.write_all(&open(4)).await.unwrap();
+    c.write_all(&message(KEEPALIVE, &[])).await.unwrap();
+    let mut opened = false;
+    loop {
+        let (kind, body) = read(c).await;
+        assert_ne!(kind, NOTIFICATION, "session refused: {body:?}");
+        opened |= kind == OPEN;
+        if kind == UPDATE && body.ends_with(&[32, 127, 0, 31, 10]) {
+            assert!(opened, "OPEN before UPDATE");
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_passive_peer_replaces_its_session_when_the_router_reconnects() {
+    // A passive peer on a high port (no root needed): the "router" connects to it.
+    let port = ferrolb_tests::speaker::free_port();
+    let speaker = Speaker::start(&format!(
+        "pools: [{{name: vips, addresses: [127.0.31.0/28]}}]
+services: [{{name: web, ip: 127.0.31.10}}]
+bgp:
+  routerId: 192.0.2.11
+  peers: [{{name: router, address: 127.0.0.1, port: {port}, asn: 65000, myAsn: 65001, holdTime: 90s, passive: true}}]
+"
+    ))
+    .await;
+    let connect = || async {
+        let t = Instant::now();
+        loop {
+            if let Ok(c) = TcpStream::connect(("127.0.0.1", port)).await {
+                return c;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "speaker not listening"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut old = connect().await;
+    establish(&mut old).await;
+
+    // The router restarts: a new connection while the old session looks alive
+    // (hold time 90 s). The speaker takes the new one at once.
+    let t = Instant::now();
+    let mut new = connect().await;
+    establish(&mut new).await;
+    eprintln!("reconnect to routes on the new session: {:?}", t.elapsed());
+    let mut rest = [0u8; 64];
+    let closed = timeout(Duration::from_secs(5), async {
+        loop {
+            match old.read(&mut rest).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the old connection is closed");
+    let (code, metrics) = speaker.http("/metrics").await.expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("ferrolb_bgp_session_up{peer=\"router\"} 1"),
+        "{metrics}"
+    );
+    drop(speaker);
+    let _ = std::process::Command::new("ip")
+        .args([
+            "route",
+            "del",
+            "local",
+            "127.0.31.10/32",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .output();
+}
