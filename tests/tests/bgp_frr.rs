@@ -1,6 +1,7 @@
 //! BGP mode against FRR 8 (`bgpd` from the Debian `frr` package) in a network
 //! namespace: the session comes up with TCP-MD5, the VIP arrives with its AS
-//! path, origin, next hop, community and large community, FRR's reflection of
+//! path, origin, next hop, community and large community (and an IPv6 VIP over
+//! an MP-BGP IPv6 session with our global next hop), FRR's reflection of
 //! the route back to the speaker is tolerated, and SIGTERM withdraws at once.
 //! bgpd runs without zebra (`-Z`): the test reads FRR's BGP table, not a kernel.
 //! Needs root and `frr`; skips loudly without them (a failure in CI).
@@ -83,9 +84,9 @@ fn frr_learns_the_vip_over_md5_and_loses_it_on_shutdown() {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
     lab.add("router");
-    lab.attach("router", &["192.0.2.1/24"]);
+    lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
     lab.add("node");
-    lab.attach("node", &["192.0.2.11/24"]);
+    lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
     std::fs::write(
         dir.join("bgpd.conf"),
         "frr defaults traditional
@@ -98,8 +99,15 @@ router bgp 65000
  neighbor 192.0.2.11 passive
  neighbor 192.0.2.11 password frr-md5-key
  neighbor 192.0.2.11 timers 3 9
+ neighbor 2001:db8::11 remote-as 65001
+ neighbor 2001:db8::11 passive
+ neighbor 2001:db8::11 timers 3 9
  address-family ipv4 unicast
   maximum-paths 8
+  no neighbor 2001:db8::11 activate
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor 2001:db8::11 activate
  exit-address-family
 ",
     )
@@ -114,11 +122,13 @@ router bgp 65000
     let cfg = dir.join("speaker.yaml");
     std::fs::write(
         &cfg,
-        "pools: [{name: vips, addresses: [203.0.113.0/28]}]
-services: [{name: web, ip: 203.0.113.10}]
+        "pools: [{name: vips, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}]
+services: [{name: web, ip: 203.0.113.10}, {name: web6, ip: \"2001:db8:100::10\"}]
 bgp:
   routerId: 192.0.2.11
-  peers: [{name: frr, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s, password: frr-md5-key}]
+  peers:
+    - {name: frr, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s, password: frr-md5-key}
+    - {name: frr6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}
   advertisements: [{communities: [\"65000:100\"], largeCommunities: [\"65001:1:2\"]}]
 ",
     )
@@ -156,6 +166,17 @@ bgp:
         let want_squashed: String = want.split_whitespace().collect();
         assert!(squashed.contains(&want_squashed), "{want} in:\n{route}");
     }
+    // IPv6 over an IPv6 session (MP-BGP), with our global address as next hop.
+    frr.wait_for("the IPv6 VIP in FRR", Duration::from_secs(20), |f| {
+        f.vtysh("show bgp ipv6 unicast 2001:db8:100::10/128 json")
+            .contains("\"prefix\":\"2001:db8:100::10/128\"")
+    });
+    let route6: String = frr
+        .vtysh("show bgp ipv6 unicast 2001:db8:100::10/128 json")
+        .split_whitespace()
+        .collect();
+    assert!(route6.contains("\"ip\":\"2001:db8::11\""), "{route6}");
+    assert!(route6.contains("\"string\":\"65001\""), "{route6}");
     // FRR sends the route back (AS path 65000 65001); the speaker counts it and
     // stays up.
     std::thread::sleep(Duration::from_millis(500));
