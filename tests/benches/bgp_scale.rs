@@ -9,7 +9,7 @@
 //! added by SIGHUP reload: time until its route is in BIRD, 10 trials.
 
 use ferrolb_tests::netns::Lab;
-use ferrolb_tests::{binary, require, Need};
+use ferrolb_tests::{require, routers, Need};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -39,37 +39,10 @@ fn main() {
         "router id 192.0.2.1;\nprotocol device { }\nprotocol bgp ferrolb {\n  local 192.0.2.1 as 65000;\n  neighbor 192.0.2.11 as 65001;\n  passive on;\n  ipv4 { import all; export none; };\n}\n",
     )
     .unwrap();
-    let sock = dir.join("bird.ctl");
-    let conf = dir.join("bird.conf");
-    let pid = dir.join("bird.pid");
-    lab.spawn(
-        "router",
-        &[
-            "bird",
-            "-f",
-            "-c",
-            conf.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-            "-P",
-            pid.to_str().unwrap(),
-        ],
-        &dir.join("bird.err"),
-    );
+    let sock = routers::bird(&mut lab, "router", &dir);
     std::thread::sleep(Duration::from_millis(500));
     let count = |lab: &Lab| -> usize {
-        let out = lab.exec(
-            "router",
-            &[
-                "birdc",
-                "-s",
-                sock.to_str().unwrap(),
-                "show",
-                "route",
-                "count",
-            ],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = routers::birdc(lab, "router", &sock, "show route count");
         text.split_whitespace()
             .zip(text.split_whitespace().skip(1))
             .find(|(_, w)| w.starts_with("of"))
@@ -94,32 +67,16 @@ fn main() {
     };
     let cfg = dir.join("speaker.yaml");
     std::fs::write(&cfg, config(n)).unwrap();
-    let bin = binary("ferrolb-speaker");
     let t = Instant::now();
-    let speaker = lab.spawn(
+    let speaker = routers::speaker(
+        &mut lab,
         "node",
-        &[
-            bin.to_str().unwrap(),
-            "standalone",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--node",
-            "n1",
-            "--reload-poll",
-            "1h",
-            "--log-level",
-            "warn",
-        ],
+        &cfg,
+        "n1",
+        &["--reload-poll", "1h", "--log-level", "warn"],
         &dir.join("speaker.log"),
     );
-    let mut last = 0;
-    while t.elapsed() < Duration::from_secs(60) {
-        last = count(&lab);
-        if last >= n as usize {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let last = until(n, t, || count(&lab));
     println!("{n} VIPs: speaker start to all {last} routes in BIRD: {:?} (includes config parsing, allocation and session setup)", t.elapsed());
     // One more service, by SIGHUP: time to its route.
     let mut lat = Vec::new();
@@ -166,39 +123,10 @@ fn gobgp(n: u32, config: &str) {
          \x20 [neighbors.transport.config]\n    passive-mode = true\n",
     )
     .unwrap();
-    lab.spawn(
-        "router",
-        &[
-            "gobgpd",
-            "-f",
-            conf.to_str().unwrap(),
-            "-t",
-            "toml",
-            "-p",
-            "--api-hosts",
-            "127.0.0.1:50051",
-            "--pprof-disable",
-        ],
-        &dir.join("gobgpd.log"),
-    );
+    routers::gobgpd(&mut lab, "router", &conf, &dir.join("gobgpd.log"));
     std::thread::sleep(Duration::from_millis(1000));
     let count = |lab: &Lab| -> usize {
-        let out = lab.exec(
-            "router",
-            &[
-                "gobgp",
-                "-u",
-                "127.0.0.1",
-                "-p",
-                "50051",
-                "global",
-                "rib",
-                "summary",
-                "-a",
-                "ipv4",
-            ],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = routers::gobgp(lab, "router", &["global", "rib", "summary", "-a", "ipv4"]);
         // "Table ipv4-unicast\nDestination: 10000, Path: 10000"
         text.split("Destination:")
             .nth(1)
@@ -208,34 +136,31 @@ fn gobgp(n: u32, config: &str) {
     };
     let cfg = dir.join("speaker.yaml");
     std::fs::write(&cfg, config.replace("name: bird,", "name: gobgp,")).unwrap();
-    let bin = binary("ferrolb-speaker");
     let t = Instant::now();
-    lab.spawn(
+    routers::speaker(
+        &mut lab,
         "node",
-        &[
-            bin.to_str().unwrap(),
-            "standalone",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--node",
-            "n1",
-            "--log-level",
-            "warn",
-        ],
+        &cfg,
+        "n1",
+        &["--log-level", "warn"],
         &dir.join("speaker.log"),
     );
-    let mut last = 0;
-    while t.elapsed() < Duration::from_secs(60) {
-        last = count(&lab);
-        if last >= n as usize {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let last = until(n, t, || count(&lab));
     println!(
         "{n} VIPs: speaker start to all {last} routes in GoBGP: {:?}",
         t.elapsed()
     );
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls `count` every 20 ms until it reaches `n` (at most 60 s after `t`); the last count.
+fn until(n: u32, t: Instant, count: impl Fn() -> usize) -> usize {
+    loop {
+        let last = count();
+        if last >= n as usize || t.elapsed() >= Duration::from_secs(60) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

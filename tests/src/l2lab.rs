@@ -83,21 +83,13 @@ impl Cluster {
 
     /// Starts (or restarts) the speaker of `node`.
     pub fn start_speaker(&mut self, node: &str) {
-        let bin = binary("ferrolb-speaker");
-        let cfg = self.dir.join("config.yaml");
         let log = self.dir.join(format!("{node}-speaker.log"));
-        let pid = self.lab.spawn(
+        let pid = crate::routers::speaker(
+            &mut self.lab,
             node,
-            &[
-                bin.to_str().unwrap(),
-                "standalone",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--node",
-                node,
-                "--log-level",
-                "debug",
-            ],
+            &self.dir.join("config.yaml"),
+            node,
+            &["--log-level", "debug"],
             &log,
         );
         self.speakers.retain(|(n, _)| n != node);

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod client;
 pub mod l2lab;
 pub mod netns;
+pub mod routers;
 pub mod speaker;
 
 use std::io::Write;

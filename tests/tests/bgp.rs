@@ -3,7 +3,7 @@
 //! root and the `bird2` package; skips loudly without them (a failure in CI).
 
 use ferrolb_tests::netns::Lab;
-use ferrolb_tests::{binary, require, Need};
+use ferrolb_tests::{require, routers, Need};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -113,23 +113,7 @@ impl Rig {
             bird.replace("DIR", dir.to_str().unwrap()),
         )
         .unwrap();
-        let conf = dir.join("bird.conf");
-        let sock = dir.join("bird.ctl");
-        let pid = dir.join("bird.pid");
-        lab.spawn(
-            "router",
-            &[
-                "bird",
-                "-f",
-                "-c",
-                conf.to_str().unwrap(),
-                "-s",
-                sock.to_str().unwrap(),
-                "-P",
-                pid.to_str().unwrap(),
-            ],
-            &dir.join("bird.stderr"),
-        );
+        routers::bird(&mut lab, "router", &dir);
         let mut rig = Rig {
             lab,
             dir,
@@ -141,33 +125,20 @@ impl Rig {
     }
 
     fn start_speaker(&mut self) {
-        let bin = binary("ferrolb-speaker");
         let cfg = self.dir.join("speaker.yaml");
-        let pid = self.lab.spawn(
+        let pid = routers::speaker(
+            &mut self.lab,
             "node",
-            &[
-                bin.to_str().unwrap(),
-                "standalone",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--node",
-                "node1",
-                "--reload-poll",
-                "100ms",
-                "--log-level",
-                "debug",
-            ],
+            &cfg,
+            "node1",
+            &["--reload-poll", "100ms", "--log-level", "debug"],
             &self.dir.join("speaker.log"),
         );
         self.speaker = Some(pid);
     }
 
     fn birdc(&self, cmd: &str) -> String {
-        let sock = self.dir.join("bird.ctl");
-        let mut args = vec!["birdc", "-s", sock.to_str().unwrap()];
-        args.extend(cmd.split_whitespace());
-        let out = self.lab.exec("router", &args);
-        String::from_utf8_lossy(&out.stdout).to_string()
+        routers::birdc(&self.lab, "router", &self.dir.join("bird.ctl"), cmd)
     }
 
     /// The speaker's `/metrics` (default address, inside the node's namespace).
@@ -187,16 +158,7 @@ impl Rig {
     }
 
     fn wait_for(&self, what: &str, within: Duration, cond: impl Fn(&Rig) -> bool) -> Duration {
-        let t = Instant::now();
-        while !cond(self) {
-            assert!(
-                t.elapsed() < within,
-                "{what} not seen within {within:?}; logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        t.elapsed()
+        routers::wait_for(what, within, || cond(self), || self.logs())
     }
 
     fn has_route(&self, prefix: &str) -> bool {
@@ -355,20 +317,10 @@ fn gobgp_learns_the_vip() {
          \x20 [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n",
     )
     .unwrap();
-    let conf = dir.join("gobgpd.toml");
-    lab.spawn(
+    routers::gobgpd(
+        &mut lab,
         "router",
-        &[
-            "gobgpd",
-            "-f",
-            conf.to_str().unwrap(),
-            "-t",
-            "toml",
-            "-p",
-            "--api-hosts",
-            "127.0.0.1:50051",
-            "--pprof-disable",
-        ],
+        &dir.join("gobgpd.toml"),
         &dir.join("gobgpd.log"),
     );
     std::fs::write(dir.join("speaker.yaml"), speaker_conf("  - {name: web, ip: 203.0.113.10}", None).replace(
@@ -376,39 +328,17 @@ fn gobgp_learns_the_vip() {
         "",
     ))
     .unwrap();
-    let bin = binary("ferrolb-speaker");
-    let cfg = dir.join("speaker.yaml");
-    lab.spawn(
+    routers::speaker(
+        &mut lab,
         "node",
-        &[
-            bin.to_str().unwrap(),
-            "standalone",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--node",
-            "node1",
-            "--log-level",
-            "debug",
-        ],
+        &dir.join("speaker.yaml"),
+        "node1",
+        &["--log-level", "debug"],
         &dir.join("speaker.log"),
     );
     let t = Instant::now();
     loop {
-        let out = lab.exec(
-            "router",
-            &[
-                "gobgp",
-                "-u",
-                "127.0.0.1",
-                "-p",
-                "50051",
-                "global",
-                "rib",
-                "-a",
-                "ipv4",
-            ],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = routers::gobgp(&lab, "router", &["global", "rib", "-a", "ipv4"]);
         if text.contains("203.0.113.10/32") {
             assert!(text.contains("192.0.2.11"), "next hop: {text}");
             assert!(text.contains("65001"), "AS path: {text}");
@@ -559,20 +489,12 @@ fn exabgp_learns_the_vip() {
             .replace("    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n", ""),
     )
     .unwrap();
-    let bin = binary("ferrolb-speaker");
-    let cfg = dir.join("speaker.yaml");
-    lab.spawn(
+    routers::speaker(
+        &mut lab,
         "node",
-        &[
-            bin.to_str().unwrap(),
-            "standalone",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--node",
-            "node1",
-            "--log-level",
-            "debug",
-        ],
+        &dir.join("speaker.yaml"),
+        "node1",
+        &["--log-level", "debug"],
         &dir.join("speaker.log"),
     );
     let t = Instant::now();

@@ -6,7 +6,7 @@
 //! and `python3`; skips loudly without them (a failure in CI).
 
 use ferrolb_tests::netns::Lab;
-use ferrolb_tests::{binary, require, Need};
+use ferrolb_tests::{binary, require, routers, Need};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -88,25 +88,7 @@ impl Rig {
             lab.exec_ok("router", &["sysctl", "-qw", s]);
         }
         std::fs::write(dir.join("bird.conf"), bird_conf(&dir)).unwrap();
-        let (conf, sock, pid) = (
-            dir.join("bird.conf"),
-            dir.join("bird.ctl"),
-            dir.join("bird.pid"),
-        );
-        lab.spawn(
-            "router",
-            &[
-                "bird",
-                "-f",
-                "-c",
-                conf.to_str().unwrap(),
-                "-s",
-                sock.to_str().unwrap(),
-                "-P",
-                pid.to_str().unwrap(),
-            ],
-            &dir.join("bird.stderr"),
-        );
+        routers::bird(&mut lab, "router", &dir);
         let mut echo = BTreeMap::new();
         for (n, ip) in NODES {
             lab.add(n);
@@ -141,20 +123,12 @@ impl Rig {
     }
 
     fn start_speaker(&mut self, n: &str) {
-        let cfg = self.dir.join(format!("{n}.yaml"));
-        let bin = binary("ferrolb-speaker");
-        let pid = self.lab.spawn(
+        let pid = routers::speaker(
+            &mut self.lab,
             n,
-            &[
-                bin.to_str().unwrap(),
-                "standalone",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--node",
-                n,
-                "--log-level",
-                "debug",
-            ],
+            &self.dir.join(format!("{n}.yaml")),
+            n,
+            &["--log-level", "debug"],
             &self.dir.join(format!("{n}-speaker.log")),
         );
         self.speakers.insert(n.to_string(), pid);
@@ -169,37 +143,22 @@ impl Rig {
 
     fn logs(&self) -> String {
         let sock = self.dir.join("bird.ctl");
-        let birdc = |cmd: &str| {
-            let mut args = vec!["birdc", "-s", sock.to_str().unwrap()];
-            args.extend(cmd.split_whitespace());
-            String::from_utf8_lossy(&self.lab.exec("router", &args).stdout).to_string()
-        };
+        let birdc = |cmd: &str| routers::birdc(&self.lab, "router", &sock, cmd);
         let mut s = format!(
             "--- router kernel route\n{}--- bird routes\n{}--- bird protocols\n{}",
             self.kernel_route(),
             birdc("show route all"),
             birdc("show protocols all")
         );
-        for f in ["bird.log", "node1-speaker.log", "node2-speaker.log"] {
-            s.push_str(&format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
-            ));
-        }
+        s.push_str(&routers::read_logs(
+            &self.dir,
+            &["bird.log", "node1-speaker.log", "node2-speaker.log"],
+        ));
         s
     }
 
     fn wait_for(&self, what: &str, within: Duration, cond: impl Fn(&Rig) -> bool) -> Duration {
-        let t = Instant::now();
-        while !cond(self) {
-            assert!(
-                t.elapsed() < within,
-                "{what} not seen within {within:?}; logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        t.elapsed()
+        routers::wait_for(what, within, || cond(self), || self.logs())
     }
 
     /// `n` new connections from the client to the VIP: how many each node served

@@ -7,7 +7,7 @@
 //! Needs root and `frr`; skips loudly without them (a failure in CI).
 
 use ferrolb_tests::netns::Lab;
-use ferrolb_tests::{binary, require, Need};
+use ferrolb_tests::{require, routers, Need};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,27 +29,11 @@ impl Frr {
     }
 
     fn logs(&self) -> String {
-        let mut s = String::new();
-        for f in ["bgpd.log", "speaker.log"] {
-            s.push_str(&format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
-            ));
-        }
-        s
+        routers::read_logs(&self.dir, &["bgpd.log", "speaker.log"])
     }
 
     fn wait_for(&self, what: &str, within: Duration, cond: impl Fn(&Frr) -> bool) -> Duration {
-        let t = Instant::now();
-        while !cond(self) {
-            assert!(
-                t.elapsed() < within,
-                "{what} not seen within {within:?}; logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        t.elapsed()
+        routers::wait_for(what, within, || cond(self), || self.logs())
     }
 
     fn route(&self) -> String {
@@ -133,19 +117,12 @@ bgp:
 ",
     )
     .unwrap();
-    let bin = binary("ferrolb-speaker");
-    let speaker = lab.spawn(
+    let speaker = routers::speaker(
+        &mut lab,
         "node",
-        &[
-            bin.to_str().unwrap(),
-            "standalone",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--node",
-            "node1",
-            "--log-level",
-            "debug",
-        ],
+        &cfg,
+        "node1",
+        &["--log-level", "debug"],
         &dir.join("speaker.log"),
     );
     let mut frr = Frr { lab, dir };

@@ -1,0 +1,114 @@
+//! Starting router daemons and speakers inside a [`Lab`]'s namespaces, and
+//! waiting on them: the pieces the BGP suites and benchmarks share.
+
+use crate::netns::Lab;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Starts BIRD in namespace `ns` on `dir/bird.conf` (stderr to `dir/bird.stderr`);
+/// returns its control socket for [`birdc`].
+pub fn bird(lab: &mut Lab, ns: &str, dir: &Path) -> PathBuf {
+    let (conf, sock, pid) = (
+        dir.join("bird.conf"),
+        dir.join("bird.ctl"),
+        dir.join("bird.pid"),
+    );
+    lab.spawn(
+        ns,
+        &[
+            "bird",
+            "-f",
+            "-c",
+            conf.to_str().unwrap(),
+            "-s",
+            sock.to_str().unwrap(),
+            "-P",
+            pid.to_str().unwrap(),
+        ],
+        &dir.join("bird.stderr"),
+    );
+    sock
+}
+
+/// Runs a `birdc` command (words separated by spaces) against `sock`; its output.
+pub fn birdc(lab: &Lab, ns: &str, sock: &Path, cmd: &str) -> String {
+    let mut args = vec!["birdc", "-s", sock.to_str().unwrap()];
+    args.extend(cmd.split_whitespace());
+    String::from_utf8_lossy(&lab.exec(ns, &args).stdout).to_string()
+}
+
+/// Starts `gobgpd` in namespace `ns` on `conf` (TOML) with its API on
+/// 127.0.0.1:50051 of that namespace; output to `log`.
+pub fn gobgpd(lab: &mut Lab, ns: &str, conf: &Path, log: &Path) -> u32 {
+    lab.spawn(
+        ns,
+        &[
+            "gobgpd",
+            "-f",
+            conf.to_str().unwrap(),
+            "-t",
+            "toml",
+            "-p",
+            "--api-hosts",
+            "127.0.0.1:50051",
+            "--pprof-disable",
+        ],
+        log,
+    )
+}
+
+/// Runs a `gobgp` CLI command against the daemon of namespace `ns`; its output.
+pub fn gobgp(lab: &Lab, ns: &str, args: &[&str]) -> String {
+    let mut full = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
+    full.extend_from_slice(args);
+    String::from_utf8_lossy(&lab.exec(ns, &full).stdout).to_string()
+}
+
+/// Starts `ferrolb-speaker standalone` in namespace `ns` as node `node` on
+/// `cfg`, with `extra` arguments; stderr (its log) to `log`.
+pub fn speaker(lab: &mut Lab, ns: &str, cfg: &Path, node: &str, extra: &[&str], log: &Path) -> u32 {
+    let bin = crate::binary("ferrolb-speaker");
+    let mut args = vec![
+        bin.to_str().unwrap(),
+        "standalone",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--node",
+        node,
+    ];
+    args.extend_from_slice(extra);
+    lab.spawn(ns, &args, log)
+}
+
+/// Polls `cond` every 20 ms until it holds; returns how long that took. Panics
+/// after `within`, naming `what` and printing `logs()`.
+pub fn wait_for(
+    what: &str,
+    within: Duration,
+    cond: impl Fn() -> bool,
+    logs: impl Fn() -> String,
+) -> Duration {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < within,
+            "{what} not seen within {within:?}; logs:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// The named files of `dir`, each under a `--- name` heading (missing ones empty).
+pub fn read_logs(dir: &Path, files: &[&str]) -> String {
+    files
+        .iter()
+        .map(|f| {
+            format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+            )
+        })
+        .collect()
+}
