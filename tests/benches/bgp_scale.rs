@@ -27,13 +27,7 @@ fn main() {
     ) {
         return;
     }
-    let mut lab = Lab::new("s");
-    let dir = std::env::temp_dir().join(format!("ferrolb-bgpscale-{}", lab.name("x")));
-    std::fs::create_dir_all(&dir).unwrap();
-    lab.add("router");
-    lab.attach("router", &["192.0.2.1/24"]);
-    lab.add("node");
-    lab.attach("node", &["192.0.2.11/24"]);
+    let (mut lab, dir) = routers::router_and_node("s", "bgpscale");
     std::fs::write(
         dir.join("bird.conf"),
         "router id 192.0.2.1;\nprotocol device { }\nprotocol bgp ferrolb {\n  local 192.0.2.1 as 65000;\n  neighbor 192.0.2.11 as 65001;\n  passive on;\n  ipv4 { import all; export none; };\n}\n",
@@ -108,13 +102,7 @@ fn gobgp(n: u32, config: &str) {
         println!("GoBGP: not installed (apt-get install gobgpd); skipped");
         return;
     }
-    let mut lab = Lab::new("t");
-    let dir = std::env::temp_dir().join(format!("ferrolb-bgpscale-{}", lab.name("x")));
-    std::fs::create_dir_all(&dir).unwrap();
-    lab.add("router");
-    lab.attach("router", &["192.0.2.1/24"]);
-    lab.add("node");
-    lab.attach("node", &["192.0.2.11/24"]);
+    let (mut lab, dir) = routers::router_and_node("t", "bgpscale");
     let conf = dir.join("gobgpd.toml");
     std::fs::write(
         &conf,

@@ -112,3 +112,17 @@ pub fn read_logs(dir: &Path, files: &[&str]) -> String {
         })
         .collect()
 }
+
+/// A lab with namespaces `router` (192.0.2.1, 2001:db8::1) and `node`
+/// (192.0.2.11, 2001:db8::11) on one bridge, and a fresh directory
+/// `$TMP/ferrolb-{what}-<lab>` for configs and logs.
+pub fn router_and_node(tag: &str, what: &str) -> (Lab, PathBuf) {
+    let mut lab = Lab::new(tag);
+    let dir = std::env::temp_dir().join(format!("ferrolb-{what}-{}", lab.name("x")));
+    std::fs::create_dir_all(&dir).unwrap();
+    lab.add("router");
+    lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
+    lab.add("node");
+    lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
+    (lab, dir)
+}

@@ -101,13 +101,7 @@ impl Rig {
     /// BIRD on `bird` (where `DIR` stands for the rig's directory) and the speaker
     /// on `speaker`, router 192.0.2.1 / 2001:db8::1, node .11.
     fn custom(tag: &str, bird: &str, speaker: &str) -> Rig {
-        let mut lab = Lab::new(tag);
-        let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
-        std::fs::create_dir_all(&dir).unwrap();
-        lab.add("router");
-        lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
-        lab.add("node");
-        lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
+        let (mut lab, dir) = routers::router_and_node(tag, "bgp");
         std::fs::write(
             dir.join("bird.conf"),
             bird.replace("DIR", dir.to_str().unwrap()),
@@ -302,13 +296,7 @@ fn gobgp_learns_the_vip() {
     ) {
         return;
     }
-    let mut lab = Lab::new("k");
-    let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
-    std::fs::create_dir_all(&dir).unwrap();
-    lab.add("router");
-    lab.attach("router", &["192.0.2.1/24"]);
-    lab.add("node");
-    lab.attach("node", &["192.0.2.11/24"]);
+    let (mut lab, dir) = routers::router_and_node("k", "bgp");
     std::fs::write(
         dir.join("gobgpd.toml"),
         "[global.config]\n  as = 65000\n  router-id = \"192.0.2.1\"\n  local-address-list = [\"192.0.2.1\"]\n\
@@ -441,13 +429,7 @@ fn exabgp_learns_the_vip() {
     ) {
         return;
     }
-    let mut lab = Lab::new("x");
-    let dir = std::env::temp_dir().join(format!("ferrolb-bgp-{}", lab.name("x")));
-    std::fs::create_dir_all(&dir).unwrap();
-    lab.add("router");
-    lab.attach("router", &["192.0.2.1/24"]);
-    lab.add("node");
-    lab.attach("node", &["192.0.2.11/24"]);
+    let (mut lab, dir) = routers::router_and_node("x", "bgp");
     let dump = dir.join("received.json");
     std::fs::write(
         dir.join("exabgp.conf"),

@@ -62,15 +62,10 @@ fn frr_learns_the_vip_over_md5_and_loses_it_on_shutdown() {
     ) {
         return;
     }
-    let mut lab = Lab::new("f");
-    let dir = std::env::temp_dir().join(format!("ferrolb-frr-{}", lab.name("x")));
+    let (mut lab, dir) = routers::router_and_node("f", "frr");
     for sub in ["vty", "vartmp"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    lab.add("router");
-    lab.attach("router", &["192.0.2.1/24", "2001:db8::1/64"]);
-    lab.add("node");
-    lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
     std::fs::write(
         dir.join("bgpd.conf"),
         "frr defaults traditional
