@@ -1,0 +1,492 @@
+//! The HTTP front: routes Kubernetes API requests to the store, streams
+//! watches, records every request.
+
+use crate::path::{self, Target};
+use crate::resource::RESOURCES;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{ApiError, Change, ChangeKind, PatchKind, Store};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Largest request body accepted (the real server's limit is 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// One request as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// The Kubernetes verb: get, list, watch, create, update, patch, delete.
+    pub verb: &'static str,
+    /// The resource with its group (`services`, `leases.coordination.k8s.io`).
+    pub resource: String,
+    /// `status` for the status subresource.
+    pub subresource: Option<String>,
+    /// The namespace in the path.
+    pub namespace: Option<String>,
+    /// The object name in the path.
+    pub name: Option<String>,
+    /// The client's User-Agent header.
+    pub user_agent: String,
+    /// The HTTP status code answered.
+    pub code: u16,
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Changes kept for watches to resume from; older starting points get 410 Gone.
+    pub history: usize,
+    /// How often an idle watch that asked for bookmarks gets one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            history: 50_000,
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub store: Mutex<Store>,
+    pub requests: Mutex<Vec<RecordedRequest>>,
+    pub options: Options,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(code: u16, value: &Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("static headers are valid")
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.status())
+}
+
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true" | "1"))
+    }
+}
+
+/// Serves one request.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let user_agent = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if uri.path() == "/version" {
+        return Ok(json_response(
+            200,
+            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-ferrolb-kubefake"}),
+        ));
+    }
+    let query = Query::parse(uri.query());
+    let target = match path::parse(uri.path()) {
+        Ok(t) => t,
+        Err(path::PathError::NotFound(m)) => {
+            return Ok(error_response(&ApiError {
+                code: 404,
+                reason: "NotFound",
+                message: m,
+            }))
+        }
+    };
+    let verb: &'static str = match (&method, target.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if query.flag("watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, false) => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        _ => {
+            let e = ApiError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: format!("{method} is not supported on {}", uri.path()),
+            };
+            return Ok(error_response(&e));
+        }
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Ok(error_response(&ApiError::bad_request(format!(
+                "reading the body: {e}"
+            ))))
+        }
+    };
+    let response = if verb == "watch" {
+        watch(&shared, &target, &query)
+    } else {
+        match respond(
+            &shared,
+            verb,
+            &target,
+            &query,
+            &content_type,
+            &user_agent,
+            &body,
+        ) {
+            Ok((code, v)) => json_response(code, &v),
+            Err(e) => error_response(&e),
+        }
+    };
+    let record = RecordedRequest {
+        verb,
+        resource: RESOURCES[target.resource].qualified(),
+        subresource: target.subresource.clone(),
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+        user_agent,
+        code: response.status().as_u16(),
+    };
+    shared
+        .requests
+        .lock()
+        .expect("request log lock")
+        .push(record);
+    Ok(response)
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+/// The field manager: the parameter, or (as the real server does) the
+/// client's User-Agent up to its first slash.
+fn field_manager(query: &Query, user_agent: &str) -> String {
+    query
+        .get("fieldManager")
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            user_agent
+                .split('/')
+                .next()
+                .unwrap_or("unknown")
+                .to_string()
+        })
+}
+
+fn respond(
+    shared: &Shared,
+    verb: &str,
+    t: &Target,
+    query: &Query,
+    content_type: &str,
+    user_agent: &str,
+    body: &Bytes,
+) -> Result<(u16, Value), ApiError> {
+    let rt = &RESOURCES[t.resource];
+    let ns = t.namespace.as_deref();
+    let name = t.name.as_deref().unwrap_or("");
+    let status_only = t.subresource.is_some();
+    let manager = field_manager(query, user_agent);
+    let mut store = shared.store.lock().expect("store lock");
+    match verb {
+        "get" => store.get(t.resource, ns, name).map(|v| (200, v)),
+        "list" => {
+            let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
+                .map_err(ApiError::bad_request)?;
+            let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
+                .map_err(ApiError::bad_request)?;
+            let limit = match query.get("limit") {
+                Some(l) => Some(
+                    l.parse::<usize>()
+                        .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+                )
+                .filter(|&l| l > 0),
+                None => None,
+            };
+            // The continue token carries the list's resource version and the last key returned.
+            let (list_rv, after) = match query.get("continue") {
+                Some(tok) if !tok.is_empty() => {
+                    let mut parts = tok.splitn(3, '/');
+                    match (
+                        parts.next().and_then(|r| r.parse::<u64>().ok()),
+                        parts.next(),
+                        parts.next(),
+                    ) {
+                        (Some(rv), Some(ns), Some(name)) => {
+                            (rv, Some((ns.to_string(), name.to_string())))
+                        }
+                        _ => return Err(ApiError::bad_request("invalid continue token")),
+                    }
+                }
+                _ => (store.resource_version(), None),
+            };
+            let (items, next) = store.list(t.resource, ns, &labels, &fields, after, limit);
+            let mut meta = json!({"resourceVersion": list_rv.to_string()});
+            if let Some((ns, name)) = next {
+                meta["continue"] = Value::String(format!("{list_rv}/{ns}/{name}"));
+            }
+            Ok((
+                200,
+                json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+            ))
+        }
+        "create" => store
+            .create(t.resource, ns, parse_body(body)?, &manager)
+            .map(|v| (201, v)),
+        "update" => store
+            .update(
+                t.resource,
+                ns,
+                name,
+                status_only,
+                parse_body(body)?,
+                &manager,
+            )
+            .map(|v| (200, v)),
+        "patch" => {
+            let kind = match content_type {
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                "application/json-patch+json" => PatchKind::Json,
+                "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                    if query.get("fieldManager").is_none() {
+                        return Err(ApiError::bad_request("fieldManager is required for apply patches"));
+                    }
+                    PatchKind::Apply { force: query.flag("force") }
+                }
+                other => {
+                    return Err(ApiError {
+                        code: 415,
+                        reason: "UnsupportedMediaType",
+                        message: format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"),
+                    })
+                }
+            };
+            // Apply bodies are YAML; every client sends JSON, which is YAML too.
+            store
+                .patch(
+                    t.resource,
+                    ns,
+                    name,
+                    status_only,
+                    kind,
+                    parse_body(body)?,
+                    &manager,
+                )
+                .map(|v| (200, v))
+        }
+        "delete" => {
+            let precondition = if body.is_empty() {
+                None
+            } else {
+                parse_body(body)?
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            store
+                .delete(t.resource, ns, name, precondition.as_deref())
+                .map(|v| (200, v))
+        }
+        _ => unreachable!("verbs are mapped in handle"),
+    }
+}
+
+struct WatchFilter {
+    resource: usize,
+    namespace: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl WatchFilter {
+    fn sees(&self, c: &Change, o: &Value) -> bool {
+        self.labels.matches(o)
+            && self.fields.matches(o)
+            && self.namespace.as_ref().is_none_or(|n| *n == c.namespace)
+    }
+
+    /// How a change looks through this watch's selectors: an object that
+    /// starts matching is ADDED, one that stops matching is DELETED.
+    fn view(&self, c: &Change) -> Option<&'static str> {
+        if c.resource != self.resource {
+            return None;
+        }
+        let now = self.sees(c, &c.object);
+        match c.kind {
+            ChangeKind::Added => now.then_some("ADDED"),
+            ChangeKind::Deleted => now.then_some("DELETED"),
+            ChangeKind::Modified => {
+                let before = c.old.as_ref().is_some_and(|o| self.sees(c, o));
+                match (before, now) {
+                    (true, true) => Some("MODIFIED"),
+                    (false, true) => Some("ADDED"),
+                    (true, false) => Some("DELETED"),
+                    (false, false) => None,
+                }
+            }
+        }
+    }
+}
+
+fn line(event_type: &str, object: &Value) -> Bytes {
+    let mut v =
+        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+struct WatchState {
+    queue: VecDeque<Bytes>,
+    rx: Option<broadcast::Receiver<Arc<Change>>>,
+    filter: WatchFilter,
+    /// Every change up to here has been looked at: a bookmark may carry it.
+    seen_rv: u64,
+    bookmarks: bool,
+    bookmark_interval: Duration,
+    deadline: tokio::time::Instant,
+}
+
+fn watch(shared: &Shared, t: &Target, query: &Query) -> Response<Body> {
+    let rt = &RESOURCES[t.resource];
+    let labels = match LabelSelector::parse(query.get("labelSelector").unwrap_or("")) {
+        Ok(l) => l,
+        Err(e) => return error_response(&ApiError::bad_request(e)),
+    };
+    let fields = match FieldSelector::parse(query.get("fieldSelector").unwrap_or("")) {
+        Ok(f) => f,
+        Err(e) => return error_response(&ApiError::bad_request(e)),
+    };
+    let filter = WatchFilter {
+        resource: t.resource,
+        namespace: t.namespace.clone(),
+        labels,
+        fields,
+    };
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let store = shared.store.lock().expect("store lock");
+    let rv_param = query.get("resourceVersion").unwrap_or("");
+    let (past, rx, start_rv) = if rv_param.is_empty() || rv_param == "0" {
+        let (past, rx) = store.watch_now(t.resource);
+        (past, rx, store.resource_version())
+    } else {
+        let Ok(rv) = rv_param.parse::<u64>() else {
+            return error_response(&ApiError::bad_request(format!(
+                "invalid resourceVersion {rv_param:?}"
+            )));
+        };
+        match store.watch_from(rv) {
+            Ok((past, rx)) => (past, rx, rv),
+            Err(gone) => {
+                // As the real server: 200, then one ERROR event with 410 Gone, then the end.
+                let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("too old resource version: {rv} ({})", gone.oldest), "reason": "Expired", "code": 410});
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Full::new(line("ERROR", &status)).boxed())
+                    .expect("static headers are valid");
+            }
+        }
+    };
+    drop(store);
+    let mut state = WatchState {
+        queue: VecDeque::new(),
+        rx: Some(rx),
+        filter,
+        seen_rv: start_rv,
+        bookmarks: query.flag("allowWatchBookmarks"),
+        bookmark_interval: shared.options.bookmark_interval,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),
+    };
+    for c in past {
+        state.seen_rv = state.seen_rv.max(c.rv);
+        if let Some(ty) = state.filter.view(&c) {
+            state.queue.push_back(line(ty, &c.object));
+        }
+    }
+    let kind = rt.kind;
+    let api_version = rt.api_version();
+    let stream = futures::stream::unfold(state, move |mut st| {
+        let api_version = api_version.clone();
+        async move {
+            loop {
+                if let Some(b) = st.queue.pop_front() {
+                    return Some((b, st));
+                }
+                let rx = st.rx.as_mut()?;
+                let tick = tokio::time::sleep(st.bookmark_interval);
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(c) => {
+                            st.seen_rv = st.seen_rv.max(c.rv);
+                            if let Some(ty) = st.filter.view(&c) {
+                                st.queue.push_back(line(ty, &c.object));
+                            }
+                        }
+                        // A watcher too slow to keep up is closed; it resumes from its last resource version.
+                        Err(_) => return None,
+                    },
+                    _ = tick, if st.bookmarks => {
+                        let bm = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": st.seen_rv.to_string()}});
+                        st.queue.push_back(line("BOOKMARK", &bm));
+                    }
+                    _ = tokio::time::sleep_until(st.deadline) => return None,
+                }
+            }
+        }
+    });
+    let body = StreamBody::new(stream.map(|b| Ok::<_, Infallible>(Frame::data(b))));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(body))
+        .expect("static headers are valid")
+}

@@ -1,0 +1,836 @@
+//! The object store: what etcd plus the API server's generic registry do
+//! for the resources served. Pure and synchronous (the server holds it
+//! behind a mutex): resource versions, optimistic concurrency, the status
+//! subresource, field ownership for server-side apply, and a bounded
+//! history of changes that watches resume from.
+
+use crate::patch::{self, Owners};
+use crate::resource::{ResourceType, RESOURCES};
+use crate::selector::{FieldSelector, LabelSelector};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// An API error, returned to clients as a `Status` object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    /// HTTP status code.
+    pub code: u16,
+    /// The `reason` field (`NotFound`, `Conflict`...).
+    pub reason: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 BadRequest.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: 400,
+            reason: "BadRequest",
+            message: message.into(),
+        }
+    }
+
+    fn not_found(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{} {name:?} not found", rt.qualified()),
+        }
+    }
+
+    fn conflict(message: String) -> ApiError {
+        ApiError {
+            code: 409,
+            reason: "Conflict",
+            message,
+        }
+    }
+
+    /// The `Status` object the API server sends for this error.
+    pub fn status(&self) -> Value {
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        })
+    }
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Deleted.
+    Deleted,
+}
+
+/// One committed change, as watches see it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The resource version the change was committed at.
+    pub rv: u64,
+    /// Index into [`RESOURCES`].
+    pub resource: usize,
+    /// Namespace ("" for cluster-scoped objects).
+    pub namespace: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The object after the change (for a deletion: its last state).
+    pub object: Value,
+    /// The object before a modification, so that watches with selectors can
+    /// tell an object that moved out of their view.
+    pub old: Option<Value>,
+}
+
+/// How a PATCH body is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// `application/merge-patch+json`.
+    Merge,
+    /// `application/strategic-merge-patch+json`, applied as a merge patch.
+    Strategic,
+    /// `application/json-patch+json`.
+    Json,
+    /// `application/apply-patch+yaml`: merge plus field ownership.
+    Apply {
+        /// `force=true`: take fields from other managers instead of 409.
+        force: bool,
+    },
+}
+
+struct Stored {
+    object: Value,
+    owners: Owners,
+}
+
+type Key = (usize, String, String);
+
+/// A watch's starting point could not be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gone {
+    /// The oldest resource version a watch may start after.
+    pub oldest: u64,
+}
+
+/// The changes a new watch must replay, and the receiver of those to come.
+pub type WatchStart = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
+/// The store.
+pub struct Store {
+    rv: u64,
+    objects: BTreeMap<Key, Stored>,
+    history: VecDeque<Arc<Change>>,
+    capacity: usize,
+    /// Every change after this resource version is in `history`.
+    horizon: u64,
+    uids: u64,
+    tx: broadcast::Sender<Arc<Change>>,
+}
+
+fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
+}
+
+fn name_of(v: &Value) -> Option<&str> {
+    v.pointer("/metadata/name").and_then(Value::as_str)
+}
+
+fn rv_of(v: &Value) -> Option<&str> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+}
+
+fn set_meta(v: &mut Value, key: &str, value: Value) {
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(key.to_string(), value);
+    }
+}
+
+/// The object without its resource version, for "did anything change?".
+fn without_rv(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    v
+}
+
+impl Store {
+    /// An empty store keeping the last `capacity` changes for watches.
+    pub fn new(capacity: usize) -> Store {
+        let (tx, _) = broadcast::channel(65_536);
+        Store {
+            rv: 1,
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            capacity: capacity.max(1),
+            horizon: 1,
+            uids: 0,
+            tx,
+        }
+    }
+
+    /// The current resource version.
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    fn key(resource: usize, ns: Option<&str>, name: &str) -> Key {
+        (resource, ns.unwrap_or("").to_string(), name.to_string())
+    }
+
+    /// One object.
+    pub fn get(&self, resource: usize, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.objects
+            .get(&Self::key(resource, ns, name))
+            .map(|s| s.object.clone())
+            .ok_or_else(|| ApiError::not_found(&RESOURCES[resource], name))
+    }
+
+    /// Objects of a type, in one namespace or all, sorted by namespace and
+    /// name, starting after `after` (a continue token's key), at most `limit`.
+    /// Returns the items and the key to continue after if more remain.
+    pub fn list(
+        &self,
+        resource: usize,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        after: Option<(String, String)>,
+        limit: Option<usize>,
+    ) -> (Vec<Value>, Option<(String, String)>) {
+        let start = match &after {
+            Some((ns, name)) => std::ops::Bound::Excluded((resource, ns.clone(), name.clone())),
+            None => std::ops::Bound::Included((resource, String::new(), String::new())),
+        };
+        let end = std::ops::Bound::Excluded((resource + 1, String::new(), String::new()));
+        let mut items = Vec::new();
+        for ((_, ons, _), stored) in self.objects.range((start, end)) {
+            if ns.is_some_and(|n| n != ons) {
+                continue;
+            }
+            if !labels.matches(&stored.object) || !fields.matches(&stored.object) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                // More remain: continue after the last item returned.
+                let last: &Value = items.last().expect("limit is at least 1");
+                let lns = last
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let lname = name_of(last).unwrap_or("").to_string();
+                return (items, Some((lns, lname)));
+            }
+            items.push(stored.object.clone());
+        }
+        (items, None)
+    }
+
+    fn commit(
+        &mut self,
+        key: Key,
+        mut object: Value,
+        owners: Owners,
+        kind: ChangeKind,
+        old: Option<Value>,
+    ) -> Value {
+        self.rv += 1;
+        set_meta(
+            &mut object,
+            "resourceVersion",
+            Value::String(self.rv.to_string()),
+        );
+        let change = Arc::new(Change {
+            rv: self.rv,
+            resource: key.0,
+            namespace: key.1.clone(),
+            kind,
+            object: object.clone(),
+            old,
+        });
+        if kind == ChangeKind::Deleted {
+            self.objects.remove(&key);
+        } else {
+            self.objects.insert(
+                key,
+                Stored {
+                    object: object.clone(),
+                    owners,
+                },
+            );
+        }
+        self.history.push_back(Arc::clone(&change));
+        while self.history.len() > self.capacity {
+            if let Some(dropped) = self.history.pop_front() {
+                self.horizon = dropped.rv;
+            }
+        }
+        // Nobody watching is not an error.
+        let _ = self.tx.send(change);
+        object
+    }
+
+    /// POST: creates an object. `manager` is the `fieldManager` parameter.
+    pub fn create(
+        &mut self,
+        resource: usize,
+        ns: Option<&str>,
+        body: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        let rt = &RESOURCES[resource];
+        let mut object = body;
+        if !object.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        if let Some(kind) = object.get("kind").and_then(Value::as_str) {
+            if kind != rt.kind {
+                return Err(ApiError::bad_request(format!(
+                    "kind {kind:?} sent to the {} endpoint",
+                    rt.qualified()
+                )));
+            }
+        }
+        object["kind"] = Value::String(rt.kind.to_string());
+        object["apiVersion"] = Value::String(rt.api_version());
+        if !object.get("metadata").is_some_and(Value::is_object) {
+            object["metadata"] = json!({});
+        }
+        let body_ns = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if rt.namespaced {
+            let ns = ns.ok_or_else(|| {
+                ApiError::bad_request("a namespaced object needs a namespace in the URL")
+            })?;
+            if body_ns.as_deref().is_some_and(|b| b != ns) {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the object ({}) does not match the namespace on the request ({ns})",
+                    body_ns.unwrap_or_default()
+                )));
+            }
+            set_meta(&mut object, "namespace", Value::String(ns.to_string()));
+        } else if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.remove("namespace");
+        }
+        self.uids += 1;
+        let name = match name_of(&object) {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => match object
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+            {
+                Some(prefix) => format!("{prefix}{:05x}", self.uids & 0xfffff),
+                None => return Err(ApiError::bad_request("name or generateName is required")),
+            },
+        };
+        let key = Self::key(resource, ns.filter(|_| rt.namespaced), &name);
+        if self.objects.contains_key(&key) {
+            return Err(ApiError {
+                code: 409,
+                reason: "AlreadyExists",
+                message: format!("{} {name:?} already exists", rt.qualified()),
+            });
+        }
+        set_meta(&mut object, "name", Value::String(name));
+        set_meta(
+            &mut object,
+            "uid",
+            Value::String(format!("00000000-0000-4000-8000-{:012x}", self.uids)),
+        );
+        set_meta(
+            &mut object,
+            "creationTimestamp",
+            Value::String(now_rfc3339()),
+        );
+        set_meta(&mut object, "generation", json!(1));
+        if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        // As the real registry strategies do: clients cannot create a Service or Pod with a status.
+        if matches!(rt.plural, "services" | "pods") {
+            if let Some(map) = object.as_object_mut() {
+                map.remove("status");
+            }
+        }
+        let mut owners = Owners::new();
+        patch::record_owners(&mut owners, &json!({}), &object, None, manager);
+        Ok(self.commit(key, object, owners, ChangeKind::Added, None))
+    }
+
+    /// Turns a candidate object into the stored one (status subresource
+    /// rules, immutable metadata) and commits it if anything changed.
+    fn write(
+        &mut self,
+        key: Key,
+        status_only: bool,
+        candidate: Value,
+        manager: &str,
+        apply: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let rt = &RESOURCES[key.0];
+        let stored = self.objects.get(&key).expect("caller checked existence");
+        let old = stored.object.clone();
+        let old_rv = rv_of(&old).unwrap_or("").to_string();
+        if let Some(rv) = rv_of(&candidate) {
+            if !rv.is_empty() && rv != old_rv {
+                return Err(ApiError::conflict(format!(
+                    "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
+                    rt.qualified(),
+                    key.2
+                )));
+            }
+        }
+        if !candidate.is_object() {
+            return Err(ApiError::bad_request("the result must be a JSON object"));
+        }
+        let mut object = if rt.has_status && status_only {
+            let mut o = old.clone();
+            match candidate.get("status") {
+                Some(s) => o["status"] = s.clone(),
+                None => {
+                    o.as_object_mut()
+                        .expect("stored objects are objects")
+                        .remove("status");
+                }
+            }
+            o
+        } else if rt.has_status {
+            let mut o = candidate;
+            match old.get("status") {
+                Some(s) => o["status"] = s.clone(),
+                None => {
+                    o.as_object_mut().expect("checked above").remove("status");
+                }
+            }
+            o
+        } else {
+            candidate
+        };
+        if !object.get("metadata").is_some_and(Value::is_object) {
+            object["metadata"] = json!({});
+        }
+        object["kind"] = Value::String(rt.kind.to_string());
+        object["apiVersion"] = Value::String(rt.api_version());
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "generation",
+        ] {
+            match old.pointer(&format!("/metadata/{field}")) {
+                Some(v) => set_meta(&mut object, field, v.clone()),
+                None => {
+                    if let Some(meta) = object["metadata"].as_object_mut() {
+                        meta.remove(field);
+                    }
+                }
+            }
+        }
+        if !status_only && object.get("spec") != old.get("spec") {
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            set_meta(&mut object, "generation", json!(generation + 1));
+        }
+        if without_rv(&object) == without_rv(&old) {
+            // The real server does not write a no-op update either: same resource version, no event.
+            return Ok(old);
+        }
+        let mut owners = stored.owners.clone();
+        patch::record_owners(&mut owners, &old, &object, apply, manager);
+        Ok(self.commit(key, object, owners, ChangeKind::Modified, Some(old)))
+    }
+
+    /// PUT on an object or its `status`.
+    pub fn update(
+        &mut self,
+        resource: usize,
+        ns: Option<&str>,
+        name: &str,
+        status_only: bool,
+        body: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        let rt = &RESOURCES[resource];
+        if name_of(&body).is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                name_of(&body).unwrap_or_default()
+            )));
+        }
+        let key = Self::key(resource, ns.filter(|_| rt.namespaced), name);
+        if !self.objects.contains_key(&key) {
+            return Err(ApiError::not_found(rt, name));
+        }
+        self.write(key, status_only, body, manager, None)
+    }
+
+    /// PATCH on an object or its `status`. An apply patch creates a missing object.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &mut self,
+        resource: usize,
+        ns: Option<&str>,
+        name: &str,
+        status_only: bool,
+        kind: PatchKind,
+        body: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        let rt = &RESOURCES[resource];
+        let key = Self::key(resource, ns.filter(|_| rt.namespaced), name);
+        let Some(stored) = self.objects.get(&key) else {
+            if let PatchKind::Apply { .. } = kind {
+                if status_only {
+                    return Err(ApiError::not_found(rt, name));
+                }
+                let mut body = body;
+                if body.is_object() && !body.get("metadata").is_some_and(Value::is_object) {
+                    body["metadata"] = json!({});
+                }
+                if body.is_object() {
+                    set_meta(&mut body, "name", Value::String(name.to_string()));
+                }
+                return self.create(resource, ns, body, manager);
+            }
+            return Err(ApiError::not_found(rt, name));
+        };
+        let current = &stored.object;
+        let candidate = match kind {
+            PatchKind::Merge | PatchKind::Strategic => {
+                if !body.is_object() {
+                    return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+                }
+                let mut c = current.clone();
+                patch::merge(&mut c, &body);
+                c
+            }
+            PatchKind::Json => patch::json_patch(current, &body).map_err(|e| ApiError {
+                code: 422,
+                reason: "Invalid",
+                message: format!("the JSON patch could not be applied: {e}"),
+            })?,
+            PatchKind::Apply { force } => {
+                if !body.is_object() {
+                    return Err(ApiError::bad_request("an apply patch must be an object"));
+                }
+                if !force {
+                    let conflicts = patch::apply_conflicts(current, &body, &stored.owners, manager);
+                    if !conflicts.is_empty() {
+                        return Err(ApiError::conflict(format!(
+                            "Apply failed with {} conflict{}: {}",
+                            conflicts.len(),
+                            if conflicts.len() == 1 { "" } else { "s" },
+                            conflicts.join(", ")
+                        )));
+                    }
+                }
+                let mut c = current.clone();
+                patch::merge(&mut c, &body);
+                c
+            }
+        };
+        let apply_body = matches!(kind, PatchKind::Apply { .. }).then_some(&body);
+        self.write(key, status_only, candidate, manager, apply_body)
+    }
+
+    /// DELETE. A `precondition` resource version must match.
+    pub fn delete(
+        &mut self,
+        resource: usize,
+        ns: Option<&str>,
+        name: &str,
+        precondition: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let rt = &RESOURCES[resource];
+        let key = Self::key(resource, ns.filter(|_| rt.namespaced), name);
+        let Some(stored) = self.objects.get(&key) else {
+            return Err(ApiError::not_found(rt, name));
+        };
+        if let Some(want) = precondition {
+            if rv_of(&stored.object) != Some(want) {
+                return Err(ApiError::conflict(format!(
+                    "Precondition failed: resourceVersion {want} does not match {}",
+                    rv_of(&stored.object).unwrap_or("")
+                )));
+            }
+        }
+        let object = stored.object.clone();
+        Ok(self.commit(key, object, Owners::new(), ChangeKind::Deleted, None))
+    }
+
+    /// The changes after `rv` (every resource; the caller filters) and a
+    /// receiver for the ones still to come, taken atomically so that a
+    /// watch misses nothing and sees nothing twice.
+    pub fn watch_from(&self, rv: u64) -> Result<WatchStart, Gone> {
+        if rv < self.horizon {
+            return Err(Gone {
+                oldest: self.horizon,
+            });
+        }
+        let past = self.history.iter().filter(|c| c.rv > rv).cloned().collect();
+        Ok((past, self.tx.subscribe()))
+    }
+
+    /// Current objects of a type as synthetic ADDED changes plus a receiver,
+    /// for a watch without a resource version.
+    pub fn watch_now(
+        &self,
+        resource: usize,
+    ) -> (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>) {
+        let past = self
+            .objects
+            .range(
+                (resource, String::new(), String::new())
+                    ..(resource + 1, String::new(), String::new()),
+            )
+            .map(|((r, ns, _), s)| {
+                Arc::new(Change {
+                    rv: self.rv,
+                    resource: *r,
+                    namespace: ns.clone(),
+                    kind: ChangeKind::Added,
+                    object: s.object.clone(),
+                    old: None,
+                })
+            })
+            .collect();
+        (past, self.tx.subscribe())
+    }
+
+    /// Forgets the change history, as etcd compaction does: a watch that
+    /// resumes from an older resource version then gets 410 Gone.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.horizon = self.rv;
+    }
+
+    /// Number of objects stored.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::by_name;
+
+    fn svc(name: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "9.9.9.9"}]}}})
+    }
+
+    #[test]
+    fn create_sets_metadata_and_drops_service_status() {
+        let mut s = Store::new(100);
+        let svcs = by_name("services", "").unwrap();
+        let o = s.create(svcs, Some("ns"), svc("a"), "t").unwrap();
+        assert_eq!(o["metadata"]["namespace"], "ns");
+        assert_eq!(o["metadata"]["resourceVersion"], "2");
+        assert_eq!(o["kind"], "Service");
+        assert!(o.get("status").is_none());
+        assert_eq!(
+            s.create(svcs, Some("ns"), svc("a"), "t").unwrap_err().code,
+            409
+        );
+        assert_eq!(
+            s.create(
+                svcs,
+                Some("other"),
+                json!({"metadata": {"name": "b", "namespace": "ns"}}),
+                "t"
+            )
+            .unwrap_err()
+            .code,
+            400
+        );
+        let g = s
+            .create(
+                svcs,
+                Some("ns"),
+                json!({"metadata": {"generateName": "web-"}}),
+                "t",
+            )
+            .unwrap();
+        assert!(g["metadata"]["name"].as_str().unwrap().starts_with("web-"));
+    }
+
+    #[test]
+    fn status_subresource_and_conflicts() {
+        let mut s = Store::new(100);
+        let svcs = by_name("services", "").unwrap();
+        s.create(svcs, Some("ns"), svc("a"), "t").unwrap();
+        // A status write changes only the status.
+        let o = s
+            .patch(
+                svcs,
+                Some("ns"),
+                "a",
+                true,
+                PatchKind::Merge,
+                json!({"spec": {"type": "ClusterIP"}, "status": {"x": 1}}),
+                "t",
+            )
+            .unwrap();
+        assert_eq!(o["spec"]["type"], "LoadBalancer");
+        assert_eq!(o["status"]["x"], 1);
+        // An object write keeps the status.
+        let o = s
+            .patch(
+                svcs,
+                Some("ns"),
+                "a",
+                false,
+                PatchKind::Merge,
+                json!({"spec": {"type": "ClusterIP"}, "status": null}),
+                "t",
+            )
+            .unwrap();
+        assert_eq!(o["spec"]["type"], "ClusterIP");
+        assert_eq!(o["status"]["x"], 1);
+        assert_eq!(o["metadata"]["generation"], 2);
+        // A stale resource version is a conflict; the current one is not.
+        let mut stale = o.clone();
+        stale["metadata"]["resourceVersion"] = json!("2");
+        assert_eq!(
+            s.update(svcs, Some("ns"), "a", false, stale, "t")
+                .unwrap_err()
+                .code,
+            409
+        );
+        let rv = s.resource_version();
+        let same = s
+            .update(svcs, Some("ns"), "a", false, o.clone(), "t")
+            .unwrap();
+        assert_eq!(s.resource_version(), rv, "a no-op update writes nothing");
+        assert_eq!(same, o);
+        assert_eq!(
+            s.update(svcs, Some("ns"), "b", false, o, "t")
+                .unwrap_err()
+                .code,
+            400
+        );
+    }
+
+    #[test]
+    fn watch_history_and_compaction() {
+        let mut s = Store::new(3);
+        let cms = by_name("configmaps", "").unwrap();
+        for i in 0..5 {
+            s.create(
+                cms,
+                Some("ns"),
+                json!({"metadata": {"name": format!("c{i}")}}),
+                "t",
+            )
+            .unwrap();
+        }
+        // rv 2..=6 committed; only the last three are kept.
+        assert_eq!(s.watch_from(1).unwrap_err(), Gone { oldest: 3 });
+        let (past, _) = s.watch_from(3).unwrap();
+        assert_eq!(past.iter().map(|c| c.rv).collect::<Vec<_>>(), vec![4, 5, 6]);
+        s.compact();
+        assert!(s.watch_from(5).is_err());
+        assert!(s.watch_from(6).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn list_pages_and_selectors() {
+        let mut s = Store::new(100);
+        let cms = by_name("configmaps", "").unwrap();
+        for (ns, name, app) in [
+            ("a", "x", "web"),
+            ("a", "y", "db"),
+            ("b", "x", "web"),
+            ("b", "z", "web"),
+        ] {
+            s.create(
+                cms,
+                Some(ns),
+                json!({"metadata": {"name": name, "labels": {"app": app}}}),
+                "t",
+            )
+            .unwrap();
+        }
+        let all = LabelSelector::default();
+        let web = LabelSelector::parse("app=web").unwrap();
+        let none = FieldSelector::default();
+        let (items, next) = s.list(cms, None, &web, &none, None, Some(2));
+        assert_eq!(items.len(), 2);
+        let (rest, next) = s.list(cms, None, &web, &none, next, Some(2));
+        assert_eq!((rest.len(), next), (1, None));
+        assert_eq!(s.list(cms, Some("a"), &all, &none, None, None).0.len(), 2);
+        let by_name = FieldSelector::parse("metadata.name=x").unwrap();
+        assert_eq!(s.list(cms, None, &all, &by_name, None, None).0.len(), 2);
+    }
+
+    #[test]
+    fn apply_creates_then_conflicts_unless_forced() {
+        let mut s = Store::new(100);
+        let leases = by_name("leases", "coordination.k8s.io").unwrap();
+        s.patch(
+            leases,
+            Some("ns"),
+            "l",
+            false,
+            PatchKind::Apply { force: false },
+            json!({"spec": {"holderIdentity": "a"}}),
+            "a",
+        )
+        .unwrap();
+        let err = s
+            .patch(
+                leases,
+                Some("ns"),
+                "l",
+                false,
+                PatchKind::Apply { force: false },
+                json!({"spec": {"holderIdentity": "b"}}),
+                "b",
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 409);
+        assert!(
+            err.message.contains(".spec.holderIdentity"),
+            "{}",
+            err.message
+        );
+        let o = s
+            .patch(
+                leases,
+                Some("ns"),
+                "l",
+                false,
+                PatchKind::Apply { force: true },
+                json!({"spec": {"holderIdentity": "b"}}),
+                "b",
+            )
+            .unwrap();
+        assert_eq!(o["spec"]["holderIdentity"], "b");
+    }
+}
