@@ -1,22 +1,38 @@
 //! `ferrolb-controller`: assigns external IPs to LoadBalancer Services.
-//!
-//! The Kubernetes reconcile loop arrives with its own issue; today the
-//! binary checks a ConfigMap's `config.yaml` the way the controller will
-//! read it.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use ferrolb_alloc::Allocator;
 use ferrolb_config::Config;
+use ferrolb_controller::metrics::Metrics;
+use ferrolb_controller::run::{self, Settings, Shared};
+use ferrolb_controller::service::{ClassFilter, DEFAULT_CLASS};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// ferrolb controller: gives LoadBalancer Services an external IP from configured pools.
 #[derive(Parser)]
 #[command(name = "ferrolb-controller", version, about, long_about = None)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -28,6 +44,46 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run the controller against the cluster (in-cluster credentials, or
+    /// KUBECONFIG / --kubeconfig).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A kubeconfig file; default: in-cluster, then $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the configuration ConfigMap and of the leader Lease.
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "ferrolb-system")]
+    namespace: String,
+    /// Name of the configuration ConfigMap.
+    #[arg(long, default_value = "ferrolb-config")]
+    config_map: String,
+    /// Key of the ConfigMap holding the YAML.
+    #[arg(long, default_value = "config.yaml")]
+    config_key: String,
+    /// The spec.loadBalancerClass handled (besides Services without a class).
+    #[arg(long, default_value = DEFAULT_CLASS)]
+    load_balancer_class: String,
+    /// Leave Services without a loadBalancerClass to another controller.
+    #[arg(long)]
+    ignore_classless: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "ferrolb-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease; default: $POD_NAME, else hostname-pid.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Lease duration in seconds: how long a dead leader goes unreplaced at most.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_seconds: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:7472")]
+    metrics_address: SocketAddr,
+    /// Status writes in flight at once.
+    #[arg(long, default_value_t = 16)]
+    write_concurrency: usize,
 }
 
 fn validate(path: &std::path::Path) -> Result<ExitCode> {
@@ -53,10 +109,106 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no cluster credentials (in-cluster, KUBECONFIG or ~/.kube/config)")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run_controller(args: RunArgs) -> Result<ExitCode> {
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|_| "ferrolb".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let settings = Settings {
+        config_namespace: args.namespace,
+        config_name: args.config_map,
+        config_key: args.config_key,
+        classes: ClassFilter {
+            class: args.load_balancer_class,
+            ignore_classless: args.ignore_classless,
+        },
+        lease_name: args.lease_name,
+        identity,
+        lease_seconds: args.lease_seconds,
+        write_concurrency: args.write_concurrency,
+    };
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", args.metrics_address))?;
+    let render = Arc::clone(&metrics);
+    tokio::spawn(ferrolb_ops::serve(
+        listener,
+        Arc::new(ferrolb_ops::Endpoint {
+            metrics: Box::new(move || render.encode()),
+            ready: Arc::clone(&ready),
+        }),
+    ));
+    let client = client(args.kubeconfig.as_ref()).await?;
+    tracing::info!(
+        identity = %settings.identity,
+        config = %format!("{}/{}", settings.config_namespace, settings.config_name),
+        class = %settings.classes.class,
+        metrics = %args.metrics_address,
+        "ferrolb-controller starting"
+    );
+    run::run(
+        client,
+        settings,
+        Arc::new(Shared { metrics, ready }),
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Validate { config } => validate(config),
+    init_logging(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(run_controller(args))),
     };
     match result {
         Ok(code) => code,

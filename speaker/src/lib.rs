@@ -7,7 +7,6 @@ pub mod bfd;
 pub mod bgp;
 pub mod forwarder;
 pub mod host;
-pub mod http;
 pub mod l2;
 pub mod metrics;
 pub mod plan;

@@ -4,11 +4,11 @@
 
 use crate::announce::{Announcer, NoAnnouncer, ServiceVips};
 use crate::forwarder::Forwarder;
-use crate::http::{self, Endpoint};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::plan::{self, Plan};
 use anyhow::{bail, Context};
 use ferrolb_config::Config;
+use ferrolb_ops::{self as http, Endpoint};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -98,8 +98,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.metrics_address)
         .await
         .with_context(|| format!("cannot serve metrics on {}", opts.metrics_address))?;
+    let render_metrics = Arc::clone(&metrics);
     let endpoint = Arc::new(Endpoint {
-        metrics: Arc::clone(&metrics),
+        metrics: Box::new(move || render_metrics.encode()),
         ready: Arc::clone(&ready),
     });
     tokio::spawn(http::serve(listener, endpoint));

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod l2lab;
 pub mod netns;
 pub mod routers;

@@ -27,7 +27,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn unique_dir() -> PathBuf {
+/// A fresh temporary directory for one test process.
+pub fn unique_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -37,6 +38,38 @@ fn unique_dir() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// GET `path` on `addr` with a plain HTTP/1.1 request: status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text.get(9..12)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// The sum of every sample of metric `name` in a Prometheus text body whose
+/// labels contain all of `labels` (`key="value"`).
+pub fn metric_sum(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Speaker {
@@ -95,23 +128,7 @@ impl Speaker {
 
     /// GET on the metrics address: status and body.
     pub async fn http(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.metrics).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
-            .await
-            .ok()?
-            .ok()?;
-        let text = String::from_utf8_lossy(&out).to_string();
-        let code = text.get(9..12)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Some((code, body))
+        http_get(self.metrics, path).await
     }
 
     /// The sum of every sample of metric `name` whose labels contain all of `labels` (`key="value"`).
@@ -120,12 +137,7 @@ impl Speaker {
             .http("/metrics")
             .await
             .expect("metrics endpoint answers");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter(|l| labels.iter().all(|want| l.contains(want)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&body, name, labels)
     }
 
     /// Waits until `cond` holds on the metric (or panics after `timeout`).

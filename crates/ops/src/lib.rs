@@ -1,8 +1,7 @@
-//! The speaker's small HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The small HTTP endpoint of both binaries: `/metrics`, `/healthz`, `/readyz`.
 //! Requests are read with a size and time limit and answered with
 //! `Connection: close`, which is all Prometheus and kubelet probes need.
 
-use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +11,14 @@ use tokio::net::{TcpListener, TcpStream};
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// Renders the Prometheus text exposition.
+pub type Render = Box<dyn Fn() -> String + Send + Sync>;
+
 /// What the endpoint serves.
 pub struct Endpoint {
-    /// Metrics to expose.
-    pub metrics: Arc<Metrics>,
-    /// Set once the configuration is applied and listeners are open.
+    /// Renders `/metrics`.
+    pub metrics: Render,
+    /// `/readyz` answers 200 while this is set.
     pub ready: Arc<AtomicBool>,
 }
 
@@ -53,7 +55,7 @@ async fn answer(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<(
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            endpoint.metrics.encode(),
+            (endpoint.metrics)(),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") if endpoint.ready.load(Ordering::Relaxed) => {

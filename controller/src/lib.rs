@@ -1,0 +1,12 @@
+//! ferrolb's Kubernetes controller: gives LoadBalancer Services addresses
+//! from the configured pools and writes them into their status.
+//!
+//! - [`service`] reads a Service into an allocator request (pure).
+//! - [`core`] decides: restore, allocate, release, Events (pure).
+//! - [`run`] is the process: leader election, watches, writes.
+//! - [`metrics`] are served on `/metrics`.
+
+pub mod core;
+pub mod metrics;
+pub mod run;
+pub mod service;

@@ -1,0 +1,503 @@
+//! The controller process around [`Core`]: leader election, watches on
+//! Services and the ConfigMap, status writes and Events. Thin on purpose:
+//! every decision is in `core`.
+
+use crate::core::{Core, Desired, EventOut, Output, Regarding, Severity, Tally};
+use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
+use crate::service::{self, ClassFilter, POOL_ANNOTATION};
+use anyhow::{Context, Result};
+use ferrolb_alloc::ServiceKey;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "ferrolb-controller";
+
+/// Settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace of the configuration ConfigMap (and of the Lease).
+    pub config_namespace: String,
+    /// Name of the configuration ConfigMap.
+    pub config_name: String,
+    /// Key of the ConfigMap holding the YAML.
+    pub config_key: String,
+    /// Which Services are handled.
+    pub classes: ClassFilter,
+    /// Name of the leader Lease.
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Lease duration in seconds: a dead leader is replaced after at most this long.
+    pub lease_seconds: u64,
+    /// Status writes in flight at once.
+    pub write_concurrency: usize,
+}
+
+/// State shared with the HTTP endpoint.
+pub struct Shared {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `/readyz`: a standby, or a leader that has synced and restored.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Runs until `shutdown` resolves; then releases the Lease so a standby takes over at once.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    use kube_lease_manager::{LeaseCreateMode, LeaseManagerBuilder};
+    let grace = (settings.lease_seconds / 3).max(1);
+    let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        .with_namespace(&settings.config_namespace)
+        .with_identity(&settings.identity)
+        .with_duration(settings.lease_seconds)
+        .with_grace(grace)
+        .with_field_manager(format!("{FIELD_MANAGER}-{}", settings.identity))
+        .with_create_mode(LeaseCreateMode::AutoCreate)
+        .build()
+        .await
+        .context("cannot set up leader election (is the Lease API reachable, and may this account create Leases?)")?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(identity = %settings.identity, lease = %settings.lease_name, "waiting for leadership");
+    shared.ready.store(true, Ordering::Relaxed);
+    tokio::pin!(shutdown);
+    loop {
+        // Standby until the Lease is ours.
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                changed = leader.changed() => if changed.is_err() { anyhow::bail!("leader election stopped") },
+                _ = &mut shutdown => return release(leader, lease_task).await,
+            }
+        }
+        tracing::info!(identity = %settings.identity, "became leader");
+        shared.metrics.leader.set(1);
+        shared.ready.store(false, Ordering::Relaxed);
+        let mut work = tokio::spawn(lead(client.clone(), settings.clone(), Arc::clone(&shared)));
+        let stop = loop {
+            tokio::select! {
+                changed = leader.changed() => {
+                    if changed.is_err() || !*leader.borrow_and_update() {
+                        break false;
+                    }
+                }
+                r = &mut work => {
+                    // lead() only returns on an error the watches cannot recover from.
+                    let e = match r { Ok(Err(e)) => e, Ok(Ok(())) => anyhow::anyhow!("watches ended"), Err(e) => e.into() };
+                    shared.metrics.leader.set(0);
+                    return Err(e.context("the controller loop stopped"));
+                }
+                _ = &mut shutdown => break true,
+            }
+        };
+        // Stop writing before anyone else may start: abort, then give up the Lease.
+        work.abort();
+        let _ = work.await;
+        shared.metrics.leader.set(0);
+        shared.ready.store(true, Ordering::Relaxed);
+        if stop {
+            return release(leader, lease_task).await;
+        }
+        tracing::warn!(identity = %settings.identity, "lost leadership; standing by");
+    }
+}
+
+async fn release(
+    leader: tokio::sync::watch::Receiver<bool>,
+    lease_task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+) -> Result<()> {
+    // Closing the channel makes the lease task release the Lease and end.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => tracing::info!("released the leader Lease"),
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "could not release the leader Lease; a standby takes over when it expires")
+        }
+        _ => tracing::warn!(
+            "timed out releasing the leader Lease; a standby takes over when it expires"
+        ),
+    }
+    Ok(())
+}
+
+/// The object an Event is about.
+fn reference(
+    regarding: &Regarding,
+    settings: &Settings,
+    config_uid: &Option<String>,
+) -> ObjectReference {
+    match regarding {
+        Regarding::Service(key, uid) => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(key.namespace.to_string()),
+            name: Some(key.name.to_string()),
+            uid: (!uid.is_empty()).then(|| uid.clone()),
+            ..ObjectReference::default()
+        },
+        Regarding::Config => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            namespace: Some(settings.config_namespace.clone()),
+            name: Some(settings.config_name.clone()),
+            uid: config_uid.clone(),
+            ..ObjectReference::default()
+        },
+    }
+}
+
+fn action(reason: &str) -> &'static str {
+    match reason {
+        "IPAllocated" | "AllocationFailed" => "Allocate",
+        "IPReleased" => "Release",
+        _ => "LoadConfig",
+    }
+}
+
+/// Publishes Events off the main loop: a slow Events API never delays a status write.
+fn spawn_events(
+    client: Client,
+    identity: String,
+    metrics: Arc<Metrics>,
+) -> mpsc::Sender<(EventOut, ObjectReference)> {
+    let (tx, mut rx) = mpsc::channel::<(EventOut, ObjectReference)>(4096);
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity),
+        },
+    );
+    tokio::spawn(async move {
+        while let Some((ev, reference)) = rx.recv().await {
+            let event = KubeEvent {
+                type_: match ev.severity {
+                    Severity::Normal => EventType::Normal,
+                    Severity::Warning => EventType::Warning,
+                },
+                reason: ev.reason.into(),
+                note: Some(ev.note.clone()),
+                action: action(ev.reason).into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                metrics.events_dropped.inc();
+                tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
+            }
+        }
+    });
+    tx
+}
+
+async fn write_status(
+    client: &Client,
+    key: &ServiceKey,
+    desired: &Desired,
+    write_pool: bool,
+) -> Result<(), kube::Error> {
+    let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let ingress: Vec<serde_json::Value> = desired
+        .ips
+        .iter()
+        .map(|ip| json!({"ip": ip.to_string(), "ipMode": desired.ip_mode}))
+        .collect();
+    let ingress = if ingress.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(ingress)
+    };
+    api.patch_status(
+        &key.name,
+        &params,
+        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": ingress}}})),
+    )
+    .await?;
+    if write_pool {
+        api.patch(
+            &key.name,
+            &params,
+            &Patch::Merge(json!({"metadata": {"annotations": {POOL_ANNOTATION: desired.pool}}})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn parse_config(cm: &ConfigMap, settings: &Settings) -> Result<ferrolb_config::Config, String> {
+    let name = format!(
+        "ConfigMap {}/{}",
+        settings.config_namespace, settings.config_name
+    );
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(&settings.config_key)) else {
+        return Err(format!(
+            "{name} has no key {:?}; put the configuration under it",
+            settings.config_key
+        ));
+    };
+    ferrolb_config::Config::from_yaml(text)
+        .map_err(|e| format!("{name} key {:?} is invalid:\n{e}", settings.config_key))
+}
+
+/// Retries of failed status writes, with a per-Service backoff.
+#[derive(Default)]
+struct Retries {
+    due: BTreeMap<Instant, Vec<ServiceKey>>,
+    delay: BTreeMap<ServiceKey, Duration>,
+}
+
+impl Retries {
+    fn schedule(&mut self, key: ServiceKey) {
+        let d = self
+            .delay
+            .get(&key)
+            .map_or(Duration::from_millis(200), |d| {
+                (*d * 2).min(Duration::from_secs(30))
+            });
+        self.delay.insert(key.clone(), d);
+        self.due.entry(Instant::now() + d).or_default().push(key);
+    }
+    fn succeeded(&mut self, key: &ServiceKey) {
+        self.delay.remove(key);
+    }
+    fn next(&self) -> Option<Instant> {
+        self.due.keys().next().copied()
+    }
+    fn take_due(&mut self) -> Vec<ServiceKey> {
+        let now = Instant::now();
+        let later = self.due.split_off(&(now + Duration::from_nanos(1)));
+        let due = std::mem::replace(&mut self.due, later);
+        due.into_values().flatten().collect()
+    }
+}
+
+struct Loop {
+    client: Client,
+    settings: Settings,
+    shared: Arc<Shared>,
+    core: Core,
+    events: mpsc::Sender<(EventOut, ObjectReference)>,
+    config_uid: Option<String>,
+    retries: Retries,
+    tally: Tally,
+}
+
+impl Loop {
+    /// Carries out what the core decided: Events queued, status writes in parallel.
+    async fn execute(&mut self, outputs: Vec<Output>) {
+        let mut writes = Vec::new();
+        for o in outputs {
+            match o {
+                Output::Event(ev) => {
+                    match ev.severity {
+                        Severity::Warning => {
+                            tracing::warn!(reason = ev.reason, regarding = ?ev.regarding, "{}", ev.note)
+                        }
+                        Severity::Normal => {
+                            tracing::info!(reason = ev.reason, regarding = ?ev.regarding, "{}", ev.note)
+                        }
+                    }
+                    let r = reference(&ev.regarding, &self.settings, &self.config_uid);
+                    if self.events.try_send((ev, r)).is_err() {
+                        self.shared.metrics.events_dropped.inc();
+                    }
+                }
+                Output::Status {
+                    key,
+                    desired,
+                    write_pool,
+                } => writes.push((key, desired, write_pool)),
+            }
+        }
+        let client = &self.client;
+        let results: Vec<(ServiceKey, Result<(), kube::Error>)> = futures::stream::iter(writes)
+            .map(|(key, desired, write_pool)| async move {
+                let r = write_status(client, &key, &desired, write_pool).await;
+                (key, r)
+            })
+            .buffer_unordered(self.settings.write_concurrency.max(1))
+            .collect()
+            .await;
+        for (key, r) in results {
+            match r {
+                Ok(()) => {
+                    self.retries.succeeded(&key);
+                    self.shared
+                        .metrics
+                        .status_writes
+                        .get_or_create(&ResultLabels {
+                            result: "ok".into(),
+                        })
+                        .inc();
+                }
+                // Deleted meanwhile: its DELETED event follows.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    self.shared
+                        .metrics
+                        .status_writes
+                        .get_or_create(&ResultLabels {
+                            result: "error".into(),
+                        })
+                        .inc();
+                    tracing::warn!(service = %key, error = %e, "status write failed; retrying");
+                    self.retries.schedule(key.clone());
+                    // Forget the write in flight, without writing again now: the retry does.
+                    self.core.forget_pending(&key);
+                }
+            }
+        }
+        self.publish_counts();
+    }
+
+    fn publish_counts(&mut self) {
+        let m = &self.shared.metrics;
+        let t = self.core.tally().clone();
+        m.allocations.inc_by(t.allocations - self.tally.allocations);
+        m.releases.inc_by(t.releases - self.tally.releases);
+        for (reason, n) in &t.failures {
+            let before = self.tally.failures.get(reason).copied().unwrap_or(0);
+            if *n > before {
+                m.failures
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.to_string(),
+                    })
+                    .inc_by(n - before);
+            }
+        }
+        self.tally = t;
+        m.observe(&self.core);
+    }
+}
+
+/// The leader's work: watch, decide, write. Returns only on a fatal error.
+async fn lead(client: Client, settings: Settings, shared: Arc<Shared>) -> Result<()> {
+    let events = spawn_events(
+        client.clone(),
+        settings.identity.clone(),
+        Arc::clone(&shared.metrics),
+    );
+    let services = watcher::watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let config = watcher::watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &settings.config_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.config_name)),
+    )
+    .default_backoff();
+    let mut services = services.boxed();
+    let mut config = config.boxed();
+    let mut lp = Loop {
+        client,
+        settings,
+        shared,
+        core: Core::new(),
+        events,
+        config_uid: None,
+        retries: Retries::default(),
+        tally: Tally::default(),
+    };
+    let (mut svc_synced, mut cfg_synced, mut cfg_seen) = (false, false, false);
+    let mut listed: BTreeSet<ServiceKey> = BTreeSet::new();
+    let start = Instant::now();
+    loop {
+        let retry_at = lp.retries.next().map(tokio::time::Instant::from_std);
+        let outputs = tokio::select! {
+            ev = services.try_next() => {
+                let began = Instant::now();
+                let out = match ev {
+                    Ok(Some(Event::Init)) => { listed.clear(); Vec::new() }
+                    Ok(Some(Event::InitApply(s))) => {
+                        let v = service::view(&s, &lp.settings.classes);
+                        listed.insert(v.key.clone());
+                        lp.core.upsert(v)
+                    }
+                    Ok(Some(Event::InitDone)) => {
+                        let mut out = if svc_synced { lp.core.retain(&listed) } else { Vec::new() };
+                        svc_synced = true;
+                        if cfg_synced { out.extend(lp.core.synced()); }
+                        out
+                    }
+                    Ok(Some(Event::Apply(s))) => lp.core.upsert(service::view(&s, &lp.settings.classes)),
+                    Ok(Some(Event::Delete(s))) => {
+                        let v = service::view(&s, &lp.settings.classes);
+                        lp.core.delete(&v.key)
+                    }
+                    Ok(None) => anyhow::bail!("the Service watch ended"),
+                    Err(e) => { tracing::warn!(error = %e, "Service watch error; retrying"); Vec::new() }
+                };
+                let n = out.len();
+                lp.execute(out).await;
+                if n > 0 {
+                    lp.shared.metrics.reconcile_seconds.observe(began.elapsed().as_secs_f64());
+                }
+                Vec::new()
+            }
+            ev = config.try_next() => match ev {
+                Ok(Some(Event::Init)) => { cfg_seen = false; Vec::new() }
+                Ok(Some(Event::InitApply(cm) | Event::Apply(cm))) => {
+                    cfg_seen = true;
+                    lp.config_uid = cm.metadata.uid.clone();
+                    lp.core.config_changed(parse_config(&cm, &lp.settings))
+                }
+                Ok(Some(Event::InitDone)) => {
+                    let mut out = Vec::new();
+                    if !cfg_seen {
+                        out.extend(lp.core.config_changed(Err(format!(
+                            "ConfigMap {}/{} not found; create it with the pools under key {:?}",
+                            lp.settings.config_namespace, lp.settings.config_name, lp.settings.config_key
+                        ))));
+                    }
+                    if !cfg_synced {
+                        cfg_synced = true;
+                        if svc_synced { out.extend(lp.core.synced()); }
+                    }
+                    out
+                }
+                Ok(Some(Event::Delete(_))) => lp.core.config_changed(Err(format!(
+                    "ConfigMap {}/{} was deleted",
+                    lp.settings.config_namespace, lp.settings.config_name
+                ))),
+                Ok(None) => anyhow::bail!("the ConfigMap watch ended"),
+                Err(e) => { tracing::warn!(error = %e, "ConfigMap watch error; retrying"); Vec::new() }
+            },
+            _ = async { match retry_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                let keys = lp.retries.take_due();
+                keys.iter().flat_map(|k| lp.core.write_failed(k)).collect()
+            }
+        };
+        lp.execute(outputs).await;
+        if svc_synced && cfg_synced && !lp.shared.ready.load(Ordering::Relaxed) {
+            lp.shared.ready.store(true, Ordering::Relaxed);
+            let (handled, allocated) = lp.core.service_counts();
+            tracing::info!(
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                services = handled,
+                allocated,
+                configured = lp.core.config().is_some(),
+                "synced and restored existing assignments"
+            );
+        }
+    }
+}

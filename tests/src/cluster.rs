@@ -1,0 +1,321 @@
+//! A Kubernetes "cluster" for the controller and speaker suites: the
+//! in-project fake API server, a kubeconfig pointing at it, a kube client
+//! for the test, and the real `ferrolb-controller` binary run against it.
+
+use crate::speaker::{free_port, http_get, metric_sum, unique_dir};
+use ferrolb_kubefake::FakeApiServer;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Namespace of the ferrolb ConfigMap and Lease.
+pub const SYSTEM_NS: &str = "ferrolb-system";
+
+/// The fake API server plus what a test needs to use it.
+pub struct Cluster {
+    /// The server (its store and request log are open to the test).
+    pub server: FakeApiServer,
+    /// A client for the test itself.
+    pub client: Client,
+    /// A directory for kubeconfig and logs.
+    pub dir: PathBuf,
+    /// The kubeconfig file for processes under test.
+    pub kubeconfig: PathBuf,
+}
+
+/// Merges `patch` into `base` (objects recursively, anything else replaced).
+pub fn merged(mut base: Value, patch: &Value) -> Value {
+    fn merge(a: &mut Value, b: &Value) {
+        match (a.as_object_mut(), b.as_object()) {
+            (Some(a), Some(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            _ => *a = b.clone(),
+        }
+    }
+    merge(&mut base, patch);
+    base
+}
+
+impl Cluster {
+    /// Starts an empty cluster.
+    pub async fn start() -> Cluster {
+        let server = FakeApiServer::start()
+            .await
+            .expect("start the fake API server");
+        let dir = unique_dir();
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+        let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        Cluster {
+            server,
+            client,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// Creates or replaces the ferrolb ConfigMap with `yaml` under `config.yaml`.
+    pub async fn set_config(&self, yaml: &str) {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        let cm = json!({"metadata": {"name": "ferrolb-config"}, "data": {"config.yaml": yaml}});
+        api.patch(
+            "ferrolb-config",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(cm),
+        )
+        .await
+        .expect("write the ConfigMap");
+    }
+
+    /// Creates a LoadBalancer Service `ns/name` exposing TCP 80, with `extra` merged in.
+    pub async fn create_service(&self, ns: &str, name: &str, extra: Value) -> Service {
+        let base = json!({
+            "metadata": {"name": name},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": name}}
+        });
+        let svc: Service = serde_json::from_value(merged(base, &extra)).unwrap();
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &svc)
+            .await
+            .unwrap_or_else(|e| panic!("create {ns}/{name}: {e}"))
+    }
+
+    /// Merge-patches a Service.
+    pub async fn patch_service(&self, ns: &str, name: &str, patch: Value) {
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap_or_else(|e| panic!("patch {ns}/{name}: {e}"));
+    }
+
+    /// Deletes a Service.
+    pub async fn delete_service(&self, ns: &str, name: &str) {
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete {ns}/{name}: {e}"));
+    }
+
+    /// The IPs in a Service's `status.loadBalancer.ingress`, read from the store.
+    pub fn ingress(&self, ns: &str, name: &str) -> Vec<String> {
+        self.server
+            .get("services", "", Some(ns), name)
+            .and_then(|s| s.pointer("/status/loadBalancer/ingress").cloned())
+            .and_then(|i| i.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e.get("ip").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    }
+
+    /// One Service as stored.
+    pub fn service(&self, ns: &str, name: &str) -> Value {
+        self.server
+            .get("services", "", Some(ns), name)
+            .unwrap_or_else(|| panic!("{ns}/{name} does not exist"))
+    }
+
+    /// Waits until `ns/name` has `count` ingress IPs; returns them.
+    pub async fn wait_ingress(
+        &self,
+        ns: &str,
+        name: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ips = self.ingress(ns, name);
+            if ips.len() == count {
+                return ips;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ns}/{name} has {ips:?} after {timeout:?}, wanted {count} address(es); events: {:#?}",
+                self.events_for(ns, name)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Every events.k8s.io Event as (regarding `ns/name`, type, reason, note).
+    pub fn events(&self) -> Vec<(String, String, String, String)> {
+        self.server
+            .list("events", "events.k8s.io")
+            .iter()
+            .map(|e| {
+                let s = |p: &str| {
+                    e.pointer(p)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                (
+                    format!("{}/{}", s("/regarding/namespace"), s("/regarding/name")),
+                    s("/type"),
+                    s("/reason"),
+                    s("/note"),
+                )
+            })
+            .collect()
+    }
+
+    /// Events about one object as (type, reason, note).
+    pub fn events_for(&self, ns: &str, name: &str) -> Vec<(String, String, String)> {
+        let who = format!("{ns}/{name}");
+        self.events()
+            .into_iter()
+            .filter(|(r, ..)| *r == who)
+            .map(|(_, t, r, n)| (t, r, n))
+            .collect()
+    }
+
+    /// Waits for an Event with `reason` about `ns/name`; returns its note.
+    pub async fn wait_event(
+        &self,
+        ns: &str,
+        name: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((_, _, note)) = self
+                .events_for(ns, name)
+                .into_iter()
+                .find(|(_, r, _)| r == reason)
+            {
+                return note;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} Event about {ns}/{name} after {timeout:?}; events: {:#?}",
+                self.events_for(ns, name)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The identity holding the controller Lease, if any.
+    pub fn leader(&self) -> Option<String> {
+        self.server
+            .get(
+                "leases",
+                "coordination.k8s.io",
+                Some(SYSTEM_NS),
+                "ferrolb-controller",
+            )
+            .and_then(|l| {
+                l.pointer("/spec/holderIdentity")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+    }
+}
+
+/// A running `ferrolb-controller run`.
+pub struct Controller {
+    child: Child,
+    /// Its identity in the Lease.
+    pub identity: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Controller {
+    /// Starts the controller with a 2-second Lease and `extra` flags; does not wait.
+    pub fn spawn(cluster: &Cluster, identity: &str, extra: &[&str]) -> Controller {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = cluster.dir.join(format!("controller-{identity}.log"));
+        let child = Command::new(crate::binary("ferrolb-controller"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args([
+                "--identity",
+                identity,
+                "--lease-seconds",
+                "2",
+                "--metrics-address",
+                &metrics.to_string(),
+            ])
+            .args(extra)
+            .env_remove("POD_NAME")
+            .env("RUST_LOG", "info,ferrolb_controller=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start ferrolb-controller");
+        Controller {
+            child,
+            identity: identity.to_string(),
+            metrics,
+            log,
+        }
+    }
+
+    /// Starts the controller and waits until it leads and has synced.
+    pub async fn start(cluster: &Cluster, identity: &str, extra: &[&str]) -> Controller {
+        let c = Controller::spawn(cluster, identity, extra);
+        c.wait_leading(Duration::from_secs(15)).await;
+        c
+    }
+
+    /// Waits until this replica holds the Lease and is ready (synced).
+    pub async fn wait_leading(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.metric("ferrolb_controller_leader", &[]).await == 1.0
+                && http_get(self.metrics, "/readyz")
+                    .await
+                    .is_some_and(|(c, _)| c == 200)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not lead within {timeout:?}:\n{}",
+                self.identity,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A metric's value (summed over matching label sets); 0 if unreachable.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        match http_get(self.metrics, "/metrics").await {
+            Some((200, body)) => metric_sum(&body, name, labels),
+            _ => 0.0,
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`KILL`, `TERM`) and waits for the process to end.
+    pub fn kill(&mut self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
