@@ -275,8 +275,30 @@ impl Core {
                     note: format!("released {} (service deleted)", fmt_ips(&a.ips)),
                 }));
             }
+            if self.started {
+                out.extend(self.retry_waiting());
+            }
         }
         out
+    }
+
+    /// After addresses were freed: Services still waiting for one try
+    /// again, oldest first, without waiting for their next update.
+    fn retry_waiting(&mut self) -> Vec<Output> {
+        let mut waiting: Vec<(i64, ServiceKey)> = self
+            .services
+            .values()
+            .filter(|t| t.failure.is_some() && self.alloc.assignment(&t.view.key).is_none())
+            .filter_map(|t| match &t.view.handling {
+                Handling::Managed { request, .. } => Some((request.created, t.view.key.clone())),
+                _ => None,
+            })
+            .collect();
+        waiting.sort();
+        waiting
+            .into_iter()
+            .flat_map(|(_, k)| self.reconcile(&k))
+            .collect()
     }
 
     /// A status write failed: the next look at the Service writes again.
@@ -408,6 +430,10 @@ impl Core {
                     }));
                     // Clear the status we wrote: nobody announces the address any more.
                     out.extend(self.status_output(key, None, false));
+                    if let Some(t) = self.services.get_mut(key) {
+                        t.failure = None;
+                    }
+                    out.extend(self.retry_waiting());
                 }
                 if let Some(t) = self.services.get_mut(key) {
                     t.failure = None;

@@ -9,8 +9,10 @@ use anyhow::{Context, Result};
 use ferrolb_alloc::ServiceKey;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -170,39 +172,70 @@ fn action(reason: &str) -> &'static str {
     }
 }
 
-/// Publishes Events off the main loop: a slow Events API never delays a status write.
+/// Publishes Events off the main loop: a slow Events API never delays a
+/// status write. Each Event is created as is: the core already sends one
+/// per distinct change, so nothing is merged into series (kube's Recorder
+/// would fold a second `IPAllocated` into the first and lose its note).
 fn spawn_events(
     client: Client,
     identity: String,
     metrics: Arc<Metrics>,
 ) -> mpsc::Sender<(EventOut, ObjectReference)> {
     let (tx, mut rx) = mpsc::channel::<(EventOut, ObjectReference)>(4096);
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(identity),
-        },
-    );
     tokio::spawn(async move {
+        let mut seq: u64 = 0;
         while let Some((ev, reference)) = rx.recv().await {
-            let event = KubeEvent {
-                type_: match ev.severity {
-                    Severity::Normal => EventType::Normal,
-                    Severity::Warning => EventType::Warning,
-                },
-                reason: ev.reason.into(),
-                note: Some(ev.note.clone()),
-                action: action(ev.reason).into(),
-                secondary: None,
+            seq += 1;
+            let now = jiff::Timestamp::now();
+            let ns = reference
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let name = format!(
+                "{}.{:x}{:04x}",
+                reference.name.as_deref().unwrap_or(FIELD_MANAGER),
+                now.as_nanosecond(),
+                seq & 0xffff
+            );
+            let event = json!({
+                "apiVersion": "events.k8s.io/v1",
+                "kind": "Event",
+                "metadata": {"name": name, "namespace": ns},
+                "eventTime": MicroTime(now),
+                "reportingController": FIELD_MANAGER,
+                "reportingInstance": identity,
+                "action": action(ev.reason),
+                "reason": ev.reason,
+                "type": match ev.severity { Severity::Normal => "Normal", Severity::Warning => "Warning" },
+                "note": truncate(&ev.note, 1024),
+                "regarding": reference,
+            });
+            let result = match serde_json::from_value::<K8sEvent>(event) {
+                Ok(event) => Api::<K8sEvent>::namespaced(client.clone(), &ns)
+                    .create(&PostParams::default(), &event)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(kube::Error::SerdeError(e)),
             };
-            if let Err(e) = recorder.publish(&event, &reference).await {
+            if let Err(e) = result {
                 metrics.events_dropped.inc();
                 tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
             }
         }
     });
     tx
+}
+
+/// The API server refuses notes over 1 KiB.
+fn truncate(note: &str, max: usize) -> String {
+    if note.len() <= max {
+        return note.to_string();
+    }
+    let mut end = max - 3;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &note[..end])
 }
 
 async fn write_status(

@@ -35,7 +35,11 @@ fn validate_configmap_config() {
 
 #[test]
 fn help_on_binary_and_every_subcommand() {
-    for args in [&["--help"][..], &["validate", "--help"][..]] {
+    for args in [
+        &["--help"][..],
+        &["validate", "--help"][..],
+        &["run", "--help"][..],
+    ] {
         let out = controller(args);
         assert!(out.status.success(), "{args:?}");
         assert!(!out.stdout.is_empty());

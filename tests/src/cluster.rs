@@ -2,7 +2,7 @@
 //! in-project fake API server, a kubeconfig pointing at it, a kube client
 //! for the test, and the real `ferrolb-controller` binary run against it.
 
-use crate::speaker::{free_port, http_get, metric_sum, unique_dir};
+use crate::speaker::{free_port, http_get, metric_samples, unique_dir};
 use ferrolb_kubefake::FakeApiServer;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -274,7 +274,7 @@ impl Controller {
     pub async fn wait_leading(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.metric("ferrolb_controller_leader", &[]).await == 1.0
+            if self.try_metric("ferrolb_controller_leader", &[]).await == Some(1.0)
                 && http_get(self.metrics, "/readyz")
                     .await
                     .is_some_and(|(c, _)| c == 200)
@@ -291,11 +291,40 @@ impl Controller {
         }
     }
 
-    /// A metric's value (summed over matching label sets); 0 if unreachable.
-    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+    /// A metric's value (summed over matching label sets); `None` if the
+    /// endpoint does not answer or has no such sample.
+    pub async fn try_metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
         match http_get(self.metrics, "/metrics").await {
-            Some((200, body)) => metric_sum(&body, name, labels),
-            _ => 0.0,
+            Some((200, body)) => {
+                let samples = metric_samples(&body, name, labels);
+                (!samples.is_empty()).then(|| samples.iter().sum())
+            }
+            _ => None,
+        }
+    }
+
+    /// A metric's value; panics if the controller does not export it, so
+    /// that a misspelt name cannot pass as zero.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.try_metric(name, labels)
+            .await
+            .unwrap_or_else(|| panic!("{} exports no sample {name}{labels:?}", self.identity))
+    }
+
+    /// Waits until a metric has `value` (the controller publishes metrics
+    /// just after its writes, so a test that saw a write may be early).
+    pub async fn wait_metric(&self, name: &str, labels: &[&str], value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.try_metric(name, labels).await;
+            if v == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {v:?}, wanted {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -64,12 +64,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// The sum of every sample of metric `name` in a Prometheus text body whose
 /// labels contain all of `labels` (`key="value"`).
 pub fn metric_sum(body: &str, name: &str, labels: &[&str]) -> f64 {
+    metric_samples(body, name, labels).iter().sum()
+}
+
+/// Every sample of metric `name` whose labels contain all of `labels`.
+pub fn metric_samples(body: &str, name: &str, labels: &[&str]) -> Vec<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect()
 }
 
 impl Speaker {
