@@ -110,6 +110,7 @@ step "demo (README first command)" demo_check
 
 # Figures only: speed targets are compared against a reference in the same run, never asserted.
 step "allocator benchmark" cargo bench --locked -p ferrolb-alloc --bench alloc -- --quick --naive-budget 60
+step "controller benchmark" ./tests/bench/controller_scale.sh --n 10000 --creates 1000
 
 skipped=$(wc -l <"$FERROLB_SKIP_LOG")
 echo

@@ -117,6 +117,12 @@ pub struct Core {
     started: bool,
     config_error: Option<String>,
     tally: Tally,
+    /// Tracked Services that are not `Ignored`.
+    handled: usize,
+}
+
+fn is_handled(v: &ServiceView) -> bool {
+    !matches!(v.handling, Handling::Ignored(_))
 }
 
 fn fmt_ips(ips: &[IpAddr]) -> String {
@@ -143,6 +149,7 @@ impl Core {
             started: false,
             config_error: None,
             tally: Tally::default(),
+            handled: 0,
         }
     }
 
@@ -171,14 +178,10 @@ impl Core {
         &self.tally
     }
 
-    /// Services handled and how many of them hold addresses.
+    /// Services handled and how many of them hold addresses. O(1): the
+    /// runner asks after every event.
     pub fn service_counts(&self) -> (usize, usize) {
-        let managed = self
-            .services
-            .values()
-            .filter(|t| !matches!(t.view.handling, Handling::Ignored(_)))
-            .count();
-        (managed, self.alloc.assignments().count())
+        (self.handled, self.alloc.len())
     }
 
     /// The initial list of Services and the ConfigMap has been seen.
@@ -243,11 +246,26 @@ impl Core {
                 out.extend(self.delete(&key));
             }
         }
-        let t = self.services.entry(key.clone()).or_insert_with(|| Tracked {
-            view: view.clone(),
-            failure: None,
-            pending: None,
-        });
+        let new_handled = is_handled(&view);
+        let t = match self.services.entry(key.clone()) {
+            std::collections::btree_map::Entry::Occupied(e) => {
+                let t = e.into_mut();
+                match (is_handled(&t.view), new_handled) {
+                    (false, true) => self.handled += 1,
+                    (true, false) => self.handled -= 1,
+                    _ => {}
+                }
+                t
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                self.handled += usize::from(new_handled);
+                e.insert(Tracked {
+                    view: view.clone(),
+                    failure: None,
+                    pending: None,
+                })
+            }
+        };
         if t.pending
             .as_ref()
             .is_some_and(|d| observed_matches(&view, d))
@@ -265,6 +283,9 @@ impl Core {
     pub fn delete(&mut self, key: &ServiceKey) -> Vec<Output> {
         let mut out = Vec::new();
         let tracked = self.services.remove(key);
+        if tracked.as_ref().is_some_and(|t| is_handled(&t.view)) {
+            self.handled -= 1;
+        }
         if let Some(a) = self.alloc.release(key) {
             self.tally.releases += 1;
             if let Some(t) = tracked {

@@ -87,8 +87,9 @@ pub async fn run(
             }
         }
         tracing::info!(identity = %settings.identity, "became leader");
-        shared.metrics.leader.set(1);
+        // Not ready until synced: cleared before the leader gauge says we lead.
         shared.ready.store(false, Ordering::Relaxed);
+        shared.metrics.leader.set(1);
         let mut work = tokio::spawn(lead(client.clone(), settings.clone(), Arc::clone(&shared)));
         let stop = loop {
             tokio::select! {
@@ -181,11 +182,17 @@ fn spawn_events(
     identity: String,
     metrics: Arc<Metrics>,
 ) -> mpsc::Sender<(EventOut, ObjectReference)> {
-    let (tx, mut rx) = mpsc::channel::<(EventOut, ObjectReference)>(4096);
-    tokio::spawn(async move {
-        let mut seq: u64 = 0;
-        while let Some((ev, reference)) = rx.recv().await {
-            seq += 1;
+    // Room for one Event per Service of a large cluster allocated at once;
+    // beyond it, Events are counted as dropped rather than held without bound.
+    let (tx, rx) = mpsc::channel::<(EventOut, ObjectReference)>(EVENT_QUEUE);
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    tokio::spawn(stream.for_each_concurrent(EVENT_CONCURRENCY, move |(ev, reference)| {
+        let seq = seq.fetch_add(1, Ordering::Relaxed);
+        let (client, identity, metrics) = (client.clone(), identity.clone(), Arc::clone(&metrics));
+        async move {
             let now = jiff::Timestamp::now();
             let ns = reference
                 .namespace
@@ -211,7 +218,7 @@ fn spawn_events(
                 "regarding": reference,
             });
             let result = match serde_json::from_value::<K8sEvent>(event) {
-                Ok(event) => Api::<K8sEvent>::namespaced(client.clone(), &ns)
+                Ok(event) => Api::<K8sEvent>::namespaced(client, &ns)
                     .create(&PostParams::default(), &event)
                     .await
                     .map(|_| ()),
@@ -222,9 +229,14 @@ fn spawn_events(
                 tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
             }
         }
-    });
+    }));
     tx
 }
+
+/// Events waiting to be published at most.
+const EVENT_QUEUE: usize = 65_536;
+/// Events published at once.
+const EVENT_CONCURRENCY: usize = 4;
 
 /// The API server refuses notes over 1 KiB.
 fn truncate(note: &str, max: usize) -> String {

@@ -47,7 +47,12 @@ pub fn merged(mut base: Value, patch: &Value) -> Value {
 impl Cluster {
     /// Starts an empty cluster.
     pub async fn start() -> Cluster {
-        let server = FakeApiServer::start()
+        Cluster::start_with(ferrolb_kubefake::Options::default()).await
+    }
+
+    /// Starts an empty cluster with server options.
+    pub async fn start_with(options: ferrolb_kubefake::Options) -> Cluster {
+        let server = FakeApiServer::start_with(options)
             .await
             .expect("start the fake API server");
         let dir = unique_dir();
@@ -326,6 +331,21 @@ impl Controller {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident set size in KiB (0 once it has exited).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Its log so far.

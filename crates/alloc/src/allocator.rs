@@ -555,6 +555,16 @@ impl Allocator {
         self.restore(held).rejected
     }
 
+    /// The number of services holding addresses.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether no service holds an address.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
     /// The request a service was last allocated with.
     pub fn request(&self, key: &ServiceKey) -> Option<&Request> {
         self.services.get(key).map(|h| &h.request)
