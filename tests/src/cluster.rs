@@ -239,12 +239,22 @@ pub struct Controller {
 impl Controller {
     /// Starts the controller with a 2-second Lease and `extra` flags; does not wait.
     pub fn spawn(cluster: &Cluster, identity: &str, extra: &[&str]) -> Controller {
+        Controller::spawn_with(&cluster.kubeconfig, &cluster.dir, identity, extra)
+    }
+
+    /// Starts the controller against any kubeconfig (a real cluster too), logging into `dir`.
+    pub fn spawn_with(
+        kubeconfig: &std::path::Path,
+        dir: &std::path::Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Controller {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = cluster.dir.join(format!("controller-{identity}.log"));
+        let log = dir.join(format!("controller-{identity}.log"));
         let child = Command::new(crate::binary("ferrolb-controller"))
             .arg("run")
             .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
+            .arg(kubeconfig)
             .args([
                 "--identity",
                 identity,

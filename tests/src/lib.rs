@@ -67,6 +67,28 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// The kubeconfig of a real cluster for the suites that need one
+/// (`KUBECONFIG`). Without it they skip loudly and the skip is logged, but
+/// never fail: CI machines have no cluster, so [`NO_SKIP_ENV`] does not
+/// apply; the summary lists them as skipped, never as passed.
+pub fn real_cluster(test: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let why = format!("{test}: needs a real cluster (set KUBECONFIG)");
+    eprintln!("\n*** SKIPPED {why} ***\n");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{why}");
+        }
+    }
+    None
+}
+
 /// Returns true if the test may go on. Otherwise prints a loud skip (or,
 /// under [`NO_SKIP_ENV`], panics) and the test must return at once.
 #[must_use]
