@@ -44,9 +44,14 @@ impl Hub {
             tokio::spawn(async move {
                 let mut buf = [0u8; 128];
                 loop {
-                    let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    let Ok((n, from, ttl)) = recv(&socket, &mut buf).await else {
                         continue;
                     };
+                    if !single_hop(ttl) {
+                        // Forwarded (or spoofed from afar): single-hop BFD must ignore it.
+                        tracing::debug!(%from, ?ttl, "BFD packet without TTL 255 dropped");
+                        continue;
+                    }
                     let Ok(c) = Control::decode(&buf[..n]) else {
                         continue;
                     };
@@ -93,7 +98,62 @@ impl Hub {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// The TTL every single-hop BFD packet is sent and must arrive with.
+pub const GTSM_TTL: i32 = 255;
+
+/// Whether a packet that arrived with `ttl` may be from a directly connected
+/// neighbour. A packet whose TTL the kernel did not report is refused too:
+/// it cannot be checked.
+pub fn single_hop(ttl: Option<i32>) -> bool {
+    ttl == Some(GTSM_TTL)
+}
+
+/// Receives one datagram: its length, sender and TTL (hop limit), if the
+/// kernel reported one.
+pub async fn recv(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<i32>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    socket
+        .async_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(&mut *buf)];
+            // Room for one int-sized control message (CMSG_SPACE(4) is 16 or 24
+            // bytes); on the heap, which aligns it for cmsghdr as the kernel needs.
+            let mut space = vec![0u8; 64];
+            let msg = recvmsg::<SockaddrStorage>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT,
+            )?;
+            let ttl = msg.cmsgs()?.find_map(|c| match c {
+                ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => Some(t),
+                _ => None,
+            });
+            let from = msg
+                .address
+                .as_ref()
+                .and_then(|a| match a.family() {
+                    Some(nix::sys::socket::AddressFamily::Inet) => {
+                        a.as_sockaddr_in().map(|s| SocketAddr::V4((*s).into()))
+                    }
+                    Some(nix::sys::socket::AddressFamily::Inet6) => {
+                        a.as_sockaddr_in6().map(|s| SocketAddr::V6((*s).into()))
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| std::io::Error::other("datagram without a sender address"))?;
+            Ok((msg.bytes, from, ttl))
+        })
+        .await
+}
+
+/// The receiving socket. Single-hop BFD accepts only packets sent with TTL
+/// (hop limit) 255, i.e. from a neighbour on the link (RFC 5881 section 5);
+/// [`recv`] reports each packet's TTL so that others can be dropped.
+pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
@@ -101,6 +161,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     )?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
+    }
+    // Ask the kernel for each datagram's TTL / hop limit (IP_RECVTTL, IPV6_RECVHOPLIMIT).
+    if addr.is_ipv6() {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvHopLimit, &true)?;
+    } else {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvTtl, &true)?;
     }
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
@@ -190,6 +256,58 @@ pub async fn down(up: &mut watch::Receiver<bool>) {
     while *up.borrow_and_update() {
         if up.changed().await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Sends one datagram to `to` with the given TTL / hop limit.
+    async fn send(to: SocketAddr, ttl: u32) {
+        let any: SocketAddr = if to.is_ipv4() {
+            "127.0.0.1:0".parse().unwrap()
+        } else {
+            "[::1]:0".parse().unwrap()
+        };
+        let s = UdpSocket::bind(any).await.unwrap();
+        if to.is_ipv4() {
+            s.set_ttl(ttl).unwrap();
+        } else {
+            socket2::SockRef::from(&s).set_unicast_hops_v6(ttl).unwrap();
+        }
+        s.send_to(b"bfd", to).await.unwrap();
+    }
+
+    async fn received_ttl(r: &UdpSocket) -> Option<i32> {
+        let mut buf = [0u8; 16];
+        let (n, _, ttl) = tokio::time::timeout(Duration::from_millis(300), recv(r, &mut buf))
+            .await
+            .expect("the datagram arrives")
+            .unwrap();
+        assert_eq!(&buf[..n], b"bfd");
+        ttl
+    }
+
+    #[tokio::test]
+    async fn every_received_packet_carries_its_ttl() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(r) = bind(local.parse().unwrap()) else {
+                // No IPv6 loopback on this host: nothing to check for that family.
+                assert!(local.starts_with('['), "IPv4 loopback must work");
+                continue;
+            };
+            let to = r.local_addr().unwrap();
+            // The kernel reports each packet's TTL exactly, and the hub admits only 255.
+            for (ttl, admitted) in [(64, false), (254, false), (255, true)] {
+                send(to, ttl).await;
+                let got = received_ttl(&r).await;
+                assert_eq!(got, Some(ttl as i32), "{local}");
+                assert_eq!(single_hop(got), admitted, "{local} TTL {ttl}");
+            }
+            assert!(!single_hop(None));
         }
     }
 }

@@ -74,18 +74,18 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
     } else {
         None
     };
-    // Passive peers: one listener on port 179 hands each accepted connection to its peer's task.
+    // Every peer may be connected to by its router: passive peers only that
+    // way, active ones when both sides connect at once (a collision, RFC 4271
+    // 6.8). Listeners on the peers' port hand each connection to its peer's task.
     let mut inboxes: HashMap<IpAddr, mpsc::UnboundedReceiver<TcpStream>> = HashMap::new();
-    let passive: Vec<&Peer> = opts.peers.iter().filter(|p| p.passive).collect();
-    if !passive.is_empty() {
-        let mut routes = HashMap::new();
-        for p in &passive {
-            let (tx, rx) = mpsc::unbounded_channel();
-            routes.insert(p.address, tx);
-            inboxes.insert(p.address, rx);
-        }
-        listen(&passive, routes)?;
+    let mut routes = HashMap::new();
+    for p in &opts.peers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        routes.insert(p.address, tx);
+        inboxes.insert(p.address, rx);
     }
+    let peers: Vec<&Peer> = opts.peers.iter().collect();
+    listen(&peers, routes)?;
     let mut tasks = Vec::new();
     for (i, p) in opts.peers.iter().enumerate() {
         let bfd = match (&hub, &p.bfd) {
@@ -118,49 +118,54 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
     })
 }
 
-/// Listens on port 179 for the passive peers (with their TCP-MD5 keys set
-/// on the listening socket) and routes each connection to its peer.
+/// Listens for the routers' connections: one socket per (local address,
+/// port), the local address being the peers' `sourceAddress` or any, with
+/// each peer's TCP-MD5 key set on it. A socket that cannot be opened is an
+/// error for passive peers (they have no other way to connect) and a warning
+/// for active ones (their collisions then cannot happen).
 fn listen(
     peers: &[&Peer],
     routes: HashMap<IpAddr, mpsc::UnboundedSender<TcpStream>>,
 ) -> std::io::Result<()> {
     let routes = Arc::new(routes);
-    for v6 in [false, true] {
-        let family: Vec<&&Peer> = peers.iter().filter(|p| p.address.is_ipv6() == v6).collect();
-        if family.is_empty() {
-            continue;
-        }
-        let port = family[0].port;
-        let addr = if v6 {
-            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port)
+    let mut groups: BTreeMap<SocketAddr, Vec<&Peer>> = BTreeMap::new();
+    for p in peers {
+        let ip = p.source_address.unwrap_or(if p.address.is_ipv6() {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
         } else {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
-        };
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        if v6 {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        for p in &family {
-            if let Some(key) = password(p)? {
-                ferrolb_sys::set_tcp_md5(&socket, p.address, &key)?;
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        });
+        groups
+            .entry(SocketAddr::new(ip, p.port))
+            .or_default()
+            .push(p);
+    }
+    for (addr, group) in groups {
+        let listener = match listener(addr, &group) {
+            Ok(l) => l,
+            Err(e) if group.iter().all(|p| !p.passive) => {
+                let names: Vec<&str> = group.iter().map(|p| p.name.as_str()).collect();
+                tracing::warn!(%addr, peers = ?names, error = %e, "cannot accept connections from these (active) peers; only outgoing sessions");
+                continue;
             }
-        }
-        socket.bind(&addr.into())?;
-        socket.listen(64)?;
-        socket.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(socket.into())?;
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} for passive BGP peers: {e}"),
+                ));
+            }
+        };
         let routes = Arc::clone(&routes);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, from)) = listener.accept().await else {
                     continue;
                 };
-                match routes.get(&from.ip()) {
+                let from_ip = match from.ip() {
+                    IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)),
+                    v4 => v4,
+                };
+                match routes.get(&from_ip) {
                     Some(tx) => {
                         let _ = stream.set_nodelay(true);
                         let _ = tx.send(stream);
@@ -173,6 +178,27 @@ fn listen(
         });
     }
     Ok(())
+}
+
+fn listener(addr: SocketAddr, peers: &[&Peer]) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    for p in peers {
+        if let Some(key) = password(p)? {
+            ferrolb_sys::set_tcp_md5(&socket, p.address, &key)?;
+        }
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(64)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 fn password(peer: &Peer) -> std::io::Result<Option<Vec<u8>>> {
@@ -188,13 +214,86 @@ fn password(peer: &Peer) -> std::io::Result<Option<Vec<u8>>> {
     })
 }
 
+/// The next hop a session gives its routes, per family; a family without
+/// one is not sent on that session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NextHops {
+    /// For IPv4 routes.
+    pub v4: Option<Ipv4Addr>,
+    /// For IPv6 routes.
+    pub v6: Option<std::net::Ipv6Addr>,
+}
+
+impl NextHops {
+    /// A session's next hops: its local address for its own family; for the
+    /// other family the configured `nextHopIPv4`/`nextHopIPv6`, else `other`
+    /// (the node's address of that family on the session's interface).
+    pub fn for_session(peer: &Peer, local: IpAddr, other: Option<IpAddr>) -> NextHops {
+        let mut hops = NextHops {
+            v4: peer.next_hop_v4,
+            v6: peer.next_hop_v6,
+        };
+        match local {
+            IpAddr::V4(a) => hops.v4 = hops.v4.or(Some(a)),
+            IpAddr::V6(a) => {
+                // An IPv4-mapped local address means an IPv4 session on a dual-stack socket.
+                match a.to_ipv4_mapped() {
+                    Some(v4) => hops.v4 = hops.v4.or(Some(v4)),
+                    None => hops.v6 = hops.v6.or(Some(a)),
+                }
+            }
+        }
+        match other {
+            Some(IpAddr::V4(a)) => hops.v4 = hops.v4.or(Some(a)),
+            Some(IpAddr::V6(a)) => hops.v6 = hops.v6.or(Some(a)),
+            None => {}
+        }
+        hops
+    }
+}
+
+/// The first usable address of the other family on the interface holding
+/// `local`: global IPv6 (not link-local), or IPv4 outside 169.254/16. This is
+/// what lets one node config (a DaemonSet's) send IPv6 routes over an IPv4
+/// session with each node's own next hop.
+pub fn other_family_address(local: IpAddr) -> Option<IpAddr> {
+    let addrs: Vec<(String, IpAddr)> = nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            let ip = if let Some(v4) = a.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else {
+                IpAddr::V6(a.as_sockaddr_in6()?.ip())
+            };
+            Some((ifa.interface_name, ip))
+        })
+        .collect();
+    let local = match local {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(local),
+        v4 => v4,
+    };
+    let iface = &addrs.iter().find(|(_, ip)| *ip == local)?.0;
+    addrs
+        .iter()
+        .filter(|(name, _)| name == iface)
+        .map(|(_, ip)| *ip)
+        .find(|ip| match (local, ip) {
+            (IpAddr::V4(_), IpAddr::V6(a)) => {
+                !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80
+            }
+            (IpAddr::V6(_), IpAddr::V4(a)) => !a.is_loopback() && !a.is_link_local(),
+            _ => false,
+        })
+}
+
 /// Routes this node wants a peer to have: prefix -> attributes. With no
 /// advertisements configured, every healthy VIP goes to every peer.
 pub fn desired(
     services: &[ServiceVips],
     ads: &[BgpAdvertisement],
     peer: &Peer,
-    local: IpAddr,
+    hops: NextHops,
 ) -> BTreeMap<Prefix, Attrs> {
     let fallback = [BgpAdvertisement::default()];
     let ads = if ads.is_empty() { &fallback[..] } else { ads };
@@ -207,8 +306,12 @@ pub fn desired(
                 continue;
             }
             for vip in &s.vips {
-                // Routes travel over a session of their own family, whose local address is their next hop.
-                if vip.is_ipv4() != local.is_ipv4() {
+                // A route needs a next hop of its family (IPv6 routes over an IPv4 session too).
+                let next_hop = match vip {
+                    IpAddr::V4(_) => hops.v4.map(IpAddr::V4),
+                    IpAddr::V6(_) => hops.v6.map(IpAddr::V6),
+                };
+                if next_hop.is_none() {
                     continue;
                 }
                 let len = if vip.is_ipv4() {
@@ -226,10 +329,8 @@ pub fn desired(
                     } else {
                         vec![]
                     }),
-                    next_hop: match local {
-                        IpAddr::V4(a) => Some(a),
-                        IpAddr::V6(_) => None,
-                    },
+                    // IPv6 next hops travel in MP_REACH_NLRI (see `sync`).
+                    next_hop: if vip.is_ipv4() { hops.v4 } else { None },
                     local_pref: if peer.is_ebgp() { None } else { ad.local_pref },
                     communities: ad.communities.iter().map(|c| c.0).collect(),
                     large_communities: ad
@@ -247,6 +348,40 @@ pub fn desired(
 }
 
 type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+/// Reads a connection's first message, which must be an OPEN; returns the
+/// connection, the OPEN and any bytes that followed it.
+async fn read_open(mut stream: TcpStream) -> std::io::Result<(TcpStream, Open, Vec<u8>)> {
+    let wire = Wire::default();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match codec::decode(&buf, &wire) {
+            Ok(Some((Message::Open(o), used))) => {
+                buf.drain(..used);
+                return Ok((stream, o, buf));
+            }
+            Ok(Some((m, _))) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("first message is not an OPEN: {m:?}"),
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.reason,
+                ))
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
 
 struct PeerTask {
     peer: Peer,
@@ -339,6 +474,8 @@ impl PeerTask {
             advertised: BTreeMap::new(),
             families: Vec::new(),
             pending: Vec::new(),
+            hops: None,
+            outgoing: false,
         };
         let out = st.fsm.handle(Event::Start);
         {
@@ -346,6 +483,8 @@ impl PeerTask {
             self.apply(&mut st, out, &current).await;
         }
         let mut buf = vec![0u8; 65_536];
+        // Connections the router opened while ours exists, with their OPEN read.
+        let (cand_tx, mut candidates) = mpsc::unbounded_channel::<(TcpStream, Open, Vec<u8>)>();
         loop {
             let deadline = st.timers.iter().flatten().min().copied();
             tokio::select! {
@@ -358,6 +497,20 @@ impl PeerTask {
                 }
                 incoming = async { inbox.as_mut().expect("guarded").recv().await }, if inbox.is_some() => {
                     match incoming {
+                        Some(stream) if !self.peer.passive => {
+                            // Both sides connected: read the router's OPEN, then keep one
+                            // connection (RFC 4271 6.8) in the `candidates` branch.
+                            let (tx, name) = (cand_tx.clone(), self.peer.name.clone());
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(Duration::from_secs(10), read_open(stream)).await {
+                                    Ok(Ok(c)) => {
+                                        let _ = tx.send(c);
+                                    }
+                                    Ok(Err(e)) => tracing::debug!(peer = %name, error = %e, "incoming connection closed before a valid OPEN"),
+                                    Err(_) => tracing::debug!(peer = %name, "incoming connection sent no OPEN within 10 s; closed"),
+                                }
+                            });
+                        }
                         Some(stream) => {
                             let current = services.borrow().clone();
                             if st.conn.is_some() {
@@ -373,10 +526,33 @@ impl PeerTask {
                             }
                             tracing::info!(peer = %self.peer.name, "accepted a connection");
                             st.conn = Some(stream);
+                            st.outgoing = false;
                             let out = st.fsm.handle(Event::TcpConnected);
                             self.apply(&mut st, out, &current).await;
                         }
                         None => inbox = None,
+                    }
+                }
+                Some((mut stream, open, rest)) = candidates.recv() => {
+                    let current = services.borrow().clone();
+                    match st.fsm.collision_with(open.router_id, st.outgoing) {
+                        fsm::Collision::KeepCurrent => {
+                            tracing::info!(peer = %self.peer.name, state = ?st.fsm.state(), router_id = %open.router_id, "connection collision: keeping the current connection, closing the router's new one");
+                            let bytes = codec::encode(&Message::Notification(Notification::collision()), &Wire::default());
+                            let _ = stream.write_all(&bytes).await;
+                            let _ = stream.shutdown().await;
+                        }
+                        fsm::Collision::TakeIncoming(out) => {
+                            tracing::info!(peer = %self.peer.name, router_id = %open.router_id, "connection collision: taking the router's connection");
+                            self.apply(&mut st, out, &current).await;
+                            st.conn = Some(stream);
+                            st.rbuf = rest;
+                            st.outgoing = false;
+                            let out = st.fsm.handle(Event::TcpConnected);
+                            self.apply(&mut st, out, &current).await;
+                            let out = st.fsm.handle(Event::Message(Message::Open(open)));
+                            self.apply(&mut st, out, &current).await;
+                        }
                     }
                 }
                 _ = crate::forwarder::until_set(&mut stop) => {
@@ -400,6 +576,7 @@ impl PeerTask {
                         Ok(stream) => {
                             tracing::info!(peer = %self.peer.name, address = %self.peer.address, "connected");
                             st.conn = Some(stream);
+                            st.outgoing = true;
                             Event::TcpConnected
                         }
                         Err(e) => {
@@ -508,6 +685,7 @@ impl PeerTask {
                         }
                         st.rbuf.clear();
                         st.advertised.clear();
+                        st.hops = None;
                         st.connecting = None;
                     }
                     Output::Send(m) => {
@@ -574,6 +752,7 @@ impl PeerTask {
                     Output::Refresh(_) => {
                         // Re-send everything the peer should have.
                         st.advertised.clear();
+                        st.hops = None;
                         self.sync(st, services).await;
                     }
                 }
@@ -599,7 +778,20 @@ impl PeerTask {
         else {
             return;
         };
-        let want: BTreeMap<Prefix, Attrs> = desired(services, &self.ads, &self.peer, local)
+        let hops = *st.hops.get_or_insert_with(|| {
+            let other = if self.peer.next_hop_v4.is_some() && self.peer.next_hop_v6.is_some() {
+                None
+            } else {
+                other_family_address(local)
+            };
+            let hops = NextHops::for_session(&self.peer, local, other);
+            if hops.v4.is_none() || hops.v6.is_none() {
+                let missing = if hops.v4.is_none() { "IPv4 (nextHopIPv4)" } else { "IPv6 (nextHopIPv6)" };
+                tracing::info!(peer = %self.peer.name, %local, "no {missing} next hop on this session's interface: those routes are not sent to this peer");
+            }
+            hops
+        });
+        let want: BTreeMap<Prefix, Attrs> = desired(services, &self.ads, &self.peer, hops)
             .into_iter()
             .filter(|(p, _)| st.families.contains(&p.afi()))
             .collect();
@@ -619,10 +811,7 @@ impl PeerTask {
                 None => by_attrs.push((a.clone(), vec![*p])),
             }
         }
-        let nh6 = match local {
-            IpAddr::V6(a) => Some(a),
-            _ => None,
-        };
+        let nh6 = hops.v6;
         let mut messages = codec::pack_withdrawals(&gone, &st.wire);
         for (attrs, prefixes) in &by_attrs {
             messages.extend(codec::pack(attrs, prefixes, nh6, &st.wire));
@@ -660,6 +849,10 @@ struct State {
     advertised: BTreeMap<Prefix, Attrs>,
     families: Vec<Afi>,
     pending: Vec<Event>,
+    /// Next hops of the current session, found when it is established.
+    hops: Option<NextHops>,
+    /// Whether the current connection is the one we opened.
+    outgoing: bool,
 }
 
 #[cfg(test)]
@@ -690,6 +883,80 @@ bgp:
         (services, cfg.bgp.expect("bgp section"))
     }
 
+    fn v4_session(peer: &Peer) -> NextHops {
+        NextHops::for_session(peer, "192.0.2.11".parse().unwrap(), None)
+    }
+
+    #[test]
+    fn next_hops_per_family() {
+        let (_, bgp) = setup("");
+        let peer = &bgp.peers[0];
+        let v4: IpAddr = "192.0.2.11".parse().unwrap();
+        let v6: IpAddr = "2001:db8::11".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.11".parse().unwrap();
+        assert_eq!(
+            NextHops::for_session(peer, v4, None),
+            NextHops {
+                v4: Some("192.0.2.11".parse().unwrap()),
+                v6: None
+            }
+        );
+        assert_eq!(
+            NextHops::for_session(peer, mapped, None).v4,
+            Some("192.0.2.11".parse().unwrap())
+        );
+        let both = NextHops::for_session(peer, v4, Some(v6));
+        assert_eq!(both.v6, Some("2001:db8::11".parse().unwrap()));
+        assert_eq!(
+            NextHops::for_session(peer, v6, Some(v4)).v4,
+            Some("192.0.2.11".parse().unwrap())
+        );
+        // Configured next hops win over what the interface offers.
+        let mut p = peer.clone();
+        p.next_hop_v6 = Some("2001:db8::99".parse().unwrap());
+        assert_eq!(
+            NextHops::for_session(&p, v4, Some(v6)).v6,
+            Some("2001:db8::99".parse().unwrap())
+        );
+        // Loopback has ::1 beside 127.0.0.1, but that is not a usable next hop.
+        assert_eq!(other_family_address("127.0.0.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn ipv6_routes_travel_over_an_ipv4_session_only_with_a_next_hop() {
+        let cfg = ferrolb_config::Config::from_yaml(
+            "pools: [{name: a, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}]
+bgp:
+  peers: [{name: r1, address: 192.0.2.1, asn: 65000, myAsn: 65001}]",
+        )
+        .unwrap();
+        let bgp = cfg.bgp.unwrap();
+        let services = vec![ServiceVips {
+            key: "web".into(),
+            pool: "a".into(),
+            vips: vec![
+                "203.0.113.1".parse().unwrap(),
+                "2001:db8:100::1".parse().unwrap(),
+            ],
+            healthy: true,
+        }];
+        let peer = &bgp.peers[0];
+        let only_v4 = desired(&services, &bgp.advertisements, peer, v4_session(peer));
+        assert_eq!(only_v4.len(), 1);
+        let hops = NextHops::for_session(
+            peer,
+            "192.0.2.11".parse().unwrap(),
+            Some("2001:db8::11".parse().unwrap()),
+        );
+        let both = desired(&services, &bgp.advertisements, peer, hops);
+        assert_eq!(both.len(), 2);
+        let v6 = both.iter().find(|(p, _)| p.afi() == Afi::Ipv6).unwrap();
+        assert_eq!(
+            v6.1.next_hop, None,
+            "the IPv6 next hop goes into MP_REACH_NLRI"
+        );
+    }
+
     fn prefixes(routes: &BTreeMap<Prefix, Attrs>) -> Vec<String> {
         routes.keys().map(|p| format!("{p:?}")).collect()
     }
@@ -697,9 +964,8 @@ bgp:
     #[test]
     fn without_advertisements_every_healthy_vip_goes_to_every_peer() {
         let (services, bgp) = setup("");
-        let local: IpAddr = "192.0.2.11".parse().unwrap();
         for peer in &bgp.peers {
-            let routes = desired(&services, &bgp.advertisements, peer, local);
+            let routes = desired(&services, &bgp.advertisements, peer, v4_session(peer));
             assert_eq!(routes.len(), 2, "{peer:?}: {:?}", prefixes(&routes));
             assert!(routes
                 .values()
@@ -712,9 +978,18 @@ bgp:
         let (services, bgp) = setup(
             "  advertisements: [{pools: [a], peers: [r1, r2], localPref: 200}, {pools: [b], peers: [r2]}]",
         );
-        let local: IpAddr = "192.0.2.11".parse().unwrap();
-        let r1 = desired(&services, &bgp.advertisements, &bgp.peers[0], local);
-        let r2 = desired(&services, &bgp.advertisements, &bgp.peers[1], local);
+        let r1 = desired(
+            &services,
+            &bgp.advertisements,
+            &bgp.peers[0],
+            v4_session(&bgp.peers[0]),
+        );
+        let r2 = desired(
+            &services,
+            &bgp.advertisements,
+            &bgp.peers[1],
+            v4_session(&bgp.peers[1]),
+        );
         assert_eq!(r1.len(), 1, "{:?}", prefixes(&r1));
         assert_eq!(
             r1.values().next().unwrap().local_pref,

@@ -614,3 +614,144 @@ fn tcp_md5_with_the_wrong_password_never_establishes() {
         "{metrics}"
     );
 }
+
+#[test]
+fn ipv6_vips_reach_bird_over_an_ipv4_session_with_the_nodes_ipv6_next_hop() {
+    if !require(
+        "BGP IPv6 over an IPv4 session against BIRD",
+        &[Need::Root, Need::Program("bird"), Need::Program("birdc")],
+    ) {
+        return;
+    }
+    // One IPv4 session carrying both families (MP-BGP); no nextHopIPv6 in the
+    // config: the speaker takes the node's IPv6 address on the session's link.
+    let bird = "router id 192.0.2.1;
+log \"DIR/bird.log\" all;
+protocol device { }
+protocol bgp ferrolb {
+  local 192.0.2.1 as 65000;
+  neighbor 192.0.2.11 as 65001;
+  hold time 9;
+  passive on;
+  ipv4 { import all; export none; };
+  ipv6 { import all; export none; };
+}
+";
+    let speaker = "pools: [{name: vips, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}]
+services:
+  - {name: web, ip: 203.0.113.10}
+  - {name: web6, ip: \"2001:db8:100::10\"}
+bgp:
+  routerId: 192.0.2.11
+  peers:
+    - {name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s}
+";
+    let rig = Rig::custom("v6v4", bird, speaker);
+    rig.wait_for(
+        "both routes over the IPv4 session",
+        Duration::from_secs(15),
+        |r| r.has_route("203.0.113.10/32") && r.has_route("2001:db8:100::10/128"),
+    );
+    let detail = rig.birdc("show route for 2001:db8:100::10 all");
+    assert!(
+        detail.contains("[ferrolb "),
+        "learned from the IPv4 session: {detail}"
+    );
+    assert!(detail.contains("BGP.next_hop: 2001:db8::11"), "{detail}");
+    let protocols = rig.birdc("show protocols all ferrolb");
+    assert!(protocols.contains("Established"), "{protocols}");
+}
+
+#[test]
+fn bird_and_the_speaker_both_connecting_settle_on_one_session() {
+    if !require(
+        "BGP connection collision against BIRD",
+        &[Need::Root, Need::Program("bird"), Need::Program("birdc")],
+    ) {
+        return;
+    }
+    // Neither side is passive: BIRD connects to the speaker's port 179 while the
+    // speaker connects to BIRD's. Whatever the timing, one session must remain
+    // (RFC 4271 6.8: BIRD's identifier 192.0.2.1 is lower than ours, 192.0.2.11,
+    // so if both connections reach OPEN, ours is kept).
+    let bird = bird_conf(Path::new("DIR"), None).replacen(
+        "  passive on;\n",
+        "  connect delay time 1;\n  connect retry time 1;\n",
+        1,
+    );
+    let speaker = speaker_conf("  - {name: web, ip: 203.0.113.10}", None);
+    let rig = Rig::custom("coll", &bird, &speaker);
+    rig.wait_for("the route", Duration::from_secs(15), |r| {
+        r.has_route("203.0.113.10/32")
+    });
+    // Stable for several connect-retry periods: no flapping between two connections.
+    let before = rig.birdc("show protocols ferrolb");
+    std::thread::sleep(Duration::from_secs(4));
+    let after = rig.birdc("show protocols all ferrolb");
+    assert!(after.contains("Established"), "{after}");
+    assert!(rig.has_route("203.0.113.10/32"), "{}", rig.logs());
+    let since = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("ferrolb"))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_string())
+    };
+    assert_eq!(
+        since(&before),
+        since(&after),
+        "the session flapped:\n{before}\n{after}\n{}",
+        rig.logs()
+    );
+    let metrics = rig.metrics();
+    assert!(
+        metrics.contains("ferrolb_bgp_session_up{peer=\"bird\"} 1"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(rig.dir.join("speaker.log")).unwrap_or_default();
+    eprintln!(
+        "collisions resolved by the speaker in this run: {}",
+        log.matches("connection collision").count()
+    );
+}
+
+#[test]
+fn an_active_peer_takes_birds_connection_when_its_own_cannot_connect() {
+    if !require(
+        "BGP active peer accepting BIRD's connection",
+        &[Need::Root, Need::Program("bird"), Need::Program("birdc")],
+    ) {
+        return;
+    }
+    // BIRD listens on 1790 only, so the speaker's connections to port 179 are
+    // refused; BIRD connects to the speaker's port 179 instead, and the
+    // speaker, although active, takes that connection (no collision: it had
+    // none of its own).
+    let bird = bird_conf(Path::new("DIR"), None)
+        .replacen(
+            "  local 192.0.2.1 as 65000;\n",
+            "  local 192.0.2.1 port 1790 as 65000;\n",
+            1,
+        )
+        .replacen(
+            "  neighbor 192.0.2.11 as 65001;\n",
+            "  neighbor 192.0.2.11 port 179 as 65001;\n",
+            1,
+        )
+        .replacen(
+            "  passive on;\n",
+            "  connect delay time 1;\n  connect retry time 1;\n",
+            1,
+        );
+    let speaker = speaker_conf("  - {name: web, ip: 203.0.113.10}", None);
+    let rig = Rig::custom("accept", &bird, &speaker);
+    rig.wait_for(
+        "the route over BIRD's connection",
+        Duration::from_secs(20),
+        |r| r.has_route("203.0.113.10/32"),
+    );
+    let log = std::fs::read_to_string(rig.dir.join("speaker.log")).unwrap_or_default();
+    assert!(
+        log.contains("taking the router's connection"),
+        "{}",
+        rig.logs()
+    );
+}

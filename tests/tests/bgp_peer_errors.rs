@@ -1,10 +1,11 @@
-//! A misbehaving BGP peer: a hand-written router on loopback sends a bad
+//! Hand-written routers on loopback. A misbehaving BGP peer sends a bad
 //! OPEN, a bad header, then a malformed UPDATE after the session is up. The
 //! speaker answers each with the RFC 4271 NOTIFICATION, never panics, and
 //! reconnects with backoff that resets once a session was established. Needs
 //! no root (the speaker connects out to 127.0.0.1). The VIP is in 127.0.0.0/8,
 //! already local on every host, so the local route a speaker running as root
-//! adds changes nothing; the test removes it at the end.
+//! adds changes nothing; the test removes it at the end. Also: a passive peer
+//! whose router reconnects, and connection collisions (both sides connect).
 
 use ferrolb_tests::speaker::Speaker;
 use std::time::{Duration, Instant};
@@ -27,10 +28,15 @@ fn message(kind: u8, body: &[u8]) -> Vec<u8> {
 
 /// An OPEN from AS 65000, hold 9 s, ID 192.0.2.1, with the 4-octet AS capability.
 fn open(version: u8) -> Vec<u8> {
+    open_from(version, [192, 0, 2, 1])
+}
+
+/// The same OPEN with BGP identifier `id`.
+fn open_from(version: u8, id: [u8; 4]) -> Vec<u8> {
     let mut b = vec![version];
     b.extend_from_slice(&65000u16.to_be_bytes());
     b.extend_from_slice(&9u16.to_be_bytes());
-    b.extend_from_slice(&[192, 0, 2, 1]);
+    b.extend_from_slice(&id);
     // Optional parameters: one capability parameter holding 4-octet AS 65000.
     b.extend_from_slice(&[8, 2, 6, 65, 4]);
     b.extend_from_slice(&65000u32.to_be_bytes());
@@ -165,13 +171,18 @@ bgp:
 /// Runs OPEN and KEEPALIVE as the router on `c` until the VIP's UPDATE arrives.
 async fn establish(c: &mut TcpStream) {
     c.write_all(&open(4)).await.unwrap();
+    finish(c, [127, 0, 31, 10], false).await;
+}
+
+/// Sends KEEPALIVE (the router's OPEN is already sent) and reads until the
+/// UPDATE announcing `vip`/32 arrives; `opened`: the speaker's OPEN was read already.
+async fn finish(c: &mut TcpStream, vip: [u8; 4], mut opened: bool) {
     c.write_all(&message(KEEPALIVE, &[])).await.unwrap();
-    let mut opened = false;
     loop {
         let (kind, body) = read(c).await;
         assert_ne!(kind, NOTIFICATION, "session refused: {body:?}");
         opened |= kind == OPEN;
-        if kind == UPDATE && body.ends_with(&[32, 127, 0, 31, 10]) {
+        if kind == UPDATE && body.ends_with(&[32, vip[0], vip[1], vip[2], vip[3]]) {
             assert!(opened, "OPEN before UPDATE");
             return;
         }
@@ -243,4 +254,145 @@ bgp:
             "local",
         ])
         .output();
+}
+
+/// Both sides connect at once (RFC 4271 6.8). The "router" is 127.0.0.2 and
+/// listens there; the speaker connects from, and listens on, 127.0.0.3 (its
+/// `sourceAddress`), on the same port. The speaker's identifier is 192.0.2.11.
+/// Returns the connection the speaker opened (its OPEN read) and the one the
+/// router opened (the router's OPEN with `router_id` sent).
+async fn both_connect(
+    port: u16,
+    router: &TcpListener,
+    speaker: &Speaker,
+    router_id: [u8; 4],
+) -> (TcpStream, TcpStream) {
+    let (outgoing, _) = accept(router, speaker).await;
+    let t = Instant::now();
+    let mut incoming = loop {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        match s
+            .connect(format!("127.0.0.3:{port}").parse().unwrap())
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "speaker not listening on 127.0.0.3:{port}: {e}\n{}",
+                    speaker.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    incoming.write_all(&open_from(4, router_id)).await.unwrap();
+    (outgoing, incoming)
+}
+
+fn collision_speaker_config(port: u16, vip_octet: u8) -> String {
+    format!(
+        "pools: [{{name: vips, addresses: [127.0.32.0/28]}}]
+services: [{{name: web, ip: 127.0.32.{vip_octet}}}]
+bgp:
+  routerId: 192.0.2.11
+  peers: [{{name: router, address: 127.0.0.2, port: {port}, sourceAddress: 127.0.0.3, asn: 65000, myAsn: 65001, holdTime: 90s}}]
+"
+    )
+}
+
+fn remove_route(vip: &str) {
+    let _ = std::process::Command::new("ip")
+        .args(["route", "del", "local", vip, "dev", "lo", "table", "local"])
+        .output();
+}
+
+#[tokio::test]
+async fn collision_keeps_the_connection_of_the_higher_identifier() {
+    // The router's identifier is lower (192.0.2.1 < 192.0.2.11): the speaker keeps
+    // the connection it opened and closes the router's with Cease/7.
+    let router = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = router.local_addr().unwrap().port();
+    let speaker = Speaker::start(&collision_speaker_config(port, 10)).await;
+    let (mut outgoing, mut incoming) = both_connect(port, &router, &speaker, [192, 0, 2, 1]).await;
+    assert_eq!(
+        notification(&mut incoming).await,
+        (6, 7),
+        "{}",
+        speaker.log()
+    );
+    outgoing.write_all(&open(4)).await.unwrap();
+    finish(&mut outgoing, [127, 0, 32, 10], true).await;
+    assert!(
+        speaker.log().contains("keeping the current connection"),
+        "{}",
+        speaker.log()
+    );
+    drop(speaker);
+
+    // The router's identifier is higher (192.0.2.200): the speaker gives up its
+    // own connection with Cease/7 and completes the session on the router's.
+    let router = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = router.local_addr().unwrap().port();
+    let speaker = Speaker::start(&collision_speaker_config(port, 11)).await;
+    let (mut outgoing, mut incoming) =
+        both_connect(port, &router, &speaker, [192, 0, 2, 200]).await;
+    assert_eq!(
+        notification(&mut outgoing).await,
+        (6, 7),
+        "{}",
+        speaker.log()
+    );
+    finish(&mut incoming, [127, 0, 32, 11], false).await;
+    assert!(
+        speaker.log().contains("taking the router's connection"),
+        "{}",
+        speaker.log()
+    );
+    let (_, metrics) = speaker.http("/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("ferrolb_bgp_session_up{peer=\"router\"} 1"),
+        "{metrics}"
+    );
+    drop(speaker);
+    remove_route("127.0.32.10/32");
+    remove_route("127.0.32.11/32");
+}
+
+#[tokio::test]
+async fn an_established_session_is_kept_when_the_router_connects_again() {
+    let router = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = router.local_addr().unwrap().port();
+    let speaker = Speaker::start(&collision_speaker_config(port, 12)).await;
+    let (mut outgoing, _) = accept(&router, &speaker).await;
+    outgoing.write_all(&open(4)).await.unwrap();
+    finish(&mut outgoing, [127, 0, 32, 12], true).await;
+    // A higher identifier does not matter once Established: the new connection is refused.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut late = s
+        .connect(format!("127.0.0.3:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    late.write_all(&open_from(4, [192, 0, 2, 200]))
+        .await
+        .unwrap();
+    assert_eq!(notification(&mut late).await, (6, 7), "{}", speaker.log());
+    // The established session is untouched: a KEEPALIVE still gets no NOTIFICATION back.
+    outgoing.write_all(&message(KEEPALIVE, &[])).await.unwrap();
+    let mut buf = [0u8; 19];
+    let r = timeout(Duration::from_millis(500), outgoing.read(&mut buf)).await;
+    assert!(
+        !matches!(r, Ok(Ok(0))),
+        "the established session was closed"
+    );
+    if let Ok(Ok(n)) = r {
+        assert!(
+            n < 19 || buf[18] != NOTIFICATION,
+            "NOTIFICATION on the established session"
+        );
+    }
+    drop(speaker);
+    remove_route("127.0.32.12/32");
 }

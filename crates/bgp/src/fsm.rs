@@ -160,6 +160,18 @@ pub enum Keep {
     Incoming,
 }
 
+/// What to do with a connection the peer opened while this session has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Collision {
+    /// Keep the current connection; close the new one with
+    /// [`Notification::collision`] (after its OPEN).
+    KeepCurrent,
+    /// Take the new connection: carry out these outputs on the current one
+    /// (Cease with subcode 7 if an OPEN was sent, then close), then feed
+    /// `TcpConnected` and the new connection's OPEN.
+    TakeIncoming(Vec<Output>),
+}
+
 /// Resolves a connection collision.
 pub fn collision(local_id: Ipv4Addr, remote_id: Ipv4Addr) -> Keep {
     if u32::from(local_id) > u32::from(remote_id) {
@@ -189,6 +201,47 @@ impl Session {
     /// What was negotiated, while Established.
     pub fn negotiated(&self) -> Option<&Negotiated> {
         self.negotiated.as_ref()
+    }
+
+    /// The peer opened a connection (and sent an OPEN with `remote_id`)
+    /// while this session has one (RFC 4271 6.8). `current_outgoing` says
+    /// whether the current connection is ours. An Established session is
+    /// kept; before that the speaker with the higher BGP identifier keeps the
+    /// connection it opened. A second connection from the peer while the
+    /// current one is also the peer's means the peer restarted: the new one
+    /// is taken. Without a connection (Idle, Connect, Active) there is no
+    /// collision: the new connection is taken.
+    pub fn collision_with(&mut self, remote_id: Ipv4Addr, current_outgoing: bool) -> Collision {
+        let take = match self.state {
+            State::Established => false,
+            State::OpenSent | State::OpenConfirm if current_outgoing => {
+                collision(self.cfg.router_id, remote_id) == Keep::Incoming
+            }
+            _ => true,
+        };
+        if !take {
+            return Collision::KeepCurrent;
+        }
+        let mut out = Vec::new();
+        if matches!(
+            self.state,
+            State::OpenSent | State::OpenConfirm | State::Established
+        ) {
+            out.push(Output::Send(Message::Notification(
+                Notification::collision(),
+            )));
+        }
+        out.push(Output::Disconnect);
+        out.push(Output::StopTimer(Timer::Hold));
+        out.push(Output::StopTimer(Timer::Keepalive));
+        if self.state == State::Established {
+            out.push(Output::Down("replaced by the peer's new connection".into()));
+        }
+        // Ready for TcpConnected on the new connection, as if it had just been accepted.
+        self.negotiated = None;
+        self.stopped = false;
+        self.state = State::Active;
+        Collision::TakeIncoming(out)
     }
 
     /// The OPEN this session sends.
@@ -888,6 +941,97 @@ mod tests {
         let lo: Ipv4Addr = "10.0.0.1".parse().unwrap();
         assert_eq!(collision(hi, lo), Keep::Outgoing);
         assert_eq!(collision(lo, hi), Keep::Incoming);
+    }
+
+    /// A session driven to `state` over an outgoing connection.
+    fn in_state(state: State) -> Session {
+        let mut s = Session::new(cfg(false));
+        match state {
+            State::Idle => {}
+            State::Connect => {
+                s.handle(Event::Start);
+            }
+            State::Active => {
+                s.handle(Event::Start);
+                s.handle(Event::TcpFailed);
+            }
+            State::OpenSent => {
+                s.handle(Event::Start);
+                s.handle(Event::TcpConnected);
+            }
+            State::OpenConfirm => {
+                s.handle(Event::Start);
+                s.handle(Event::TcpConnected);
+                s.handle(Event::Message(peer_open(90)));
+            }
+            State::Established => s = established(false),
+        }
+        assert_eq!(s.state(), state);
+        s
+    }
+
+    #[test]
+    fn collisions_in_every_state() {
+        // Our identifier is 10.0.0.2.
+        let higher: Ipv4Addr = "10.0.0.9".parse().unwrap();
+        let lower: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let cease = Output::Send(Message::Notification(Notification::collision()));
+        // (state, peer id, current connection ours?) -> take the new one?, Cease sent on the old?
+        let table = [
+            (State::Idle, lower, true, true, false),
+            (State::Connect, lower, true, true, false),
+            (State::Active, lower, true, true, false),
+            (State::OpenSent, lower, true, false, false),
+            (State::OpenSent, higher, true, true, true),
+            (State::OpenConfirm, lower, true, false, false),
+            (State::OpenConfirm, higher, true, true, true),
+            (State::OpenConfirm, lower, false, true, true),
+            (State::Established, higher, true, false, false),
+            (State::Established, lower, false, false, false),
+        ];
+        for (state, peer, ours, take, notify) in table {
+            let mut s = in_state(state);
+            match s.collision_with(peer, ours) {
+                Collision::KeepCurrent => {
+                    assert!(
+                        !take,
+                        "{state:?} {peer} {ours}: kept the current connection"
+                    );
+                    assert_eq!(
+                        s.state(),
+                        state,
+                        "nothing changes when the new connection is refused"
+                    );
+                }
+                Collision::TakeIncoming(out) => {
+                    assert!(take, "{state:?} {peer} {ours}: took the new connection");
+                    assert_eq!(out.contains(&cease), notify, "{state:?}: {out:?}");
+                    assert!(out.contains(&Output::Disconnect));
+                    assert_eq!(s.state(), State::Active);
+                    // The new connection then runs the normal handshake.
+                    let out = s.handle(Event::TcpConnected);
+                    assert!(matches!(out[1], Output::Send(Message::Open(_))), "{out:?}");
+                    s.handle(Event::Message(peer_open(90)));
+                    let out = s.handle(Event::Message(Message::Keepalive));
+                    assert!(
+                        matches!(out.last(), Some(Output::Established(_))),
+                        "{out:?}"
+                    );
+                }
+            }
+        }
+        // The Cease is subcode 7 and survives the wire.
+        let wire = Wire::default();
+        let bytes = encode(&Message::Notification(Notification::collision()), &wire);
+        let (m, _) = decode(&bytes, &wire).unwrap().unwrap();
+        assert_eq!(
+            m,
+            Message::Notification(Notification {
+                code: 6,
+                subcode: 7,
+                data: vec![]
+            })
+        );
     }
 
     #[test]

@@ -307,6 +307,8 @@ pub struct Notification {
 pub const CEASE: u8 = 6;
 /// Cease subcode: administrative shutdown (2).
 pub const ADMIN_SHUTDOWN: u8 = 2;
+/// Cease subcode 7: Connection Collision Resolution (RFC 4486).
+pub const COLLISION_RESOLUTION: u8 = 7;
 
 impl Notification {
     /// Cease / administrative shutdown with an RFC 9003 message (cut to 255
@@ -323,6 +325,16 @@ impl Notification {
             code: CEASE,
             subcode: ADMIN_SHUTDOWN,
             data,
+        }
+    }
+
+    /// Cease, Connection Collision Resolution: sent on the connection given
+    /// up when both speakers connected at once.
+    pub fn collision() -> Notification {
+        Notification {
+            code: CEASE,
+            subcode: COLLISION_RESOLUTION,
+            data: vec![],
         }
     }
 

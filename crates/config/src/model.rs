@@ -211,6 +211,14 @@ pub struct Peer {
     pub passive: bool,
     /// Local address to connect from.
     pub source_address: Option<IpAddr>,
+    /// Next hop of IPv4 routes; default: the session's local address on an
+    /// IPv4 session, else the node's first global IPv4 address on the
+    /// session's interface.
+    pub next_hop_v4: Option<std::net::Ipv4Addr>,
+    /// Next hop of IPv6 routes; default: the session's local address on an
+    /// IPv6 session, else the node's first global IPv6 address on the
+    /// session's interface.
+    pub next_hop_v6: Option<std::net::Ipv6Addr>,
     /// Graceful restart settings.
     pub graceful_restart: GracefulRestart,
     /// BFD settings; `None` means no BFD.

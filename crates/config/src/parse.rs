@@ -511,6 +511,8 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
             "passwordFile",
             "ebgpMultihop",
             "sourceAddress",
+            "nextHopIPv4",
+            "nextHopIPv6",
             "gracefulRestart",
             "bfd",
             "nodeSelector",
@@ -596,6 +598,24 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
             );
         }
     }
+    let next_hop_v4 = obj
+        .get("nextHopIPv4")
+        .and_then(|f| match ctx.parse::<IpAddr>(f)? {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => {
+                ctx.error(f.path, format!("{a} is not an IPv4 address"));
+                None
+            }
+        });
+    let next_hop_v6 = obj
+        .get("nextHopIPv6")
+        .and_then(|f| match ctx.parse::<IpAddr>(f)? {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(a) => {
+                ctx.error(f.path, format!("{a} is not an IPv6 address"));
+                None
+            }
+        });
     if let (Some(p), Some(m), Some(f)) = (peer_asn, my_asn, obj.get("ebgpMultihop")) {
         if p == m {
             ctx.error(
@@ -622,6 +642,8 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
         ebgp_multihop,
         passive,
         source_address,
+        next_hop_v4,
+        next_hop_v6,
         graceful_restart,
         bfd,
         node_selector,
