@@ -283,39 +283,18 @@ fn tcp_md5_session_with_bird() {
         .contains("Established"));
 }
 
-#[test]
-fn gobgp_learns_the_vip() {
-    if !require(
-        "gobgp_learns_the_vip",
-        &[
-            Need::Root,
-            Need::Program("ip"),
-            Need::Program("gobgpd"),
-            Need::Program("gobgp"),
-        ],
-    ) {
-        return;
-    }
-    let (mut lab, dir) = routers::router_and_node("k", "bgp");
-    std::fs::write(
-        dir.join("gobgpd.toml"),
-        "[global.config]\n  as = 65000\n  router-id = \"192.0.2.1\"\n  local-address-list = [\"192.0.2.1\"]\n\
-         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.0.2.11\"\n    peer-as = 65001\n\
-         \x20 [neighbors.transport.config]\n    passive-mode = true\n\
-         \x20 [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n",
-    )
-    .unwrap();
+/// GoBGP (passive) in the router namespace with `toml`, the speaker on the
+/// node with `speaker`.
+fn gobgp_rig(tag: &str, toml: &str, speaker: &str) -> (Lab, PathBuf) {
+    let (mut lab, dir) = routers::router_and_node(tag, "bgp");
+    std::fs::write(dir.join("gobgpd.toml"), toml).unwrap();
     routers::gobgpd(
         &mut lab,
         "router",
         &dir.join("gobgpd.toml"),
         &dir.join("gobgpd.log"),
     );
-    std::fs::write(dir.join("speaker.yaml"), speaker_conf("  - {name: web, ip: 203.0.113.10}", None).replace(
-        "    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n",
-        "",
-    ))
-    .unwrap();
+    std::fs::write(dir.join("speaker.yaml"), speaker).unwrap();
     routers::speaker(
         &mut lab,
         "node",
@@ -324,23 +303,111 @@ fn gobgp_learns_the_vip() {
         &["--log-level", "debug"],
         &dir.join("speaker.log"),
     );
+    (lab, dir)
+}
+
+/// Waits until GoBGP's RIB of `family` (`ipv4`, `ipv6`) lists `prefix`; returns the table.
+fn gobgp_route(lab: &Lab, dir: &Path, family: &str, prefix: &str) -> String {
     let t = Instant::now();
     loop {
-        let text = routers::gobgp(&lab, "router", &["global", "rib", "-a", "ipv4"]);
-        if text.contains("203.0.113.10/32") {
-            assert!(text.contains("192.0.2.11"), "next hop: {text}");
-            assert!(text.contains("65001"), "AS path: {text}");
-            eprintln!("GoBGP has the route after {:?}:\n{text}", t.elapsed());
-            break;
+        let text = routers::gobgp(lab, "router", &["global", "rib", "-a", family]);
+        if text.contains(prefix) {
+            eprintln!("GoBGP has {prefix} after {:?}:\n{text}", t.elapsed());
+            return text;
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),
-            "GoBGP never learned the route: {text}\n--- gobgpd\n{}\n--- speaker\n{}",
-            std::fs::read_to_string(dir.join("gobgpd.log")).unwrap_or_default(),
-            std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+            "GoBGP never learned {prefix}: {text}\n{}",
+            routers::read_logs(dir, &["gobgpd.log", "speaker.log"])
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+const GOBGP_NEEDS: [Need; 4] = [
+    Need::Root,
+    Need::Program("ip"),
+    Need::Program("gobgpd"),
+    Need::Program("gobgp"),
+];
+
+#[test]
+fn gobgp_learns_the_vip() {
+    if !require("gobgp_learns_the_vip", &GOBGP_NEEDS) {
+        return;
+    }
+    let (lab, dir) = gobgp_rig(
+        "k",
+        "[global.config]\n  as = 65000\n  router-id = \"192.0.2.1\"\n  local-address-list = [\"192.0.2.1\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.0.2.11\"\n    peer-as = 65001\n\
+         \x20 [neighbors.transport.config]\n    passive-mode = true\n\
+         \x20 [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n",
+        &speaker_conf("  - {name: web, ip: 203.0.113.10}", None).replace(
+            "    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n",
+            "",
+        ),
+    );
+    let text = gobgp_route(&lab, &dir, "ipv4", "203.0.113.10/32");
+    assert!(text.contains("192.0.2.11"), "next hop: {text}");
+    assert!(text.contains("65001"), "AS path: {text}");
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The speaker's config for the iBGP / 4-octet / IPv6 interop cases: one
+/// IPv4 session to 192.0.2.1 in AS 4200000001 (iBGP) carrying an IPv4 and
+/// an IPv6 VIP, LOCAL_PREF 300 and a community.
+fn ibgp_four_octet_speaker() -> String {
+    "pools: [{name: vips, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}]
+services:
+  - {name: web, ip: 203.0.113.10}
+  - {name: web6, ip: \"2001:db8:100::10\"}
+bgp:
+  routerId: 192.0.2.11
+  peers:
+    - {name: router, address: 192.0.2.1, asn: 4200000001, myAsn: 4200000001, holdTime: 9s}
+  advertisements: [{localPref: 300, communities: [\"65000:100\"]}]
+"
+    .to_string()
+}
+
+#[test]
+fn gobgp_ibgp_four_octet_asn_and_ipv6() {
+    if !require("GoBGP: iBGP, 4-octet ASN, IPv6", &GOBGP_NEEDS) {
+        return;
+    }
+    let toml = "[global.config]
+  as = 4200000001
+  router-id = \"192.0.2.1\"
+  local-address-list = [\"192.0.2.1\"]
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = \"192.0.2.11\"
+    peer-as = 4200000001
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = \"ipv4-unicast\"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = \"ipv6-unicast\"
+";
+    let (lab, dir) = gobgp_rig("k4", toml, &ibgp_four_octet_speaker());
+    let v4 = gobgp_route(&lab, &dir, "ipv4", "203.0.113.10/32");
+    assert!(v4.contains("192.0.2.11"), "next hop: {v4}");
+    assert!(v4.contains("LocalPref: 300"), "LOCAL_PREF on iBGP: {v4}");
+    assert!(v4.contains("65000:100"), "community: {v4}");
+    let v6 = gobgp_route(&lab, &dir, "ipv6", "2001:db8:100::10/128");
+    assert!(
+        v6.contains("2001:db8::11"),
+        "the node's IPv6 next hop over the IPv4 session: {v6}"
+    );
+    let neighbor = routers::gobgp(&lab, "router", &["neighbor", "192.0.2.11"]);
+    assert!(neighbor.contains("4200000001"), "{neighbor}");
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -421,21 +488,18 @@ fn bfd_withdraws_a_silently_dead_speaker_within_a_second() {
     assert!(took < Duration::from_secs(2), "took {:?}", t.elapsed());
 }
 
-#[test]
-fn exabgp_learns_the_vip() {
-    if !require(
-        "exabgp_learns_the_vip",
-        &[Need::Root, Need::Program("ip"), Need::Program("exabgp")],
-    ) {
-        return;
-    }
-    let (mut lab, dir) = routers::router_and_node("x", "bgp");
+/// ExaBGP (passive, dumping what it receives as JSON) in the router
+/// namespace with `neighbor` as the body of its neighbor block, the speaker
+/// on the node with `speaker`. Waits until the dump holds every one of
+/// `needles`; returns the dump.
+fn exabgp_receives(tag: &str, neighbor: &str, speaker: &str, needles: &[&str]) -> String {
+    let (mut lab, dir) = routers::router_and_node(tag, "bgp");
     let dump = dir.join("received.json");
     std::fs::write(
         dir.join("exabgp.conf"),
         format!(
             "process dump {{\n  run /bin/sh -c 'cat >> {}';\n  encoder json;\n}}\n\
-             neighbor 192.0.2.11 {{\n  router-id 192.0.2.1;\n  local-address 192.0.2.1;\n  local-as 65000;\n  peer-as 65001;\n  hold-time 9;\n  passive true;\n\
+             neighbor 192.0.2.11 {{\n  router-id 192.0.2.1;\n  local-address 192.0.2.1;\n  hold-time 9;\n  passive true;\n{neighbor}\
              \x20 api {{\n    processes [ dump ];\n    receive {{ parsed; update; }}\n  }}\n}}\n",
             dump.display()
         ),
@@ -465,12 +529,7 @@ fn exabgp_learns_the_vip() {
         .stderr(log)
         .spawn()
         .unwrap();
-    std::fs::write(
-        dir.join("speaker.yaml"),
-        speaker_conf("  - {name: web, ip: 203.0.113.10}", None)
-            .replace("    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n", ""),
-    )
-    .unwrap();
+    std::fs::write(dir.join("speaker.yaml"), speaker).unwrap();
     routers::speaker(
         &mut lab,
         "node",
@@ -482,22 +541,41 @@ fn exabgp_learns_the_vip() {
     let t = Instant::now();
     let found = loop {
         let text = std::fs::read_to_string(&dump).unwrap_or_default();
-        if text.contains("203.0.113.10/32") {
+        if needles.iter().all(|n| text.contains(n)) {
             break text;
         }
         if t.elapsed() > Duration::from_secs(20) {
             let _ = exa.kill();
             panic!(
-                "ExaBGP never received the route\n--- exabgp\n{}\n--- speaker\n{}",
-                std::fs::read_to_string(dir.join("exabgp.log")).unwrap_or_default(),
-                std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+                "ExaBGP never received {needles:?}: {text}\n{}",
+                routers::read_logs(&dir, &["exabgp.log", "speaker.log"])
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     let _ = exa.kill();
     let _ = exa.wait();
-    eprintln!("ExaBGP received the route after {:?}", t.elapsed());
+    eprintln!("ExaBGP received {needles:?} after {:?}", t.elapsed());
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+    found
+}
+
+#[test]
+fn exabgp_learns_the_vip() {
+    if !require(
+        "exabgp_learns_the_vip",
+        &[Need::Root, Need::Program("ip"), Need::Program("exabgp")],
+    ) {
+        return;
+    }
+    let found = exabgp_receives(
+        "x",
+        "  local-as 65000;\n  peer-as 65001;\n",
+        &speaker_conf("  - {name: web, ip: 203.0.113.10}", None)
+            .replace("    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n", ""),
+        &["203.0.113.10/32"],
+    );
     assert!(
         found.contains("\"as-path\": [ 65001 ]") || found.contains("\"as-path\": [65001]"),
         "{found}"
@@ -506,8 +584,35 @@ fn exabgp_learns_the_vip() {
         found.contains("65000:100") || found.contains("[ 65000, 100 ]"),
         "community: {found}"
     );
-    drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exabgp_ibgp_four_octet_asn_and_ipv6() {
+    if !require(
+        "ExaBGP: iBGP, 4-octet ASN, IPv6",
+        &[Need::Root, Need::Program("ip"), Need::Program("exabgp")],
+    ) {
+        return;
+    }
+    let found = exabgp_receives(
+        "x4",
+        "  local-as 4200000001;\n  peer-as 4200000001;\n  family {\n    ipv4 unicast;\n    ipv6 unicast;\n  }\n",
+        &ibgp_four_octet_speaker(),
+        &["203.0.113.10/32", "2001:db8:100::10/128"],
+    );
+    assert!(
+        found.contains("\"local-preference\": 300"),
+        "LOCAL_PREF: {found}"
+    );
+    assert!(
+        found.contains("\"2001:db8::11\""),
+        "the node's IPv6 next hop: {found}"
+    );
+    assert!(found.contains("\"192.0.2.11\""), "IPv4 next hop: {found}");
+    assert!(
+        found.contains("4200000001"),
+        "4-octet AS in the session: {found}"
+    );
 }
 
 #[test]
