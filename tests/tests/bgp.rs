@@ -357,26 +357,30 @@ fn gobgp_learns_the_vip() {
 /// The speaker's config for the iBGP / 4-octet / IPv6 interop cases: one
 /// IPv4 session to 192.0.2.1 in AS 4200000001 (iBGP) carrying an IPv4 and
 /// an IPv6 VIP, LOCAL_PREF 300 and a community.
-fn ibgp_four_octet_speaker() -> String {
-    "pools: [{name: vips, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}]
+fn ibgp_four_octet_speaker(password: &str) -> String {
+    format!(
+        "pools: [{{name: vips, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}}]
 services:
-  - {name: web, ip: 203.0.113.10}
-  - {name: web6, ip: \"2001:db8:100::10\"}
+  - {{name: web, ip: 203.0.113.10}}
+  - {{name: web6, ip: \"2001:db8:100::10\"}}
 bgp:
   routerId: 192.0.2.11
   peers:
-    - {name: router, address: 192.0.2.1, asn: 4200000001, myAsn: 4200000001, holdTime: 9s}
-  advertisements: [{localPref: 300, communities: [\"65000:100\"]}]
+    - {{name: router, address: 192.0.2.1, asn: 4200000001, myAsn: 4200000001, holdTime: 9s, password: {password}}}
+  advertisements: [{{localPref: 300, communities: [\"65000:100\"]}}]
 "
-    .to_string()
+    )
 }
 
-#[test]
-fn gobgp_ibgp_four_octet_asn_and_ipv6() {
-    if !require("GoBGP: iBGP, 4-octet ASN, IPv6", &GOBGP_NEEDS) {
-        return;
-    }
-    let toml = "[global.config]
+/// The same config without the IPv4 VIP: its route must be withdrawn.
+fn without_web(speaker: &str) -> String {
+    speaker.replace("  - {name: web, ip: 203.0.113.10}\n", "")
+}
+
+/// GoBGP's neighbor config for the iBGP / 4-octet / IPv6 cases, with a TCP-MD5 password.
+fn gobgp_ibgp_toml(password: &str) -> String {
+    format!(
+        "[global.config]
   as = 4200000001
   router-id = \"192.0.2.1\"
   local-address-list = [\"192.0.2.1\"]
@@ -384,6 +388,7 @@ fn gobgp_ibgp_four_octet_asn_and_ipv6() {
   [neighbors.config]
     neighbor-address = \"192.0.2.11\"
     peer-as = 4200000001
+    auth-password = \"{password}\"
   [neighbors.transport.config]
     passive-mode = true
   [neighbors.timers.config]
@@ -395,8 +400,17 @@ fn gobgp_ibgp_four_octet_asn_and_ipv6() {
   [[neighbors.afi-safis]]
     [neighbors.afi-safis.config]
       afi-safi-name = \"ipv6-unicast\"
-";
-    let (lab, dir) = gobgp_rig("k4", toml, &ibgp_four_octet_speaker());
+"
+    )
+}
+
+#[test]
+fn gobgp_ibgp_four_octet_asn_and_ipv6() {
+    if !require("GoBGP: iBGP, 4-octet ASN, IPv6", &GOBGP_NEEDS) {
+        return;
+    }
+    let speaker = ibgp_four_octet_speaker("gobgp-md5");
+    let (lab, dir) = gobgp_rig("k4", &gobgp_ibgp_toml("gobgp-md5"), &speaker);
     let v4 = gobgp_route(&lab, &dir, "ipv4", "203.0.113.10/32");
     assert!(v4.contains("192.0.2.11"), "next hop: {v4}");
     assert!(v4.contains("LocalPref: 300"), "LOCAL_PREF on iBGP: {v4}");
@@ -408,6 +422,41 @@ fn gobgp_ibgp_four_octet_asn_and_ipv6() {
     );
     let neighbor = routers::gobgp(&lab, "router", &["neighbor", "192.0.2.11"]);
     assert!(neighbor.contains("4200000001"), "{neighbor}");
+    // Removing the IPv4 service withdraws its route; the IPv6 one stays.
+    std::fs::write(dir.join("speaker.yaml"), without_web(&speaker)).unwrap();
+    routers::wait_for(
+        "the withdrawal in GoBGP",
+        Duration::from_secs(10),
+        || {
+            !routers::gobgp(&lab, "router", &["global", "rib", "-a", "ipv4"])
+                .contains("203.0.113.10/32")
+        },
+        || routers::read_logs(&dir, &["gobgpd.log", "speaker.log"]),
+    );
+    assert!(
+        routers::gobgp(&lab, "router", &["global", "rib", "-a", "ipv6"])
+            .contains("2001:db8:100::10/128")
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gobgp_with_the_wrong_md5_password_never_establishes() {
+    if !require("GoBGP: wrong TCP-MD5 password", &GOBGP_NEEDS) {
+        return;
+    }
+    let (lab, dir) = gobgp_rig(
+        "km",
+        &gobgp_ibgp_toml("the-right-one"),
+        &ibgp_four_octet_speaker("a-wrong-one"),
+    );
+    // Several connect attempts' worth (the speaker retries after 2 s, 4 s).
+    std::thread::sleep(Duration::from_secs(5));
+    let neighbor = routers::gobgp(&lab, "router", &["neighbor"]);
+    assert!(!neighbor.contains("Establ"), "{neighbor}");
+    let rib = routers::gobgp(&lab, "router", &["global", "rib", "-a", "ipv4"]);
+    assert!(!rib.contains("203.0.113.10/32"), "{rib}");
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -488,77 +537,92 @@ fn bfd_withdraws_a_silently_dead_speaker_within_a_second() {
     assert!(took < Duration::from_secs(2), "took {:?}", t.elapsed());
 }
 
-/// ExaBGP (passive, dumping what it receives as JSON) in the router
-/// namespace with `neighbor` as the body of its neighbor block, the speaker
-/// on the node with `speaker`. Waits until the dump holds every one of
-/// `needles`; returns the dump.
-fn exabgp_receives(tag: &str, neighbor: &str, speaker: &str, needles: &[&str]) -> String {
-    let (mut lab, dir) = routers::router_and_node(tag, "bgp");
-    let dump = dir.join("received.json");
-    std::fs::write(
-        dir.join("exabgp.conf"),
-        format!(
-            "process dump {{\n  run /bin/sh -c 'cat >> {}';\n  encoder json;\n}}\n\
-             neighbor 192.0.2.11 {{\n  router-id 192.0.2.1;\n  local-address 192.0.2.1;\n  hold-time 9;\n  passive true;\n{neighbor}\
-             \x20 api {{\n    processes [ dump ];\n    receive {{ parsed; update; }}\n  }}\n}}\n",
-            dump.display()
-        ),
-    )
-    .unwrap();
-    let conf = dir.join("exabgp.conf");
-    let ns = lab.name("router");
-    let log = std::fs::File::create(dir.join("exabgp.log")).unwrap();
-    let mut exa = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "env",
-            "exabgp_daemon_user=root",
-            "exabgp_daemon_daemonize=false",
-            "exabgp_api_cli=false",
-        ])
-        .args([
-            "exabgp_log_destination=stdout",
-            "exabgp_tcp_bind=192.0.2.1",
-            "exabgp_tcp_port=179",
-            "exabgp",
-        ])
-        .arg(&conf)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
+/// ExaBGP (passive, dumping every message it receives as one JSON line) in
+/// the router namespace, the speaker on the node.
+struct Exa {
+    lab: Lab,
+    dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl Exa {
+    /// `neighbor` is the body of ExaBGP's neighbor block (AS numbers, families, MD5).
+    fn start(tag: &str, neighbor: &str, speaker: &str) -> Exa {
+        let (mut lab, dir) = routers::router_and_node(tag, "bgp");
+        std::fs::write(
+            dir.join("exabgp.conf"),
+            format!(
+                "process dump {{\n  run /bin/sh -c 'cat >> {}';\n  encoder json;\n}}\n\
+                 neighbor 192.0.2.11 {{\n  router-id 192.0.2.1;\n  local-address 192.0.2.1;\n  hold-time 9;\n  passive true;\n{neighbor}\
+                 \x20 api {{\n    processes [ dump ];\n    receive {{ parsed; update; }}\n  }}\n}}\n",
+                dir.join("received.json").display()
+            ),
+        )
         .unwrap();
-    std::fs::write(dir.join("speaker.yaml"), speaker).unwrap();
-    routers::speaker(
-        &mut lab,
-        "node",
-        &dir.join("speaker.yaml"),
-        "node1",
-        &["--log-level", "debug"],
-        &dir.join("speaker.log"),
-    );
-    let t = Instant::now();
-    let found = loop {
-        let text = std::fs::read_to_string(&dump).unwrap_or_default();
-        if needles.iter().all(|n| text.contains(n)) {
-            break text;
-        }
-        if t.elapsed() > Duration::from_secs(20) {
-            let _ = exa.kill();
-            panic!(
+        let ns = lab.name("router");
+        let log = std::fs::File::create(dir.join("exabgp.log")).unwrap();
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "env",
+                "exabgp_daemon_user=root",
+                "exabgp_daemon_daemonize=false",
+                "exabgp_api_cli=false",
+            ])
+            .args([
+                "exabgp_log_destination=stdout",
+                "exabgp_tcp_bind=192.0.2.1",
+                "exabgp_tcp_port=179",
+                "exabgp",
+            ])
+            .arg(dir.join("exabgp.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("speaker.yaml"), speaker).unwrap();
+        routers::speaker(
+            &mut lab,
+            "node",
+            &dir.join("speaker.yaml"),
+            "node1",
+            &["--log-level", "debug", "--reload-poll", "100ms"],
+            &dir.join("speaker.log"),
+        );
+        Exa { lab, dir, child }
+    }
+
+    /// Waits until one received message (line) holds every one of `needles`; returns that line.
+    fn wait(&self, needles: &[&str]) -> String {
+        let t = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(self.dir.join("received.json")).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                eprintln!("ExaBGP received {needles:?} after {:?}", t.elapsed());
+                return line.to_string();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
                 "ExaBGP never received {needles:?}: {text}\n{}",
-                routers::read_logs(&dir, &["exabgp.log", "speaker.log"])
+                routers::read_logs(&self.dir, &["exabgp.log", "speaker.log"])
             );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = exa.kill();
-    let _ = exa.wait();
-    eprintln!("ExaBGP received {needles:?} after {:?}", t.elapsed());
-    drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
-    found
+    }
+}
+
+impl Drop for Exa {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The namespaces go with `lab`, after the daemon.
+        let _ = &self.lab;
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 #[test]
@@ -569,13 +633,13 @@ fn exabgp_learns_the_vip() {
     ) {
         return;
     }
-    let found = exabgp_receives(
+    let exa = Exa::start(
         "x",
         "  local-as 65000;\n  peer-as 65001;\n",
         &speaker_conf("  - {name: web, ip: 203.0.113.10}", None)
             .replace("    - {name: bird6, address: \"2001:db8::1\", asn: 65000, myAsn: 65001, holdTime: 9s}\n", ""),
-        &["203.0.113.10/32"],
     );
+    let found = exa.wait(&["203.0.113.10/32"]);
     assert!(
         found.contains("\"as-path\": [ 65001 ]") || found.contains("\"as-path\": [65001]"),
         "{found}"
@@ -587,32 +651,37 @@ fn exabgp_learns_the_vip() {
 }
 
 #[test]
-fn exabgp_ibgp_four_octet_asn_and_ipv6() {
+fn exabgp_ibgp_four_octet_asn_md5_ipv6_and_withdrawal() {
     if !require(
-        "ExaBGP: iBGP, 4-octet ASN, IPv6",
+        "ExaBGP: iBGP, 4-octet ASN, TCP-MD5, IPv6",
         &[Need::Root, Need::Program("ip"), Need::Program("exabgp")],
     ) {
         return;
     }
-    let found = exabgp_receives(
+    let speaker = ibgp_four_octet_speaker("exa-md5");
+    let exa = Exa::start(
         "x4",
-        "  local-as 4200000001;\n  peer-as 4200000001;\n  family {\n    ipv4 unicast;\n    ipv6 unicast;\n  }\n",
-        &ibgp_four_octet_speaker(),
-        &["203.0.113.10/32", "2001:db8:100::10/128"],
+        "  local-as 4200000001;\n  peer-as 4200000001;\n  md5-password exa-md5;\n  family {\n    ipv4 unicast;\n    ipv6 unicast;\n  }\n",
+        &speaker,
     );
+    let found = exa.wait(&["203.0.113.10/32", "announce"]);
+    let found6 = exa.wait(&["2001:db8:100::10/128", "announce"]);
     assert!(
         found.contains("\"local-preference\": 300"),
         "LOCAL_PREF: {found}"
-    );
-    assert!(
-        found.contains("\"2001:db8::11\""),
-        "the node's IPv6 next hop: {found}"
     );
     assert!(found.contains("\"192.0.2.11\""), "IPv4 next hop: {found}");
     assert!(
         found.contains("4200000001"),
         "4-octet AS in the session: {found}"
     );
+    assert!(
+        found6.contains("\"2001:db8::11\""),
+        "the node's IPv6 next hop: {found6}"
+    );
+    // Removing the IPv4 service withdraws its route.
+    std::fs::write(exa.dir.join("speaker.yaml"), without_web(&speaker)).unwrap();
+    exa.wait(&["withdraw", "203.0.113.10/32"]);
 }
 
 #[test]
@@ -859,4 +928,24 @@ fn an_active_peer_takes_birds_connection_when_its_own_cannot_connect() {
         "{}",
         rig.logs()
     );
+}
+
+#[test]
+fn exabgp_with_the_wrong_md5_password_never_establishes() {
+    if !require(
+        "ExaBGP: wrong TCP-MD5 password",
+        &[Need::Root, Need::Program("ip"), Need::Program("exabgp")],
+    ) {
+        return;
+    }
+    let exa = Exa::start(
+        "xm",
+        "  local-as 4200000001;\n  peer-as 4200000001;\n  md5-password the-right-one;\n",
+        &ibgp_four_octet_speaker("a-wrong-one"),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let dump = std::fs::read_to_string(exa.dir.join("received.json")).unwrap_or_default();
+    assert!(!dump.contains("203.0.113.10/32"), "{dump}");
+    let log = std::fs::read_to_string(exa.dir.join("speaker.log")).unwrap_or_default();
+    assert!(!log.contains("session established"), "{log}");
 }
