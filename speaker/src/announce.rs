@@ -15,6 +15,16 @@ pub struct ServiceVips {
     pub vips: Vec<IpAddr>,
     /// Whether some backend takes connections (or the service forwards nothing).
     pub healthy: bool,
+    /// The nodes that may announce it (Kubernetes: live speakers with ready
+    /// endpoints as the policy requires); `None`: any node.
+    pub nodes: Option<std::collections::BTreeSet<String>>,
+}
+
+impl ServiceVips {
+    /// Whether `node` may announce this service.
+    pub fn eligible(&self, node: &str) -> bool {
+        self.nodes.as_ref().is_none_or(|n| n.contains(node))
+    }
 }
 
 /// Makes VIPs reachable (or withdraws them).

@@ -25,6 +25,8 @@ use tokio::time::Instant;
 /// How BGP mode runs on this node.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// This node's name: services it is not eligible for are not advertised.
+    pub node: String,
     /// BGP identifier.
     pub router_id: Ipv4Addr,
     /// Peers this node talks to (node selectors already applied).
@@ -40,6 +42,7 @@ pub struct BgpAnnouncer {
     tasks: Vec<JoinHandle<()>>,
     /// VIPs made local so traffic the routers send here is accepted.
     local: crate::host::LocalRoutes,
+    node: String,
 }
 
 impl Announcer for BgpAnnouncer {
@@ -48,15 +51,21 @@ impl Announcer for BgpAnnouncer {
     }
 
     fn update(&mut self, services: &[ServiceVips]) {
+        // Every node that may announce a service advertises it (ECMP); the others do not.
+        let mine: Vec<ServiceVips> = services
+            .iter()
+            .filter(|s| s.eligible(&self.node))
+            .cloned()
+            .collect();
         // Local before advertised, so the first packet a router sends is accepted.
-        let advertised = services
+        let advertised = mine
             .iter()
             .filter(|s| s.healthy)
             .flat_map(|s| s.vips.iter().copied());
         if let Err(e) = self.local.ensure(advertised) {
             tracing::error!(error = %e, "VIP traffic routed to this node will be dropped");
         }
-        self.services.send_replace(services.to_vec());
+        self.services.send_replace(mine);
     }
 
     fn stop(&mut self) -> Vec<JoinHandle<()>> {
@@ -115,6 +124,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
         stop,
         local: crate::host::LocalRoutes::default(),
         tasks,
+        node: opts.node,
     })
 }
 
@@ -874,6 +884,7 @@ bgp:
             pool: pool.into(),
             vips: vec![ip.parse().unwrap()],
             healthy,
+            nodes: None,
         };
         let services = vec![
             vips("web", "a", "203.0.113.1", true),
@@ -939,6 +950,7 @@ bgp:
                 "2001:db8:100::1".parse().unwrap(),
             ],
             healthy: true,
+            nodes: None,
         }];
         let peer = &bgp.peers[0];
         let only_v4 = desired(&services, &bgp.advertisements, peer, v4_session(peer));

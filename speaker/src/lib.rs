@@ -1,12 +1,12 @@
 //! The ferrolb speaker: standalone planning and runtime, the L4 forwarder,
-//! metrics and the announcement seam. Layer 2 and BGP announcement join as
-//! their issues land.
+//! metrics, the announcement seam with layer 2 and BGP, and Kubernetes mode.
 
 pub mod announce;
 pub mod bfd;
 pub mod bgp;
 pub mod forwarder;
 pub mod host;
+pub mod kubernetes;
 pub mod l2;
 pub mod metrics;
 pub mod plan;

@@ -1,5 +1,5 @@
-//! `ferrolb-speaker`: the per-node agent. Subcommands: `validate` and
-//! `standalone`; `kubernetes` arrives with its issue.
+//! `ferrolb-speaker`: the per-node agent. Subcommands: `validate`,
+//! `standalone` (a YAML file, no Kubernetes) and `kubernetes` (a DaemonSet).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -58,6 +58,51 @@ enum Command {
         #[arg(long, value_name = "N")]
         worker_threads: Option<usize>,
     },
+    /// Run as the Kubernetes DaemonSet: announce the addresses the controller
+    /// wrote into Services' status (layer 2 or BGP, as the ConfigMap says),
+    /// from this node when it is eligible, and forward Services annotated
+    /// `ferrolb.io/forward: "true"` to their ready endpoints.
+    Kubernetes(KubeArgs),
+}
+
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// This node's name (downward API: spec.nodeName).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node: String,
+    /// A kubeconfig file; default: in-cluster, then $KUBECONFIG.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the ConfigMap and of the speaker Pods.
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "ferrolb-system")]
+    namespace: String,
+    /// Name of the configuration ConfigMap.
+    #[arg(long, default_value = "ferrolb-config")]
+    config_map: String,
+    /// Key of the ConfigMap holding the YAML.
+    #[arg(long, default_value = "config.yaml")]
+    config_key: String,
+    /// Label selector of the speaker Pods, whose nodes are the failover members.
+    #[arg(
+        long,
+        default_value = "app.kubernetes.io/name=ferrolb,app.kubernetes.io/component=speaker"
+    )]
+    speaker_selector: String,
+    /// UDP port of the membership heartbeats (the same on every node).
+    #[arg(long, default_value_t = ferrolb_config::DEFAULT_MEMBER_PORT)]
+    member_port: u16,
+    /// The spec.loadBalancerClass handled (besides Services without a class).
+    #[arg(long, default_value = "ferrolb.io/lb")]
+    load_balancer_class: String,
+    /// Leave Services without a loadBalancerClass alone.
+    #[arg(long)]
+    ignore_classless: bool,
+    /// Announce from nodes labelled node.kubernetes.io/exclude-from-external-load-balancers too.
+    #[arg(long)]
+    ignore_exclude_lb: bool,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7473")]
+    metrics_address: std::net::SocketAddr,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -146,6 +191,30 @@ fn main() -> ExitCode {
             },
             worker_threads,
         ),
+        Command::Kubernetes(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| {
+                rt.block_on(ferrolb_speaker::kubernetes::run(
+                    ferrolb_speaker::kubernetes::Options {
+                        node: a.node,
+                        kubeconfig: a.kubeconfig,
+                        namespace: a.namespace,
+                        config_map: a.config_map,
+                        config_key: a.config_key,
+                        speaker_selector: a.speaker_selector,
+                        member_port: a.member_port,
+                        filter: ferrolb_speaker::kubernetes::model::Filter {
+                            class: a.load_balancer_class,
+                            ignore_classless: a.ignore_classless,
+                            ignore_exclude_label: a.ignore_exclude_lb,
+                        },
+                        metrics_address: a.metrics_address,
+                    },
+                ))
+                .map(|()| ExitCode::SUCCESS)
+            }),
     };
     match result {
         Ok(code) => code,

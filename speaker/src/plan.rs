@@ -20,7 +20,7 @@ pub struct PlannedService {
 }
 
 /// The VIPs of every standalone service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     /// In file order.
     pub services: Vec<PlannedService>,

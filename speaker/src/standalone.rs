@@ -59,6 +59,7 @@ fn vips(plan: &Plan, health: &BTreeMap<String, bool>) -> Vec<ServiceVips> {
             vips: s.assignment.ips.clone(),
             healthy: s.service.ports.is_empty()
                 || health.get(&s.service.name).copied().unwrap_or(false),
+            nodes: None,
         })
         .collect()
 }
@@ -78,6 +79,76 @@ fn log_plan(plan: &Plan) {
             }
         }
     }
+}
+
+/// The announcers a configuration asks for, running.
+pub struct Started {
+    /// Layer 2 and/or BGP (or nothing).
+    pub announcer: Box<dyn Announcer>,
+    /// The layer 2 handle, to update its member list.
+    pub l2: Option<crate::l2::L2Announcer>,
+}
+
+/// Starts layer 2 mode when the config has `l2` advertisements and members,
+/// and BGP mode when it has peers (those whose node selector matches
+/// `labels`). `fallback_id` is the BGP router ID when the config sets none.
+pub async fn start_announcers(
+    config: &Config,
+    node: &str,
+    members: Vec<ferrolb_config::Member>,
+    labels: &BTreeMap<String, String>,
+    fallback_id: Option<std::net::Ipv4Addr>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Started> {
+    let mut announcers: Vec<Box<dyn Announcer>> = Vec::new();
+    let mut l2_handle = None;
+    if !members.is_empty() && !config.l2.is_empty() {
+        let l2 = crate::l2::Options {
+            node: node.to_string(),
+            members,
+            advertisements: config.l2.clone(),
+            timing: ferrolb_l2::membership::Timing {
+                interval_ms: config.failover.heartbeat_interval.as_millis() as u64,
+                dead_after_ms: config.failover.dead_after.as_millis() as u64,
+            },
+            refresh: config.failover.refresh_interval,
+            repeats: config.failover.announce_repeats.clone(),
+        };
+        let l2 = crate::l2::start(l2, Arc::clone(metrics))
+            .await
+            .context("layer 2 mode cannot start")?;
+        l2_handle = Some(l2.clone());
+        announcers.push(Box::new(l2));
+    }
+    if let Some(bgp) = config.bgp.as_ref().filter(|b| !b.peers.is_empty()) {
+        let router_id = bgp.router_id.or(fallback_id).context(
+            "BGP needs a router ID: set bgp.routerId, or give this node an IPv4 address",
+        )?;
+        let peers = bgp
+            .peers
+            .iter()
+            .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(labels)))
+            .cloned()
+            .collect();
+        let opts = crate::bgp::Options {
+            node: node.to_string(),
+            router_id,
+            peers,
+            advertisements: bgp.advertisements.clone(),
+        };
+        let bgp = crate::bgp::start(opts, Arc::clone(metrics))
+            .await
+            .context("BGP mode cannot start (BFD needs UDP port 3784)")?;
+        announcers.push(Box::new(bgp));
+    }
+    let announcer: Box<dyn Announcer> = match announcers.len() {
+        0 => Box::new(NoAnnouncer),
+        _ => Box::new(crate::announce::Many(announcers)),
+    };
+    Ok(Started {
+        announcer,
+        l2: l2_handle,
+    })
 }
 
 /// Runs until SIGTERM or SIGINT, then drains.
@@ -104,55 +175,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         ready: Arc::clone(&ready),
     });
     tokio::spawn(http::serve(listener, endpoint));
-    let mut announcers: Vec<Box<dyn Announcer>> = Vec::new();
-    // Layer 2 mode when the file names members and l2 advertisements.
-    if !config.members.is_empty() && !config.l2.is_empty() {
-        let l2 = crate::l2::Options {
-            node: opts.node.clone(),
-            members: config.members.clone(),
-            advertisements: config.l2.clone(),
-            timing: ferrolb_l2::membership::Timing {
-                interval_ms: config.failover.heartbeat_interval.as_millis() as u64,
-                dead_after_ms: config.failover.dead_after.as_millis() as u64,
-            },
-            refresh: config.failover.refresh_interval,
-            repeats: config.failover.announce_repeats.clone(),
-        };
-        announcers.push(Box::new(
-            crate::l2::start(l2, Arc::clone(&metrics))
-                .await
-                .context("layer 2 mode cannot start")?,
-        ));
-    }
-    // BGP mode when the file has peers.
-    if let Some(bgp) = config.bgp.as_ref().filter(|b| !b.peers.is_empty()) {
-        let me = config.members.iter().find(|m| m.name == opts.node);
-        let mut labels = me.map(|m| m.labels.clone()).unwrap_or_default();
-        labels.insert("kubernetes.io/hostname".into(), opts.node.clone());
-        let router_id = bgp
-            .router_id
-            .or_else(|| me.and_then(|m| if let std::net::IpAddr::V4(a) = m.address.ip() { Some(a) } else { None }))
-            .context("BGP needs a router ID: set bgp.routerId, or list this node in `members` with an IPv4 address")?;
-        let peers = bgp
-            .peers
-            .iter()
-            .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
-            .cloned()
-            .collect();
-        let opts = crate::bgp::Options {
-            router_id,
-            peers,
-            advertisements: bgp.advertisements.clone(),
-        };
-        let bgp = crate::bgp::start(opts, Arc::clone(&metrics))
-            .await
-            .context("BGP mode cannot start (BFD needs UDP port 3784)")?;
-        announcers.push(Box::new(bgp));
-    }
-    let mut announcer: Box<dyn Announcer> = match announcers.len() {
-        0 => Box::new(NoAnnouncer),
-        _ => Box::new(crate::announce::Many(announcers)),
-    };
+    let me = config.members.iter().find(|m| m.name == opts.node);
+    let mut labels = me.map(|m| m.labels.clone()).unwrap_or_default();
+    labels.insert("kubernetes.io/hostname".into(), opts.node.clone());
+    let fallback_id = me.and_then(|m| match m.address.ip() {
+        std::net::IpAddr::V4(a) => Some(a),
+        _ => None,
+    });
+    let started = start_announcers(
+        &config,
+        &opts.node,
+        config.members.clone(),
+        &labels,
+        fallback_id,
+        &metrics,
+    )
+    .await?;
+    let mut announcer = started.announcer;
     tracing::info!(
         node = %opts.node,
         config = %opts.config.display(),

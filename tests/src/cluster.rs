@@ -209,6 +209,92 @@ impl Cluster {
         }
     }
 
+    /// Creates a Node with an InternalIP and `labels`, as the kubelet would.
+    pub fn create_node(&self, name: &str, ip: &str, labels: Value) {
+        let nodes = ferrolb_kubefake::resource::by_name("nodes", "").unwrap();
+        let mut l = json!({"kubernetes.io/hostname": name});
+        if let (Some(l), Some(extra)) = (l.as_object_mut(), labels.as_object()) {
+            l.extend(extra.clone());
+        }
+        self.server
+            .store()
+            .create(
+                nodes,
+                None,
+                json!({"metadata": {"name": name, "labels": l},
+                       "status": {"addresses": [{"type": "InternalIP", "address": ip}],
+                                  "conditions": [{"type": "Ready", "status": "True"}]}}),
+                "kubelet",
+            )
+            .expect("create node");
+    }
+
+    /// Creates a running speaker Pod on `node` (host IP `ip`), as the DaemonSet would.
+    pub fn create_speaker_pod(&self, node: &str, ip: &str) {
+        let pods = ferrolb_kubefake::resource::by_name("pods", "").unwrap();
+        let mut store = self.server.store();
+        let name = format!("speaker-{node}");
+        store
+            .create(
+                pods,
+                Some(SYSTEM_NS),
+                json!({"metadata": {"name": name, "labels": {"app.kubernetes.io/name": "ferrolb", "app.kubernetes.io/component": "speaker"}},
+                       "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "speaker", "image": "ferrolb"}]}}),
+                "kubelet",
+            )
+            .expect("create pod");
+        store
+            .patch(
+                pods,
+                Some(SYSTEM_NS),
+                &name,
+                true,
+                ferrolb_kubefake::PatchKind::Merge,
+                json!({"status": {"phase": "Running", "hostIP": ip, "podIP": ip}}),
+                "kubelet",
+            )
+            .expect("pod status");
+    }
+
+    /// Creates or replaces the EndpointSlice of Service `ns/service` with
+    /// endpoints `(ip, node, ready)` on port `port` named `http`.
+    pub fn set_endpoints(
+        &self,
+        ns: &str,
+        service: &str,
+        port: u16,
+        endpoints: &[(&str, &str, bool)],
+    ) {
+        let slices =
+            ferrolb_kubefake::resource::by_name("endpointslices", "discovery.k8s.io").unwrap();
+        let eps: Vec<Value> = endpoints
+            .iter()
+            .map(|(ip, node, ready)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": ready}}))
+            .collect();
+        let body = json!({"metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
+                          "addressType": "IPv4", "endpoints": eps,
+                          "ports": [{"name": "http", "port": port, "protocol": "TCP"}]});
+        let mut store = self.server.store();
+        let name = format!("{service}-1");
+        if store.get(slices, Some(ns), &name).is_ok() {
+            store
+                .patch(
+                    slices,
+                    Some(ns),
+                    &name,
+                    false,
+                    ferrolb_kubefake::PatchKind::Merge,
+                    json!({"endpoints": body["endpoints"]}),
+                    "endpointslice-controller",
+                )
+                .expect("update slice");
+        } else {
+            store
+                .create(slices, Some(ns), body, "endpointslice-controller")
+                .expect("create slice");
+        }
+    }
+
     /// The identity holding the controller Lease, if any.
     pub fn leader(&self) -> Option<String> {
         self.server
@@ -223,6 +309,70 @@ impl Cluster {
                     .and_then(Value::as_str)
                     .map(str::to_string)
             })
+    }
+}
+
+/// A running `ferrolb-speaker kubernetes`.
+pub struct KubeSpeaker {
+    child: Child,
+    /// The node it runs as.
+    pub node: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl KubeSpeaker {
+    /// Starts the speaker for `node` against the cluster; waits until it is ready.
+    pub async fn start(cluster: &Cluster, node: &str, extra: &[&str]) -> KubeSpeaker {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = cluster.dir.join(format!("speaker-{node}.log"));
+        let child = Command::new(crate::binary("ferrolb-speaker"))
+            .arg("kubernetes")
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args([
+                "--node",
+                node,
+                "--metrics-address",
+                &metrics.to_string(),
+                "--log-level",
+                "debug",
+            ])
+            .args(extra)
+            .env_remove("NODE_NAME")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start ferrolb-speaker kubernetes");
+        let s = KubeSpeaker {
+            child,
+            node: node.to_string(),
+            metrics,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while http_get(s.metrics, "/readyz").await.map(|(c, _)| c) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "speaker {node} not ready:\n{}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for KubeSpeaker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

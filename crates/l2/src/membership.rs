@@ -54,12 +54,26 @@ pub struct Heartbeat {
     /// Per member (in sorted member order), how long ago the sender last
     /// heard it, in units of 10 ms; `u16::MAX` for never or long ago.
     pub ages: Vec<u16>,
+    /// Fingerprint of the sender's member list ([`roster`]): `ages` is read
+    /// only by a node with the same list, since its indexes follow that list.
+    pub roster: u64,
+}
+
+/// Fingerprint of a sorted member list.
+pub fn roster(sorted_names: &[String]) -> u64 {
+    let mut bytes = Vec::new();
+    for n in sorted_names {
+        bytes.extend_from_slice(n.as_bytes());
+        bytes.push(0);
+    }
+    ferrolb_balance::hash::hash64(&bytes, 0x666c_6272_6f73_7472)
 }
 
 /// Age value meaning "never heard" (or longer than the encoding holds).
 pub const NEVER: u16 = u16::MAX;
 
-const MAGIC: &[u8; 4] = b"FLB1";
+// Version 2 added the roster fingerprint; version 1 heartbeats are refused.
+const MAGIC: &[u8; 4] = b"FLB2";
 
 /// Why a datagram is not a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +89,7 @@ impl Heartbeat {
         let mut out = Vec::with_capacity(32 + self.claims.len() * 24);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.roster.to_be_bytes());
         put_str(&mut out, &self.from);
         out.extend_from_slice(&(self.claims.len().min(u16::MAX as usize) as u16).to_be_bytes());
         for (k, held) in self.claims.iter().take(u16::MAX as usize) {
@@ -95,6 +110,7 @@ impl Heartbeat {
         }
         b = &b[4..];
         let seq = take_u64(&mut b)?;
+        let roster = take_u64(&mut b)?;
         let from = take_str(&mut b)?;
         let n = take_u16(&mut b)? as usize;
         let mut claims = Vec::with_capacity(n.min(4096));
@@ -116,6 +132,7 @@ impl Heartbeat {
             seq,
             claims,
             ages,
+            roster,
         })
     }
 }
@@ -173,6 +190,21 @@ struct Peer {
     ages_at: u64,
 }
 
+impl Peer {
+    fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            last_heard: None,
+            up: false,
+            seq: 0,
+            claims: Vec::new(),
+            claims_at: 0,
+            ages: Vec::new(),
+            ages_at: 0,
+        }
+    }
+}
+
 /// The failure detector of one node.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -181,6 +213,8 @@ pub struct Membership {
     peers: BTreeMap<String, Peer>,
     /// Every member, this node included, sorted: the order of `ages`.
     order: Vec<String>,
+    /// [`roster`] of `order`.
+    roster: u64,
     started: Option<u64>,
     next_send: u64,
     seq: u64,
@@ -196,21 +230,7 @@ impl Membership {
         let peers: BTreeMap<String, Peer> = peers
             .into_iter()
             .filter(|(n, _)| n != me)
-            .map(|(n, addr)| {
-                (
-                    n,
-                    Peer {
-                        addr,
-                        last_heard: None,
-                        up: false,
-                        seq: 0,
-                        claims: Vec::new(),
-                        claims_at: 0,
-                        ages: Vec::new(),
-                        ages_at: 0,
-                    },
-                )
-            })
+            .map(|(n, addr)| (n, Peer::new(addr)))
             .collect();
         let mut order: Vec<String> = peers.keys().cloned().collect();
         order.push(me.to_string());
@@ -219,11 +239,53 @@ impl Membership {
             me: me.to_string(),
             timing,
             peers,
+            roster: roster(&order),
             order,
             started: None,
             next_send: 0,
             seq: 0,
         }
+    }
+
+    /// Replaces the member list (Kubernetes: speaker Pods come and go).
+    /// Members that stay keep their state; new ones start down until heard;
+    /// removed ones that were up are reported down.
+    pub fn set_members(
+        &mut self,
+        members: impl IntoIterator<Item = (String, SocketAddr)>,
+    ) -> Vec<Change> {
+        let wanted: BTreeMap<String, SocketAddr> =
+            members.into_iter().filter(|(n, _)| *n != self.me).collect();
+        let mut changes = Vec::new();
+        let gone: Vec<String> = self
+            .peers
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            if self.peers.remove(&n).is_some_and(|p| p.up) {
+                changes.push(Change::Down(n));
+            }
+        }
+        for (n, addr) in wanted {
+            match self.peers.get_mut(&n) {
+                Some(p) => p.addr = addr,
+                None => {
+                    self.peers.insert(n, Peer::new(addr));
+                }
+            }
+        }
+        let mut order: Vec<String> = self.peers.keys().cloned().collect();
+        order.push(self.me.clone());
+        order.sort();
+        self.roster = roster(&order);
+        self.order = order;
+        // Reports over the old list cannot be read against the new one.
+        for p in self.peers.values_mut() {
+            p.ages.clear();
+        }
+        changes
     }
 
     /// Advances time: returns the heartbeats due (destination and bytes) and
@@ -263,6 +325,7 @@ impl Membership {
                 seq: self.seq,
                 claims: claims.to_vec(),
                 ages,
+                roster: self.roster,
             }
             .encode();
             sends = self
@@ -291,7 +354,7 @@ impl Membership {
         p.claims = hb.claims;
         p.claims_at = now;
         // Only a report over the same member list can be read index by index.
-        if hb.ages.len() == self.order.len() {
+        if hb.roster == self.roster && hb.ages.len() == self.order.len() {
             p.ages = hb.ages;
             p.ages_at = now;
         } else {
@@ -392,10 +455,12 @@ mod tests {
             seq: 7,
             claims: vec![("svc".into(), 1500)],
             ages: vec![0, 12, NEVER],
+            roster: 0x0102_0304_0506_0708,
         };
         let bytes = hb.encode();
-        let mut want = b"FLB1".to_vec();
+        let mut want = b"FLB2".to_vec();
         want.extend_from_slice(&7u64.to_be_bytes());
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         want.extend_from_slice(&[0, 2, b'n', b'1', 0, 1, 0, 3, b's', b'v', b'c']);
         want.extend_from_slice(&1500u64.to_be_bytes());
         want.extend_from_slice(&[0, 3, 0, 0, 0, 12, 0xff, 0xff]);
@@ -407,11 +472,66 @@ mod tests {
         assert!(Heartbeat::decode(&extra).is_err());
     }
 
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7000 + i))
+    }
+
+    #[test]
+    fn members_can_join_and_leave_at_run_time() {
+        let t = Timing::default();
+        let mut a = Membership::new("a", [("b".to_string(), addr(2))], t);
+        let mut c = Membership::new("c", [("a".to_string(), addr(1))], t);
+        // b comes up.
+        let mut b = Membership::new("b", [("a".to_string(), addr(1))], t);
+        let (sends, _) = b.tick(0, &[]);
+        assert_eq!(a.receive(0, &sends[0].1), Ok(Some(Change::Up("b".into()))));
+        // c is not a member of a yet: its heartbeats are ignored.
+        let (sends, _) = c.tick(0, &[]);
+        assert_eq!(a.receive(0, &sends[0].1), Ok(None));
+        assert_eq!(a.live(), ["a", "b"]);
+        // c joins; b leaves and, being up, is reported down.
+        let changes = a.set_members([("c".to_string(), addr(3)), ("a".to_string(), addr(1))]);
+        assert_eq!(changes, vec![Change::Down("b".into())]);
+        assert_eq!(a.live(), ["a"], "a new member is down until heard");
+        let (sends, _) = c.tick(200, &[]);
+        assert_eq!(
+            a.receive(200, &sends[0].1),
+            Ok(Some(Change::Up("c".into())))
+        );
+        assert_eq!(a.live(), ["a", "c"]);
+        let (sends, _) = a.tick(300, &[]);
+        assert_eq!(sends.len(), 1, "heartbeats go to the new list only");
+        assert_eq!(sends[0].0, addr(3));
+    }
+
+    #[test]
+    fn ages_over_another_member_list_are_not_read() {
+        let t = Timing::default();
+        // a knows [a, b, c]; b knows [a, b, d]: the same length, different members.
+        let mut a = Membership::new(
+            "a",
+            [("b".to_string(), addr(2)), ("c".to_string(), addr(3))],
+            t,
+        );
+        let mut b = Membership::new(
+            "b",
+            [("a".to_string(), addr(1)), ("d".to_string(), addr(4))],
+            t,
+        );
+        let (sends, _) = b.tick(0, &[]);
+        a.receive(0, &sends[0].1).unwrap();
+        assert!(a.peers["b"].ages.is_empty(), "b's ages index another list");
+        b.set_members([("a".to_string(), addr(1)), ("c".to_string(), addr(3))]);
+        let (sends, _) = b.tick(100, &[]);
+        a.receive(100, &sends[0].1).unwrap();
+        assert_eq!(a.peers["b"].ages.len(), 3, "same list: read");
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = Heartbeat::decode(&bytes);
-            let mut framed = b"FLB1".to_vec();
+            let mut framed = b"FLB2".to_vec();
             framed.extend_from_slice(&bytes);
             let _ = Heartbeat::decode(&framed);
         }

@@ -88,9 +88,24 @@ struct Owned {
     sent: usize,
 }
 
-/// The handle standalone mode talks to.
+/// What the runner is told.
+enum Update {
+    Services(Vec<ServiceVips>),
+    Members(Vec<Member>),
+}
+
+/// The handle standalone and Kubernetes mode talk to (clones talk to the same runner).
+#[derive(Clone)]
 pub struct L2Announcer {
-    tx: mpsc::UnboundedSender<Vec<ServiceVips>>,
+    tx: mpsc::UnboundedSender<Update>,
+}
+
+impl L2Announcer {
+    /// Replaces the member list (Kubernetes mode: the speaker Pods, with their
+    /// nodes' labels). Members that stay keep their state.
+    pub fn set_members(&self, members: Vec<Member>) {
+        let _ = self.tx.send(Update::Members(members));
+    }
 }
 
 impl Drop for IfaceRt {
@@ -139,7 +154,7 @@ impl Announcer for L2Announcer {
     }
 
     fn update(&mut self, services: &[ServiceVips]) {
-        let _ = self.tx.send(services.to_vec());
+        let _ = self.tx.send(Update::Services(services.to_vec()));
     }
 }
 
@@ -277,7 +292,7 @@ impl Runner {
 
     async fn run(
         mut self,
-        mut updates: mpsc::UnboundedReceiver<Vec<ServiceVips>>,
+        mut updates: mpsc::UnboundedReceiver<Update>,
         mut conflicts: mpsc::UnboundedReceiver<(IpAddr, ferrolb_l2::wire::Mac)>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -300,7 +315,18 @@ impl Runner {
                     }
                 }
                 u = updates.recv() => match u {
-                    Some(services) => {
+                    Some(Update::Members(members)) => {
+                        let changes = self.membership.set_members(members.iter().map(|m| (m.name.clone(), m.address)));
+                        for c in &changes {
+                            if let Change::Down(name) = c {
+                                tracing::info!(member = %name, "member left");
+                            }
+                        }
+                        tracing::info!(members = members.len(), "member list updated");
+                        self.opts.members = members;
+                        self.elect().await;
+                    }
+                    Some(Update::Services(services)) => {
                         self.services = services;
                         let vips = self.services.iter().flat_map(|s| s.vips.iter().copied());
                         if let Err(e) = self.local.ensure(vips) {
@@ -336,7 +362,7 @@ impl Runner {
     /// interfaces that appear or vanish are picked up without a restart.
     fn watch_interfaces(&mut self) {
         self.ticks += 1;
-        if self.ticks % 10 == 0 {
+        if self.ticks.is_multiple_of(10) {
             for i in &mut self.ifaces {
                 let carrier = iface::read_iface(&i.name).is_some_and(|x| x.up && x.carrier);
                 if carrier != i.carrier {
@@ -349,7 +375,7 @@ impl Runner {
                 }
             }
         }
-        if self.ticks % 100 == 0 {
+        if self.ticks.is_multiple_of(100) {
             let now: Vec<iface::Iface> = iface::announcing(&self.named);
             let before = self.ifaces.len();
             self.ifaces.retain(|i| {
@@ -425,8 +451,9 @@ impl Runner {
     }
 
     /// Eligible live members for a service: node selectors of the
-    /// advertisements covering its pool.
-    fn eligible(&self, pool: &str) -> Vec<String> {
+    /// advertisements covering its pool, and the service's own candidates.
+    fn eligible(&self, s: &ServiceVips) -> Vec<String> {
+        let pool = s.pool.as_str();
         let live = self.membership.live();
         let ads: Vec<&L2Advertisement> = self
             .opts
@@ -440,6 +467,7 @@ impl Runner {
         let me_ok = self.can_announce();
         live.into_iter()
             .filter(|name| *name != self.me || me_ok)
+            .filter(|name| s.eligible(name))
             .filter(|name| {
                 let Some(m) = self.opts.members.iter().find(|m| m.name == *name) else {
                     return false;
@@ -465,7 +493,7 @@ impl Runner {
         let mine = self.claims();
         let mut changed = false;
         for s in self.services.clone() {
-            let eligible = self.eligible(&s.pool);
+            let eligible = self.eligible(&s);
             let refs: Vec<&str> = eligible.iter().map(|s| s.as_str()).collect();
             let mut claims: Vec<Claim<'_>> = peer_claims
                 .iter()

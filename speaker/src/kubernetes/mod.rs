@@ -1,0 +1,385 @@
+//! Kubernetes mode: the speaker learns from the API what to announce and
+//! where to forward. `model` decides (pure); the runner here watches the
+//! API (Services, EndpointSlices, Nodes, the ConfigMap, the speaker Pods)
+//! and drives the same announcers and forwarder as standalone mode.
+//!
+//! The API is only an input: membership heartbeats, elections, BGP sessions
+//! and the forwarder keep running on the last state seen if the API server
+//! goes away.
+
+pub mod model;
+
+use crate::announce::{Announcer, ServiceVips};
+use crate::forwarder::Forwarder;
+use crate::metrics::{Metrics, ResultLabels};
+use anyhow::Context;
+use ferrolb_config::{Config, Member};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use model::Filter;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// How Kubernetes mode runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This node's name (from the downward API).
+    pub node: String,
+    /// A kubeconfig; default: in-cluster, then KUBECONFIG.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the ConfigMap and of the speaker Pods.
+    pub namespace: String,
+    /// Name of the configuration ConfigMap.
+    pub config_map: String,
+    /// Key holding the YAML.
+    pub config_key: String,
+    /// Label selector of the speaker Pods (the members of layer 2 failover).
+    pub speaker_selector: String,
+    /// UDP port of the membership heartbeats.
+    pub member_port: u16,
+    /// Which Services, and which nodes.
+    pub filter: Filter,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: SocketAddr,
+}
+
+/// A reflector kept current by its own task; every change pokes `changed`.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: watch::Sender<u64>) -> Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => {
+                    changed.send_modify(|n| *n += 1);
+                }
+                // The backoff retries; the last state stays in the store meanwhile.
+                Err(e) => tracing::warn!(error = %e, "watch error; retrying"),
+            }
+        }
+    });
+    reader
+}
+
+fn node_ipv4(node: &Node) -> Option<std::net::Ipv4Addr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+}
+
+/// The speaker Pods as members: node name, host IP and the node's labels.
+fn members(pods: &[Arc<Pod>], nodes: &[Arc<Node>], port: u16) -> Vec<Member> {
+    let labels: BTreeMap<&str, BTreeMap<String, String>> = nodes
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.as_deref()?,
+                n.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    let mut out: BTreeMap<String, Member> = BTreeMap::new();
+    for p in pods {
+        let (Some(node), Some(status)) = (
+            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            p.status.as_ref(),
+        ) else {
+            continue;
+        };
+        if status.phase.as_deref() != Some("Running") {
+            continue;
+        }
+        let Some(ip) = status
+            .host_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        let mut l = labels.get(node.as_str()).cloned().unwrap_or_default();
+        l.insert("kubernetes.io/hostname".into(), node.clone());
+        out.insert(
+            node.clone(),
+            Member {
+                name: node,
+                address: SocketAddr::new(ip, port),
+                labels: l,
+            },
+        );
+    }
+    out.into_values().collect()
+}
+
+fn parse_config(cm: &ConfigMap, opts: &Options) -> Result<Config, String> {
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&opts.config_key))
+        .ok_or_else(|| {
+            format!(
+                "ConfigMap {}/{} has no key {:?}",
+                opts.namespace, opts.config_map, opts.config_key
+            )
+        })?;
+    Config::from_yaml(text).map_err(|e| e.to_string())
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no cluster credentials (in-cluster, KUBECONFIG or ~/.kube/config)")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Runs until SIGTERM or SIGINT, then withdraws and drains.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(opts.metrics_address)
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", opts.metrics_address))?;
+    let render = Arc::clone(&metrics);
+    tokio::spawn(ferrolb_ops::serve(
+        listener,
+        Arc::new(ferrolb_ops::Endpoint {
+            metrics: Box::new(move || render.encode()),
+            ready: Arc::clone(&ready),
+        }),
+    ));
+    let client = client(opts.kubeconfig.as_ref()).await?;
+    let (changed, mut changes) = watch::channel(0u64);
+    let services = reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let slices = reflect(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let nodes = reflect(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let pods = reflect(
+        Api::<Pod>::namespaced(client.clone(), &opts.namespace),
+        watcher::Config::default().labels(&opts.speaker_selector),
+        changed.clone(),
+    );
+    let config_maps = reflect(
+        Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", opts.config_map)),
+        changed.clone(),
+    );
+    tracing::info!(node = %opts.node, namespace = %opts.namespace, "waiting for the first list of every watched resource");
+    for (what, ready) in [
+        ("Services", services.wait_until_ready().await),
+        ("EndpointSlices", slices.wait_until_ready().await),
+        ("Nodes", nodes.wait_until_ready().await),
+        ("speaker Pods", pods.wait_until_ready().await),
+        ("ConfigMap", config_maps.wait_until_ready().await),
+    ] {
+        ready.map_err(|e| anyhow::anyhow!("cannot list {what}: {e}"))?;
+    }
+
+    let mut forwarder = Forwarder::new(Arc::clone(&metrics));
+    let mut health = forwarder.service_health();
+    let mut config: Option<Config> = None;
+    let mut config_text: Option<String> = None;
+    let mut announcer: Option<(Box<dyn Announcer>, Option<crate::l2::L2Announcer>)> = None;
+    let mut announced: Vec<ServiceVips> = Vec::new();
+    let mut last_members: Vec<Member> = Vec::new();
+    let mut last_problems: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut last_excluded = Vec::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut health_tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        // Configuration: applied when it changes and is valid; otherwise the last valid one stays.
+        let cm = config_maps.state().into_iter().next();
+        let text = cm
+            .as_ref()
+            .and_then(|c| c.data.as_ref()?.get(&opts.config_key).cloned());
+        if text != config_text {
+            config_text = text;
+            match cm.as_deref().map(|c| parse_config(c, &opts)) {
+                Some(Ok(c)) => {
+                    if announcer.is_some()
+                        && config.as_ref().is_some_and(|old| {
+                            old.l2 != c.l2 || old.bgp != c.bgp || old.failover != c.failover
+                        })
+                    {
+                        tracing::warn!("the l2, bgp or failover sections changed: restart the speakers to apply them (pools and services apply at once)");
+                    }
+                    metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabels {
+                            result: "ok".into(),
+                        })
+                        .inc();
+                    config = Some(c);
+                }
+                Some(Err(e)) => {
+                    metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabels {
+                            result: "error".into(),
+                        })
+                        .inc();
+                    tracing::error!("the ConfigMap is invalid; the last valid configuration stays in force:\n{e}");
+                }
+                None => {
+                    tracing::error!(configmap = %format!("{}/{}", opts.namespace, opts.config_map), "no configuration yet; announcing nothing")
+                }
+            }
+        }
+        let node_list = nodes.state();
+        let me_node = node_list
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(opts.node.as_str()))
+            .cloned();
+        let mut member_list = members(&pods.state(), &node_list, opts.member_port);
+        if let Some(cfg) = &config {
+            if announcer.is_none() {
+                let labels: BTreeMap<String, String> = me_node
+                    .as_ref()
+                    .and_then(|n| n.metadata.labels.clone())
+                    .unwrap_or_default();
+                if member_list.iter().all(|m| m.name != opts.node) {
+                    // Our own Pod may not be listed yet: this node is a member anyway.
+                    if let Some(ip) = me_node.as_deref().and_then(node_ipv4) {
+                        member_list.push(Member {
+                            name: opts.node.clone(),
+                            address: SocketAddr::new(IpAddr::V4(ip), opts.member_port),
+                            labels: labels.clone(),
+                        });
+                    }
+                }
+                let fallback = me_node.as_deref().and_then(node_ipv4);
+                let started = crate::standalone::start_announcers(
+                    cfg,
+                    &opts.node,
+                    member_list.clone(),
+                    &labels,
+                    fallback,
+                    &metrics,
+                )
+                .await?;
+                tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");
+                last_members = member_list.clone();
+                announcer = Some((started.announcer, started.l2));
+            } else if member_list != last_members && member_list.iter().any(|m| m.name == opts.node)
+            {
+                if let Some((_, Some(l2))) = &announcer {
+                    l2.set_members(member_list.clone());
+                }
+                last_members = member_list;
+            }
+            let speakers: BTreeSet<String> = last_members
+                .iter()
+                .map(|m| m.name.clone())
+                .chain(std::iter::once(opts.node.clone()))
+                .collect();
+            let svc: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+            let sl: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
+            let nl: Vec<Node> = node_list.iter().map(|n| (**n).clone()).collect();
+            let d = model::desired(&opts.node, &svc, &sl, &nl, &speakers, cfg, &opts.filter);
+            if d.excluded != last_excluded {
+                for e in &d.excluded {
+                    tracing::warn!(node = %e.node, reason = e.reason, "node excluded from announcing");
+                }
+                last_excluded = d.excluded.clone();
+            }
+            let problems: BTreeSet<(String, String)> = d.problems.iter().cloned().collect();
+            for (svc, why) in problems.difference(&last_problems) {
+                tracing::warn!(service = %svc, "{why}");
+            }
+            last_problems = problems;
+            for e in forwarder.apply(&d.plan, &cfg.forwarder) {
+                tracing::error!(error = %e, "listener not opened");
+            }
+            let h = health.borrow_and_update().clone();
+            let forwarded: BTreeSet<&str> = d
+                .plan
+                .services
+                .iter()
+                .map(|s| s.service.name.as_str())
+                .collect();
+            let current: Vec<ServiceVips> = d
+                .vips
+                .into_iter()
+                .map(|mut v| {
+                    if forwarded.contains(v.key.as_str()) {
+                        v.healthy = h.get(&v.key).copied().unwrap_or(false);
+                    }
+                    v
+                })
+                .collect();
+            if let Some((a, _)) = announcer.as_mut() {
+                if current != announced {
+                    a.update(&current);
+                    announced = current;
+                }
+            }
+            ready.store(true, Ordering::Relaxed);
+        }
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    anyhow::bail!("every watch ended");
+                }
+                // Let a burst of changes settle into one recomputation.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                changes.borrow_and_update();
+            }
+            _ = health_tick.tick() => forwarder.refresh_health(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: withdrawing, then draining");
+    ready.store(false, Ordering::Relaxed);
+    if let Some((mut a, _)) = announcer {
+        for task in a.stop() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+    }
+    forwarder.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! What this node should do, computed from API objects. Pure: Services,
+//! EndpointSlices, Nodes and the live speakers go in; the VIPs to announce
+//! (each with the nodes that may announce it) and the forwarder's plan come
+//! out. Eligibility follows MetalLB's rules (docs/kubernetes-speaker.md):
+//! a VIP needs a ready endpoint; its candidates are the nodes running a live
+//! speaker, minus nodes with NetworkUnavailable, minus nodes labelled
+//! `node.kubernetes.io/exclude-from-external-load-balancers` (unless told to
+//! ignore the label), and with `externalTrafficPolicy: Local` only nodes that
+//! hold a ready endpoint. Advertisement node selectors are applied by the
+//! announcers (layer 2 election, BGP peers).
+
+use crate::announce::ServiceVips;
+use crate::plan::{Plan, PlannedService};
+use ferrolb_alloc::Assignment;
+use ferrolb_config::{Backend, Config, HealthCheck, Protocol, Service as PlanService, ServicePort};
+use ferrolb_ipset::Cidr;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+/// The label that keeps a node out of every load balancer.
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// The controller's pool annotation (see docs/kubernetes.md).
+pub const POOL_ANNOTATION: &str = "ferrolb.io/allocated-from-pool";
+/// Services with this annotation set to "true" are served by the forwarder.
+pub const FORWARD_ANNOTATION: &str = "ferrolb.io/forward";
+/// EndpointSlices name their Service with this label.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Which Services the speaker handles: the same rule as the controller's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// `spec.loadBalancerClass` handled.
+    pub class: String,
+    /// Leave Services without a class alone.
+    pub ignore_classless: bool,
+    /// Announce from nodes labelled [`EXCLUDE_LABEL`] anyway.
+    pub ignore_exclude_label: bool,
+}
+
+impl Default for Filter {
+    fn default() -> Filter {
+        Filter {
+            class: "ferrolb.io/lb".into(),
+            ignore_classless: false,
+            ignore_exclude_label: false,
+        }
+    }
+}
+
+/// One endpoint of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    ip: IpAddr,
+    node: Option<String>,
+    /// Port name -> (protocol, number).
+    ports: Vec<(String, Protocol, u16)>,
+}
+
+/// Why a node cannot announce anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    /// The node.
+    pub node: String,
+    /// Why, for the log.
+    pub reason: &'static str,
+}
+
+/// What the speaker does now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    /// Every handled VIP with its candidate nodes (`ServiceVips::nodes`).
+    pub vips: Vec<ServiceVips>,
+    /// Services this node forwards (announced by it or not: with ECMP any
+    /// candidate receives traffic, in layer 2 the owner does).
+    pub plan: Plan,
+    /// Nodes out of every election, with the reason.
+    pub excluded: Vec<Excluded>,
+    /// Services that cannot be handled as they are, with the reason.
+    pub problems: Vec<(String, String)>,
+}
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// The ready endpoints of every Service, by `namespace/name`. Endpoints that
+/// are not ready, or terminating, carry no traffic.
+fn endpoints(slices: &[EndpointSlice]) -> BTreeMap<String, Vec<Endpoint>> {
+    let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    for s in slices {
+        let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let key = format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or(""), svc);
+        let ports: Vec<(String, Protocol, u16)> = s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    protocol(p.protocol.as_deref())?,
+                    u16::try_from(p.port?).ok()?,
+                ))
+            })
+            .collect();
+        for e in &s.endpoints {
+            let c = e.conditions.as_ref();
+            // Per the EndpointSlice API, a missing `ready` means ready.
+            let ready = c.and_then(|c| c.ready).unwrap_or(true)
+                && !c.and_then(|c| c.terminating).unwrap_or(false);
+            if !ready {
+                continue;
+            }
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    out.entry(key.clone()).or_default().push(Endpoint {
+                        ip,
+                        node: e.node_name.clone(),
+                        ports: ports.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Nodes that may announce at all: live speakers, minus NetworkUnavailable,
+/// minus the exclusion label (unless ignored).
+fn usable_nodes(
+    nodes: &[Node],
+    speakers: &BTreeSet<String>,
+    filter: &Filter,
+) -> (BTreeSet<String>, Vec<Excluded>) {
+    let mut usable = BTreeSet::new();
+    let mut excluded = Vec::new();
+    for n in nodes {
+        let Some(name) = n.metadata.name.clone() else {
+            continue;
+        };
+        if !speakers.contains(&name) {
+            continue;
+        }
+        let unavailable = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+            });
+        let labelled = n
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(EXCLUDE_LABEL));
+        if unavailable {
+            excluded.push(Excluded {
+                node: name,
+                reason: "condition NetworkUnavailable is True",
+            });
+        } else if labelled && !filter.ignore_exclude_label {
+            excluded.push(Excluded {
+                node: name,
+                reason: "labelled node.kubernetes.io/exclude-from-external-load-balancers (start the speakers with --ignore-exclude-lb to announce anyway)",
+            });
+        } else {
+            usable.insert(name);
+        }
+    }
+    (usable, excluded)
+}
+
+fn handled(svc: &Service, filter: &Filter) -> bool {
+    let Some(spec) = svc.spec.as_ref() else {
+        return false;
+    };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return false;
+    }
+    match spec.load_balancer_class.as_deref() {
+        Some(c) => c == filter.class,
+        None => !filter.ignore_classless,
+    }
+}
+
+/// Computes everything for node `me`.
+pub fn desired(
+    me: &str,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    nodes: &[Node],
+    speakers: &BTreeSet<String>,
+    config: &Config,
+    filter: &Filter,
+) -> Desired {
+    let eps = endpoints(slices);
+    let (usable, excluded) = usable_nodes(nodes, speakers, filter);
+    let mut out = Desired {
+        excluded,
+        ..Desired::default()
+    };
+    let mut sorted: Vec<&Service> = services.iter().filter(|s| handled(s, filter)).collect();
+    sorted.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
+    for svc in sorted {
+        let key = format!(
+            "{}/{}",
+            svc.metadata.namespace.as_deref().unwrap_or(""),
+            svc.metadata.name.as_deref().unwrap_or("")
+        );
+        let vips: Vec<IpAddr> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        if vips.is_empty() {
+            // Not assigned yet: nothing to announce (the controller's job).
+            continue;
+        }
+        let ann = svc.metadata.annotations.clone().unwrap_or_default();
+        let pool = ann.get(POOL_ANNOTATION).cloned().or_else(|| {
+            // Status written by another tool: find the pool holding the address.
+            config
+                .pools
+                .iter()
+                .find(|p| vips.iter().all(|ip| p.addresses.contains(*ip)))
+                .map(|p| p.name.clone())
+        });
+        let Some(pool) = pool.filter(|p| config.pool(p).is_some()) else {
+            out.problems.push((
+                key,
+                format!(
+                    "{} is in no configured pool; not announced",
+                    vips.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ));
+            continue;
+        };
+        let spec = svc.spec.clone().unwrap_or_default();
+        let ready = eps.get(&key).cloned().unwrap_or_default();
+        let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+        let candidates: BTreeSet<String> = if ready.is_empty() {
+            BTreeSet::new()
+        } else if local_only {
+            let with_endpoint: BTreeSet<String> =
+                ready.iter().filter_map(|e| e.node.clone()).collect();
+            usable.intersection(&with_endpoint).cloned().collect()
+        } else {
+            usable.clone()
+        };
+        let forward = ann
+            .get(FORWARD_ANNOTATION)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        out.vips.push(ServiceVips {
+            key: key.clone(),
+            pool: pool.clone(),
+            vips: vips.clone(),
+            healthy: true,
+            nodes: Some(candidates.clone()),
+        });
+        if !forward || !candidates.contains(me) {
+            continue;
+        }
+        match forward_service(&key, &spec, &ready, local_only.then_some(me)) {
+            Ok(service) => out.plan.services.push(PlannedService {
+                service,
+                assignment: Assignment {
+                    pool: pool.as_str().into(),
+                    ips: vips,
+                },
+            }),
+            Err(why) => out.problems.push((key, why)),
+        }
+    }
+    out
+}
+
+/// The forwarder's view of a Service: each port to the ready endpoints'
+/// target ports (only this node's endpoints with `externalTrafficPolicy: Local`).
+fn forward_service(
+    key: &str,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    ready: &[Endpoint],
+    only_node: Option<&str>,
+) -> Result<PlanService, String> {
+    let mut source_ranges = Vec::new();
+    for r in spec.load_balancer_source_ranges.iter().flatten() {
+        // A range we cannot read must not silently open the service to everyone.
+        let cidr: Cidr = r
+            .trim()
+            .parse()
+            .map_err(|e| format!("loadBalancerSourceRanges entry {r:?} is invalid ({e}); not forwarded until it is fixed"))?;
+        source_ranges.push(cidr);
+    }
+    let mut ports = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let Some(proto) = protocol(p.protocol.as_deref()) else {
+            continue;
+        };
+        if proto == Protocol::Sctp {
+            continue;
+        }
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let name = p.name.clone().unwrap_or_default();
+        let mut backends: Vec<Backend> = ready
+            .iter()
+            .filter(|e| only_node.is_none_or(|n| e.node.as_deref() == Some(n)))
+            .filter_map(|e| {
+                let (_, _, target) = e
+                    .ports
+                    .iter()
+                    .find(|(n, pr, _)| *n == name && *pr == proto)?;
+                Some(Backend {
+                    address: SocketAddr::new(e.ip, *target),
+                    weight: 1,
+                })
+            })
+            .collect();
+        backends.sort_by_key(|b| b.address);
+        backends.dedup();
+        ports.push(ServicePort {
+            port,
+            protocol: proto,
+            backends,
+            algorithm: Default::default(),
+            proxy_protocol: None,
+            health_check: Some(HealthCheck::default()),
+        });
+    }
+    Ok(PlanService {
+        name: key.to_string(),
+        ip: None,
+        pool: None,
+        source_ranges,
+        ports,
+        max_connections: None,
+    })
+}

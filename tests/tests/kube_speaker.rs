@@ -1,0 +1,156 @@
+//! `ferrolb-speaker kubernetes` with the controller against the fake API
+//! server, on loopback (no root): a Service annotated `ferrolb.io/forward`
+//! gets an address from the controller, and the speaker forwards it to the
+//! ready endpoints of its EndpointSlice; endpoints that stop being ready
+//! stop getting traffic; a deleted Service stops being served. The VIPs are
+//! in 127.0.0.0/8, local on every host.
+
+use ferrolb_tests::backend;
+use ferrolb_tests::client;
+use ferrolb_tests::cluster::{Cluster, Controller, KubeSpeaker};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+/// Names of the backends that answered `n` GETs to `vip`.
+async fn answered(vip: SocketAddr, n: usize) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for _ in 0..n {
+        if let Ok(body) = client::get(vip, "/", None).await {
+            names.insert(body.trim().to_string());
+        }
+    }
+    names
+}
+
+async fn until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_service_reaches_ready_endpoints_through_the_vip() {
+    let port = ferrolb_tests::speaker::free_port();
+    let b1 = backend::http(
+        "pod-1",
+        format!("127.0.41.1:{port}").parse().unwrap(),
+        backend::Proxy::None,
+    )
+    .await
+    .unwrap();
+    let b2 = backend::http(
+        "pod-2",
+        format!("127.0.41.2:{port}").parse().unwrap(),
+        backend::Proxy::None,
+    )
+    .await
+    .unwrap();
+    let c = Cluster::start().await;
+    c.set_config("pools: [{name: loopback, addresses: [127.0.40.0/28]}]")
+        .await;
+    c.create_node("node1", "127.0.0.1", json!({}));
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let _ctl = Controller::start(&c, "ctl", &[]).await;
+    let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+
+    let vport = ferrolb_tests::speaker::free_port();
+    c.create_service(
+        "shop",
+        "web",
+        json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
+               "spec": {"ports": [{"name": "http", "port": vport, "protocol": "TCP", "targetPort": port}]}}),
+    )
+    .await;
+    c.set_endpoints(
+        "shop",
+        "web",
+        port,
+        &[("127.0.41.1", "node1", true), ("127.0.41.2", "node1", true)],
+    );
+    let ip = c.wait_ingress("shop", "web", 1, T).await;
+    assert_eq!(
+        c.service("shop", "web")["status"]["loadBalancer"]["ingress"][0]["ipMode"],
+        "Proxy"
+    );
+    let vip: SocketAddr = format!("{}:{vport}", ip[0]).parse().unwrap();
+    until("both pods answering through the VIP", T, async || {
+        answered(vip, 10).await.len() == 2
+    })
+    .await;
+
+    // pod-2 stops being ready: after the health of the plan settles, only pod-1 answers.
+    c.set_endpoints(
+        "shop",
+        "web",
+        port,
+        &[
+            ("127.0.41.1", "node1", true),
+            ("127.0.41.2", "node1", false),
+        ],
+    );
+    until("only pod-1 answering", T, async || {
+        answered(vip, 10).await == BTreeSet::from(["pod-1".to_string()])
+    })
+    .await;
+    assert!(b1.requests() > 0 && b2.requests() > 0);
+
+    // The Service goes away: the speaker stops serving its address.
+    c.delete_service("shop", "web").await;
+    until("the listener closed", T, async || {
+        client::get(vip, "/", None).await.is_err()
+    })
+    .await;
+    assert!(!speaker.log().contains("panicked"), "{}", speaker.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_may_not_announce_does_not_forward() {
+    let port = ferrolb_tests::speaker::free_port();
+    let _b = backend::http(
+        "pod-1",
+        format!("127.0.42.1:{port}").parse().unwrap(),
+        backend::Proxy::None,
+    )
+    .await
+    .unwrap();
+    let c = Cluster::start().await;
+    c.set_config("pools: [{name: loopback, addresses: [127.0.43.0/28]}]")
+        .await;
+    // node1 is excluded by label; the endpoint is on node1 with policy Local elsewhere.
+    c.create_node(
+        "node1",
+        "127.0.0.1",
+        json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+    );
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let _ctl = Controller::start(&c, "ctl", &[]).await;
+    let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+    let vport = ferrolb_tests::speaker::free_port();
+    c.create_service(
+        "shop",
+        "web",
+        json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
+               "spec": {"ports": [{"name": "http", "port": vport, "protocol": "TCP", "targetPort": port}]}}),
+    )
+    .await;
+    c.set_endpoints("shop", "web", port, &[("127.0.42.1", "node1", true)]);
+    let ip = c.wait_ingress("shop", "web", 1, T).await;
+    let vip: SocketAddr = format!("{}:{vport}", ip[0]).parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        client::get(vip, "/", None).await.is_err(),
+        "an excluded node served the VIP"
+    );
+    let log = speaker.log();
+    assert!(
+        log.contains("node excluded from announcing")
+            && log.contains("exclude-from-external-load-balancers"),
+        "{log}"
+    );
+}
