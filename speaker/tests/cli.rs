@@ -95,7 +95,11 @@ fn help_on_binary_and_every_subcommand() {
     assert!(text(&out.stdout).contains("--config <FILE>"));
     let out = speaker(&["kubernetes", "--help"]);
     assert!(out.status.success());
-    assert!(text(&out.stdout).contains("--node <NAME>"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("--node <NAME>"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = speaker(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -196,6 +196,37 @@ impl Lab {
         }
     }
 
+    /// Joins the test process's own network namespace to the bridge (which
+    /// `attach` must have created) with `addrs`, so that processes in the
+    /// lab reach servers the test runs itself (the fake API server). The
+    /// link goes away with the switch namespace.
+    pub fn attach_test_host(&mut self, addrs: &[&str]) {
+        let sw = self.name("switch");
+        assert!(
+            self.namespaces.contains(&sw),
+            "attach a host first: the bridge is made then"
+        );
+        // Interface names have at most 15 bytes.
+        let ifname: String = format!("{}h", self.prefix)
+            .chars()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        run(&[
+            "ip", "link", "add", &ifname, "type", "veth", "peer", "name", "testhost", "netns", &sw,
+        ]);
+        run(&[
+            "ip", "-n", &sw, "link", "set", "testhost", "master", "br0", "up",
+        ]);
+        for a in addrs {
+            run(&["ip", "addr", "add", a, "dev", &ifname]);
+        }
+        run(&["ip", "link", "set", &ifname, "up"]);
+    }
+
     /// Cuts host `short`'s link (its end of the veth goes down).
     pub fn cut(&self, short: &str) {
         run(&["ip", "-n", &self.name(short), "link", "set", "eth0", "down"]);

@@ -43,9 +43,9 @@ impl FakeApiServer {
         FakeApiServer::start_with(Options::default()).await
     }
 
-    /// Starts a server with `options` on a free loopback port.
+    /// Starts a server with `options` on a free port of `options.bind`.
     pub async fn start_with(options: Options) -> std::io::Result<FakeApiServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(std::net::SocketAddr::new(options.bind, 0)).await?;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(options.history)),
             requests: Mutex::new(Vec::new()),

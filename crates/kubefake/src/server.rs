@@ -46,6 +46,10 @@ pub struct Options {
     pub history: usize,
     /// How often an idle watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// The address to listen on (port chosen by the kernel); loopback by
+    /// default, another local address to serve processes in other network
+    /// namespaces.
+    pub bind: std::net::IpAddr,
 }
 
 impl Default for Options {
@@ -53,6 +57,7 @@ impl Default for Options {
         Options {
             history: 50_000,
             bookmark_interval: Duration::from_secs(1),
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }

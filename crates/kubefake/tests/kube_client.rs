@@ -138,6 +138,7 @@ async fn watcher_sees_changes_bookmarks_and_recovers_from_410() {
     let server = FakeApiServer::start_with(Options {
         history: 4,
         bookmark_interval: Duration::from_millis(50),
+        ..Options::default()
     })
     .await
     .unwrap();
