@@ -66,6 +66,19 @@ install_packages() {
   return $rc
 }
 
+# Python tools the suites need, in a virtualenv under target/ (kept between runs):
+# kubernetes-validate checks deploy/ against the Kubernetes schemas offline.
+PY_TOOLS="$ROOT/target/tools/venv"
+PY_PACKAGES=(kubernetes-validate==1.37.0)
+export PATH="$PY_TOOLS/bin:$PATH"
+install_python_tools() {
+  if [ -x "$PY_TOOLS/bin/kubernetes-validate" ]; then
+    "$PY_TOOLS/bin/kubernetes-validate" --version
+    return 0
+  fi
+  python3 -m venv "$PY_TOOLS" && "$PY_TOOLS/bin/pip" install -q "${PY_PACKAGES[@]}" && "$PY_TOOLS/bin/kubernetes-validate" --version
+}
+
 install_nextest() {
   if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest --version | head -1
@@ -77,6 +90,7 @@ install_nextest() {
 
 step "install packages" install_packages
 step "install nextest" install_nextest
+step "install python tools" install_python_tools
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # End-to-end suites run the real binaries, found next to the test executables.

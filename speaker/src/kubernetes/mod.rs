@@ -161,6 +161,12 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
             .await
             .context("no cluster credentials (in-cluster, KUBECONFIG or ~/.kube/config)")?,
     };
+    let mut config = config;
+    // Names this component in the API server's audit log (and in the test suite's RBAC check).
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("ferrolb-speaker/", env!("CARGO_PKG_VERSION"))),
+    ));
     Ok(Client::try_from(config)?)
 }
 

@@ -1,0 +1,285 @@
+//! The install manifests in `deploy/`: they validate against the Kubernetes
+//! schemas offline, the example configuration is valid, and the RBAC they
+//! grant is exactly what the components use: every request the controller
+//! and the speaker make in a full run against the fake API server is
+//! allowed, and every write the RBAC allows is one they make.
+
+use ferrolb_tests::cluster::{Cluster, Controller, KubeSpeaker, SYSTEM_NS};
+use ferrolb_tests::{require, Need};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The Kubernetes version the schemas are checked against (k8s-openapi's feature too).
+const KUBERNETES: &str = "1.33.0";
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn documents(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(deploy().join(file)).unwrap();
+    serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&text)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    if !require(
+        "manifest schema validation",
+        &[Need::Program("kubernetes-validate")],
+    ) {
+        return;
+    }
+    let files = [
+        "namespace.yaml",
+        "config.yaml",
+        "controller.yaml",
+        "speaker.yaml",
+    ];
+    let out = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "-k", KUBERNETES])
+        .args(files.iter().map(|f| deploy().join(f)))
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    // Every object of every file was checked (the kustomization lists them all).
+    let listed: Vec<String> = documents("kustomization.yaml")[0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed.iter().collect::<BTreeSet<_>>(),
+        files
+            .iter()
+            .map(|f| f.to_string())
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .collect()
+    );
+    let objects: usize = files.iter().map(|f| documents(f).len()).sum();
+    assert_eq!(
+        text.matches(" passed for resource ").count(),
+        objects,
+        "{text}"
+    );
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let cm = &documents("config.yaml")[0];
+    let yaml = cm["data"]["config.yaml"].as_str().unwrap();
+    ferrolb_config::Config::from_yaml(yaml).unwrap_or_else(|e| panic!("deploy/config.yaml: {e}"));
+}
+
+/// A rule of a Role or ClusterRole, with where it applies.
+struct Rule {
+    namespace: Option<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    names: Vec<String>,
+    verbs: Vec<String>,
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rules bound to `service_account` in `file`.
+fn rules(file: &str, service_account: &str) -> Vec<Rule> {
+    let docs = documents(file);
+    let mut out = Vec::new();
+    for binding in docs.iter().filter(|d| {
+        matches!(
+            d["kind"].as_str(),
+            Some("RoleBinding" | "ClusterRoleBinding")
+        )
+    }) {
+        let bound = binding["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == service_account);
+        if !bound {
+            continue;
+        }
+        let role_kind = binding["roleRef"]["kind"].as_str().unwrap();
+        let role_name = binding["roleRef"]["name"].as_str().unwrap();
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == role_kind && d["metadata"]["name"] == role_name)
+            .unwrap_or_else(|| panic!("{file}: {role_kind} {role_name} is bound but not defined"));
+        let namespace = (role_kind == "Role")
+            .then(|| role["metadata"]["namespace"].as_str().unwrap().to_string());
+        for r in role["rules"].as_array().unwrap() {
+            out.push(Rule {
+                namespace: namespace.clone(),
+                groups: strings(&r["apiGroups"]),
+                resources: strings(&r["resources"]),
+                names: strings(&r["resourceNames"]),
+                verbs: strings(&r["verbs"]),
+            });
+        }
+    }
+    out
+}
+
+/// (group, resource with subresource) of a recorded request.
+fn target(r: &ferrolb_kubefake::RecordedRequest) -> (String, String) {
+    let (plural, group) = r
+        .resource
+        .split_once('.')
+        .map(|(p, g)| (p, g))
+        .unwrap_or((r.resource.as_str(), ""));
+    let resource = match &r.subresource {
+        Some(s) => format!("{plural}/{s}"),
+        None => plural.to_string(),
+    };
+    (group.to_string(), resource)
+}
+
+fn allows(rule: &Rule, r: &ferrolb_kubefake::RecordedRequest) -> bool {
+    let (group, resource) = target(r);
+    let name_ok = rule.names.is_empty()
+        // RBAC cannot restrict list, watch or create by name.
+        || (!matches!(r.verb, "list" | "watch" | "create") && r.name.as_ref().is_some_and(|n| rule.names.contains(n)));
+    rule.groups.contains(&group)
+        && rule.resources.contains(&resource)
+        && rule.verbs.iter().any(|v| v == r.verb)
+        && name_ok
+        && rule
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| r.namespace.as_ref() == Some(ns))
+}
+
+fn check(
+    component: &str,
+    file: &str,
+    service_account: &str,
+    requests: &[ferrolb_kubefake::RecordedRequest],
+) {
+    let rules = rules(file, service_account);
+    let used: Vec<&ferrolb_kubefake::RecordedRequest> = requests
+        .iter()
+        .filter(|r| r.user_agent.starts_with(&format!("{component}/")))
+        .collect();
+    assert!(!used.is_empty(), "no request from {component}");
+    let denied: BTreeSet<String> = used
+        .iter()
+        .filter(|r| !rules.iter().any(|rule| allows(rule, r)))
+        .map(|r| {
+            format!(
+                "{} {:?} {:?} in {:?}",
+                r.verb,
+                target(r),
+                r.name,
+                r.namespace
+            )
+        })
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "{file} does not allow what {component} does:\n{}",
+        denied.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    for rule in &rules {
+        for verb in rule.verbs.iter().filter(|v| {
+            matches!(
+                v.as_str(),
+                "create" | "update" | "patch" | "delete" | "deletecollection"
+            )
+        }) {
+            for resource in &rule.resources {
+                let exercised = used.iter().any(|r| {
+                    let (g, res) = target(r);
+                    r.verb == verb.as_str() && res == *resource && rule.groups.contains(&g)
+                });
+                assert!(
+                    exercised,
+                    "{file} lets {component} {verb} {resource}, which it never does"
+                );
+            }
+        }
+    }
+    let summary: BTreeSet<String> = used
+        .iter()
+        .map(|r| format!("{} {}", r.verb, target(r).1))
+        .collect();
+    eprintln!("{component} used: {summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_allows_exactly_what_the_components_use() {
+    let c = Cluster::start().await;
+    c.set_config("pools: [{name: loopback, addresses: [127.0.44.0/28]}]")
+        .await;
+    c.create_node("node1", "127.0.0.1", json!({}));
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let mut ctl = Controller::start(&c, "rbac", &[]).await;
+    let _speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+    // Every path: allocation, forwarding, a failure, a release, an invalid config, a Lease handover.
+    c.create_service(
+        "shop",
+        "web",
+        json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}}}),
+    )
+    .await;
+    c.set_endpoints("shop", "web", 9, &[("127.0.44.200", "node1", true)]);
+    c.wait_ingress("shop", "web", 1, Duration::from_secs(10))
+        .await;
+    c.create_service(
+        "shop",
+        "outside",
+        json!({"spec": {"loadBalancerIP": "203.0.113.1"}}),
+    )
+    .await;
+    c.wait_event(
+        "shop",
+        "outside",
+        "AllocationFailed",
+        Duration::from_secs(10),
+    )
+    .await;
+    c.patch_service("shop", "web", json!({"spec": {"type": "ClusterIP"}}))
+        .await;
+    c.wait_event("shop", "web", "IPReleased", Duration::from_secs(10))
+        .await;
+    c.set_config("pools: [{name: broken, addresses: [10.0.0.0/33]}]")
+        .await;
+    c.wait_event(
+        SYSTEM_NS,
+        "ferrolb-config",
+        "ConfigInvalid",
+        Duration::from_secs(10),
+    )
+    .await;
+    ctl.kill("TERM");
+    let requests = c.server.requests();
+    check(
+        "ferrolb-controller",
+        "controller.yaml",
+        "ferrolb-controller",
+        &requests,
+    );
+    check(
+        "ferrolb-speaker",
+        "speaker.yaml",
+        "ferrolb-speaker",
+        &requests,
+    );
+}
