@@ -143,7 +143,6 @@ fn target(r: &ferrolb_kubefake::RecordedRequest) -> (String, String) {
     let (plural, group) = r
         .resource
         .split_once('.')
-        .map(|(p, g)| (p, g))
         .unwrap_or((r.resource.as_str(), ""));
     let resource = match &r.subresource {
         Some(s) => format!("{plural}/{s}"),
