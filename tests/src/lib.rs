@@ -11,6 +11,7 @@ pub mod client;
 pub mod cluster;
 pub mod l2lab;
 pub mod netns;
+pub mod product;
 pub mod routers;
 pub mod speaker;
 
