@@ -109,27 +109,6 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no cluster credentials (in-cluster, KUBECONFIG or ~/.kube/config)")?,
-    };
-    let mut config = config;
-    // Names this component in the API server's audit log (and in the test suite's RBAC check).
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(concat!("ferrolb-controller/", env!("CARGO_PKG_VERSION"))),
-    ));
-    Ok(kube::Client::try_from(config)?)
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut term) = signal(SignalKind::terminate()) else {
@@ -174,7 +153,11 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
             ready: Arc::clone(&ready),
         }),
     ));
-    let client = client(args.kubeconfig.as_ref()).await?;
+    let client = ferrolb_kube::client(
+        args.kubeconfig.as_deref(),
+        concat!("ferrolb-controller/", env!("CARGO_PKG_VERSION")),
+    )
+    .await?;
     tracing::info!(
         identity = %settings.identity,
         config = %format!("{}/{}", settings.config_namespace, settings.config_name),

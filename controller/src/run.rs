@@ -2,16 +2,13 @@
 //! Services and the ConfigMap, status writes and Events. Thin on purpose:
 //! every decision is in `core`.
 
-use crate::core::{Core, Desired, EventOut, Output, Regarding, Severity, Tally};
+use crate::core::{Core, Desired, Output, Regarding, Severity, Tally};
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::service::{self, ClassFilter, POOL_ANNOTATION};
 use anyhow::{Context, Result};
 use ferrolb_alloc::ServiceKey;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
-use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::PostParams;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -21,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "ferrolb-controller";
@@ -173,83 +169,6 @@ fn action(reason: &str) -> &'static str {
     }
 }
 
-/// Publishes Events off the main loop: a slow Events API never delays a
-/// status write. Each Event is created as is: the core already sends one
-/// per distinct change, so nothing is merged into series (kube's Recorder
-/// would fold a second `IPAllocated` into the first and lose its note).
-fn spawn_events(
-    client: Client,
-    identity: String,
-    metrics: Arc<Metrics>,
-) -> mpsc::Sender<(EventOut, ObjectReference)> {
-    // Room for one Event per Service of a large cluster allocated at once;
-    // beyond it, Events are counted as dropped rather than held without bound.
-    let (tx, rx) = mpsc::channel::<(EventOut, ObjectReference)>(EVENT_QUEUE);
-    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    tokio::spawn(stream.for_each_concurrent(EVENT_CONCURRENCY, move |(ev, reference)| {
-        let seq = seq.fetch_add(1, Ordering::Relaxed);
-        let (client, identity, metrics) = (client.clone(), identity.clone(), Arc::clone(&metrics));
-        async move {
-            let now = jiff::Timestamp::now();
-            let ns = reference
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = format!(
-                "{}.{:x}{:04x}",
-                reference.name.as_deref().unwrap_or(FIELD_MANAGER),
-                now.as_nanosecond(),
-                seq & 0xffff
-            );
-            let event = json!({
-                "apiVersion": "events.k8s.io/v1",
-                "kind": "Event",
-                "metadata": {"name": name, "namespace": ns},
-                "eventTime": MicroTime(now),
-                "reportingController": FIELD_MANAGER,
-                "reportingInstance": identity,
-                "action": action(ev.reason),
-                "reason": ev.reason,
-                "type": match ev.severity { Severity::Normal => "Normal", Severity::Warning => "Warning" },
-                "note": truncate(&ev.note, 1024),
-                "regarding": reference,
-            });
-            let result = match serde_json::from_value::<K8sEvent>(event) {
-                Ok(event) => Api::<K8sEvent>::namespaced(client, &ns)
-                    .create(&PostParams::default(), &event)
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(kube::Error::SerdeError(e)),
-            };
-            if let Err(e) = result {
-                metrics.events_dropped.inc();
-                tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
-            }
-        }
-    }));
-    tx
-}
-
-/// Events waiting to be published at most.
-const EVENT_QUEUE: usize = 65_536;
-/// Events published at once.
-const EVENT_CONCURRENCY: usize = 4;
-
-/// The API server refuses notes over 1 KiB.
-fn truncate(note: &str, max: usize) -> String {
-    if note.len() <= max {
-        return note.to_string();
-    }
-    let mut end = max - 3;
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &note[..end])
-}
-
 async fn write_status(
     client: &Client,
     key: &ServiceKey,
@@ -340,7 +259,8 @@ struct Loop {
     settings: Settings,
     shared: Arc<Shared>,
     core: Core,
-    events: mpsc::Sender<(EventOut, ObjectReference)>,
+    events: ferrolb_kube::Events,
+    events_dropped: u64,
     config_uid: Option<String>,
     retries: Retries,
     tally: Tally,
@@ -361,10 +281,14 @@ impl Loop {
                             tracing::info!(reason = ev.reason, regarding = ?ev.regarding, "{}", ev.note)
                         }
                     }
-                    let r = reference(&ev.regarding, &self.settings, &self.config_uid);
-                    if self.events.try_send((ev, r)).is_err() {
-                        self.shared.metrics.events_dropped.inc();
-                    }
+                    let regarding = reference(&ev.regarding, &self.settings, &self.config_uid);
+                    self.events.send(ferrolb_kube::EventSpec {
+                        regarding,
+                        warning: ev.severity == Severity::Warning,
+                        reason: ev.reason.into(),
+                        action: action(ev.reason).into(),
+                        note: ev.note,
+                    });
                 }
                 Output::Status {
                     key,
@@ -430,17 +354,17 @@ impl Loop {
             }
         }
         self.tally = t;
+        let dropped = self.events.dropped();
+        m.events_dropped.inc_by(dropped - self.events_dropped);
+        self.events_dropped = dropped;
         m.observe(&self.core);
     }
 }
 
 /// The leader's work: watch, decide, write. Returns only on a fatal error.
 async fn lead(client: Client, settings: Settings, shared: Arc<Shared>) -> Result<()> {
-    let events = spawn_events(
-        client.clone(),
-        settings.identity.clone(),
-        Arc::clone(&shared.metrics),
-    );
+    let events =
+        ferrolb_kube::Events::start(client.clone(), FIELD_MANAGER, settings.identity.clone());
     let services = watcher::watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -459,6 +383,7 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>) -> Result
         shared,
         core: Core::new(),
         events,
+        events_dropped: 0,
         config_uid: None,
         retries: Retries::default(),
         tally: Tally::default(),

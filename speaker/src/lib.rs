@@ -11,3 +11,4 @@ pub mod l2;
 pub mod metrics;
 pub mod plan;
 pub mod standalone;
+pub mod status;

@@ -63,6 +63,13 @@ enum Command {
     /// from this node when it is eligible, and forward Services annotated
     /// `ferrolb.io/forward: "true"` to their ready endpoints.
     Kubernetes(KubeArgs),
+    /// Show what a running speaker announces (layer 2 owner or BGP) and the
+    /// health of the backends it forwards to, from its /metrics.
+    Status {
+        /// The speaker's metrics address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7473")]
+        address: std::net::SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,6 +148,21 @@ fn standalone(
     Ok(ExitCode::SUCCESS)
 }
 
+fn status(address: std::net::SocketAddr) -> Result<ExitCode> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(3))
+        .with_context(|| {
+        format!("cannot reach the speaker's metrics at {address} (is it running? --address)")
+    })?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: ferrolb\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let metrics = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    print!("{}", ferrolb_speaker::status::render(metrics));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn validate(path: &std::path::Path) -> Result<ExitCode> {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -191,6 +213,7 @@ fn main() -> ExitCode {
             },
             worker_threads,
         ),
+        Command::Status { address } => status(address),
         Command::Kubernetes(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

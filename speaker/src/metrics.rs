@@ -39,6 +39,17 @@ pub struct RejectLabels {
     pub reason: String,
 }
 
+/// Labels of a VIP this node announces.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnouncedLabels {
+    /// Service (`namespace/name` in Kubernetes).
+    pub service: String,
+    /// The address.
+    pub vip: String,
+    /// `l2` (this node owns it) or `bgp` (this node advertises it).
+    pub mode: String,
+}
+
 /// Labels of a service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -155,6 +166,8 @@ pub struct Metrics {
     pub bfd_session_up: Family<PeerLabels, Gauge>,
     /// BFD sessions that went from up to down (a path failure detected).
     pub bfd_down: Family<PeerLabels, Counter>,
+    /// 1 for each VIP this node announces now (Kubernetes mode), by mode.
+    pub vip_announced: Family<AnnouncedLabels, Gauge>,
 }
 
 impl Metrics {
@@ -190,6 +203,7 @@ impl Metrics {
             bgp_last_change: Family::default(),
             bfd_session_up: Family::default(),
             bfd_down: Family::default(),
+            vip_announced: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -322,6 +336,11 @@ impl Metrics {
             "BFD sessions that went from up to down",
             m.bfd_down.clone(),
         );
+        registry.register(
+            "vip_announced",
+            "1 for each VIP this node announces (Kubernetes mode): mode l2 when it owns it, bgp when it advertises it",
+            m.vip_announced.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -407,6 +426,13 @@ mod tests {
         m.bgp_last_change.get_or_create(&peer).set(1);
         m.bfd_session_up.get_or_create(&peer).set(1);
         m.bfd_down.get_or_create(&peer).inc();
+        m.vip_announced
+            .get_or_create(&AnnouncedLabels {
+                service: "ns/web".into(),
+                vip: "192.0.2.1".into(),
+                mode: "l2".into(),
+            })
+            .set(1);
         m.encode()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -419,7 +445,7 @@ mod tests {
     fn documented() -> BTreeSet<String> {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         let mut names = BTreeSet::new();
-        for file in ["configuration.md", "l2.md", "bgp.md"] {
+        for file in ["configuration.md", "l2.md", "bgp.md", "kubernetes.md"] {
             let text = std::fs::read_to_string(docs.join(file)).expect("docs readable");
             for chunk in text.split('`').skip(1).step_by(2) {
                 if let Some(rest) = chunk.strip_prefix("ferrolb_") {
@@ -428,7 +454,10 @@ mod tests {
                         .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                         .collect();
                     let name = name.strip_suffix("_total").unwrap_or(&name).to_string();
-                    names.insert(format!("ferrolb_{name}"));
+                    // The controller's metrics are its own (controller/src/metrics.rs).
+                    if !name.starts_with("controller_") {
+                        names.insert(format!("ferrolb_{name}"));
+                    }
                 }
             }
         }

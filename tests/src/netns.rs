@@ -75,14 +75,14 @@ impl Lab {
     /// The speaker's `/metrics` on its default address inside namespace `short`,
     /// fetched with bash's `/dev/tcp` so no HTTP client need be installed.
     pub fn speaker_metrics(&self, short: &str) -> String {
-        let out = self.exec(
-            short,
-            &[
-                "bash",
-                "-c",
-                "exec 3<>/dev/tcp/127.0.0.1/9470 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
-            ],
-        );
+        self.metrics_on(short, 9470)
+    }
+
+    /// `/metrics` from 127.0.0.1:`port` inside namespace `short` (the
+    /// Kubernetes-mode speaker serves on 7473).
+    pub fn metrics_on(&self, short: &str, port: u16) -> String {
+        let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
+        let out = self.exec(short, &["bash", "-c", &script]);
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 

@@ -84,6 +84,19 @@ async fn forwarded_service_reaches_ready_endpoints_through_the_vip() {
     })
     .await;
 
+    // The status view shows both pods up.
+    let out = std::process::Command::new(ferrolb_tests::binary("ferrolb-speaker"))
+        .args(["status", "--address", &speaker.metrics.to_string()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("shop/web") && l.contains("2/2 up")),
+        "{status}"
+    );
+
     // pod-2 stops being ready: after the health of the plan settles, only pod-1 answers.
     c.set_endpoints(
         "shop",

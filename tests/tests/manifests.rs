@@ -225,8 +225,12 @@ fn check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_allows_exactly_what_the_components_use() {
     let c = Cluster::start().await;
-    c.set_config("pools: [{name: loopback, addresses: [127.0.44.0/28]}]")
-        .await;
+    // A BGP peer nobody answers for: the speaker still advertises (to nobody), so it emits its Events.
+    let closed = ferrolb_tests::speaker::free_port();
+    c.set_config(&format!(
+        "pools: [{{name: loopback, addresses: [127.0.44.0/28]}}]\nbgp:\n  routerId: 192.0.2.11\n  peers: [{{name: nobody, address: 127.0.0.1, port: {closed}, asn: 65000, myAsn: 65001}}]\n"
+    ))
+    .await;
     c.create_node("node1", "127.0.0.1", json!({}));
     c.create_speaker_pod("node1", "127.0.0.1");
     let mut ctl = Controller::start(&c, "rbac", &[]).await;
@@ -240,6 +244,14 @@ async fn rbac_allows_exactly_what_the_components_use() {
     .await;
     c.set_endpoints("shop", "web", 9, &[("127.0.44.200", "node1", true)]);
     c.wait_ingress("shop", "web", 1, Duration::from_secs(10))
+        .await;
+    // Announce-only, with a ready endpoint: the speaker advertises it and says so.
+    c.create_service("shop", "plain", json!({})).await;
+    c.set_endpoints("shop", "plain", 9, &[("127.0.44.201", "node1", true)]);
+    let vip = c
+        .wait_ingress("shop", "plain", 1, Duration::from_secs(10))
+        .await;
+    c.wait_event("shop", "plain", "IPAnnounced", Duration::from_secs(10))
         .await;
     c.create_service(
         "shop",
@@ -268,6 +280,19 @@ async fn rbac_allows_exactly_what_the_components_use() {
     )
     .await;
     ctl.kill("TERM");
+    // A speaker running as root made the VIP local: leave the host as it was.
+    let _ = std::process::Command::new("ip")
+        .args([
+            "route",
+            "del",
+            "local",
+            &format!("{}/32", vip[0]),
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .output();
     let requests = c.server.requests();
     check(
         "ferrolb-controller",

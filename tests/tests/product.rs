@@ -77,6 +77,44 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
         "failover took {took:?}\n{}",
         p.logs()
     );
+    // Each owner said so on the Service, once.
+    let announced: Vec<String> = p
+        .cluster
+        .events_for("shop", "web")
+        .into_iter()
+        .filter(|(_, r, _)| r == "IPAnnounced")
+        .map(|(_, _, n)| n)
+        .collect();
+    for node in [&owner, &next] {
+        let want = format!("node {node} announces {vip} as its layer 2 owner");
+        assert_eq!(
+            announced.iter().filter(|a| a.starts_with(&want)).count(),
+            1,
+            "{node}: {announced:?}"
+        );
+    }
+    // The status view on the new owner says the same.
+    let bin = ferrolb_tests::binary("ferrolb-speaker");
+    let status = String::from_utf8_lossy(
+        &p.lab
+            .exec_ok(&next, &[bin.to_str().unwrap(), "status"])
+            .stdout,
+    )
+    .to_string();
+    eprintln!("ferrolb-speaker status on {next}:\n{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("shop/web") && l.contains(&format!("{vip} (layer 2 owner)"))),
+        "{status}"
+    );
+    let metrics = p.lab.metrics_on(&next, 7473);
+    assert!(
+        metrics.contains(&format!(
+            "ferrolb_vip_announced{{service=\"shop/web\",vip=\"{vip}\",mode=\"l2\"}} 1"
+        )),
+        "{metrics}"
+    );
     p.lab.uncut(&owner);
     p.start_speaker(&owner);
 
@@ -143,6 +181,14 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
     let vip = p.cluster.wait_ingress("shop", "web", 1, T).await[0].clone();
     p.wait_next_hops(&vip, &["192.0.2.11", "192.0.2.12", "192.0.2.13"]);
     let url = format!("http://{vip}:8080/");
+    // Every advertising node said so on the Service.
+    let announced = p
+        .cluster
+        .events_for("shop", "web")
+        .into_iter()
+        .filter(|(_, r, n)| r == "IPAnnounced" && n.contains("over BGP to bird"))
+        .count();
+    assert_eq!(announced, 3, "{:?}", p.cluster.events_for("shop", "web"));
     let mut nodes = BTreeSet::new();
     let t = Instant::now();
     while nodes.len() < 3 {

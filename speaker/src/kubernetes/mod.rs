@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::Api;
 use model::Filter;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -135,6 +135,25 @@ fn members(pods: &[Arc<Pod>], nodes: &[Arc<Node>], port: u16) -> Vec<Member> {
     out.into_values().collect()
 }
 
+/// An Event about Service `key` (`namespace/name`); the uid lets `kubectl
+/// describe` find it.
+fn service_event(
+    key: &str,
+    uid: Option<String>,
+    reason: &str,
+    action: &str,
+    note: String,
+) -> ferrolb_kube::EventSpec {
+    let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+    ferrolb_kube::EventSpec {
+        regarding: ferrolb_kube::service_ref(ns, name, uid),
+        warning: false,
+        reason: reason.into(),
+        action: action.into(),
+        note,
+    }
+}
+
 fn parse_config(cm: &ConfigMap, opts: &Options) -> Result<Config, String> {
     let text = cm
         .data
@@ -149,25 +168,23 @@ fn parse_config(cm: &ConfigMap, opts: &Options) -> Result<Config, String> {
     Config::from_yaml(text).map_err(|e| e.to_string())
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
+/// What this node does for one service: "layer 2 owner", "BGP to peers a, b".
+fn roles(
+    v: &ServiceVips,
+    me: &str,
+    owned: Option<&BTreeSet<String>>,
+    bgp_peers: Option<&[String]>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if owned.is_some_and(|o| o.contains(&v.key)) {
+        out.push(("l2", "as its layer 2 owner".to_string()));
+    }
+    if let Some(peers) = bgp_peers {
+        if v.eligible(me) && v.healthy {
+            out.push(("bgp", format!("over BGP to {}", peers.join(", "))));
         }
-        None => kube::Config::infer()
-            .await
-            .context("no cluster credentials (in-cluster, KUBECONFIG or ~/.kube/config)")?,
-    };
-    let mut config = config;
-    // Names this component in the API server's audit log (and in the test suite's RBAC check).
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(concat!("ferrolb-speaker/", env!("CARGO_PKG_VERSION"))),
-    ));
-    Ok(Client::try_from(config)?)
+    }
+    out
 }
 
 /// Runs until SIGTERM or SIGINT, then withdraws and drains.
@@ -185,7 +202,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             ready: Arc::clone(&ready),
         }),
     ));
-    let client = client(opts.kubeconfig.as_ref()).await?;
+    let client = ferrolb_kube::client(
+        opts.kubeconfig.as_deref(),
+        concat!("ferrolb-speaker/", env!("CARGO_PKG_VERSION")),
+    )
+    .await?;
+    let events = ferrolb_kube::Events::start(client.clone(), "ferrolb-speaker", opts.node.clone());
     let (changed, mut changes) = watch::channel(0u64);
     let services = reflect(
         Api::<Service>::all(client.clone()),
@@ -232,6 +254,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut last_members: Vec<Member> = Vec::new();
     let mut last_problems: BTreeSet<(String, String)> = BTreeSet::new();
     let mut last_excluded = Vec::new();
+    // What this node announced last, per service: (mode, description) pairs.
+    let mut announcing: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
+    let mut owned_rx: Option<watch::Receiver<BTreeSet<String>>> = None;
+    let mut bgp_peers: Option<Vec<String>> = None;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
@@ -308,6 +334,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .await?;
                 tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");
                 last_members = member_list.clone();
+                owned_rx = started.l2.as_ref().map(|l2| l2.owned());
+                bgp_peers = cfg.bgp.as_ref().filter(|b| !b.peers.is_empty()).map(|b| {
+                    b.peers
+                        .iter()
+                        .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
+                        .map(|p| p.name.clone())
+                        .collect()
+                });
                 announcer = Some((started.announcer, started.l2));
             } else if member_list != last_members && member_list.iter().any(|m| m.name == opts.node)
             {
@@ -322,6 +356,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .chain(std::iter::once(opts.node.clone()))
                 .collect();
             let svc: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+            let uids: BTreeMap<String, String> = svc
+                .iter()
+                .filter_map(|s| {
+                    let m = &s.metadata;
+                    Some((
+                        format!("{}/{}", m.namespace.as_deref()?, m.name.as_deref()?),
+                        m.uid.clone()?,
+                    ))
+                })
+                .collect();
             let sl: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
             let nl: Vec<Node> = node_list.iter().map(|n| (**n).clone()).collect();
             let d = model::desired(&opts.node, &svc, &sl, &nl, &speakers, cfg, &opts.filter);
@@ -359,9 +403,78 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             if let Some((a, _)) = announcer.as_mut() {
                 if current != announced {
                     a.update(&current);
-                    announced = current;
+                    announced = current.clone();
                 }
             }
+            // What this node announces now: metrics, and an Event on each change.
+            let owned = owned_rx.as_mut().map(|r| r.borrow_and_update().clone());
+            let mut now: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
+            metrics.vip_announced.clear();
+            for v in &current {
+                let r = roles(v, &opts.node, owned.as_ref(), bgp_peers.as_deref());
+                for (mode, _) in &r {
+                    for vip in &v.vips {
+                        metrics
+                            .vip_announced
+                            .get_or_create(&crate::metrics::AnnouncedLabels {
+                                service: v.key.clone(),
+                                vip: vip.to_string(),
+                                mode: mode.to_string(),
+                            })
+                            .set(1);
+                    }
+                }
+                if !r.is_empty() {
+                    now.insert(v.key.clone(), r);
+                }
+            }
+            let vips_of = |key: &str| {
+                current
+                    .iter()
+                    .find(|v| v.key == key)
+                    .map(|v| {
+                        v.vips
+                            .iter()
+                            .map(|i| i.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            for (key, r) in &now {
+                if announcing.get(key) != Some(r) {
+                    let how: Vec<&str> = r.iter().map(|(_, d)| d.as_str()).collect();
+                    let note = format!(
+                        "node {} announces {} {}",
+                        opts.node,
+                        vips_of(key),
+                        how.join(" and ")
+                    );
+                    tracing::info!(service = %key, "{note}");
+                    events.send(service_event(
+                        key,
+                        uids.get(key).cloned(),
+                        "IPAnnounced",
+                        "Announce",
+                        note,
+                    ));
+                }
+            }
+            for key in announcing.keys().filter(|k| !now.contains_key(*k)) {
+                // Only about Services that still exist and have an address.
+                if current.iter().any(|v| v.key == *key) {
+                    let note = format!("node {} no longer announces {}", opts.node, vips_of(key));
+                    tracing::info!(service = %key, "{note}");
+                    events.send(service_event(
+                        key,
+                        uids.get(key).cloned(),
+                        "IPWithdrawn",
+                        "Withdraw",
+                        note,
+                    ));
+                }
+            }
+            announcing = now;
             ready.store(true, Ordering::Relaxed);
         }
         tokio::select! {
@@ -374,6 +487,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 changes.borrow_and_update();
             }
             _ = health_tick.tick() => forwarder.refresh_health(),
+            r = async { owned_rx.as_mut().expect("guarded").changed().await }, if owned_rx.is_some() => {
+                // A layer 2 election changed what this node owns.
+                if r.is_err() {
+                    owned_rx = None;
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

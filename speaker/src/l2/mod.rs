@@ -98,6 +98,7 @@ enum Update {
 #[derive(Clone)]
 pub struct L2Announcer {
     tx: mpsc::UnboundedSender<Update>,
+    owned: tokio::sync::watch::Receiver<BTreeSet<String>>,
 }
 
 impl L2Announcer {
@@ -105,6 +106,11 @@ impl L2Announcer {
     /// nodes' labels). Members that stay keep their state.
     pub fn set_members(&self, members: Vec<Member>) {
         let _ = self.tx.send(Update::Members(members));
+    }
+
+    /// The services this node owns (announces) now; changes as elections go.
+    pub fn owned(&self) -> tokio::sync::watch::Receiver<BTreeSet<String>> {
+        self.owned.clone()
     }
 }
 
@@ -199,6 +205,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         opts.timing,
     );
     let (tx, rx) = mpsc::unbounded_channel();
+    let (owned_tx, owned) = tokio::sync::watch::channel(BTreeSet::new());
     let runner = Runner {
         opts,
         me: me.name,
@@ -215,9 +222,10 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         ticks: 0,
         isolated: false,
         local: crate::host::LocalRoutes::default(),
+        owned_tx,
     };
     tokio::spawn(runner.run(rx, conflict_rx));
-    Ok(L2Announcer { tx })
+    Ok(L2Announcer { tx, owned })
 }
 
 /// Answers frames on one interface until its socket fails.
@@ -283,6 +291,8 @@ struct Runner {
     isolated: bool,
     /// VIPs already made local on this node.
     local: crate::host::LocalRoutes,
+    /// Publishes the owned service keys.
+    owned_tx: tokio::sync::watch::Sender<BTreeSet<String>>,
 }
 
 impl Runner {
@@ -545,6 +555,12 @@ impl Runner {
 
     /// Points every responder at the owned VIPs and joins their IPv6 groups.
     fn apply_owned(&mut self) {
+        let keys: BTreeSet<String> = self.owned.keys().cloned().collect();
+        self.owned_tx.send_if_modified(|o| {
+            let changed = *o != keys;
+            *o = keys;
+            changed
+        });
         let vips: Vec<IpAddr> = self
             .owned
             .values()

@@ -1,0 +1,214 @@
+//! What both binaries need from the Kubernetes API beyond kube itself: a
+//! client that names its component (User-Agent, seen in the API server's
+//! audit log and used by the test suite's RBAC check), and an Event
+//! publisher that never slows the caller down.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Why no client could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The kubeconfig file could not be read.
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No credentials were found.
+    #[error(
+        "no cluster credentials (in-cluster service account, KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Infer(#[from] kube::config::InferConfigError),
+    /// The kubeconfig is unusable.
+    #[error("unusable kubeconfig: {0}")]
+    Config(#[from] kube::config::KubeconfigError),
+    /// The client could not be built.
+    #[error("cannot build the API client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig`, or in-cluster / KUBECONFIG / ~/.kube/config,
+/// sending `User-Agent: COMPONENT/VERSION`.
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    user_agent: &'static str,
+) -> Result<Client, ClientError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClientError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(user_agent),
+    ));
+    Ok(Client::try_from(config)?)
+}
+
+/// One Event to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSpec {
+    /// What it is about.
+    pub regarding: ObjectReference,
+    /// `Warning` instead of `Normal`.
+    pub warning: bool,
+    /// Machine-readable reason (`IPAllocated`).
+    pub reason: String,
+    /// What the component did (`Allocate`).
+    pub action: String,
+    /// For an operator; cut to the API's 1 KiB limit.
+    pub note: String,
+}
+
+/// Publishes Events from a queue, a few at a time, so that a slow Events API
+/// never delays the caller. Each Event is created as is (no series folding:
+/// the callers send one per distinct change; kube's Recorder would fold a
+/// second Event with the same reason into the first and keep the old note).
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<EventSpec>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Events waiting to be published at most; more are counted as dropped.
+pub const QUEUE: usize = 65_536;
+/// Events published at once.
+pub const CONCURRENCY: usize = 4;
+
+impl Events {
+    /// Starts the publisher; `controller` and `instance` fill
+    /// `reportingController` and `reportingInstance`.
+    pub fn start(client: Client, controller: &'static str, instance: String) -> Events {
+        let (tx, rx) = mpsc::channel::<EventSpec>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let seq = Arc::new(AtomicU64::new(0));
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let counter = Arc::clone(&dropped);
+        tokio::spawn(stream.for_each_concurrent(CONCURRENCY, move |ev| {
+            let n = seq.fetch_add(1, Ordering::Relaxed);
+            let (client, instance, counter) =
+                (client.clone(), instance.clone(), Arc::clone(&counter));
+            async move {
+                if let Err(e) = publish(&client, controller, &instance, n, &ev).await {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, reason = %ev.reason, "could not publish an Event");
+                }
+            }
+        }));
+        Events { tx, dropped }
+    }
+
+    /// Queues an Event; returns false (and counts it) if the queue is full.
+    pub fn send(&self, ev: EventSpec) -> bool {
+        let ok = self.tx.try_send(ev).is_ok();
+        if !ok {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Events that could not be published (API errors, full queue).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn publish(
+    client: &Client,
+    controller: &str,
+    instance: &str,
+    seq: u64,
+    ev: &EventSpec,
+) -> Result<(), kube::Error> {
+    let now = jiff::Timestamp::now();
+    let ns = ev
+        .regarding
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = format!(
+        "{}.{:x}{:04x}",
+        ev.regarding.name.as_deref().unwrap_or(controller),
+        now.as_nanosecond(),
+        seq & 0xffff
+    );
+    let event = json!({
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": ns},
+        "eventTime": MicroTime(now),
+        "reportingController": controller,
+        "reportingInstance": instance,
+        "action": ev.action,
+        "reason": ev.reason,
+        "type": if ev.warning { "Warning" } else { "Normal" },
+        "note": truncate(&ev.note, 1024),
+        "regarding": ev.regarding,
+    });
+    let event: Event = serde_json::from_value(event).map_err(kube::Error::SerdeError)?;
+    Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &event)
+        .await
+        .map(|_| ())
+}
+
+/// Cuts `note` to `max` bytes on a character boundary, marking the cut.
+pub fn truncate(note: &str, max: usize) -> String {
+    if note.len() <= max {
+        return note.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &note[..end])
+}
+
+/// A reference to a Service, for Events about it.
+pub fn service_ref(namespace: &str, name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(namespace.to_string()),
+        name: Some(name.to_string()),
+        uid,
+        ..ObjectReference::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_keeps_short_notes_and_cuts_on_a_boundary() {
+        assert_eq!(truncate("short", 1024), "short");
+        let long = "é".repeat(600);
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with("..."));
+        assert!(cut.is_char_boundary(cut.len() - 3));
+    }
+}
