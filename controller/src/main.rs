@@ -142,17 +142,13 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
     };
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(args.metrics_address)
-        .await
-        .with_context(|| format!("cannot serve metrics on {}", args.metrics_address))?;
     let render = Arc::clone(&metrics);
-    tokio::spawn(ferrolb_ops::serve(
-        listener,
-        Arc::new(ferrolb_ops::Endpoint {
-            metrics: Box::new(move || render.encode()),
-            ready: Arc::clone(&ready),
-        }),
-    ));
+    ferrolb_ops::start(
+        args.metrics_address,
+        Box::new(move || render.encode()),
+        Arc::clone(&ready),
+    )
+    .await?;
     let client = ferrolb_kube::client(
         args.kubeconfig.as_deref(),
         concat!("ferrolb-controller/", env!("CARGO_PKG_VERSION")),

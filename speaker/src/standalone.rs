@@ -8,7 +8,6 @@ use crate::metrics::{Metrics, ResultLabels};
 use crate::plan::{self, Plan};
 use anyhow::{bail, Context};
 use ferrolb_config::Config;
-use ferrolb_ops::{self as http, Endpoint};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -166,15 +165,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     log_plan(&plan);
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(opts.metrics_address)
-        .await
-        .with_context(|| format!("cannot serve metrics on {}", opts.metrics_address))?;
-    let render_metrics = Arc::clone(&metrics);
-    let endpoint = Arc::new(Endpoint {
-        metrics: Box::new(move || render_metrics.encode()),
-        ready: Arc::clone(&ready),
-    });
-    tokio::spawn(http::serve(listener, endpoint));
+    let render = Arc::clone(&metrics);
+    ferrolb_ops::start(
+        opts.metrics_address,
+        Box::new(move || render.encode()),
+        Arc::clone(&ready),
+    )
+    .await?;
     let me = config.members.iter().find(|m| m.name == opts.node);
     let mut labels = me.map(|m| m.labels.clone()).unwrap_or_default();
     labels.insert("kubernetes.io/hostname".into(), opts.node.clone());

@@ -22,6 +22,26 @@ pub struct Endpoint {
     pub ready: Arc<AtomicBool>,
 }
 
+/// Binds `address` and serves `render` (for `/metrics`) and `ready` (for
+/// `/readyz`) from a spawned task; the error names the address.
+pub async fn start(
+    address: std::net::SocketAddr,
+    render: Render,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot serve metrics on {address}: {e}"))
+    })?;
+    tokio::spawn(serve(
+        listener,
+        Arc::new(Endpoint {
+            metrics: render,
+            ready,
+        }),
+    ));
+    Ok(())
+}
+
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
     loop {

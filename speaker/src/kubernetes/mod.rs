@@ -191,17 +191,13 @@ fn roles(
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(opts.metrics_address)
-        .await
-        .with_context(|| format!("cannot serve metrics on {}", opts.metrics_address))?;
     let render = Arc::clone(&metrics);
-    tokio::spawn(ferrolb_ops::serve(
-        listener,
-        Arc::new(ferrolb_ops::Endpoint {
-            metrics: Box::new(move || render.encode()),
-            ready: Arc::clone(&ready),
-        }),
-    ));
+    ferrolb_ops::start(
+        opts.metrics_address,
+        Box::new(move || render.encode()),
+        Arc::clone(&ready),
+    )
+    .await?;
     let client = ferrolb_kube::client(
         opts.kubeconfig.as_deref(),
         concat!("ferrolb-speaker/", env!("CARGO_PKG_VERSION")),
