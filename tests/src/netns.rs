@@ -196,6 +196,17 @@ impl Lab {
         }
     }
 
+    /// A number in 1..=254 that differs between labs running at once (from
+    /// the process id and the lab counter), for addresses the host side of
+    /// a lab uses: two labs joined to the test host must not share a subnet.
+    pub fn unique_octet(&self) -> u8 {
+        let h = self
+            .prefix
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        (h % 254) as u8 + 1
+    }
+
     /// Joins the test process's own network namespace to the bridge (which
     /// `attach` must have created) with `addrs`, so that processes in the
     /// lab reach servers the test runs itself (the fake API server). The

@@ -1,5 +1,6 @@
 //! The whole product in network namespaces: the fake API server (in the
-//! test's own namespace, joined to the lab's bridge at 198.18.0.1), the real
+//! test's own namespace, joined to the lab's bridge on a 198.18.X.0/24 of the
+//! lab's own), the real
 //! `ferrolb-controller`, and three `ferrolb-speaker kubernetes` nodes on a
 //! bridge. In layer 2 mode a client sits on the bridge; in BGP mode BIRD 2 is
 //! the router on the bridge (installing multipath routes in its kernel) and
@@ -89,23 +90,15 @@ impl Product {
                 );
             }
         }
-        lab.attach_test_host(&["198.18.0.1/24"]);
+        // The nodes reach the API server over the bridge, on a subnet of this lab's own.
+        let net = format!("198.18.{}", lab.unique_octet());
+        lab.attach_test_host(&[&format!("{net}.1/24")]);
         for (i, (n, _)) in NODES.iter().enumerate() {
-            // The nodes reach the API server over the bridge.
-            lab.exec_ok(
-                n,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("198.18.0.{}/24", 11 + i),
-                    "dev",
-                    "eth0",
-                ],
-            );
+            let addr = format!("{net}.{}/24", 11 + i);
+            lab.exec_ok(n, &["ip", "addr", "add", &addr, "dev", "eth0"]);
         }
         let cluster = Cluster::start_with(Options {
-            bind: "198.18.0.1".parse().unwrap(),
+            bind: format!("{net}.1").parse().unwrap(),
             ..Options::default()
         })
         .await;
@@ -168,6 +161,24 @@ bgp:
             p.start_speaker(n);
         }
         p
+    }
+
+    /// Creates Service `shop/NAME` (port `port` to the pods' 9000, with `extra`
+    /// merged in) whose endpoints are `endpoints` (ip, node, ready); returns
+    /// its address once the controller assigned it.
+    pub async fn service(
+        &self,
+        name: &str,
+        port: u16,
+        extra: serde_json::Value,
+        endpoints: &[(&str, &str, bool)],
+    ) -> String {
+        let base = json!({"spec": {"ports": [{"name": "http", "port": port, "targetPort": 9000}]}});
+        self.cluster
+            .create_service("shop", name, crate::cluster::merged(base, &extra))
+            .await;
+        self.cluster.set_endpoints("shop", name, 9000, endpoints);
+        self.cluster.wait_ingress("shop", name, 1, T).await[0].clone()
     }
 
     /// Starts the speaker of `node` in its namespace.

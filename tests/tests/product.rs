@@ -4,7 +4,7 @@
 //! (and `bird2` for BGP); skips loudly without them (a failure in CI).
 
 use ferrolb_tests::product::{Mode, Product, T};
-use ferrolb_tests::{require, Need};
+use ferrolb_tests::{binary, require, Need};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -14,6 +14,36 @@ const ALL: [(&str, &str, bool); 3] = [
     ("192.0.2.12", "node2", true),
     ("192.0.2.13", "node3", true),
 ];
+const ONLY_NODE2: [(&str, &str, bool); 2] = [
+    ("192.0.2.12", "node2", true),
+    ("192.0.2.13", "node3", false),
+];
+const ONLY_NODE3: [(&str, &str, bool); 2] = [
+    ("192.0.2.12", "node2", false),
+    ("192.0.2.13", "node3", true),
+];
+
+fn forwarded() -> serde_json::Value {
+    json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}}})
+}
+
+fn local() -> serde_json::Value {
+    json!({"spec": {"externalTrafficPolicy": "Local"}})
+}
+
+/// GETs `url` until every one of `want` answered; panics after [`T`].
+fn reach_all(p: &Product, url: &str, want: usize, ok: impl Fn(&str) -> bool) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let t = Instant::now();
+    while seen.len() < want {
+        if let Some(b) = p.get(url, 0.5) {
+            assert!(ok(&b), "{url} answered {b}");
+            seen.insert(b);
+        }
+        assert!(t.elapsed() < T, "{url} reached only {seen:?}\n{}", p.logs());
+    }
+    seen
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
@@ -26,44 +56,16 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     let mut p = Product::start(Mode::Layer2).await;
 
     // Announce-only (ipMode VIP): the owner's node answers for the VIP.
-    p.cluster
-        .create_service(
-            "shop",
-            "web",
-            json!({"spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 9000}]}}),
-        )
-        .await;
-    p.cluster.set_endpoints("shop", "web", 9000, &ALL);
-    let vip = p.cluster.wait_ingress("shop", "web", 1, T).await[0].clone();
+    let vip = p.service("web", 8080, json!({}), &ALL).await;
     let url = format!("http://{vip}:8080/");
     let owner = p.wait_get("the announce-only VIP", &url, |b| b.starts_with("node"));
     eprintln!("{vip} is answered by {owner}");
 
     // Forwarded (ipMode Proxy): the owner's forwarder spreads requests over the pods.
-    p.cluster
-        .create_service(
-            "shop",
-            "api",
-            json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
-                   "spec": {"ports": [{"name": "http", "port": 8081, "targetPort": 9000}]}}),
-        )
-        .await;
-    p.cluster.set_endpoints("shop", "api", 9000, &ALL);
-    let vip2 = p.cluster.wait_ingress("shop", "api", 1, T).await[0].clone();
-    let url2 = format!("http://{vip2}:8081/");
-    let mut pods = BTreeSet::new();
-    let t = Instant::now();
-    while pods.len() < 3 {
-        if let Some(b) = p.get(&url2, 0.5) {
-            assert!(b.ends_with("-pod"), "{b}");
-            pods.insert(b);
-        }
-        assert!(
-            t.elapsed() < T,
-            "pods reached through the forwarder: {pods:?}\n{}",
-            p.logs()
-        );
-    }
+    let vip2 = p.service("api", 8081, forwarded(), &ALL).await;
+    reach_all(&p, &format!("http://{vip2}:8081/"), 3, |b| {
+        b.ends_with("-pod")
+    });
 
     // The owner of the first VIP dies (speaker killed, link cut): another node takes over.
     p.stop_speaker(&owner, "KILL");
@@ -93,8 +95,8 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
             "{node}: {announced:?}"
         );
     }
-    // The status view on the new owner says the same.
-    let bin = ferrolb_tests::binary("ferrolb-speaker");
+    // The status view and the metrics of the new owner say the same.
+    let bin = binary("ferrolb-speaker");
     let status = String::from_utf8_lossy(
         &p.lab
             .exec_ok(&next, &[bin.to_str().unwrap(), "status"])
@@ -118,36 +120,12 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     p.lab.uncut(&owner);
     p.start_speaker(&owner);
 
-    // externalTrafficPolicy Local: only a node with a ready endpoint announces.
-    p.cluster
-        .create_service(
-            "shop",
-            "local",
-            json!({"spec": {"externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 8080, "targetPort": 9000}]}}),
-        )
-        .await;
-    p.cluster.set_endpoints(
-        "shop",
-        "local",
-        9000,
-        &[
-            ("192.0.2.12", "node2", true),
-            ("192.0.2.13", "node3", false),
-        ],
-    );
-    let vip3 = p.cluster.wait_ingress("shop", "local", 1, T).await[0].clone();
+    // externalTrafficPolicy Local: only a node with a ready endpoint announces,
+    // and the VIP follows the ready endpoint to another node.
+    let vip3 = p.service("local", 8080, local(), &ONLY_NODE2).await;
     let url3 = format!("http://{vip3}:8080/");
     p.wait_get("the Local service on node2", &url3, |b| b == "node2");
-    // node2's endpoint stops being ready and node3's becomes ready: node3 takes the VIP.
-    p.cluster.set_endpoints(
-        "shop",
-        "local",
-        9000,
-        &[
-            ("192.0.2.12", "node2", false),
-            ("192.0.2.13", "node3", true),
-        ],
-    );
+    p.cluster.set_endpoints("shop", "local", 9000, &ONLY_NODE3);
     p.wait_get("the Local service moving to node3", &url3, |b| b == "node3");
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
 }
@@ -170,17 +148,10 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
 
     // Every eligible node advertises the VIP: BIRD holds three paths and the
     // client behind it is served by all three nodes.
-    p.cluster
-        .create_service(
-            "shop",
-            "web",
-            json!({"spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 9000}]}}),
-        )
-        .await;
-    p.cluster.set_endpoints("shop", "web", 9000, &ALL);
-    let vip = p.cluster.wait_ingress("shop", "web", 1, T).await[0].clone();
+    let vip = p.service("web", 8080, json!({}), &ALL).await;
     p.wait_next_hops(&vip, &["192.0.2.11", "192.0.2.12", "192.0.2.13"]);
     let url = format!("http://{vip}:8080/");
+    reach_all(&p, &url, 3, |b| b.starts_with("node"));
     // Every advertising node said so on the Service.
     let announced = p
         .cluster
@@ -189,30 +160,9 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
         .filter(|(_, r, n)| r == "IPAnnounced" && n.contains("over BGP to bird"))
         .count();
     assert_eq!(announced, 3, "{:?}", p.cluster.events_for("shop", "web"));
-    let mut nodes = BTreeSet::new();
-    let t = Instant::now();
-    while nodes.len() < 3 {
-        if let Some(b) = p.get(&url, 0.5) {
-            nodes.insert(b);
-        }
-        assert!(
-            t.elapsed() < T,
-            "nodes reached through ECMP: {nodes:?}\n{}",
-            p.logs()
-        );
-    }
 
     // A forwarded Service behind the same router.
-    p.cluster
-        .create_service(
-            "shop",
-            "api",
-            json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
-                   "spec": {"ports": [{"name": "http", "port": 8081, "targetPort": 9000}]}}),
-        )
-        .await;
-    p.cluster.set_endpoints("shop", "api", 9000, &ALL);
-    let vip2 = p.cluster.wait_ingress("shop", "api", 1, T).await[0].clone();
+    let vip2 = p.service("api", 8081, forwarded(), &ALL).await;
     p.wait_get(
         "a pod through the forwarder",
         &format!("http://{vip2}:8081/"),
@@ -228,33 +178,9 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
     });
 
     // externalTrafficPolicy Local: only nodes with a ready endpoint advertise.
-    p.cluster
-        .create_service(
-            "shop",
-            "local",
-            json!({"spec": {"externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 8080, "targetPort": 9000}]}}),
-        )
-        .await;
-    p.cluster.set_endpoints(
-        "shop",
-        "local",
-        9000,
-        &[
-            ("192.0.2.12", "node2", true),
-            ("192.0.2.13", "node3", false),
-        ],
-    );
-    let vip3 = p.cluster.wait_ingress("shop", "local", 1, T).await[0].clone();
+    let vip3 = p.service("local", 8080, local(), &ONLY_NODE2).await;
     p.wait_next_hops(&vip3, &["192.0.2.12"]);
-    p.cluster.set_endpoints(
-        "shop",
-        "local",
-        9000,
-        &[
-            ("192.0.2.12", "node2", false),
-            ("192.0.2.13", "node3", true),
-        ],
-    );
+    p.cluster.set_endpoints("shop", "local", 9000, &ONLY_NODE3);
     let took = p.wait_next_hops(&vip3, &["192.0.2.13"]);
     eprintln!("the Local service's path moved from node2 to node3 in {took:?}");
     p.wait_get(
