@@ -113,6 +113,44 @@ async fn forwarded_service_reaches_ready_endpoints_through_the_vip() {
     .await;
     assert!(b1.requests() > 0 && b2.requests() > 0);
 
+    // The API server goes away: what works keeps working.
+    c.server.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        answered(vip, 10).await,
+        BTreeSet::from(["pod-1".to_string()]),
+        "{}",
+        speaker.log()
+    );
+    // It comes back (same objects, same port): the speaker's watches resume and
+    // the next change applies.
+    let server = c.server.restart().await.unwrap();
+    {
+        let slices =
+            ferrolb_kubefake::resource::by_name("endpointslices", "discovery.k8s.io").unwrap();
+        let eps = json!({"endpoints": [
+            {"addresses": ["127.0.41.1"], "nodeName": "node1", "conditions": {"ready": true}},
+            {"addresses": ["127.0.41.2"], "nodeName": "node1", "conditions": {"ready": true}}]});
+        server
+            .store()
+            .patch(
+                slices,
+                Some("shop"),
+                "web-1",
+                false,
+                ferrolb_kubefake::PatchKind::Merge,
+                eps,
+                "test",
+            )
+            .unwrap();
+    }
+    until(
+        "both pods again after the API server returned",
+        Duration::from_secs(30),
+        async || answered(vip, 10).await.len() == 2,
+    )
+    .await;
+
     // The Service goes away: the speaker stops serving its address.
     c.delete_service("shop", "web").await;
     until("the listener closed", T, async || {
