@@ -64,11 +64,18 @@ enum Command {
     /// `ferrolb.io/forward: "true"` to their ready endpoints.
     Kubernetes(KubeArgs),
     /// Show what a running speaker announces (layer 2 owner or BGP) and the
-    /// health of the backends it forwards to, from its /metrics.
+    /// health of the backends it forwards to, from its /metrics; with --api,
+    /// every Service's address and the nodes announcing it, cluster-wide.
     Status {
         /// The speaker's metrics address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7473")]
         address: std::net::SocketAddr,
+        /// Ask the API instead: the speakers' latest Events per Service and node.
+        #[arg(long)]
+        api: bool,
+        /// A kubeconfig for --api; default: in-cluster, then $KUBECONFIG.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -163,6 +170,77 @@ fn status(address: std::net::SocketAddr) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn cluster_status(kubeconfig: Option<PathBuf>) -> Result<ExitCode> {
+    use ferrolb_speaker::status::SpeakerEvent;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{Api, ListParams};
+    let client = ferrolb_kube::client(
+        kubeconfig.as_deref(),
+        concat!("ferrolb-speaker/", env!("CARGO_PKG_VERSION")),
+    )
+    .await?;
+    let services = Api::<Service>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("cannot list Services")?;
+    let mut rows: Vec<(String, Vec<String>)> = services
+        .items
+        .iter()
+        .filter_map(|s| {
+            let ips: Vec<String> = s
+                .status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .iter()
+                .filter_map(|i| i.ip.clone())
+                .collect();
+            (!ips.is_empty()).then(|| {
+                (
+                    format!(
+                        "{}/{}",
+                        s.metadata.namespace.as_deref().unwrap_or(""),
+                        s.metadata.name.as_deref().unwrap_or("")
+                    ),
+                    ips,
+                )
+            })
+        })
+        .collect();
+    rows.sort();
+    let events = Api::<Event>::all(client)
+        .list(&ListParams::default())
+        .await
+        .context("cannot list Events")?;
+    let events: Vec<SpeakerEvent> = events
+        .items
+        .iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("ferrolb-speaker"))
+        .filter_map(|e| {
+            let r = e.regarding.as_ref()?;
+            Some(SpeakerEvent {
+                service: format!("{}/{}", r.namespace.as_deref()?, r.name.as_deref()?),
+                node: e.reporting_instance.clone()?,
+                reason: e.reason.clone()?,
+                note: e.note.clone().unwrap_or_default(),
+                time: e
+                    .event_time
+                    .as_ref()
+                    .map(|t| t.0.as_nanosecond())
+                    .unwrap_or(0),
+            })
+        })
+        .collect();
+    print!(
+        "{}",
+        ferrolb_speaker::status::render_cluster(&rows, &events)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn validate(path: &std::path::Path) -> Result<ExitCode> {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -213,7 +291,16 @@ fn main() -> ExitCode {
             },
             worker_threads,
         ),
-        Command::Status { address } => status(address),
+        Command::Status {
+            api: true,
+            kubeconfig,
+            ..
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(cluster_status(kubeconfig))),
+        Command::Status { address, .. } => status(address),
         Command::Kubernetes(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -121,6 +121,68 @@ pub fn render(metrics: &str) -> String {
     out
 }
 
+/// A speaker's Event about a Service, as the cluster view needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeakerEvent {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The node that reported (`reportingInstance`).
+    pub node: String,
+    /// `IPAnnounced` or `IPWithdrawn`.
+    pub reason: String,
+    /// The note.
+    pub note: String,
+    /// When, in nanoseconds since the Unix epoch.
+    pub time: i128,
+}
+
+/// The cluster view: per Service with an address, the nodes announcing it
+/// now, from the speakers' latest Event per node.
+pub fn render_cluster(services: &[(String, Vec<String>)], events: &[SpeakerEvent]) -> String {
+    let mut latest: BTreeMap<(&str, &str), &SpeakerEvent> = BTreeMap::new();
+    for e in events {
+        let k = (e.service.as_str(), e.node.as_str());
+        if latest.get(&k).is_none_or(|old| old.time <= e.time) {
+            latest.insert(k, e);
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<28} {:<32} ANNOUNCED BY", "SERVICE", "ADDRESSES");
+    for (service, vips) in services {
+        let announcing: Vec<(&str, &SpeakerEvent)> = latest
+            .iter()
+            .filter(|((s, _), e)| *s == service && e.reason == "IPAnnounced")
+            .map(|((_, node), e)| (*node, *e))
+            .collect();
+        // Layer 2 has one owner: a node that died could not withdraw, so the
+        // newest owner's word stands. BGP nodes advertise side by side.
+        let newest_owner = announcing
+            .iter()
+            .filter(|(_, e)| e.note.contains("layer 2 owner"))
+            .max_by_key(|(_, e)| e.time)
+            .map(|(n, _)| *n);
+        let nodes: Vec<String> = announcing
+            .iter()
+            .filter_map(|(node, e)| {
+                if e.note.contains("layer 2 owner") {
+                    (Some(*node) == newest_owner).then(|| format!("{node} (layer 2 owner)"))
+                } else if e.note.contains("over BGP") {
+                    Some(format!("{node} (BGP)"))
+                } else {
+                    Some(format!("{node} (?)"))
+                }
+            })
+            .collect();
+        let by = if nodes.is_empty() {
+            "nobody (no ready endpoint, no eligible node, or not yet)".to_string()
+        } else {
+            nodes.join(", ")
+        };
+        let _ = writeln!(out, "{service:<28} {:<32} {by}", vips.join(","));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +221,68 @@ ferrolb_service_up{service="shop/db"} 0
             "{out}"
         );
         assert_eq!(render(""), "this speaker announces and forwards nothing\n");
+    }
+
+    #[test]
+    fn cluster_view_keeps_each_nodes_latest_word() {
+        let ev = |node: &str, reason: &str, note: &str, time: i128| SpeakerEvent {
+            service: "shop/web".into(),
+            node: node.into(),
+            reason: reason.into(),
+            note: note.into(),
+            time,
+        };
+        let events = vec![
+            ev(
+                "node3",
+                "IPAnnounced",
+                "node node3 announces 192.0.2.100 as its layer 2 owner",
+                1,
+            ),
+            ev(
+                "node3",
+                "IPWithdrawn",
+                "node node3 no longer announces 192.0.2.100",
+                5,
+            ),
+            ev(
+                "node2",
+                "IPAnnounced",
+                "node node2 announces 192.0.2.100 as its layer 2 owner",
+                4,
+            ),
+            // node1 owned it before and died without a word: node2's newer claim stands.
+            ev(
+                "node1",
+                "IPAnnounced",
+                "node node1 announces 192.0.2.100 as its layer 2 owner",
+                0,
+            ),
+        ];
+        let services = vec![
+            ("shop/web".to_string(), vec!["192.0.2.100".to_string()]),
+            ("shop/idle".to_string(), vec!["192.0.2.101".to_string()]),
+        ];
+        let out = render_cluster(&services, &events);
+        let web = out.lines().find(|l| l.starts_with("shop/web")).unwrap();
+        assert!(web.ends_with("node2 (layer 2 owner)"), "{out}");
+        let bgp = vec![
+            ev(
+                "node1",
+                "IPAnnounced",
+                "node node1 announces 203.0.113.1 over BGP to tor1",
+                1,
+            ),
+            ev(
+                "node2",
+                "IPAnnounced",
+                "node node2 announces 203.0.113.1 over BGP to tor1",
+                2,
+            ),
+        ];
+        let out2 = render_cluster(&services[..1], &bgp);
+        assert!(out2.contains("node1 (BGP), node2 (BGP)"), "{out2}");
+        let idle = out.lines().find(|l| l.starts_with("shop/idle")).unwrap();
+        assert!(idle.contains("nobody"), "{out}");
     }
 }

@@ -15,34 +15,7 @@
 use ferrolb_tests::l2lab::Cluster;
 use std::time::Duration;
 
-const PROBER: &str = r#"
-import os, signal, socket, sys, time
-pid = int(sys.argv[1]); vip = sys.argv[2]; port = int(sys.argv[3]); old = sys.argv[4]
-fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
-vipb = socket.inet_pton(fam, vip)
-raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)); raw.bind(("eth0", 0)); raw.setblocking(False)
-t0 = time.monotonic(); os.kill(pid, signal.SIGKILL)
-garp = None; ok = None
-while time.monotonic() - t0 < 5 and ok is None:
-    while True:
-        try: f = raw.recv(256)
-        except BlockingIOError: break
-        if garp is None:
-            if f[12:14] == b"\x08\x06" and f[28:32] == vipb and f[38:42] == vipb: garp = time.monotonic() - t0
-            if f[12:14] == b"\x86\xdd" and len(f) >= 78 and f[20] == 58 and f[54] == 136 and f[62:78] == vipb: garp = time.monotonic() - t0
-    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(0.05)
-    try:
-        s.connect((vip, port)); s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"); data = b""
-        while True:
-            c = s.recv(1024)
-            if not c: break
-            data += c
-        body = data.split(b"\r\n\r\n", 1)[-1].decode().strip()
-        if body and body != old: ok = time.monotonic() - t0
-    except OSError: pass
-    finally: s.close()
-print(ok, garp)
-"#;
+use ferrolb_tests::l2lab::FAILOVER_PROBER as PROBER;
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]

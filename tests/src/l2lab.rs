@@ -9,6 +9,43 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Run in the client's namespace with `python3 -c`, arguments PID VIP PORT
+/// OLD: kills the speaker PID (the owner) with SIGKILL, then polls VIP:PORT
+/// every ~50 ms and watches eth0 for the new owner's gratuitous ARP or
+/// unsolicited NA; prints the seconds from the kill to the first answer from
+/// a node other than OLD, and to the first announcement (`None` if not seen
+/// within 5 s). The old owner's kernel keeps answering for the VIP as long as
+/// the client's neighbour entry points at it, so this measures detection plus
+/// announcement, as a client sees them.
+pub const FAILOVER_PROBER: &str = r#"
+import os, signal, socket, sys, time
+pid = int(sys.argv[1]); vip = sys.argv[2]; port = int(sys.argv[3]); old = sys.argv[4]
+fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
+vipb = socket.inet_pton(fam, vip)
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)); raw.bind(("eth0", 0)); raw.setblocking(False)
+t0 = time.monotonic(); os.kill(pid, signal.SIGKILL)
+garp = None; ok = None
+while time.monotonic() - t0 < 5 and ok is None:
+    while True:
+        try: f = raw.recv(256)
+        except BlockingIOError: break
+        if garp is None:
+            if f[12:14] == b"\x08\x06" and f[28:32] == vipb and f[38:42] == vipb: garp = time.monotonic() - t0
+            if f[12:14] == b"\x86\xdd" and len(f) >= 78 and f[20] == 58 and f[54] == 136 and f[62:78] == vipb: garp = time.monotonic() - t0
+    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(0.05)
+    try:
+        s.connect((vip, port)); s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"); data = b""
+        while True:
+            c = s.recv(1024)
+            if not c: break
+            data += c
+        body = data.split(b"\r\n\r\n", 1)[-1].decode().strip()
+        if body and body != old: ok = time.monotonic() - t0
+    except OSError: pass
+    finally: s.close()
+print(ok, garp)
+"#;
+
 /// The nodes: name, IPv4, IPv6.
 pub const NODES: [(&str, &str, &str); 3] = [
     ("node1", "192.0.2.11", "2001:db8::11"),

@@ -203,6 +203,14 @@ bgp:
         self.speakers.push((node.to_string(), pid));
     }
 
+    /// The process id of `node`'s speaker.
+    pub fn speaker_pid(&self, node: &str) -> Option<u32> {
+        self.speakers
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, p)| *p)
+    }
+
     /// Signals the speaker of `node` (`KILL`, `TERM`) and waits for it to end.
     pub fn stop_speaker(&mut self, node: &str, signal: &str) {
         let i = self
@@ -287,7 +295,8 @@ bgp:
     pub fn wait_get(&self, what: &str, url: &str, ok: impl Fn(&str) -> bool) -> String {
         let t = Instant::now();
         loop {
-            if let Some(body) = self.get(url, 0.5) {
+            // A short timeout keeps the measurement of a failover close to the truth.
+            if let Some(body) = self.get(url, 0.2) {
                 if ok(&body) {
                     return body;
                 }
@@ -297,7 +306,7 @@ bgp:
                 "{what}: {url} not answered as expected within {T:?}\n{}",
                 self.logs()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
