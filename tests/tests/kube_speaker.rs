@@ -205,3 +205,53 @@ async fn a_node_that_may_not_announce_does_not_forward() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_speaker_does_not_repeat_its_bgp_events() {
+    let c = Cluster::start().await;
+    // A BGP peer nobody answers for: the speaker advertises (to nobody) and reports it.
+    let closed = ferrolb_tests::speaker::free_port();
+    c.set_config(&format!(
+        "pools: [{{name: loopback, addresses: [127.0.46.0/28]}}]\nbgp:\n  routerId: 192.0.2.11\n  peers: [{{name: tor, address: 127.0.0.1, port: {closed}, asn: 65000, myAsn: 65001}}]\n"
+    ))
+    .await;
+    c.create_node("node1", "127.0.0.1", json!({}));
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let _ctl = Controller::start(&c, "ctl", &[]).await;
+    c.create_service("shop", "before", json!({})).await;
+    c.set_endpoints("shop", "before", 9, &[("127.0.46.200", "node1", true)]);
+    let before = c.wait_ingress("shop", "before", 1, T).await;
+    let announced = |name: &str| {
+        c.events_for("shop", name)
+            .into_iter()
+            .filter(|(_, r, _)| r == "IPAnnounced")
+            .count()
+    };
+    let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+    // A Service that appears while the speaker runs is news.
+    c.create_service("shop", "after", json!({})).await;
+    c.set_endpoints("shop", "after", 9, &[("127.0.46.201", "node1", true)]);
+    let after = c.wait_ingress("shop", "after", 1, T).await;
+    let note = c.wait_event("shop", "after", "IPAnnounced", T).await;
+    assert!(note.contains("over BGP to tor"), "{note}");
+    // What it found advertised at start is not, and a restart repeats nothing.
+    assert_eq!(announced("before"), 0, "{}", speaker.log());
+    drop(speaker);
+    let _again = KubeSpeaker::start(&c, "node1", &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((announced("before"), announced("after")), (0, 1));
+    for vip in before.iter().chain(after.iter()) {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "route",
+                "del",
+                "local",
+                &format!("{vip}/32"),
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ])
+            .output();
+    }
+}

@@ -254,6 +254,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut announcing: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
     let mut owned_rx: Option<watch::Receiver<BTreeSet<String>>> = None;
     let mut bgp_peers: Option<Vec<String>> = None;
+    let mut baseline_taken = false;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
@@ -437,8 +438,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     })
                     .unwrap_or_default()
             };
+            // The first pass after start is the baseline: BGP advertisements a
+            // restarted speaker resumes are not news (10,000 Services would
+            // mean 10,000 Events per node). Later changes, and layer 2
+            // ownership, which settles after the first heartbeats, are.
+            let baseline = !baseline_taken;
+            baseline_taken = true;
             for (key, r) in &now {
-                if announcing.get(key) != Some(r) {
+                if announcing.get(key) != Some(r)
+                    && !(baseline && r.iter().all(|(m, _)| *m == "bgp"))
+                {
                     let how: Vec<&str> = r.iter().map(|(_, d)| d.as_str()).collect();
                     let note = format!(
                         "node {} announces {} {}",
@@ -456,7 +465,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     ));
                 }
             }
-            for key in announcing.keys().filter(|k| !now.contains_key(*k)) {
+            for key in announcing
+                .keys()
+                .filter(|k| !now.contains_key(*k) && !baseline)
+            {
                 // Only about Services that still exist and have an address.
                 if current.iter().any(|v| v.key == *key) {
                     let note = format!("node {} no longer announces {}", opts.node, vips_of(key));
