@@ -1,9 +1,10 @@
 # Both images from one build:
 #   docker build --target controller -t ferrolb/controller:0.1.0 .
 #   docker build --target speaker    -t ferrolb/speaker:0.1.0 .
-# The binaries are static (musl). The controller image holds nothing else;
-# the speaker image adds iproute2 (it makes VIPs local with `ip -batch`) and
-# procps (`sysctl`, used by the DaemonSet's init container).
+# The binaries are static (musl) and need nothing else: both images are
+# distroless/static. The speaker runs as root with only the capabilities the
+# DaemonSet grants (NET_RAW, NET_ADMIN, NET_BIND_SERVICE); its init container
+# runs `ferrolb-speaker prepare-node` to set the ARP sysctls.
 
 ARG RUST_VERSION=1.89
 FROM rust:${RUST_VERSION}-bookworm AS build
@@ -25,11 +26,8 @@ EXPOSE 7472
 ENTRYPOINT ["/ferrolb-controller"]
 CMD ["run"]
 
-FROM debian:bookworm-slim AS speaker
-RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 procps \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=build /usr/local/bin/ferrolb-speaker /usr/local/bin/ferrolb-speaker
+FROM gcr.io/distroless/static-debian12 AS speaker
+COPY --from=build /usr/local/bin/ferrolb-speaker /ferrolb-speaker
 EXPOSE 7473 7946/udp 179
-ENTRYPOINT ["/usr/local/bin/ferrolb-speaker"]
+ENTRYPOINT ["/ferrolb-speaker"]
 CMD ["kubernetes"]

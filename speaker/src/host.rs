@@ -3,9 +3,7 @@
 //! traffic that reaches the node is accepted (an AnyIP `local` route on `lo`).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 /// Why the host is not ready to serve the VIPs.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +20,7 @@ pub enum HostError {
         source: std::io::Error,
     },
     /// The local routes could not be added.
-    #[error("cannot make {vips} local (`ip route replace local VIP dev lo table local`; needs root or CAP_NET_ADMIN): {detail}")]
+    #[error("cannot make {vips} local (a local route on lo in table local, set through rtnetlink; needs root or CAP_NET_ADMIN): {detail}")]
     Route {
         /// The VIPs, as a list for the message.
         vips: String,
@@ -54,7 +52,8 @@ pub fn prepare_arp(interfaces: &[String]) -> Result<(), HostError> {
 }
 
 /// The VIPs made local on this host so far: each `ensure` adds only new
-/// ones, all in one `ip -batch` run, so 10,000 VIPs cost one process, not 10,000.
+/// ones, in batches of rtnetlink requests, so 10,000 VIPs cost a few system
+/// calls.
 ///
 /// Routes are not removed when a VIP goes away: a stale local route only makes
 /// the node accept traffic nobody sends it (no one resolves or routes the VIP
@@ -76,36 +75,17 @@ impl LocalRoutes {
         if new.is_empty() {
             return Ok(());
         }
-        let mut script = String::new();
-        for vip in &new {
-            let len = if vip.is_ipv4() { 32 } else { 128 };
-            script.push_str(&format!(
-                "route replace local {vip}/{len} dev lo table local\n"
-            ));
-        }
         let failed = |detail: String| HostError::Route {
             vips: list(&new),
             detail,
         };
-        let mut child = Command::new("ip")
-            .args(["-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| failed(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| failed(e.to_string()))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| failed(e.to_string()))?;
-        if !out.status.success() {
-            return Err(failed(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+        let refused = crate::netlink::add_local_routes(&new).map_err(|e| failed(e.to_string()))?;
+        if !refused.is_empty() {
+            let bad: Vec<IpAddr> = refused.iter().map(|(v, _)| *v).collect();
+            return Err(HostError::Route {
+                vips: list(&bad),
+                detail: refused[0].1.to_string(),
+            });
         }
         self.done.extend(new);
         Ok(())

@@ -9,6 +9,7 @@ pub mod host;
 pub mod kubernetes;
 pub mod l2;
 pub mod metrics;
+pub mod netlink;
 pub mod plan;
 pub mod standalone;
 pub mod status;

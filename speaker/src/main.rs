@@ -63,6 +63,10 @@ enum Command {
     /// from this node when it is eligible, and forward Services annotated
     /// `ferrolb.io/forward: "true"` to their ready endpoints.
     Kubernetes(KubeArgs),
+    /// Set the ARP sysctls layer 2 mode needs (arp_ignore=1, arp_announce=2
+    /// on all interfaces) and exit: for a privileged init container, since
+    /// /proc/sys is read-only in the unprivileged speaker container.
+    PrepareNode,
     /// Show what a running speaker announces (layer 2 owner or BGP) and the
     /// health of the backends it forwards to, from its /metrics; with --api,
     /// every Service's address and the nodes announcing it, cluster-wide.
@@ -301,6 +305,12 @@ fn main() -> ExitCode {
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(cluster_status(kubeconfig))),
         Command::Status { address, .. } => status(address),
+        Command::PrepareNode => ferrolb_speaker::host::prepare_arp(&[])
+            .map(|()| {
+                println!("net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
         Command::Kubernetes(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

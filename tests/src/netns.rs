@@ -78,6 +78,14 @@ impl Lab {
         self.metrics_on(short, 9470)
     }
 
+    /// The HTTP status line of GET `path` on 127.0.0.1:`port` inside namespace
+    /// `short` (empty if nothing answers).
+    pub fn http_status(&self, short: &str, port: u16, path: &str) -> String {
+        let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && head -1 <&3");
+        let out = self.exec(short, &["bash", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `/metrics` from 127.0.0.1:`port` inside namespace `short` (the
     /// Kubernetes-mode speaker serves on 7473).
     pub fn metrics_on(&self, short: &str, port: u16) -> String {

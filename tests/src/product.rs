@@ -160,6 +160,15 @@ bgp:
         for (n, _) in NODES {
             p.start_speaker(n);
         }
+        // Ready: the first lists are in and the configuration applies. What a
+        // speaker finds advertised when it gets there is its baseline.
+        for (n, _) in NODES {
+            let t = Instant::now();
+            while !p.lab.http_status(n, 7473, "/readyz").contains(" 200") {
+                assert!(t.elapsed() < T, "speaker on {n} not ready\n{}", p.logs());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         p
     }
 
