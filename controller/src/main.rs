@@ -13,6 +13,23 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+/// Writes to stdout, ignoring a closed pipe (`| head`): a CLI must not panic
+/// because its reader went away.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// ferrolb controller: gives LoadBalancer Services an external IP from configured pools.
 #[derive(Parser)]
 #[command(name = "ferrolb-controller", version, about, long_about = None)]
@@ -95,16 +112,18 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    println!("{}: valid", path.display());
-    print!("{}", config.summary());
+    outln!("{}: valid", path.display());
+    out!("{}", config.summary());
     for s in Allocator::new(&config.pools).stats() {
-        println!(
+        outln!(
             "  {}: {} IPv4 and {} IPv6 addresses free",
-            s.name, s.v4.free, s.v6.free
+            s.name,
+            s.v4.free,
+            s.v6.free
         );
     }
     if !config.services.is_empty() || !config.members.is_empty() {
-        println!("note: `services` and `members` are standalone-mode sections; the controller ignores them");
+        outln!("note: `services` and `members` are standalone-mode sections; the controller ignores them");
     }
     Ok(ExitCode::SUCCESS)
 }

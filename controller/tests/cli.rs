@@ -45,3 +45,25 @@ fn help_on_binary_and_every_subcommand() {
         assert!(!out.stdout.is_empty());
     }
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::process::Stdio;
+    // `ferrolb-controller validate ... | head -1`: the reader goes away first.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"))
+        .args([
+            "validate",
+            "--config",
+            "crates/config/tests/fixtures/good/full.yaml",
+        ])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}

@@ -7,6 +7,23 @@ use ferrolb_config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Writes to stdout, ignoring a closed pipe (`| head`): a CLI must not panic
+/// because its reader went away.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// ferrolb speaker: announces load-balancer VIPs and forwards their traffic.
 #[derive(Parser)]
 #[command(name = "ferrolb-speaker", version, about, long_about = None)]
@@ -170,7 +187,7 @@ fn status(address: std::net::SocketAddr) -> Result<ExitCode> {
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     let metrics = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    print!("{}", ferrolb_speaker::status::render(metrics));
+    out!("{}", ferrolb_speaker::status::render(metrics));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -238,7 +255,7 @@ async fn cluster_status(kubeconfig: Option<PathBuf>) -> Result<ExitCode> {
             })
         })
         .collect();
-    print!(
+    out!(
         "{}",
         ferrolb_speaker::status::render_cluster(&rows, &events)
     );
@@ -267,10 +284,10 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    println!("{}: valid", path.display());
-    print!("{}", config.summary());
+    outln!("{}: valid", path.display());
+    out!("{}", config.summary());
     if !config.services.is_empty() {
-        print!("{}", plan.describe());
+        out!("{}", plan.describe());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -307,7 +324,7 @@ fn main() -> ExitCode {
         Command::Status { address, .. } => status(address),
         Command::PrepareNode => ferrolb_speaker::host::prepare_arp(&[])
             .map(|()| {
-                println!("net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
+                outln!("net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),
