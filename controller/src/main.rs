@@ -13,22 +13,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Writes to stdout, ignoring a closed pipe (`| head`): a CLI must not panic
-/// because its reader went away.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
-/// [`out!`] with a newline.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
+use ferrolb_ops::{out, outln};
 
 /// ferrolb controller: gives LoadBalancer Services an external IP from configured pools.
 #[derive(Parser)]

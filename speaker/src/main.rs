@@ -7,22 +7,7 @@ use ferrolb_config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Writes to stdout, ignoring a closed pipe (`| head`): a CLI must not panic
-/// because its reader went away.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
-/// [`out!`] with a newline.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
+use ferrolb_ops::{out, outln};
 
 /// ferrolb speaker: announces load-balancer VIPs and forwards their traffic.
 #[derive(Parser)]

@@ -165,14 +165,7 @@ impl Cluster {
 
     /// One GET from the client through the VIP; the body names the node that served it.
     pub fn get(&self, url: &str, timeout: f64) -> Option<String> {
-        let code = "import sys,urllib.request\ntry:\n print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode().strip())\nexcept Exception as e:\n sys.exit(1)";
-        let out = self.lab.exec(
-            "client",
-            &["python3", "-c", code, url, &timeout.to_string()],
-        );
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        self.lab.http_get("client", url, timeout)
     }
 
     /// Waits until the client reaches the VIP; returns the serving node.

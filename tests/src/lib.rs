@@ -68,15 +68,8 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// The kubeconfig of a real cluster for the suites that need one
-/// (`KUBECONFIG`). Without it they skip loudly and the skip is logged, but
-/// never fail: CI machines have no cluster, so [`NO_SKIP_ENV`] does not
-/// apply; the summary lists them as skipped, never as passed.
-pub fn real_cluster(test: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
-    }
-    let why = format!("{test}: needs a real cluster (set KUBECONFIG)");
+/// Prints a loud SKIPPED line and appends it to the skip log, if any.
+fn skipped(why: &str) {
     eprintln!("\n*** SKIPPED {why} ***\n");
     if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -87,6 +80,18 @@ pub fn real_cluster(test: &str) -> Option<PathBuf> {
             let _ = writeln!(f, "{why}");
         }
     }
+}
+
+/// The kubeconfig of a real cluster for the suites that need one
+/// (`KUBECONFIG`). Without it they skip loudly and the skip is logged, but
+/// never fail: CI machines have no cluster, so [`NO_SKIP_ENV`] does not
+/// apply; the summary lists them as skipped, never as passed.
+pub fn real_cluster(test: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let why = format!("{test}: needs a real cluster (set KUBECONFIG)");
+    skipped(&why);
     None
 }
 
@@ -111,16 +116,7 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
             "{why}; {NO_SKIP_ENV}=1 forbids skipping (tests/run.sh installs what the suite needs)"
         );
     }
-    eprintln!("\n*** SKIPPED {why} ***\n");
-    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{why}");
-        }
-    }
+    skipped(&why);
     false
 }
 

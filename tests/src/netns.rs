@@ -78,6 +78,16 @@ impl Lab {
         self.metrics_on(short, 9470)
     }
 
+    /// One HTTP GET of `url` from namespace `short` (Python's urllib, so no
+    /// HTTP client need be installed); the body, trimmed, if it answered 200.
+    pub fn http_get(&self, short: &str, url: &str, timeout: f64) -> Option<String> {
+        let code = "import sys,urllib.request\ntry:\n print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode().strip())\nexcept Exception as e:\n sys.exit(1)";
+        let out = self.exec(short, &["python3", "-c", code, url, &timeout.to_string()]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// The HTTP status line of GET `path` on 127.0.0.1:`port` inside namespace
     /// `short` (empty if nothing answers).
     pub fn http_status(&self, short: &str, port: u16, path: &str) -> String {

@@ -290,14 +290,7 @@ bgp:
 
     /// One GET from the client; the body names who answered.
     pub fn get(&self, url: &str, timeout: f64) -> Option<String> {
-        let code = "import sys,urllib.request\ntry:\n print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode().strip())\nexcept Exception as e:\n sys.exit(1)";
-        let out = self.lab.exec(
-            "client",
-            &["python3", "-c", code, url, &timeout.to_string()],
-        );
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        self.lab.http_get("client", url, timeout)
     }
 
     /// Waits until a GET of `url` is answered and `ok` accepts the answer; returns it.

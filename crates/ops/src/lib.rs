@@ -11,6 +11,25 @@ use tokio::net::{TcpListener, TcpStream};
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// Writes to stdout, ignoring a closed pipe (`| head`): a CLI must not panic
+/// because its reader went away.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// [`out!`] with a newline.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Renders the Prometheus text exposition.
 pub type Render = Box<dyn Fn() -> String + Send + Sync>;
 
