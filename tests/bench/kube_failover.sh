@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Layer 2 failover in Kubernetes mode (root): the fake API server, the
+# controller and three Kubernetes-mode speakers in network namespaces; the
+# owner's speaker is SIGKILLed N times. Prints figures.
+#
+#   tests/bench/kube_failover.sh              # 20 trials
+#   tests/bench/kube_failover.sh --trials 5
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cargo build --release --locked -q -p ferrolb-controller -p ferrolb-speaker -p ferrolb-tests --bins
+exec cargo bench --locked -q -p ferrolb-tests --bench kube_failover -- "$@"

@@ -1,0 +1,106 @@
+//! Layer 2 failover in Kubernetes mode (prints figures; asserts nothing
+//! about time): the whole product of `ferrolb_tests::product` (fake API
+//! server, controller, three `ferrolb-speaker kubernetes` nodes in network
+//! namespaces, a client), one announce-only Service, then N times: the
+//! prober in the client's namespace SIGKILLs the owner's speaker and times
+//! the first request another node serves, and the new owner's first
+//! announcement; the speaker is restarted between trials.
+//!
+//!   tests/bench/kube_failover.sh              # 20 trials (root)
+//!   tests/bench/kube_failover.sh --trials 5
+
+use ferrolb_tests::product::{Mode, Product};
+use ferrolb_tests::{require, Need};
+use serde_json::json;
+use std::time::Duration;
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+async fn run(trials: usize) {
+    let mut p = Product::start(Mode::Layer2).await;
+    let all = [
+        ("192.0.2.11", "node1", true),
+        ("192.0.2.12", "node2", true),
+        ("192.0.2.13", "node3", true),
+    ];
+    let vip = p.service("web", 8080, json!({}), &all).await;
+    let url = format!("http://{vip}:8080/");
+    let (mut served, mut announced) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let owner = p.wait_get("the VIP", &url, |b| b.starts_with("node"));
+        let pid = p
+            .speaker_pid(&owner)
+            .expect("owner runs a speaker")
+            .to_string();
+        let out = p.lab.exec_ok(
+            "client",
+            &[
+                "python3",
+                "-c",
+                ferrolb_tests::l2lab::FAILOVER_PROBER,
+                &pid,
+                &vip,
+                "8080",
+                &owner,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut it = text.split_whitespace();
+        match it.next().and_then(|v| v.parse::<f64>().ok()) {
+            Some(t) => served.push(t * 1000.0),
+            None => println!("  trial failed: no other node within 5 s (prober: {text:?})"),
+        }
+        if let Some(g) = it.next().and_then(|v| v.parse::<f64>().ok()) {
+            announced.push(g * 1000.0);
+        }
+        p.stop_speaker(&owner, "KILL");
+        p.start_speaker(&owner);
+        // Let the restarted node settle (it must not take the VIP back).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    served.sort_by(f64::total_cmp);
+    announced.sort_by(f64::total_cmp);
+    println!("layer 2 failover in Kubernetes mode: {trials} trials; 3 speakers, heartbeat 100 ms, dead after 400 ms");
+    if served.is_empty() {
+        println!("no successful trial");
+        return;
+    }
+    println!(
+        "owner's speaker SIGKILL -> first request served by another node: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} of {trials} trials)",
+        pct(&served, 0.5),
+        pct(&served, 0.99),
+        served[served.len() - 1],
+        served.len()
+    );
+    if !announced.is_empty() {
+        println!(
+            "owner's speaker SIGKILL -> first announcement from the new owner at the client: p50 {:.0} ms, p99 {:.0} ms",
+            pct(&announced, 0.5),
+            pct(&announced, 0.99)
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let trials: usize = args
+        .iter()
+        .position(|a| a == "--trials")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    if !require(
+        "kube_failover benchmark",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(trials));
+}
