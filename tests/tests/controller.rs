@@ -545,21 +545,20 @@ pools:
         c.ingress("ns", "x") == ["192.0.2.0"]
     })
     .await;
-    let ev = c.events_for("ns", "x");
-    assert!(
+    // Events are published off the controller's loop: they may trail the status.
+    wait_until("the IPReleased warning and the new IPAllocated", T, || {
+        let ev = c.events_for("ns", "x");
         ev.iter()
-            .any(|(t, r, n)| t == "Warning" && r == "IPReleased" && n.contains("no longer allows")),
-        "{ev:?}"
-    );
-    assert!(
-        ev.iter()
-            .any(|(_, r, n)| r == "IPAllocated" && n.contains("192.0.2.0 from pool \"new\"")),
-        "{ev:?}"
-    );
-    assert_eq!(
-        c.service("ns", "x")["metadata"]["annotations"]["ferrolb.io/allocated-from-pool"],
-        "new"
-    );
+            .any(|(t, r, n)| t == "Warning" && r == "IPReleased" && n.contains("no longer allows"))
+            && ev
+                .iter()
+                .any(|(_, r, n)| r == "IPAllocated" && n.contains("192.0.2.0 from pool \"new\""))
+    })
+    .await;
+    wait_until("the pool annotation", T, || {
+        c.service("ns", "x")["metadata"]["annotations"]["ferrolb.io/allocated-from-pool"] == "new"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
