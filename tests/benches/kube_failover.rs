@@ -9,14 +9,11 @@
 //!   tests/bench/kube_failover.sh              # 20 trials (root)
 //!   tests/bench/kube_failover.sh --trials 5
 
+use ferrolb_tests::l2lab::{probe_failover, FailoverStats};
 use ferrolb_tests::product::{Mode, Product};
 use ferrolb_tests::{require, Need};
 use serde_json::json;
 use std::time::Duration;
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
-}
 
 async fn run(trials: usize) {
     let mut p = Product::start(Mode::Layer2).await;
@@ -27,60 +24,18 @@ async fn run(trials: usize) {
     ];
     let vip = p.service("web", 8080, json!({}), &all).await;
     let url = format!("http://{vip}:8080/");
-    let (mut served, mut announced) = (Vec::new(), Vec::new());
+    let mut stats = FailoverStats::default();
     for _ in 0..trials {
         let owner = p.wait_get("the VIP", &url, |b| b.starts_with("node"));
-        let pid = p
-            .speaker_pid(&owner)
-            .expect("owner runs a speaker")
-            .to_string();
-        let out = p.lab.exec_ok(
-            "client",
-            &[
-                "python3",
-                "-c",
-                ferrolb_tests::l2lab::FAILOVER_PROBER,
-                &pid,
-                &vip,
-                "8080",
-                &owner,
-            ],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut it = text.split_whitespace();
-        match it.next().and_then(|v| v.parse::<f64>().ok()) {
-            Some(t) => served.push(t * 1000.0),
-            None => println!("  trial failed: no other node within 5 s (prober: {text:?})"),
-        }
-        if let Some(g) = it.next().and_then(|v| v.parse::<f64>().ok()) {
-            announced.push(g * 1000.0);
-        }
+        let pid = p.speaker_pid(&owner).expect("owner runs a speaker");
+        stats.add(&probe_failover(&p.lab, pid, &vip, 8080, &owner));
         p.stop_speaker(&owner, "KILL");
         p.start_speaker(&owner);
         // Let the restarted node settle (it must not take the VIP back).
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
-    served.sort_by(f64::total_cmp);
-    announced.sort_by(f64::total_cmp);
     println!("layer 2 failover in Kubernetes mode: {trials} trials; 3 speakers, heartbeat 100 ms, dead after 400 ms");
-    if served.is_empty() {
-        println!("no successful trial");
-        return;
-    }
-    println!(
-        "owner's speaker SIGKILL -> first request served by another node: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} of {trials} trials)",
-        pct(&served, 0.5),
-        pct(&served, 0.99),
-        served[served.len() - 1],
-        served.len()
-    );
-    if !announced.is_empty() {
-        println!(
-            "owner's speaker SIGKILL -> first announcement from the new owner at the client: p50 {:.0} ms, p99 {:.0} ms",
-            pct(&announced, 0.5),
-            pct(&announced, 0.99)
-        );
-    }
+    stats.report("Kubernetes mode", trials);
 }
 
 fn main() {

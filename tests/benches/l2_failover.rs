@@ -15,12 +15,6 @@
 use ferrolb_tests::l2lab::Cluster;
 use std::time::Duration;
 
-use ferrolb_tests::l2lab::FAILOVER_PROBER as PROBER;
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let trials: usize = args
@@ -44,59 +38,19 @@ fn main() {
         ("IPv4", "192.0.2.100", "http://192.0.2.100:8080/"),
         ("IPv6", "2001:db8::100", "http://[2001:db8::100]:8080/"),
     ] {
-        let mut served = Vec::new();
-        let mut announced = Vec::new();
+        let mut stats = ferrolb_tests::l2lab::FailoverStats::default();
         for _ in 0..trials {
             let owner = c.wait_served(url, Duration::from_secs(10));
             let pid = c.speaker_pid(&owner).expect("owner runs a speaker");
-            let out = c.lab.exec_ok(
-                "client",
-                &[
-                    "python3",
-                    "-c",
-                    PROBER,
-                    &pid.to_string(),
-                    vip,
-                    "8080",
-                    &owner,
-                ],
-            );
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let mut it = text.split_whitespace();
-            let ok: Option<f64> = it.next().and_then(|v| v.parse().ok());
-            let garp: Option<f64> = it.next().and_then(|v| v.parse().ok());
-            match ok {
-                Some(t) => served.push(t * 1000.0),
-                None => println!("  trial failed: no service within 5 s (prober said {text:?})"),
-            }
-            if let Some(g) = garp {
-                announced.push(g * 1000.0);
-            }
+            stats.add(&ferrolb_tests::l2lab::probe_failover(
+                &c.lab, pid, vip, 8080, &owner,
+            ));
             c.reap_speaker(&owner);
             c.start_speaker(&owner);
             // Let the restarted node settle (it must not take anything back).
             std::thread::sleep(Duration::from_millis(1500));
         }
-        served.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        announced.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        if served.is_empty() {
-            println!("{family}: no successful trial");
-            continue;
-        }
-        println!(
-            "{family}: owner SIGKILL -> first successful request: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} of {trials} trials)",
-            pct(&served, 0.5),
-            pct(&served, 0.99),
-            served[served.len() - 1],
-            served.len()
-        );
-        if !announced.is_empty() {
-            println!(
-                "{family}: owner SIGKILL -> first announcement from the new owner at the client: p50 {:.0} ms, p99 {:.0} ms",
-                pct(&announced, 0.5),
-                pct(&announced, 0.99)
-            );
-        }
+        stats.report(family, trials);
     }
     println!("(the new owner announces within microseconds of deciding; the time above is detection: dead after 400 ms, confirmed by the other member)");
 }

@@ -46,6 +46,93 @@ while time.monotonic() - t0 < 5 and ok is None:
 print(ok, garp)
 "#;
 
+/// What one [`FAILOVER_PROBER`] run saw, in ms from the kill.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// First request served by another node.
+    pub served_ms: Option<f64>,
+    /// First announcement from the new owner at the client.
+    pub announced_ms: Option<f64>,
+    /// The prober's output, for messages.
+    pub raw: String,
+}
+
+/// Runs [`FAILOVER_PROBER`] in `lab`'s client namespace: kills speaker
+/// `pid` (owner `owner` of `vip`) and times the takeover on `port`.
+pub fn probe_failover(lab: &Lab, pid: u32, vip: &str, port: u16, owner: &str) -> Probe {
+    let out = lab.exec_ok(
+        "client",
+        &[
+            "python3",
+            "-c",
+            FAILOVER_PROBER,
+            &pid.to_string(),
+            vip,
+            &port.to_string(),
+            owner,
+        ],
+    );
+    let raw = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut it = raw
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().ok().map(|s| s * 1000.0));
+    Probe {
+        served_ms: it.next().flatten(),
+        announced_ms: it.next().flatten(),
+        raw,
+    }
+}
+
+/// Failover trials collected by the benchmarks, printed as percentiles.
+#[derive(Debug, Default)]
+pub struct FailoverStats {
+    served: Vec<f64>,
+    announced: Vec<f64>,
+}
+
+impl FailoverStats {
+    /// Adds one trial (a trial without service within 5 s is printed as failed).
+    pub fn add(&mut self, p: &Probe) {
+        match p.served_ms {
+            Some(t) => self.served.push(t),
+            None => println!(
+                "  trial failed: no service within 5 s (prober said {:?})",
+                p.raw
+            ),
+        }
+        if let Some(g) = p.announced_ms {
+            self.announced.push(g);
+        }
+    }
+
+    /// Prints p50/p99/max under `label`, out of `trials`.
+    pub fn report(&mut self, label: &str, trials: usize) {
+        fn pct(sorted: &[f64], q: f64) -> f64 {
+            sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+        }
+        self.served.sort_by(f64::total_cmp);
+        self.announced.sort_by(f64::total_cmp);
+        if self.served.is_empty() {
+            println!("{label}: no successful trial");
+            return;
+        }
+        println!(
+            "{label}: owner SIGKILL -> first successful request: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} of {trials} trials)",
+            pct(&self.served, 0.5),
+            pct(&self.served, 0.99),
+            self.served[self.served.len() - 1],
+            self.served.len()
+        );
+        if !self.announced.is_empty() {
+            println!(
+                "{label}: owner SIGKILL -> first announcement from the new owner at the client: p50 {:.0} ms, p99 {:.0} ms",
+                pct(&self.announced, 0.5),
+                pct(&self.announced, 0.99)
+            );
+        }
+    }
+}
+
 /// The nodes: name, IPv4, IPv6.
 pub const NODES: [(&str, &str, &str); 3] = [
     ("node1", "192.0.2.11", "2001:db8::11"),

@@ -70,27 +70,12 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     // The owner's speaker is killed: another node takes over, measured at the
     // client (the prober kills it, then polls the VIP and watches for the
     // new owner's gratuitous ARP).
-    let pid = p
-        .speaker_pid(&owner)
-        .expect("owner runs a speaker")
-        .to_string();
-    let out = p.lab.exec_ok(
-        "client",
-        &[
-            "python3",
-            "-c",
-            ferrolb_tests::l2lab::FAILOVER_PROBER,
-            &pid,
-            &vip,
-            "8080",
-            &owner,
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let served: Option<f64> = text.split_whitespace().next().and_then(|v| v.parse().ok());
-    let took = served.unwrap_or_else(|| {
+    let pid = p.speaker_pid(&owner).expect("owner runs a speaker");
+    let probe = ferrolb_tests::l2lab::probe_failover(&p.lab, pid, &vip, 8080, &owner);
+    let took = probe.served_ms.unwrap_or_else(|| {
         panic!(
-            "no other node answered within 5 s (prober: {text})\n{}",
+            "no other node answered within 5 s (prober: {})\n{}",
+            probe.raw,
             p.logs()
         )
     });
@@ -99,8 +84,8 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
         b.starts_with("node") && b != owner
     });
     eprintln!(
-        "owner {owner}'s speaker killed; {next} answers after {:.0} ms (prober: {text})",
-        took * 1000.0
+        "owner {owner}'s speaker killed; {next} answers after {took:.0} ms (prober: {})",
+        probe.raw
     );
     // Each owner said so on the Service, once (Events are published off the
     // speakers' main loop: give them a moment).
