@@ -352,7 +352,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .map(|m| m.name.clone())
                 .chain(std::iter::once(opts.node.clone()))
                 .collect();
-            let svc: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+            // The caches' Arcs, not copies: this runs on every change.
+            let svc = services.state();
             let uids: BTreeMap<String, String> = svc
                 .iter()
                 .filter_map(|s| {
@@ -363,9 +364,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     ))
                 })
                 .collect();
-            let sl: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
-            let nl: Vec<Node> = node_list.iter().map(|n| (**n).clone()).collect();
-            let d = model::desired(&opts.node, &svc, &sl, &nl, &speakers, cfg, &opts.filter);
+            let d = model::desired(
+                &opts.node,
+                &svc,
+                &slices.state(),
+                &node_list,
+                &speakers,
+                cfg,
+                &opts.filter,
+            );
             if d.excluded != last_excluded {
                 for e in &d.excluded {
                     tracing::warn!(node = %e.node, reason = e.reason, "node excluded from announcing");

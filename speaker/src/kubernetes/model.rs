@@ -16,6 +16,7 @@ use ferrolb_config::{Backend, Config, HealthCheck, Protocol, Service as PlanServ
 use ferrolb_ipset::Cidr;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
@@ -92,9 +93,9 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
 
 /// The ready endpoints of every Service, by `namespace/name`. Endpoints that
 /// are not ready, or terminating, carry no traffic.
-fn endpoints(slices: &[EndpointSlice]) -> BTreeMap<String, Vec<Endpoint>> {
+fn endpoints(slices: &[impl Borrow<EndpointSlice>]) -> BTreeMap<String, Vec<Endpoint>> {
     let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    for s in slices {
+    for s in slices.iter().map(Borrow::borrow) {
         let Some(svc) = s
             .metadata
             .labels
@@ -141,13 +142,13 @@ fn endpoints(slices: &[EndpointSlice]) -> BTreeMap<String, Vec<Endpoint>> {
 /// Nodes that may announce at all: live speakers, minus NetworkUnavailable,
 /// minus the exclusion label (unless ignored).
 fn usable_nodes(
-    nodes: &[Node],
+    nodes: &[impl Borrow<Node>],
     speakers: &BTreeSet<String>,
     filter: &Filter,
 ) -> (BTreeSet<String>, Vec<Excluded>) {
     let mut usable = BTreeSet::new();
     let mut excluded = Vec::new();
-    for n in nodes {
+    for n in nodes.iter().map(Borrow::borrow) {
         let Some(name) = n.metadata.name.clone() else {
             continue;
         };
@@ -197,12 +198,13 @@ fn handled(svc: &Service, filter: &Filter) -> bool {
     }
 }
 
-/// Computes everything for node `me`.
+/// Computes everything for node `me`. Takes the objects as they are held
+/// (`Arc`s from the watch caches, or plain values), so nothing is copied.
 pub fn desired(
     me: &str,
-    services: &[Service],
-    slices: &[EndpointSlice],
-    nodes: &[Node],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
+    nodes: &[impl Borrow<Node>],
     speakers: &BTreeSet<String>,
     config: &Config,
     filter: &Filter,
@@ -213,7 +215,11 @@ pub fn desired(
         excluded,
         ..Desired::default()
     };
-    let mut sorted: Vec<&Service> = services.iter().filter(|s| handled(s, filter)).collect();
+    let mut sorted: Vec<&Service> = services
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|s| handled(s, filter))
+        .collect();
     sorted.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
     for svc in sorted {
         let key = format!(
