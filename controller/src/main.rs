@@ -1,7 +1,7 @@
 //! `ferrolb-controller`: assigns external IPs to LoadBalancer Services.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use ferrolb_alloc::Allocator;
 use ferrolb_config::Config;
 use ferrolb_controller::metrics::Metrics;
@@ -19,22 +19,10 @@ use ferrolb_ops::{out, outln};
 #[derive(Parser)]
 #[command(name = "ferrolb-controller", version, about, long_about = None)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    log: ferrolb_ops::LogArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -175,21 +163,9 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    cli.log.init();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()

@@ -15,20 +15,8 @@ use ferrolb_ops::{out, outln};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+    #[command(flatten)]
+    log: ferrolb_ops::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -127,18 +115,6 @@ struct KubeArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     ferrolb_config::duration::parse_duration(s)
-}
-
-fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn standalone(
@@ -279,7 +255,7 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    cli.log.init();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Standalone {
