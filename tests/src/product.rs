@@ -59,25 +59,7 @@ impl Product {
                 lab.attach("client", &["192.0.2.1/24"]);
             }
             Mode::Bgp => {
-                lab.add("router");
-                lab.attach("router", &["192.0.2.1/24"]);
-                lab.add("client");
-                lab.link(
-                    "router",
-                    &["198.51.100.1/24"],
-                    "client",
-                    &["198.51.100.2/24"],
-                );
-                lab.exec_ok(
-                    "client",
-                    &["ip", "route", "add", "default", "via", "198.51.100.1"],
-                );
-                for s in [
-                    "net.ipv4.ip_forward=1",
-                    "net.ipv4.fib_multipath_hash_policy=1",
-                ] {
-                    lab.exec_ok("router", &["sysctl", "-qw", s]);
-                }
+                routers::router_with_client(&mut lab);
             }
         }
         for (n, ip) in NODES {

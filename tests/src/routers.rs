@@ -126,3 +126,29 @@ pub fn router_and_node(tag: &str, what: &str) -> (Lab, PathBuf) {
     lab.attach("node", &["192.0.2.11/24", "2001:db8::11/64"]);
     (lab, dir)
 }
+
+/// A router on the lab's bridge (192.0.2.1/24) forwarding to a client behind
+/// it on its own link (198.51.100.0/24), hashing multipath flows on ports too
+/// so one client's connections spread over ECMP paths. Nodes on the bridge
+/// need a route to 198.51.100.0/24 via 192.0.2.1.
+pub fn router_with_client(lab: &mut Lab) {
+    lab.add("router");
+    lab.attach("router", &["192.0.2.1/24"]);
+    lab.add("client");
+    lab.link(
+        "router",
+        &["198.51.100.1/24"],
+        "client",
+        &["198.51.100.2/24"],
+    );
+    lab.exec_ok(
+        "client",
+        &["ip", "route", "add", "default", "via", "198.51.100.1"],
+    );
+    for s in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.fib_multipath_hash_policy=1",
+    ] {
+        lab.exec_ok("router", &["sysctl", "-qw", s]);
+    }
+}

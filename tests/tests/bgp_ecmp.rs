@@ -67,26 +67,7 @@ impl Rig {
         let mut lab = Lab::new("e");
         let dir = std::env::temp_dir().join(format!("ferrolb-ecmp-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();
-        lab.add("router");
-        lab.attach("router", &["192.0.2.1/24"]);
-        lab.add("client");
-        lab.link(
-            "router",
-            &["198.51.100.1/24"],
-            "client",
-            &["198.51.100.2/24"],
-        );
-        lab.exec_ok(
-            "client",
-            &["ip", "route", "add", "default", "via", "198.51.100.1"],
-        );
-        for s in [
-            "net.ipv4.ip_forward=1",
-            // Hash on ports too, so one client's connections spread over the paths.
-            "net.ipv4.fib_multipath_hash_policy=1",
-        ] {
-            lab.exec_ok("router", &["sysctl", "-qw", s]);
-        }
+        routers::router_with_client(&mut lab);
         std::fs::write(dir.join("bird.conf"), bird_conf(&dir)).unwrap();
         routers::bird(&mut lab, "router", &dir);
         let mut echo = BTreeMap::new();
