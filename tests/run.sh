@@ -95,6 +95,11 @@ step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # End-to-end suites run the real binaries, found next to the test executables.
 step "build binaries" cargo build --workspace --bins --locked
+# The product suites run the binaries as deploy/ ships them, from image
+# directories laid out by the Dockerfile's final stages: they need static
+# executables (crt-static glibc for the host's own target triple).
+step "build static binaries for the Pod images" env RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --locked --target "$(uname -m)-unknown-linux-gnu" -p ferrolb-speaker -p ferrolb-controller --bins
 
 tests_passed=0
 tests_failed=0

@@ -77,7 +77,7 @@ struct RunArgs {
 }
 
 fn validate(path: &std::path::Path) -> Result<ExitCode> {
-    let config = match Config::load(path) {
+    let config = match Config::load_file_or_configmap(path) {
         Ok(c) => c,
         Err(e @ ferrolb_config::LoadError::Invalid { .. }) => {
             eprint!("{e}");
@@ -85,6 +85,10 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(why) = config.refusal() {
+        eprintln!("{}: {why}", path.display());
+        return Ok(ExitCode::from(1));
+    }
     outln!("{}: valid", path.display());
     out!("{}", config.summary());
     for s in Allocator::new(&config.pools).stats() {

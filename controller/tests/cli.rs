@@ -67,3 +67,30 @@ fn a_closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{stderr}");
 }
+
+/// An empty ConfigMap key parses but assigns nothing: refused, not "valid".
+#[test]
+fn validate_refuses_an_empty_configuration() {
+    let file = std::env::temp_dir().join(format!("ferrolb-ctl-empty-{}.yaml", std::process::id()));
+    std::fs::write(&file, "").unwrap();
+    let out = controller(&["validate", "--config", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no address pools"), "{stderr}");
+}
+
+/// The ConfigMap manifest itself checks offline, as docs/install.md shows.
+#[test]
+fn validate_reads_the_configmap_manifest() {
+    let out = controller(&["validate", "--config", "deploy/config.yaml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deploy/config.yaml: valid"), "{stdout}");
+    assert!(stdout.contains("default"), "{stdout}");
+}

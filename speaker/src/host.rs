@@ -8,45 +8,113 @@ use std::net::IpAddr;
 /// Why the host is not ready to serve the VIPs.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    /// A sysctl could not be set.
-    #[error("cannot set {path} to {value} ({source}); run the speaker as root (or with CAP_NET_ADMIN), or set it yourself: without arp_ignore=1 and arp_announce=2 every node's kernel answers ARP for the VIPs and they fight")]
+    /// A sysctl is below what layer 2 mode needs and could not be raised.
+    #[error("net.ipv4.conf.{scope}.{name} is {effective} on this node (the kernel uses the larger of conf/all and conf/{scope}); layer 2 mode needs at least {wanted}, and writing {path} failed ({source}). In Kubernetes the DaemonSet's privileged init container `arp-sysctls` (`ferrolb-speaker prepare-node`) sets it before the speaker starts: check that it ran (kubectl -n ferrolb-system describe pod); on a plain host run the speaker as root or set it yourself. Without arp_ignore>=1 and arp_announce>=2 every node's kernel answers ARP for the VIPs and they fight")]
     Sysctl {
-        /// The /proc path.
+        /// The interface (`all` for every one).
+        scope: String,
+        /// `arp_ignore` or `arp_announce`.
+        name: &'static str,
+        /// The value in force.
+        effective: u8,
+        /// The least value that works.
+        wanted: u8,
+        /// The file that could not be written.
         path: String,
-        /// The wanted value.
-        value: &'static str,
         /// The I/O error.
         #[source]
         source: std::io::Error,
     },
-    /// The local routes could not be added.
-    #[error("cannot make {vips} local (a local route on lo in table local, set through rtnetlink; needs root or CAP_NET_ADMIN): {detail}")]
+    /// The local routes could not be added or removed.
+    #[error("cannot change the local routes of {vips} (a local route on lo in table local, set through rtnetlink; needs root or CAP_NET_ADMIN): {detail}")]
     Route {
         /// The VIPs, as a list for the message.
         vips: String,
-        /// What `ip` said.
+        /// What the kernel said.
         detail: String,
     },
 }
 
-fn set(path: String, value: &'static str) -> Result<(), HostError> {
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
-        return Ok(());
-    }
-    std::fs::write(&path, value).map_err(|source| HostError::Sysctl {
-        path,
-        value,
-        source,
-    })
+/// The two ARP sysctls layer 2 mode needs and their least working values:
+/// `arp_ignore=1` (answer only for addresses on the receiving interface, so
+/// the VIPs on `lo` are never answered by the kernel) and `arp_announce=2`
+/// (never use a VIP as the source of the kernel's own requests). Higher
+/// values are stricter and work too.
+pub const ARP_SYSCTLS: [(&str, u8); 2] = [("arp_ignore", 1), ("arp_announce", 2)];
+
+/// The value the kernel applies to an interface: for both ARP sysctls it is
+/// the larger of `conf/all` and `conf/<iface>` (Documentation/networking/ip-sysctl.rst).
+pub fn effective(all: u8, iface: u8) -> u8 {
+    all.max(iface)
 }
 
-/// Sets `arp_ignore=1` (answer only for addresses on the receiving
-/// interface) and `arp_announce=2` (never use a VIP as ARP source) for all
-/// interfaces and each announcing one.
+/// What must be written so that every interface in `values` (interface,
+/// its own value) gets at least `wanted`, given `conf/all`'s value: nothing
+/// when the effective values suffice (a read-only `/proc/sys` then does not
+/// matter), else `all` alone, which covers every interface, present and future.
+pub fn missing(all: u8, values: &[(String, u8)], wanted: u8) -> Option<(String, u8)> {
+    values
+        .iter()
+        .find(|(_, v)| effective(all, *v) < wanted)
+        .map(|(scope, v)| (scope.clone(), effective(all, *v)))
+}
+
+fn read(path: &str) -> u8 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Makes sure the kernel applies `arp_ignore>=1` and `arp_announce>=2` on
+/// `interfaces` (and on every interface when `interfaces` is empty, for
+/// `prepare-node`): reads the values in force and writes `conf/all` only
+/// when one is too low, so an unprivileged speaker after the init container
+/// writes nothing.
 pub fn prepare_arp(interfaces: &[String]) -> Result<(), HostError> {
-    for scope in std::iter::once("all".to_string()).chain(interfaces.iter().cloned()) {
-        set(format!("/proc/sys/net/ipv4/conf/{scope}/arp_ignore"), "1")?;
-        set(format!("/proc/sys/net/ipv4/conf/{scope}/arp_announce"), "2")?;
+    for (name, wanted) in ARP_SYSCTLS {
+        let all_path = format!("/proc/sys/net/ipv4/conf/all/{name}");
+        let all = read(&all_path);
+        let values: Vec<(String, u8)> = if interfaces.is_empty() {
+            vec![("all".to_string(), all)]
+        } else {
+            interfaces
+                .iter()
+                .map(|i| {
+                    (
+                        i.clone(),
+                        read(&format!("/proc/sys/net/ipv4/conf/{i}/{name}")),
+                    )
+                })
+                .collect()
+        };
+        if let Some((scope, effective)) = missing(all, &values, wanted) {
+            std::fs::write(&all_path, wanted.to_string()).map_err(|source| HostError::Sysctl {
+                scope,
+                name,
+                effective,
+                wanted,
+                path: all_path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts both ARP sysctls of `conf/all` back to the kernel's defaults (0),
+/// for `cleanup-node` after an uninstall.
+pub fn reset_arp() -> Result<(), HostError> {
+    for (name, wanted) in ARP_SYSCTLS {
+        let path = format!("/proc/sys/net/ipv4/conf/all/{name}");
+        std::fs::write(&path, "0").map_err(|source| HostError::Sysctl {
+            scope: "all".into(),
+            name,
+            effective: read(&path),
+            wanted,
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(())
 }

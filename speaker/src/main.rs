@@ -224,7 +224,7 @@ async fn cluster_status(kubeconfig: Option<PathBuf>) -> Result<ExitCode> {
 }
 
 fn validate(path: &std::path::Path) -> Result<ExitCode> {
-    let config = match Config::load(path) {
+    let config = match Config::load_file_or_configmap(path) {
         Ok(c) => c,
         Err(e @ ferrolb_config::LoadError::Invalid { .. }) => {
             eprint!("{e}");
@@ -232,6 +232,10 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(why) = config.refusal() {
+        eprintln!("{}: {why}", path.display());
+        return Ok(ExitCode::from(1));
+    }
     let plan = match ferrolb_speaker::plan::plan(&config) {
         Ok(p) => p,
         Err(errors) => {

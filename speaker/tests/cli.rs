@@ -103,3 +103,21 @@ fn help_on_binary_and_every_subcommand() {
     let out = speaker(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// An empty file parses, but assigns nothing: `validate` refuses it rather
+/// than calling it valid (the wrong file or ConfigMap key, most likely).
+#[test]
+fn validate_refuses_an_empty_configuration() {
+    let dir = std::env::temp_dir().join(format!("ferrolb-cli-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, yaml) in [("empty.yaml", ""), ("no-pools.yaml", "pools: []\n")] {
+        let file = dir.join(name);
+        std::fs::write(&file, yaml).unwrap();
+        let out = speaker(&["validate", "--config", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("no address pools"), "{name}: {stderr}");
+        assert!(!text(&out.stdout).contains("valid"), "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

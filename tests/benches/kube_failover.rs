@@ -4,7 +4,8 @@
 //! namespaces, a client), one announce-only Service, then N times: the
 //! prober in the client's namespace SIGKILLs the owner's speaker and times
 //! the first request another node serves, and the new owner's first
-//! announcement; the speaker is restarted between trials.
+//! announcement; the killed speaker's Pod is replaced between trials.
+//! Everything runs from `deploy/` through the lab's kubelet (`ferrolb_tests::pods`).
 //!
 //!   tests/bench/kube_failover.sh              # 20 trials (root)
 //!   tests/bench/kube_failover.sh --trials 5
@@ -29,8 +30,9 @@ async fn run(trials: usize) {
         let owner = p.wait_get("the VIP", &url, |b| b.starts_with("node"));
         let pid = p.speaker_pid(&owner).expect("owner runs a speaker");
         stats.add(&probe_failover(&p.lab, pid, &vip, 8080, &owner));
-        p.stop_speaker(&owner, "KILL");
-        p.start_speaker(&owner);
+        // The killed container would come back under the kubelet's growing
+        // back-off; a fresh Pod from the DaemonSet keeps trials alike.
+        p.replace_speaker(&owner);
         // Let the restarted node settle (it must not take the VIP back).
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
@@ -48,7 +50,12 @@ fn main() {
         .unwrap_or(20);
     if !require(
         "kube_failover benchmark",
-        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("python3"),
+            Need::StaticImages,
+        ],
     ) {
         return;
     }

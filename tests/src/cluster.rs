@@ -24,8 +24,24 @@ pub struct Cluster {
     pub client: Client,
     /// A directory for kubeconfig and logs.
     pub dir: PathBuf,
-    /// The kubeconfig file for processes under test.
+    /// A kubeconfig of the cluster administrator (for the operator's tools,
+    /// such as `ferrolb-speaker status --api`).
     pub kubeconfig: PathBuf,
+    /// A kubeconfig with the token of the controller's ServiceAccount:
+    /// everything it does is authorised by `deploy/`'s RBAC.
+    pub controller_kubeconfig: PathBuf,
+    /// A kubeconfig with the token of the speaker's ServiceAccount.
+    pub speaker_kubeconfig: PathBuf,
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_from(kubeconfig: &std::path::Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read the kubeconfig");
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("a client configuration");
+    Client::try_from(config).expect("a kube client")
 }
 
 /// Merges `patch` into `base` (objects recursively, anything else replaced).
@@ -50,20 +66,44 @@ impl Cluster {
         Cluster::start_with(ferrolb_kubefake::Options::default()).await
     }
 
-    /// Starts an empty cluster with server options.
+    /// Starts a cluster with server options: HTTPS with a CA of its own,
+    /// bearer tokens, and `deploy/`'s RBAC (with its ServiceAccounts)
+    /// deciding every request, as a real API server would.
     pub async fn start_with(options: ferrolb_kubefake::Options) -> Cluster {
-        let server = FakeApiServer::start_with(options)
-            .await
-            .expect("start the fake API server");
+        let server = FakeApiServer::start_with(ferrolb_kubefake::Options {
+            tls: true,
+            authorize: true,
+            ..options
+        })
+        .await
+        .expect("start the fake API server");
+        crate::deploy::apply(&server, &crate::deploy::access_objects());
         let dir = unique_dir();
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
-        let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        let write = |file: &str, text: String| {
+            let path = dir.join(file);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let kubeconfig = write("kubeconfig", server.kubeconfig());
+        let controller_kubeconfig = write(
+            "kubeconfig-controller",
+            server.kubeconfig_with_token(
+                &server.service_account_token(SYSTEM_NS, "ferrolb-controller"),
+            ),
+        );
+        let speaker_kubeconfig = write(
+            "kubeconfig-speaker",
+            server
+                .kubeconfig_with_token(&server.service_account_token(SYSTEM_NS, "ferrolb-speaker")),
+        );
+        let client = client_from(&kubeconfig).await;
         Cluster {
             server,
             client,
             dir,
             kubeconfig,
+            controller_kubeconfig,
+            speaker_kubeconfig,
         }
     }
 
@@ -330,7 +370,7 @@ impl KubeSpeaker {
         let child = Command::new(crate::binary("ferrolb-speaker"))
             .arg("kubernetes")
             .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
+            .arg(&cluster.speaker_kubeconfig)
             .args([
                 "--node",
                 node,
@@ -389,7 +429,12 @@ pub struct Controller {
 impl Controller {
     /// Starts the controller with a 2-second Lease and `extra` flags; does not wait.
     pub fn spawn(cluster: &Cluster, identity: &str, extra: &[&str]) -> Controller {
-        Controller::spawn_with(&cluster.kubeconfig, &cluster.dir, identity, extra)
+        Controller::spawn_with(
+            &cluster.controller_kubeconfig,
+            &cluster.dir,
+            identity,
+            extra,
+        )
     }
 
     /// Starts the controller against any kubeconfig (a real cluster too), logging into `dir`.

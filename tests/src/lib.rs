@@ -9,8 +9,11 @@
 pub mod backend;
 pub mod client;
 pub mod cluster;
+pub mod deploy;
+pub mod image;
 pub mod l2lab;
 pub mod netns;
+pub mod pods;
 pub mod product;
 pub mod routers;
 pub mod speaker;
@@ -32,6 +35,9 @@ pub enum Need {
     Root,
     /// A program on PATH (a router daemon, `ip`, `arping`...), or an absolute path.
     Program(&'static str),
+    /// The statically linked binaries the pod runner's images hold
+    /// (`tests/run.sh` builds them; [`image::build_command`]).
+    StaticImages,
 }
 
 /// Whether the machine offers `need`.
@@ -39,6 +45,7 @@ pub fn available(need: Need) -> bool {
     match need {
         Need::Root => is_root(),
         Need::Program(name) => find_program(name).is_some(),
+        Need::StaticImages => image::static_binaries_built(),
     }
 }
 
@@ -105,6 +112,10 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
         .map(|n| match n {
             Need::Root => "root".to_string(),
             Need::Program(p) => format!("program `{p}`"),
+            Need::StaticImages => format!(
+                "the static binaries for the Pod images ({})",
+                image::build_command()
+            ),
         })
         .collect();
     if missing.is_empty() {

@@ -6,12 +6,19 @@
 //! the router on the bridge (installing multipath routes in its kernel) and
 //! the client sits behind it.
 //!
+//! Everything of ferrolb runs as `deploy/` ships it, through the lab's
+//! kubelet ([`crate::pods`]): the manifests rendered, the test's
+//! configuration in the ConfigMap, the controller Deployment's two replicas
+//! in Pods of their own, the speaker DaemonSet's Pod on each node with its
+//! init container, in-cluster credentials and the shipped RBAC.
+//!
 //! Each node runs an "application" on 0.0.0.0:8080 answering with the node's
 //! name (what kube-proxy would deliver to for an announce-only Service) and a
 //! "pod" on NODE_IP:9000 answering `NODE-pod` (the endpoints).
 
-use crate::cluster::{Cluster, Controller};
+use crate::cluster::Cluster;
 use crate::netns::Lab;
+use crate::pods::{Kubelet, Placement};
 use crate::{binary, routers};
 use ferrolb_kubefake::Options;
 use serde_json::json;
@@ -39,14 +46,36 @@ pub enum Mode {
 
 /// A running product.
 pub struct Product {
+    /// The Pods (dropped first: they stop before their namespaces go).
+    pub kubelet: Kubelet,
     /// The namespaces.
     pub lab: Lab,
     /// The API server and the test's client.
     pub cluster: Cluster,
-    speakers: Vec<(String, u32)>,
-    _controller: Controller,
     /// BIRD's control socket (BGP mode).
     bird: Option<PathBuf>,
+}
+
+/// How long every Pod may take to be Ready: the slowest readiness probe's
+/// `failureThreshold` periods after the first, plus the first period (the
+/// kubelet's budget before it would report the Pod unready).
+pub fn ready_budget(objects: &[serde_json::Value]) -> Duration {
+    let mut worst = 0;
+    for o in objects {
+        for c in o
+            .pointer("/spec/template/spec/containers")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let p = &c["readinessProbe"];
+            let secs = p["initialDelaySeconds"].as_u64().unwrap_or(0)
+                + p["periodSeconds"].as_u64().unwrap_or(10)
+                    * (1 + p["failureThreshold"].as_u64().unwrap_or(3));
+            worst = worst.max(secs);
+        }
+    }
+    Duration::from_secs(worst)
 }
 
 impl Product {
@@ -84,22 +113,12 @@ impl Product {
             ..Options::default()
         })
         .await;
-        let bird = match mode {
-            Mode::Layer2 => {
-                cluster
-                    .set_config("pools: [{name: vips, addresses: [192.0.2.100-192.0.2.110]}]\nl2: [{pools: [vips], interfaces: [eth0]}]\n")
-                    .await;
-                None
-            }
+        let (config, bird) = match mode {
+            Mode::Layer2 => (
+                "pools: [{name: vips, addresses: [192.0.2.100-192.0.2.110]}]\nl2: [{pools: [vips], interfaces: [eth0]}]\n".to_string(),
+                None,
+            ),
             Mode::Bgp => {
-                cluster
-                    .set_config(
-                        "pools: [{name: vips, addresses: [203.0.113.0/28]}]
-bgp:
-  peers: [{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s}]
-",
-                    )
-                    .await;
                 let dir = cluster.dir.clone();
                 let mut conf = format!(
                     "router id 192.0.2.1;\nlog \"{}/bird.log\" all;\nprotocol device {{ }}\nprotocol kernel {{\n  ipv4 {{ export all; }};\n  merge paths yes;\n}}\n",
@@ -111,13 +130,19 @@ bgp:
                     ));
                 }
                 std::fs::write(dir.join("bird.conf"), conf).unwrap();
-                Some(routers::bird(&mut lab, "router", &dir))
+                (
+                    "pools: [{name: vips, addresses: [203.0.113.0/28]}]
+bgp:
+  peers: [{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s}]
+"
+                    .to_string(),
+                    Some(routers::bird(&mut lab, "router", &dir)),
+                )
             }
         };
         let echo = binary("ferrolb-echo");
         for (n, ip) in NODES {
             cluster.create_node(n, ip, json!({}));
-            cluster.create_speaker_pod(n, ip);
             let log = cluster.dir.join(format!("{n}-echo.log"));
             lab.spawn(
                 n,
@@ -131,26 +156,48 @@ bgp:
                 &log,
             );
         }
-        let controller = Controller::start(&cluster, "ctl", &[]).await;
-        let mut p = Product {
+        // The controller's two replicas get Pod networks of their own on the bridge.
+        let mut controllers = Vec::new();
+        for (i, node) in ["node1", "node2"].iter().enumerate() {
+            let short = format!("ctl{i}");
+            let ip = format!("{net}.{}", 31 + i);
+            lab.add(&short);
+            lab.attach(&short, &[&format!("{ip}/24")]);
+            controllers.push(Placement {
+                node: node.to_string(),
+                host_ip: NODES[i].1.to_string(),
+                node_ns: node.to_string(),
+                pod_net: Some((short, ip)),
+            });
+        }
+        let nodes: Vec<Placement> = NODES
+            .iter()
+            .map(|(n, ip)| Placement {
+                node: n.to_string(),
+                host_ip: ip.to_string(),
+                node_ns: n.to_string(),
+                pod_net: None,
+            })
+            .collect();
+        let objects = crate::deploy::with_config(crate::deploy::render(), &config);
+        let kubelet = Kubelet::start(
+            &lab,
+            &cluster.server,
+            &cluster.dir,
+            &objects,
+            &controllers,
+            &nodes,
+        );
+        let p = Product {
+            kubelet,
             lab,
             cluster,
-            speakers: Vec::new(),
-            _controller: controller,
             bird,
         };
-        for (n, _) in NODES {
-            p.start_speaker(n);
-        }
-        // Ready: the first lists are in and the configuration applies. What a
-        // speaker finds advertised when it gets there is its baseline.
-        for (n, _) in NODES {
-            let t = Instant::now();
-            while !p.lab.http_status(n, 7473, "/readyz").contains(" 200") {
-                assert!(t.elapsed() < T, "speaker on {n} not ready\n{}", p.logs());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        // Ready: every Pod passed its readiness probe (for a speaker: the
+        // first lists are in and the configuration applies; what it finds
+        // advertised then is its baseline).
+        p.kubelet.wait_ready(ready_budget(&objects));
         p
     }
 
@@ -172,57 +219,38 @@ bgp:
         self.cluster.wait_ingress("shop", name, 1, T).await[0].clone()
     }
 
-    /// Starts the speaker of `node` in its namespace.
-    pub fn start_speaker(&mut self, node: &str) {
-        let bin = binary("ferrolb-speaker");
-        let kc = self.cluster.kubeconfig.clone();
-        let log = self.cluster.dir.join(format!("{node}-speaker.log"));
-        let pid = self.lab.spawn(
-            node,
-            &[
-                bin.to_str().unwrap(),
-                "kubernetes",
-                "--kubeconfig",
-                kc.to_str().unwrap(),
-                "--node",
-                node,
-                "--log-level",
-                "debug",
-            ],
-            &log,
-        );
-        self.speakers.push((node.to_string(), pid));
+    /// The speaker Pod on `node`.
+    pub fn speaker_pod(&self, node: &str) -> String {
+        self.kubelet.pod_on("ferrolb-speaker", node)
     }
 
-    /// The process id of `node`'s speaker.
+    /// The process id of `node`'s speaker container.
     pub fn speaker_pid(&self, node: &str) -> Option<u32> {
-        self.speakers
-            .iter()
-            .find(|(n, _)| n == node)
-            .map(|(_, p)| *p)
+        self.kubelet.pid(&self.speaker_pod(node), "speaker")
     }
 
-    /// Signals the speaker of `node` (`KILL`, `TERM`) and waits for it to end.
-    pub fn stop_speaker(&mut self, node: &str, signal: &str) {
-        let i = self
-            .speakers
-            .iter()
-            .position(|(n, _)| n == node)
-            .expect("running");
-        let (_, pid) = self.speakers.remove(i);
-        self.lab.kill(pid, signal);
+    /// Signals the speaker container of `node` (`KILL`, `TERM`); the kubelet restarts it.
+    pub fn stop_speaker(&mut self, node: &str, signal: &'static str) {
+        let pod = self.speaker_pod(node);
+        self.kubelet.signal(&pod, "speaker", signal);
     }
 
-    /// Every speaker's log (and BIRD's).
+    /// Deletes `node`'s speaker Pod (forced); the DaemonSet's new Pod takes
+    /// its place without a restart back-off. Waits until it is Ready.
+    pub fn replace_speaker(&mut self, node: &str) {
+        let pod = self.speaker_pod(node);
+        self.kubelet.replace(&pod);
+        self.kubelet.wait_ready(T);
+    }
+
+    /// Waits until every Pod is Ready again (after a restart).
+    pub fn wait_ready(&self) {
+        self.kubelet.wait_ready(T);
+    }
+
+    /// Every Pod's state and log (and BIRD's).
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for (n, _) in NODES {
-            out += &format!(
-                "--- {n}\n{}\n",
-                std::fs::read_to_string(self.cluster.dir.join(format!("{n}-speaker.log")))
-                    .unwrap_or_default()
-            );
-        }
+        let mut out = format!("{}\n{}\n", self.kubelet.describe(), self.kubelet.all_logs());
         if self.bird.is_some() {
             out += &format!(
                 "--- bird\n{}\n",

@@ -5,6 +5,7 @@
 //! allowed, and every write the RBAC allows is one they make.
 
 use ferrolb_tests::cluster::{Cluster, Controller, KubeSpeaker, SYSTEM_NS};
+use ferrolb_tests::deploy::strings;
 use ferrolb_tests::{require, Need};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -87,16 +88,6 @@ struct Rule {
     resources: Vec<String>,
     names: Vec<String>,
     verbs: Vec<String>,
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The rules bound to `service_account` in `file`.
@@ -306,4 +297,62 @@ async fn rbac_allows_exactly_what_the_components_use() {
         "ferrolb-speaker",
         &requests,
     );
+}
+
+/// Every request of the suites passes through `deploy/`'s RBAC (the fake
+/// API server authorises each by the ServiceAccount token it carries): a
+/// call the manifests do not allow gets the real server's 403, an unknown
+/// token a 401, and a controller started with a Lease name the Role does
+/// not grant never leads, as it would not in a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_outside_the_shipped_rbac_are_refused_as_a_real_server_would() {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, Patch, PatchParams};
+    let c = Cluster::start().await;
+    c.create_service("shop", "web", json!({})).await;
+    // The speaker may read Services, never write them.
+    let speaker = ferrolb_tests::cluster::client_from(&c.speaker_kubeconfig).await;
+    let err = Api::<Service>::namespaced(speaker.clone(), "shop")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .expect_err("the speaker may not patch Services");
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 403, "{s:?}");
+            assert_eq!(
+                s.message,
+                "services \"web\" is forbidden: User \"system:serviceaccount:ferrolb-system:ferrolb-speaker\" cannot patch resource \"services\" in API group \"\" in the namespace \"shop\""
+            );
+        }
+        other => panic!("wanted a 403, got {other:?}"),
+    }
+    assert!(Api::<Service>::all(speaker)
+        .list(&Default::default())
+        .await
+        .is_ok());
+    // A token the server never issued.
+    let forged = c.dir.join("kubeconfig-forged");
+    std::fs::write(&forged, c.server.kubeconfig_with_token("not-a-token")).unwrap();
+    let forged = ferrolb_tests::cluster::client_from(&forged).await;
+    match Api::<Service>::all(forged).list(&Default::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 401, "{s:?}"),
+        other => panic!("wanted a 401, got {other:?}"),
+    }
+    // The Role grants the Lease named ferrolb-controller only.
+    c.set_config("pools: [{name: p, addresses: [127.0.45.0/28]}]")
+        .await;
+    let ctl = Controller::spawn(&c, "other-lease", &["--lease-name", "not-in-the-role"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = ctl.log();
+    assert!(!log.contains("became leader"), "{log}");
+    let refused = c
+        .server
+        .requests()
+        .into_iter()
+        .any(|r| r.resource == "leases.coordination.k8s.io" && r.code == 403);
+    assert!(refused, "the Lease requests were not refused:\n{log}");
 }

@@ -3,6 +3,7 @@
 //! BGP mode with BIRD as the router and the client behind it. Needs root
 //! (and `bird2` for BGP); skips loudly without them (a failure in CI).
 
+use ferrolb_tests::pods::Kubelet;
 use ferrolb_tests::product::{Mode, Product, T};
 use ferrolb_tests::{binary, require, Need};
 use serde_json::json;
@@ -31,6 +32,71 @@ fn local() -> serde_json::Value {
     json!({"spec": {"externalTrafficPolicy": "Local"}})
 }
 
+/// A `/proc/PID/status` field (`CapEff`, `Uid`).
+fn proc_status(pid: u32, field: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field}:\n{text}"))
+        .trim()
+        .to_string()
+}
+
+/// What a user of `kubectl apply -k deploy/` would check first: every Pod
+/// Ready with no restart, the speakers with exactly the three capabilities
+/// the DaemonSet adds (in every set but the inheritable one), the controllers
+/// as their non-root user with none.
+fn assert_pods_as_shipped(k: &Kubelet) {
+    let pods = k.pods();
+    assert_eq!(
+        pods.len(),
+        5,
+        "2 controllers and 3 speakers:\n{}",
+        k.describe()
+    );
+    for pod in &pods {
+        let (name, node) = (&pod.name, &pod.node);
+        assert_eq!(
+            pod.restarts,
+            0,
+            "{name} on {node} restarted:\n{}\n{}",
+            k.describe(),
+            k.logs(name)
+        );
+        assert!(
+            pod.ready_after.is_some(),
+            "{name} never Ready:\n{}",
+            k.describe()
+        );
+        let c = &pod.containers[0];
+        let pid = c.pid.expect("running");
+        if name.starts_with("ferrolb-speaker") {
+            // NET_BIND_SERVICE (10), NET_ADMIN (12), NET_RAW (13).
+            for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+                assert_eq!(proc_status(pid, set), "0000000000003400", "{name} {set}");
+            }
+            assert_eq!(proc_status(pid, "Uid"), "0\t0\t0\t0");
+            assert_eq!(proc_status(pid, "NoNewPrivs"), "1", "{name}");
+        } else {
+            assert!(name.starts_with("ferrolb-controller"), "{name}");
+            assert_eq!(
+                proc_status(pid, "Uid"),
+                "65532\t65532\t65532\t65532",
+                "{name}"
+            );
+            assert_eq!(
+                proc_status(pid, "Gid"),
+                "65532\t65532\t65532\t65532",
+                "{name}"
+            );
+            for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+                assert_eq!(proc_status(pid, set), "0000000000000000", "{name} {set}");
+            }
+        }
+    }
+    eprintln!("Pods as shipped:\n{}", k.describe());
+}
+
 /// GETs `url` until every one of `want` answered; panics after [`T`].
 fn reach_all(p: &Product, url: &str, want: usize, ok: impl Fn(&str) -> bool) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
@@ -49,11 +115,17 @@ fn reach_all(p: &Product, url: &str, want: usize, ok: impl Fn(&str) -> bool) -> 
 async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     if !require(
         "the product end to end in layer 2 mode",
-        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("python3"),
+            Need::StaticImages,
+        ],
     ) {
         return;
     }
-    let mut p = Product::start(Mode::Layer2).await;
+    let p = Product::start(Mode::Layer2).await;
+    assert_pods_as_shipped(&p.kubelet);
 
     // Announce-only (ipMode VIP): the owner's node answers for the VIP.
     let vip = p.service("web", 8080, json!({}), &ALL).await;
@@ -79,7 +151,6 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
             p.logs()
         )
     });
-    p.stop_speaker(&owner, "KILL");
     let next = p.wait_get("the new owner", &url, |b| {
         b.starts_with("node") && b != owner
     });
@@ -151,7 +222,20 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
         )),
         "{metrics}"
     );
-    p.start_speaker(&owner);
+    // The kubelet restarted the killed container (once, at once); the
+    // returning speaker does not take the VIP back.
+    p.wait_ready();
+    assert_eq!(
+        p.kubelet.restarts(&p.speaker_pod(&owner)),
+        1,
+        "{}",
+        p.logs()
+    );
+    let again = p.wait_get("the VIP after the restart", &url, |b| b.starts_with("node"));
+    assert_eq!(
+        again, next,
+        "the VIP went back to {owner} after its restart"
+    );
 
     // externalTrafficPolicy Local: only a node with a ready endpoint announces,
     // and the VIP follows the ready endpoint to another node.
@@ -173,11 +257,13 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
             Need::Program("python3"),
             Need::Program("bird"),
             Need::Program("birdc"),
+            Need::StaticImages,
         ],
     ) {
         return;
     }
     let mut p = Product::start(Mode::Bgp).await;
+    assert_pods_as_shipped(&p.kubelet);
 
     // Every eligible node advertises the VIP: BIRD holds three paths and the
     // client behind it is served by all three nodes.

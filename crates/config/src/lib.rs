@@ -65,6 +65,34 @@ impl Config {
         })
     }
 
+    /// Reads a configuration file, or a ConfigMap manifest holding one
+    /// under [`CONFIGMAP_KEY`] (such as `deploy/config.yaml`), so the
+    /// manifest a user is about to apply can be checked offline.
+    pub fn load_file_or_configmap(path: &std::path::Path) -> Result<Config, LoadError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let text = match configmap_data(&text) {
+            Some(Ok(inner)) => inner,
+            Some(Err(message)) => {
+                return Err(LoadError::Invalid {
+                    path: shown,
+                    errors: ConfigErrors(vec![ConfigError {
+                        path: "data".into(),
+                        message,
+                    }]),
+                })
+            }
+            None => text,
+        };
+        Config::from_yaml(&text).map_err(|errors| LoadError::Invalid {
+            path: shown,
+            errors,
+        })
+    }
+
     /// Parses and validates YAML text.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
         let fail = |message: String| {
@@ -89,4 +117,23 @@ impl Config {
             Err(ConfigErrors(ctx.errors))
         }
     }
+}
+
+/// The configuration inside a ConfigMap manifest: `None` when `text` is
+/// not a ConfigMap, an error when it is one without [`CONFIGMAP_KEY`].
+fn configmap_data(text: &str) -> Option<Result<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        kind: Option<String>,
+        data: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let m: Manifest = serde_saphyr::from_str(text).ok()?;
+    if m.kind.as_deref() != Some("ConfigMap") {
+        return None;
+    }
+    Some(
+        m.data
+            .and_then(|mut d| d.remove(CONFIGMAP_KEY))
+            .ok_or_else(|| format!("this ConfigMap has no data key {CONFIGMAP_KEY:?}, where ferrolb reads its configuration")),
+    )
 }

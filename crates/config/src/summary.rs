@@ -7,6 +7,16 @@ use ferrolb_ipset::Family;
 use std::fmt::Write;
 
 impl Config {
+    /// Why `validate` refuses a configuration that parses but does nothing:
+    /// without a pool nothing gets an address. The running components
+    /// accept it (an install before its pools are written), `validate`
+    /// does not, since an empty file is almost always the wrong file or key.
+    pub fn refusal(&self) -> Option<String> {
+        self.pools.is_empty().then(|| {
+            "no address pools: nothing would get an address or be announced. Add at least one pool (docs/configuration.md); an empty result usually means the wrong file, or a ConfigMap key other than config.yaml".to_string()
+        })
+    }
+
     /// Describes pools (family, exact capacity, flags), L2 and BGP settings.
     /// Standalone services are described by the speaker, which knows their
     /// allocated addresses.

@@ -104,7 +104,7 @@ mod tests {
             "/api/v1/namespaces/a/configmaps/c/status",
             "/api/v1/namespaces/a/services/s/scale",
             "/healthz",
-            "/apis/apps/v1/deployments",
+            "/apis/batch/v1/jobs",
         ] {
             assert!(parse(p).is_err(), "{p}");
         }

@@ -1,4 +1,6 @@
-//! The resource types the fake server knows: exactly those ferrolb uses.
+//! The resource types the fake server knows: those ferrolb uses, and those
+//! `deploy/` creates (RBAC, ServiceAccounts, the workloads), so the shipped
+//! manifests can be applied and their RBAC enforced.
 
 /// One API resource type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +106,70 @@ pub const RESOURCES: &[ResourceType] = &[
         kind: "Event",
         namespaced: true,
         has_status: false,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+        has_status: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "serviceaccounts",
+        kind: "ServiceAccount",
+        namespaced: true,
+        has_status: false,
+    },
+    ResourceType {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterroles",
+        kind: "ClusterRole",
+        namespaced: false,
+        has_status: false,
+    },
+    ResourceType {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterrolebindings",
+        kind: "ClusterRoleBinding",
+        namespaced: false,
+        has_status: false,
+    },
+    ResourceType {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "roles",
+        kind: "Role",
+        namespaced: true,
+        has_status: false,
+    },
+    ResourceType {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "rolebindings",
+        kind: "RoleBinding",
+        namespaced: true,
+        has_status: false,
+    },
+    ResourceType {
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        kind: "Deployment",
+        namespaced: true,
+        has_status: true,
+    },
+    ResourceType {
+        group: "apps",
+        version: "v1",
+        plural: "daemonsets",
+        kind: "DaemonSet",
+        namespaced: true,
+        has_status: true,
     },
 ];
 

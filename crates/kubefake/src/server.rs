@@ -2,7 +2,8 @@
 //! watches, records every request.
 
 use crate::path::{self, Target};
-use crate::resource::RESOURCES;
+use crate::rbac::{Attributes, Policy, User};
+use crate::resource::{self, RESOURCES};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{ApiError, Change, ChangeKind, PatchKind, Store};
 use bytes::Bytes;
@@ -50,6 +51,13 @@ pub struct Options {
     /// default, another local address to serve processes in other network
     /// namespaces.
     pub bind: std::net::IpAddr,
+    /// Serve HTTPS with a certificate for `bind` signed by a CA made at
+    /// start ([`crate::FakeApiServer::ca_pem`]), as every real API server does.
+    pub tls: bool,
+    /// Require a bearer token issued by [`crate::FakeApiServer::issue_token`]
+    /// (an unknown one is a 401, none is `system:anonymous`) and authorize
+    /// every request by the RBAC objects in the store.
+    pub authorize: bool,
 }
 
 impl Default for Options {
@@ -58,6 +66,8 @@ impl Default for Options {
             history: 50_000,
             bookmark_interval: Duration::from_secs(1),
             bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            tls: false,
+            authorize: false,
         }
     }
 }
@@ -66,6 +76,46 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub options: Options,
+    /// Bearer token -> user.
+    pub tokens: Mutex<HashMap<String, User>>,
+}
+
+/// The user a request authenticates as: `Err` for an unknown token.
+fn authenticate(shared: &Shared, authorization: Option<&str>) -> Result<User, ()> {
+    let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Ok(User::anonymous());
+    };
+    shared
+        .tokens
+        .lock()
+        .expect("token lock")
+        .get(token.trim())
+        .cloned()
+        .ok_or(())
+}
+
+/// The RBAC objects now in the store.
+fn policy(store: &Store) -> Policy {
+    let all = |plural: &str| {
+        let r =
+            resource::by_name(plural, "rbac.authorization.k8s.io").expect("RBAC types are served");
+        store
+            .list(
+                r,
+                None,
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+                None,
+                None,
+            )
+            .0
+    };
+    Policy {
+        cluster_roles: all("clusterroles"),
+        cluster_role_bindings: all("clusterrolebindings"),
+        roles: all("roles"),
+        role_bindings: all("rolebindings"),
+    }
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -158,6 +208,54 @@ pub(crate) async fn handle(
             return Ok(error_response(&e));
         }
     };
+    if shared.options.authorize {
+        let header = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let refused = match authenticate(&shared, header.as_deref()) {
+            Err(()) => Some(json_response(401, &crate::rbac::unauthorized_status())),
+            Ok(user) => {
+                let rt = &RESOURCES[target.resource];
+                // A list or watch of one name (fieldSelector=metadata.name=X) is a request for X.
+                let selected = query
+                    .get("fieldSelector")
+                    .and_then(|f| {
+                        f.split(',')
+                            .find_map(|t| t.trim().strip_prefix("metadata.name="))
+                    })
+                    .filter(|_| matches!(verb, "list" | "watch"))
+                    .map(str::to_string);
+                let name = target.name.clone().or(selected).unwrap_or_default();
+                let a = Attributes {
+                    verb,
+                    group: rt.group,
+                    resource: rt.plural,
+                    subresource: target.subresource.as_deref().unwrap_or(""),
+                    namespace: target.namespace.as_deref().unwrap_or(""),
+                    name: &name,
+                };
+                let allowed = policy(&shared.store.lock().expect("store lock")).allows(&user, &a);
+                (!allowed).then(|| {
+                    json_response(
+                        403,
+                        &crate::rbac::forbidden_status(&user, &a, &rt.qualified()),
+                    )
+                })
+            }
+        };
+        if let Some(response) = refused {
+            record(
+                &shared,
+                verb,
+                &target,
+                user_agent,
+                response.status().as_u16(),
+            );
+            return Ok(response);
+        }
+    }
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -185,21 +283,31 @@ pub(crate) async fn handle(
             Err(e) => error_response(&e),
         }
     };
-    let record = RecordedRequest {
+    record(
+        &shared,
         verb,
-        resource: RESOURCES[target.resource].qualified(),
-        subresource: target.subresource.clone(),
-        namespace: target.namespace.clone(),
-        name: target.name.clone(),
+        &target,
         user_agent,
-        code: response.status().as_u16(),
-    };
+        response.status().as_u16(),
+    );
+    Ok(response)
+}
+
+/// Appends one request to the log.
+fn record(shared: &Shared, verb: &'static str, target: &Target, user_agent: String, code: u16) {
     shared
         .requests
         .lock()
         .expect("request log lock")
-        .push(record);
-    Ok(response)
+        .push(RecordedRequest {
+            verb,
+            resource: RESOURCES[target.resource].qualified(),
+            subresource: target.subresource.clone(),
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            user_agent,
+            code,
+        });
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {

@@ -1,0 +1,294 @@
+//! `ferrolb-container SPEC.json`: starts one container the way runc does for
+//! the kubelet, then becomes it (execve, no fork: the process id the test
+//! sees is the container's).
+//!
+//! Run as root inside the pod's network namespace (`ip netns exec`). In a
+//! mount namespace of its own it makes the image directory the root
+//! (pivot_root), mounts `/proc` with `/proc/sys` read-only unless
+//! privileged, `/sys` read-only, a `/dev` with the usual character devices,
+//! the volumes (the ServiceAccount token), then remounts the root read-only
+//! when asked; it sets the host name of a pod with a network of its own,
+//! the user and group, the capability sets (bounding, permitted, effective,
+//! inheritable, ambient: exactly the container's), `no_new_privs`, and
+//! executes the command with exactly the container's environment. Failures
+//! print one line and exit 127, as a runtime's start error would.
+//!
+//! Not emulated: cgroup limits, a PID namespace (the test reads
+//! `/proc/PID/status` of the container from outside), seccomp filters,
+//! AppArmor.
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{chdir, execve, pivot_root, sethostname, setresgid, setresuid, Gid, Uid};
+use serde_json::Value;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What the runner asks for (tests/src/pods.rs writes it).
+struct Spec {
+    root: PathBuf,
+    read_only_root: bool,
+    privileged: bool,
+    hostname: Option<String>,
+    mounts: Vec<(PathBuf, String, bool)>,
+    env: Vec<String>,
+    argv: Vec<String>,
+    uid: u32,
+    gid: u32,
+    caps: Vec<String>,
+    no_new_privs: bool,
+}
+
+fn parse(v: &Value) -> Result<Spec, String> {
+    let s = |k: &str| v[k].as_str().map(str::to_string);
+    let strings = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Spec {
+        root: PathBuf::from(s("root").ok_or("spec has no root")?),
+        read_only_root: v["readOnlyRoot"].as_bool().unwrap_or(false),
+        privileged: v["privileged"].as_bool().unwrap_or(false),
+        hostname: s("hostname"),
+        mounts: v["mounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        (
+                            PathBuf::from(m["source"].as_str().unwrap_or("")),
+                            m["target"].as_str().unwrap_or("").to_string(),
+                            m["readOnly"].as_bool().unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        env: strings("env"),
+        argv: strings("argv"),
+        uid: v["uid"].as_u64().unwrap_or(0) as u32,
+        gid: v["gid"].as_u64().unwrap_or(0) as u32,
+        caps: strings("capabilities"),
+        no_new_privs: v["noNewPrivs"].as_bool().unwrap_or(false),
+    })
+}
+
+fn at(root: &Path, inside: &str) -> PathBuf {
+    root.join(inside.trim_start_matches('/'))
+}
+
+fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), String> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))?;
+    if read_only {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("remount {} read-only: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+fn mkdirs(p: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
+}
+
+fn filesystem(spec: &Spec) -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare the mount namespace: {e}"))?;
+    // Nothing mounted here may leak back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make / private: {e}"))?;
+    let root = &spec.root;
+    // pivot_root needs the new root to be a mount point.
+    bind(root, root, false)?;
+    for d in ["proc", "sys", "dev"] {
+        mkdirs(&at(root, d))?;
+    }
+    let proc_dir = at(root, "proc");
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount /proc: {e}"))?;
+    let sys_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if !spec.privileged {
+        // As runc: these /proc paths are read-only for unprivileged containers.
+        for p in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+            let path = proc_dir.join(p);
+            if path.exists() {
+                bind(&path, &path, true)?;
+            }
+        }
+    }
+    mount(
+        Some("sysfs"),
+        &at(root, "sys"),
+        Some("sysfs"),
+        if spec.privileged {
+            sys_flags
+        } else {
+            sys_flags | MsFlags::MS_RDONLY
+        },
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount /sys: {e}"))?;
+    let dev = at(root, "dev");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(|e| format!("mount /dev: {e}"))?;
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(d);
+        std::fs::write(&target, b"").map_err(|e| format!("create /dev/{d}: {e}"))?;
+        bind(&Path::new("/dev").join(d), &target, false)?;
+    }
+    for (source, target, read_only) in &spec.mounts {
+        let t = at(root, target);
+        mkdirs(&t)?;
+        bind(source, &t, *read_only)?;
+    }
+    chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    // runc's trick: stack the old root under the new one, then detach it.
+    pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach the old root: {e}"))?;
+    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    if spec.read_only_root {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("remount / read-only: {e}"))?;
+    }
+    Ok(())
+}
+
+fn capability(name: &str) -> Result<Capability, String> {
+    let full = format!("CAP_{}", name.to_ascii_uppercase());
+    full.parse::<Capability>()
+        .map_err(|_| format!("unknown capability {name}"))
+}
+
+fn credentials(spec: &Spec) -> Result<(), String> {
+    let keep: CapsHashSet = if spec.privileged {
+        // Everything the runtime itself holds (a sandbox may hold less than all).
+        caps::read(None, CapSet::Permitted).map_err(|e| format!("read capabilities: {e}"))?
+    } else {
+        spec.caps
+            .iter()
+            .map(|c| capability(c))
+            .collect::<Result<_, _>>()?
+    };
+    // The bounding set first: dropping from it needs CAP_SETPCAP, held until the uid changes.
+    for c in caps::all() {
+        if !keep.contains(&c) {
+            caps::drop(None, CapSet::Bounding, c)
+                .map_err(|e| format!("drop {c} from bounding: {e}"))?;
+        }
+    }
+    nix::unistd::setgroups(&[Gid::from_raw(spec.gid)]).map_err(|e| format!("setgroups: {e}"))?;
+    setresgid(
+        Gid::from_raw(spec.gid),
+        Gid::from_raw(spec.gid),
+        Gid::from_raw(spec.gid),
+    )
+    .map_err(|e| format!("setresgid {}: {e}", spec.gid))?;
+    if spec.uid != 0 {
+        // Keep the permitted set across the change to a non-zero uid.
+        nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
+        setresuid(
+            Uid::from_raw(spec.uid),
+            Uid::from_raw(spec.uid),
+            Uid::from_raw(spec.uid),
+        )
+        .map_err(|e| format!("setresuid {}: {e}", spec.uid))?;
+    }
+    let set = |which: CapSet| {
+        caps::set(None, which, &keep).map_err(|e| format!("set {which:?} capabilities: {e}"))
+    };
+    set(CapSet::Effective)?;
+    set(CapSet::Permitted)?;
+    set(CapSet::Effective)?;
+    set(CapSet::Inheritable)?;
+    // Ambient capabilities survive execve for a non-root user, as the
+    // runtime gives them; for root the bounding set decides anyway.
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient: {e}"))?;
+    for c in &keep {
+        caps::raise(None, CapSet::Ambient, *c).map_err(|e| format!("raise {c} ambient: {e}"))?;
+    }
+    if spec.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    }
+    Ok(())
+}
+
+fn start(spec: &Spec) -> Result<std::convert::Infallible, String> {
+    if let Some(h) = &spec.hostname {
+        unshare(CloneFlags::CLONE_NEWUTS).map_err(|e| format!("unshare UTS: {e}"))?;
+        sethostname(h).map_err(|e| format!("sethostname {h}: {e}"))?;
+    }
+    filesystem(spec)?;
+    credentials(spec)?;
+    let c = |s: &String| CString::new(s.as_str()).map_err(|_| format!("NUL in {s:?}"));
+    let argv: Vec<CString> = spec.argv.iter().map(c).collect::<Result<_, _>>()?;
+    let env: Vec<CString> = spec.env.iter().map(c).collect::<Result<_, _>>()?;
+    let prog = argv.first().ok_or("the container has no command")?;
+    execve(prog, &argv, &env).map_err(|e| {
+        format!(
+            "exec {:?}: {e} (is it in the image, at that path?)",
+            spec.argv[0]
+        )
+    })
+}
+
+fn main() -> ExitCode {
+    let Some(path) = std::env::args().nth(1) else {
+        eprintln!("usage: ferrolb-container SPEC.json");
+        return ExitCode::from(2);
+    };
+    let spec = std::fs::read(&path)
+        .map_err(|e| format!("read {path}: {e}"))
+        .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| format!("{path}: {e}")))
+        .and_then(|v| parse(&v));
+    let err = match spec {
+        Ok(spec) => match start(&spec) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    eprintln!("ferrolb-container: cannot start the container: {err}");
+    ExitCode::from(127)
+}
