@@ -167,6 +167,7 @@ fn listen(
         };
         let routes = Arc::clone(&routes);
         tokio::spawn(async move {
+            let mut refused_warn = ferrolb_ops::RateLimit::new(Duration::from_secs(60));
             loop {
                 let Ok((stream, from)) = listener.accept().await else {
                     continue;
@@ -181,7 +182,9 @@ fn listen(
                         let _ = tx.send(stream);
                     }
                     None => {
-                        tracing::debug!(%from, "refused a BGP connection from an unknown address")
+                        if let Some(held) = refused_warn.allow(std::time::Instant::now()) {
+                            tracing::warn!(%from, repeats_not_logged = held, "refused a BGP connection from an address that is no configured peer (bgp.peers[].address)");
+                        }
                     }
                 }
             }
@@ -454,6 +457,7 @@ impl PeerTask {
         mut bfd: Option<watch::Receiver<bool>>,
         mut inbox: Option<mpsc::UnboundedReceiver<TcpStream>>,
     ) {
+        let mut connect_warn = ferrolb_ops::RateLimit::new(Duration::from_secs(60));
         // Every peer has a series from the start, so `session_up == 0` alerts fire
         // for a session that never came up.
         self.metrics
@@ -591,6 +595,18 @@ impl PeerTask {
                         }
                         Err(e) => {
                             tracing::debug!(peer = %self.peer.name, error = %e, "connect failed");
+                            // Visible at the default level, once a minute: a router that
+                            // refuses, or drops SYNs over a TCP-MD5 key mismatch, retries forever.
+                            if let Some(held) = connect_warn.allow(std::time::Instant::now()) {
+                                let hint = if e.kind() == std::io::ErrorKind::TimedOut && self.peer.password.is_some() {
+                                    "no answer to the SYN: with TCP-MD5 a wrong or missing key on either side makes the router drop it silently (check `nstat -az TcpExtTCPMD5Unexpected TcpExtTCPMD5Failure` on both)"
+                                } else if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                                    "the router refused: is BGP configured for this node's address there, and on this port?"
+                                } else {
+                                    "retrying with back-off"
+                                };
+                                tracing::warn!(peer = %self.peer.name, address = %self.peer.address, error = %e, repeats_not_logged = held, hint, "cannot connect to the BGP peer");
+                            }
                             Event::TcpFailed
                         }
                     };

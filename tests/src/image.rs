@@ -157,13 +157,18 @@ pub fn dockerfile() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile")
 }
 
+/// Set to `release` to run the Pods from release builds (the benchmarks do).
+pub const PROFILE_ENV: &str = "FERROLB_IMAGE_PROFILE";
+
 /// Where `tests/run.sh` builds the static binaries: the host's target
-/// triple under the workspace's target directory.
+/// triple under the workspace's target directory (`debug`, or
+/// [`PROFILE_ENV`]).
 pub fn static_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join(host_triple()).join("debug")
+    let profile = std::env::var(PROFILE_ENV).unwrap_or_else(|_| "debug".into());
+    target.join(host_triple()).join(profile)
 }
 
 /// `x86_64-unknown-linux-gnu`, `aarch64-unknown-linux-gnu`, ...

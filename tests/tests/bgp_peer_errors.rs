@@ -396,3 +396,48 @@ async fn an_established_session_is_kept_when_the_router_connects_again() {
     drop(speaker);
     remove_route("127.0.32.12/32");
 }
+
+/// A router that refuses every connection is visible at the default log
+/// level, once a minute however often the speaker retries.
+#[tokio::test]
+async fn a_refusing_router_is_one_warning_not_one_per_retry() {
+    // Bound but not listening: connections are refused, and the speaker
+    // cannot listen on the same port for the peer either (it would connect
+    // to itself).
+    let refusing =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    refusing
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let closed = refusing.local_addr().unwrap().as_socket().unwrap().port();
+    let s = Speaker::start(&format!(
+        "pools: [{{name: p, addresses: [127.0.46.0/28]}}]\nbgp:\n  routerId: 192.0.2.11\n  peers: [{{name: refuses, address: 127.0.0.1, port: {closed}, asn: 65000, myAsn: 65001}}]\n"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.log().matches("connect failed").count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 3 connection attempts:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = s.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot connect to the BGP peer"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("the router refused"),
+        "{}",
+        warnings[0]
+    );
+}

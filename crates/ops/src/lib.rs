@@ -159,3 +159,58 @@ async fn answer(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<(
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+/// Lets a repeated warning through at most once per period, counting what
+/// it held back, so a peer that refuses every connection is visible at the
+/// default log level without a line per retry.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    period: std::time::Duration,
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl RateLimit {
+    /// At most one event per `period`.
+    pub fn new(period: std::time::Duration) -> RateLimit {
+        RateLimit {
+            period,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(n)` when this event may be logged (`n` were held back since the
+    /// last one), `None` when it must be dropped.
+    pub fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.period => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::RateLimit;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_event_per_period_and_the_rest_counted() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(Duration::from_secs(60));
+        assert_eq!(r.allow(t0), Some(0));
+        for s in 1..10 {
+            assert_eq!(r.allow(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(r.allow(t0 + Duration::from_secs(60)), Some(9));
+        assert_eq!(r.allow(t0 + Duration::from_secs(61)), None);
+        assert_eq!(r.allow(t0 + Duration::from_secs(200)), Some(1));
+    }
+}
