@@ -25,6 +25,15 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    /// A sysctl could not be put back (cleanup-node needs a privileged container).
+    #[error("cannot reset {path} to 0 ({source}); cleanup-node must run privileged (deploy/uninstall/cleanup.yaml), or pass --keep-arp-sysctls")]
+    Reset {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The local routes could not be added or removed.
     #[error("cannot change the local routes of {vips} (a local route on lo in table local, set through rtnetlink; needs root or CAP_NET_ADMIN): {detail}")]
     Route {
@@ -105,13 +114,9 @@ pub fn prepare_arp(interfaces: &[String]) -> Result<(), HostError> {
 /// Puts both ARP sysctls of `conf/all` back to the kernel's defaults (0),
 /// for `cleanup-node` after an uninstall.
 pub fn reset_arp() -> Result<(), HostError> {
-    for (name, wanted) in ARP_SYSCTLS {
+    for (name, _) in ARP_SYSCTLS {
         let path = format!("/proc/sys/net/ipv4/conf/all/{name}");
-        std::fs::write(&path, "0").map_err(|source| HostError::Sysctl {
-            scope: "all".into(),
-            name,
-            effective: read(&path),
-            wanted,
+        std::fs::write(&path, "0").map_err(|source| HostError::Reset {
             path: path.clone(),
             source,
         })?;
@@ -119,25 +124,31 @@ pub fn reset_arp() -> Result<(), HostError> {
     Ok(())
 }
 
-/// The VIPs made local on this host so far: each `ensure` adds only new
-/// ones, in batches of rtnetlink requests, so 10,000 VIPs cost a few system
-/// calls.
+/// The VIPs an announcer made local on this host: each `ensure` adds only
+/// new ones, in batches of rtnetlink requests, so 10,000 VIPs cost a few
+/// system calls.
 ///
-/// Routes are not removed when a VIP goes away: a stale local route only makes
-/// the node accept traffic nobody sends it (no one resolves or routes the VIP
-/// here any more), while removing a route still in use would drop traffic.
+/// An announcer never removes a route: a VIP it stops announcing may still
+/// carry connections the forwarder drains, and another announcer (layer 2
+/// beside BGP) may still need it. [`RouteJanitor`] removes the routes of VIPs
+/// that no Service uses any more, after a grace period.
 #[derive(Debug, Default)]
 pub struct LocalRoutes {
     done: BTreeSet<IpAddr>,
 }
 
 impl LocalRoutes {
-    /// Makes every VIP in `vips` local (AnyIP route on `lo` in table local).
+    /// Makes every VIP in `vips` local (AnyIP route on `lo` in table local)
+    /// and forgets the VIPs not in it, so one that comes back after the
+    /// janitor removed its route is made local again.
     /// Every node may hold these routes: in layer 2 mode `arp_ignore=1` keeps
     /// the kernel from answering for them, in BGP mode only routers send here.
     pub fn ensure(&mut self, vips: impl IntoIterator<Item = IpAddr>) -> Result<(), HostError> {
-        let new: Vec<IpAddr> = vips
-            .into_iter()
+        let wanted: BTreeSet<IpAddr> = vips.into_iter().collect();
+        self.done.retain(|v| wanted.contains(v));
+        let new: Vec<IpAddr> = wanted
+            .iter()
+            .copied()
             .filter(|v| !self.done.contains(v))
             .collect();
         if new.is_empty() {
@@ -160,10 +171,210 @@ impl LocalRoutes {
     }
 }
 
+/// How long a VIP that no Service uses keeps its local route by default: the
+/// forwarder's default drain time and more, so connections draining through a
+/// removed Service finish first.
+pub const DEFAULT_ROUTE_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Which of ferrolb's local routes to remove: pure, so the grace period is
+/// tested without a kernel.
+#[derive(Debug, Default)]
+pub struct Retirement {
+    gone_since: std::collections::BTreeMap<IpAddr, std::time::Instant>,
+}
+
+impl Retirement {
+    /// Given the VIPs of every Service this speaker handles and ferrolb's
+    /// routes now in the kernel, the routes to delete: those whose VIP has
+    /// been unused for at least `linger`.
+    pub fn due(
+        &mut self,
+        handled: &BTreeSet<IpAddr>,
+        routes: &[IpAddr],
+        now: std::time::Instant,
+        linger: std::time::Duration,
+    ) -> Vec<IpAddr> {
+        self.gone_since
+            .retain(|v, _| !handled.contains(v) && routes.contains(v));
+        routes
+            .iter()
+            .filter(|v| !handled.contains(v))
+            .filter(|v| {
+                let since = *self.gone_since.entry(**v).or_insert(now);
+                now.saturating_duration_since(since) >= linger
+            })
+            .copied()
+            .collect()
+    }
+}
+
+/// Removes the local routes of VIPs that left this node for good (no
+/// Service this speaker handles uses them) once they have been unused for
+/// the linger time, including routes a previous run of the speaker left
+/// behind. It takes part in announcing as one more [`crate::announce::Announcer`]:
+/// it sees every change of the handled Services.
+pub struct RouteJanitor {
+    handled: tokio::sync::watch::Sender<Option<BTreeSet<IpAddr>>>,
+}
+
+impl RouteJanitor {
+    /// Starts the janitor's task; it sweeps every `linger / 4` (100 ms to
+    /// 10 s) and on every change, once the first list of Services is in.
+    pub fn start(linger: std::time::Duration) -> RouteJanitor {
+        let (tx, mut rx) = tokio::sync::watch::channel::<Option<BTreeSet<IpAddr>>>(None);
+        let period = (linger / 4).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(10),
+        );
+        tokio::spawn(async move {
+            let mut retirement = Retirement::default();
+            let mut warn = ferrolb_ops::RateLimit::new(std::time::Duration::from_secs(60));
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+                let Some(handled) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let result = tokio::task::spawn_blocking(move || {
+                    crate::netlink::ferrolb_local_routes().map(|routes| (handled, routes))
+                })
+                .await;
+                let (handled, routes) = match result {
+                    Ok(Ok(x)) => x,
+                    Ok(Err(e)) => {
+                        if warn.allow(std::time::Instant::now()).is_some() {
+                            tracing::warn!(error = %e, "cannot list this node's local routes; stale VIP routes stay");
+                        }
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let due = retirement.due(&handled, &routes, std::time::Instant::now(), linger);
+                if due.is_empty() {
+                    continue;
+                }
+                match crate::netlink::delete_local_routes(&due) {
+                    Ok(refused) if refused.is_empty() => {
+                        tracing::info!(vips = %list(&due), "removed the local routes of VIPs no Service uses any more");
+                    }
+                    Ok(refused) => {
+                        tracing::warn!(vips = %list(&refused.iter().map(|(v, _)| *v).collect::<Vec<_>>()), error = %refused[0].1, "cannot remove local routes")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot remove local routes"),
+                }
+            }
+        });
+        RouteJanitor { handled: tx }
+    }
+}
+
+impl crate::announce::Announcer for RouteJanitor {
+    fn name(&self) -> &'static str {
+        "routes"
+    }
+
+    fn update(&mut self, services: &[crate::announce::ServiceVips]) {
+        let handled = services
+            .iter()
+            .flat_map(|s| s.vips.iter().copied())
+            .collect();
+        self.handled.send_replace(Some(handled));
+    }
+}
+
+/// `ferrolb-speaker cleanup-node`: removes every local route ferrolb made
+/// on this node; returns the VIPs.
+pub fn remove_all_local_routes() -> Result<Vec<IpAddr>, HostError> {
+    let failed = |vips: &[IpAddr], detail: String| HostError::Route {
+        vips: list(vips),
+        detail,
+    };
+    let routes = crate::netlink::ferrolb_local_routes().map_err(|e| failed(&[], e.to_string()))?;
+    let refused =
+        crate::netlink::delete_local_routes(&routes).map_err(|e| failed(&routes, e.to_string()))?;
+    if let Some((_, e)) = refused.first() {
+        let bad: Vec<IpAddr> = refused.iter().map(|(v, _)| *v).collect();
+        return Err(failed(&bad, e.to_string()));
+    }
+    Ok(routes)
+}
+
 fn list(vips: &[IpAddr]) -> String {
     let shown: Vec<String> = vips.iter().take(3).map(ToString::to_string).collect();
     match vips.len() {
         n if n > 3 => format!("{} and {} more", shown.join(", "), n - 3),
         _ => shown.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn effective_arp_values_are_the_larger_of_all_and_the_interface() {
+        let v = |pairs: &[(&str, u8)]| -> Vec<(String, u8)> {
+            pairs.iter().map(|(n, x)| (n.to_string(), *x)).collect()
+        };
+        // After prepare-node: all=1/2, the interfaces 0: nothing to write.
+        assert_eq!(missing(1, &v(&[("eth0", 0), ("eth1", 0)]), 1), None);
+        assert_eq!(missing(2, &v(&[("eth0", 0)]), 2), None);
+        // Set per interface only: enough too.
+        assert_eq!(missing(0, &v(&[("eth0", 1)]), 1), None);
+        assert_eq!(missing(0, &v(&[("eth0", 8)]), 1), None, "stricter works");
+        // One interface short: conf/all is to be written.
+        assert_eq!(
+            missing(0, &v(&[("eth0", 1), ("eth1", 0)]), 1),
+            Some(("eth1".to_string(), 0))
+        );
+        assert_eq!(
+            missing(1, &v(&[("eth0", 1)]), 2),
+            Some(("eth0".to_string(), 1))
+        );
+        assert_eq!(effective(3, 1), 3);
+    }
+
+    #[test]
+    fn routes_are_retired_only_after_the_linger_and_only_when_unused() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let linger = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut r = Retirement::default();
+        let handled: BTreeSet<IpAddr> = [ip("192.0.2.1")].into();
+        let routes = [ip("192.0.2.1"), ip("192.0.2.2")];
+        assert!(r.due(&handled, &routes, t0, linger).is_empty());
+        assert!(r
+            .due(&handled, &routes, t0 + Duration::from_secs(59), linger)
+            .is_empty());
+        assert_eq!(
+            r.due(&handled, &routes, t0 + Duration::from_secs(60), linger),
+            vec![ip("192.0.2.2")]
+        );
+        // A VIP that comes back within the linger starts over when it goes again.
+        let mut r = Retirement::default();
+        assert!(r.due(&handled, &routes, t0, linger).is_empty());
+        let both: BTreeSet<IpAddr> = routes.into_iter().collect();
+        assert!(r
+            .due(&both, &routes, t0 + Duration::from_secs(30), linger)
+            .is_empty());
+        assert!(r
+            .due(&handled, &routes, t0 + Duration::from_secs(70), linger)
+            .is_empty());
+        assert_eq!(
+            r.due(&handled, &routes, t0 + Duration::from_secs(130), linger),
+            vec![ip("192.0.2.2")]
+        );
+        // A route already gone is forgotten.
+        r.due(
+            &handled,
+            &[ip("192.0.2.1")],
+            t0 + Duration::from_secs(131),
+            linger,
+        );
+        assert!(r.gone_since.is_empty());
     }
 }

@@ -47,6 +47,10 @@ enum Command {
         /// Forwarder worker threads (default: one per CPU).
         #[arg(long, value_name = "N")]
         worker_threads: Option<usize>,
+        /// How long the local route of a VIP no service uses any more stays
+        /// (connections draining through the forwarder keep working), e.g. 60s.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        local_route_linger: std::time::Duration,
     },
     /// Run as the Kubernetes DaemonSet: announce the addresses the controller
     /// wrote into Services' status (layer 2 or BGP, as the ConfigMap says),
@@ -57,6 +61,18 @@ enum Command {
     /// on all interfaces) and exit: for a privileged init container, since
     /// /proc/sys is read-only in the unprivileged speaker container.
     PrepareNode,
+    /// Undo what the speakers did to this node, after an uninstall: remove
+    /// every local route ferrolb made (protocol 249 in table local) and put
+    /// the ARP sysctls back to the kernel's defaults. Needs root (a
+    /// privileged container: deploy/uninstall/cleanup.yaml).
+    CleanupNode {
+        /// Leave arp_ignore and arp_announce as they are.
+        #[arg(long)]
+        keep_arp_sysctls: bool,
+        /// Then wait for SIGTERM (the DaemonSet's container, which must keep running).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show what a running speaker announces (layer 2 owner or BGP) and the
     /// health of the backends it forwards to, from its /metrics; with --api,
     /// every Service's address and the nodes announcing it, cluster-wide.
@@ -111,6 +127,10 @@ struct KubeArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7473")]
     metrics_address: std::net::SocketAddr,
+    /// How long the local route of a VIP no Service uses any more stays
+    /// (connections draining through the forwarder keep working), e.g. 60s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    local_route_linger: std::time::Duration,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -223,6 +243,29 @@ async fn cluster_status(kubeconfig: Option<PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn cleanup_node(keep_arp_sysctls: bool, wait: bool) -> Result<ExitCode> {
+    let removed = ferrolb_speaker::host::remove_all_local_routes()?;
+    outln!("removed {} local route(s) of ferrolb's VIPs", removed.len());
+    if !keep_arp_sysctls {
+        ferrolb_speaker::host::reset_arp()?;
+        outln!("net.ipv4.conf.all.arp_ignore=0 net.ipv4.conf.all.arp_announce=0 (the kernel's defaults)");
+    }
+    if wait {
+        outln!("done; waiting for SIGTERM");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                term.recv().await;
+                Ok::<(), std::io::Error>(())
+            })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn validate(path: &std::path::Path) -> Result<ExitCode> {
     let config = match Config::load_file_or_configmap(path) {
         Ok(c) => c,
@@ -268,12 +311,14 @@ fn main() -> ExitCode {
             metrics_address,
             reload_poll,
             worker_threads,
+            local_route_linger,
         } => standalone(
             ferrolb_speaker::standalone::Options {
                 config,
                 node,
                 metrics_address,
                 poll: reload_poll,
+                route_linger: local_route_linger,
             },
             worker_threads,
         ),
@@ -293,6 +338,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),
+        Command::CleanupNode {
+            keep_arp_sysctls,
+            wait,
+        } => cleanup_node(keep_arp_sysctls, wait),
         Command::Kubernetes(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -307,6 +356,7 @@ fn main() -> ExitCode {
                         config_key: a.config_key,
                         speaker_selector: a.speaker_selector,
                         member_port: a.member_port,
+                        route_linger: a.local_route_linger,
                         filter: ferrolb_speaker::kubernetes::model::Filter {
                             class: a.load_balancer_class,
                             ignore_classless: a.ignore_classless,

@@ -27,6 +27,8 @@ pub struct Options {
     pub metrics_address: SocketAddr,
     /// How often the file is checked for changes.
     pub poll: Duration,
+    /// How long a VIP no service uses keeps its local route.
+    pub route_linger: Duration,
 }
 
 /// Reads, validates and plans the file; the error lists every problem.
@@ -98,6 +100,7 @@ pub async fn start_announcers(
     labels: &BTreeMap<String, String>,
     fallback_id: Option<std::net::Ipv4Addr>,
     metrics: &Arc<Metrics>,
+    route_linger: Duration,
 ) -> anyhow::Result<Started> {
     let mut announcers: Vec<Box<dyn Announcer>> = Vec::new();
     let mut l2_handle = None;
@@ -142,7 +145,11 @@ pub async fn start_announcers(
     }
     let announcer: Box<dyn Announcer> = match announcers.len() {
         0 => Box::new(NoAnnouncer),
-        _ => Box::new(crate::announce::Many(announcers)),
+        _ => {
+            // Announcers make VIPs local; the janitor removes what no Service uses any more.
+            announcers.push(Box::new(crate::host::RouteJanitor::start(route_linger)));
+            Box::new(crate::announce::Many(announcers))
+        }
     };
     Ok(Started {
         announcer,
@@ -186,6 +193,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         &labels,
         fallback_id,
         &metrics,
+        opts.route_linger,
     )
     .await?;
     let mut announcer = started.announcer;

@@ -573,12 +573,25 @@ impl Kubelet {
     }
 }
 
-impl Drop for Kubelet {
-    fn drop(&mut self) {
+impl Kubelet {
+    /// Deletes every Pod (`kubectl delete -k`): SIGTERM, then SIGKILL after
+    /// the grace period (at most 5 s here), as the kubelet does.
+    pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for (_, t) in self.threads.drain(..) {
             let _ = t.join();
         }
+        let pods = ferrolb_kubefake::resource::by_name("pods", "").unwrap();
+        for p in self.pods.drain(..) {
+            let name = p.status.lock().unwrap().name.clone();
+            let _ = self.env.api.store().delete(pods, Some(&p.ns), &name, None);
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -663,8 +676,9 @@ fn launch(env: &Env, pod: &Pod, c: &Value, kind: &str, runs: u32) -> Result<Chil
     let root = pod.dir.join(format!("{kind}-{cname}-root-{runs}"));
     let _ = std::fs::remove_dir_all(&root);
     copy_tree(image_root, &root);
+    let automount = pod.spec["automountServiceAccountToken"].as_bool() != Some(false);
     let sa_dir = pod.dir.join("serviceaccount");
-    if !sa_dir.exists() {
+    if automount && !sa_dir.exists() {
         std::fs::create_dir_all(&sa_dir).unwrap();
         let sa = pod.spec["serviceAccountName"].as_str().unwrap_or("default");
         let token = env.api.service_account_token(&pod.ns, sa);
@@ -745,7 +759,11 @@ fn launch(env: &Env, pod: &Pod, c: &Value, kind: &str, runs: u32) -> Result<Chil
         "readOnlyRoot": sec.read_only_root,
         "privileged": sec.privileged,
         "hostname": placement.pod_net.as_ref().map(|_| pod_name.clone()),
-        "mounts": [{"source": sa_dir, "target": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}],
+        "mounts": if automount {
+            json!([{"source": sa_dir, "target": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}])
+        } else {
+            json!([])
+        },
         "env": vars.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "argv": argv,
         "uid": sec.uid,

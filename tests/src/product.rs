@@ -54,6 +54,8 @@ pub struct Product {
     pub cluster: Cluster,
     /// BIRD's control socket (BGP mode).
     bird: Option<PathBuf>,
+    /// Where the DaemonSets' Pods run.
+    pub nodes: Vec<Placement>,
 }
 
 /// How long every Pod may take to be Ready: the slowest readiness probe's
@@ -193,6 +195,7 @@ bgp:
             lab,
             cluster,
             bird,
+            nodes,
         };
         // Ready: every Pod passed its readiness probe (for a speaker: the
         // first lists are in and the configuration applies; what it finds
@@ -246,6 +249,49 @@ bgp:
     /// Waits until every Pod is Ready again (after a restart).
     pub fn wait_ready(&self) {
         self.kubelet.wait_ready(T);
+    }
+
+    /// Uninstalls as docs/install.md says: `kubectl delete -k deploy/`, then
+    /// the cleanup DaemonSet of `deploy/uninstall/` until its Pods run (they
+    /// are Running once their init container cleaned the node), then it is
+    /// deleted too.
+    pub fn uninstall(&mut self) {
+        self.kubelet.stop();
+        let dir = self.cluster.dir.join("uninstall");
+        std::fs::create_dir_all(&dir).unwrap();
+        let objects = crate::deploy::render_dir(&crate::deploy::dir().join("uninstall"));
+        let mut cleanup = Kubelet::start(
+            &self.lab,
+            &self.cluster.server,
+            &dir,
+            &objects,
+            &[],
+            &self.nodes,
+        );
+        cleanup.wait_ready(T);
+        assert_eq!(cleanup.pods().len(), NODES.len(), "{}", cleanup.describe());
+        cleanup.stop();
+    }
+
+    /// The local routes ferrolb made on `node` (`ip route show table local proto 249`).
+    pub fn local_routes(&self, node: &str) -> Vec<String> {
+        let out = self.lab.exec_ok(
+            node,
+            &["ip", "route", "show", "table", "local", "proto", "249"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .collect()
+    }
+
+    /// `net.ipv4.conf.all.NAME` on `node`.
+    pub fn sysctl(&self, node: &str, name: &str) -> String {
+        let out = self.lab.exec_ok(
+            node,
+            &["cat", &format!("/proc/sys/net/ipv4/conf/all/{name}")],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Every Pod's state and log (and BIRD's).

@@ -250,3 +250,109 @@ fn split_brain_converges_to_one_owner() {
         assert_eq!(c.get(url, 1.0).as_deref(), Some(owner.as_str()));
     }
 }
+
+/// The local routes a speaker adds go when their VIP leaves the node for
+/// good: after the linger once no service uses it, also when the speaker was
+/// down while it went (a restarted speaker adopts its old routes), and all
+/// of them, with the ARP sysctls, on `ferrolb-speaker cleanup-node`.
+#[test]
+fn local_routes_are_removed_when_their_vip_leaves_for_good() {
+    if !require(
+        "local_routes_are_removed_when_their_vip_leaves_for_good",
+        &[Need::Root, Need::Program("ip")],
+    ) {
+        return;
+    }
+    let mut lab = ferrolb_tests::netns::Lab::new("r");
+    lab.add("n1");
+    lab.attach("n1", &["192.0.2.11/24"]);
+    let dir = ferrolb_tests::speaker::unique_dir();
+    let config = dir.join("config.yaml");
+    let with = |vips: &[&str]| {
+        let services: Vec<String> = vips
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("  - {{name: s{i}, ip: {v}, ports: [{{port: 80, backends: [\"127.0.0.1:9\"]}}]}}"))
+            .collect();
+        format!(
+            "pools: [{{name: vips, addresses: [192.0.2.100-192.0.2.110]}}]\nl2: [{{pools: [vips], interfaces: [eth0]}}]\nmembers: [{{name: n1, address: \"192.0.2.11:7946\"}}]\nservices:\n{}\n",
+            services.join("\n")
+        )
+    };
+    let routes = |lab: &ferrolb_tests::netns::Lab| -> Vec<String> {
+        let out = lab.exec_ok(
+            "n1",
+            &["ip", "route", "show", "table", "local", "proto", "249"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .collect()
+    };
+    let wait =
+        |lab: &ferrolb_tests::netns::Lab, want: &[&str], what: &str, log: &std::path::Path| {
+            let t = Instant::now();
+            loop {
+                let now = routes(lab);
+                if now == want {
+                    return t.elapsed();
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(15),
+                    "{what}: routes {now:?}, wanted {want:?}\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+    std::fs::write(&config, with(&["192.0.2.100", "192.0.2.101"])).unwrap();
+    let log = dir.join("speaker.log");
+    let args = ["--local-route-linger", "1s", "--reload-poll", "100ms"];
+    let pid = ferrolb_tests::routers::speaker(&mut lab, "n1", &config, "n1", &args, &log);
+    wait(
+        &lab,
+        &["192.0.2.100", "192.0.2.101"],
+        "both VIPs local",
+        &log,
+    );
+    // One service goes: its route goes after the linger, the other stays.
+    std::fs::write(&config, with(&["192.0.2.100"])).unwrap();
+    let t = Instant::now();
+    wait(&lab, &["192.0.2.100"], "192.0.2.101 retired", &log);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "retired before the linger: {:?}",
+        t.elapsed()
+    );
+    // The speaker dies; the last service goes while it is down; the new
+    // speaker removes the route it finds.
+    lab.kill(pid, "KILL");
+    std::fs::write(&config, with(&["192.0.2.102"])).unwrap();
+    assert_eq!(
+        routes(&lab),
+        ["192.0.2.100"],
+        "a dead speaker leaves its routes"
+    );
+    let log2 = dir.join("speaker2.log");
+    let pid = ferrolb_tests::routers::speaker(&mut lab, "n1", &config, "n1", &args, &log2);
+    wait(
+        &lab,
+        &["192.0.2.102"],
+        "the stale route retired after a restart",
+        &log2,
+    );
+    lab.kill(pid, "KILL");
+    // Uninstall: cleanup-node takes the rest and the ARP sysctls.
+    let bin = ferrolb_tests::binary("ferrolb-speaker");
+    let out = lab.exec_ok("n1", &[bin.to_str().unwrap(), "cleanup-node"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("removed 1 local route"), "{said}");
+    assert!(routes(&lab).is_empty());
+    for name in ["arp_ignore", "arp_announce"] {
+        let out = lab.exec_ok(
+            "n1",
+            &["cat", &format!("/proc/sys/net/ipv4/conf/all/{name}")],
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{name}");
+    }
+}

@@ -124,7 +124,7 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     ) {
         return;
     }
-    let p = Product::start(Mode::Layer2).await;
+    let mut p = Product::start(Mode::Layer2).await;
     assert_pods_as_shipped(&p.kubelet);
 
     // Announce-only (ipMode VIP): the owner's node answers for the VIP.
@@ -245,6 +245,24 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     p.cluster.set_endpoints("shop", "local", 9000, &ONLY_NODE3);
     p.wait_get("the Local service moving to node3", &url3, |b| b == "node3");
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
+
+    // Uninstall: the VIPs' local routes and the ARP sysctls stay on the
+    // nodes after `kubectl delete -k deploy/`, until the cleanup DaemonSet ran.
+    let vips = {
+        let mut v = vec![vip.clone(), vip2.clone(), vip3.clone()];
+        v.sort();
+        v
+    };
+    for (n, _) in ferrolb_tests::product::NODES {
+        assert_eq!(p.local_routes(n), vips, "{n}");
+        assert_eq!(p.sysctl(n, "arp_ignore"), "1", "{n}");
+    }
+    p.uninstall();
+    for (n, _) in ferrolb_tests::product::NODES {
+        assert!(p.local_routes(n).is_empty(), "{n}: {:?}", p.local_routes(n));
+        assert_eq!(p.sysctl(n, "arp_ignore"), "0", "{n}");
+        assert_eq!(p.sysctl(n, "arp_announce"), "0", "{n}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

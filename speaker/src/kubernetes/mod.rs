@@ -47,6 +47,8 @@ pub struct Options {
     pub speaker_selector: String,
     /// UDP port of the membership heartbeats.
     pub member_port: u16,
+    /// How long a VIP no Service uses keeps its local route.
+    pub route_linger: std::time::Duration,
     /// Which Services, and which nodes.
     pub filter: Filter,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -327,6 +329,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     &labels,
                     fallback,
                     &metrics,
+                    opts.route_linger,
                 )
                 .await?;
                 tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");
