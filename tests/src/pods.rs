@@ -22,8 +22,9 @@
 //!   probe with the kubelet's back-off (at once, then 10 s doubling), and
 //!   counts the restarts.
 //!
-//! Not emulated: resource limits (cgroups), a PID namespace, seccomp and
-//! AppArmor profiles, `/etc/hosts` and `/etc/resolv.conf` management.
+//! Not emulated: resource limits (cgroups), a PID namespace, AppArmor
+//! profiles, `/etc/hosts` and `/etc/resolv.conf` management. Seccomp's
+//! `RuntimeDefault` is approximated by the runtime's deny list.
 
 use crate::deploy::strings;
 use crate::image::Image;
@@ -228,6 +229,8 @@ pub struct Security {
     pub no_new_privs: bool,
     /// `readOnlyRootFilesystem`.
     pub read_only_root: bool,
+    /// `seccompProfile.type` is `RuntimeDefault` (never for a privileged container).
+    pub seccomp_default: bool,
 }
 
 /// Resolves the security context of container `c` in Pod spec `pod` over `image`.
@@ -270,6 +273,8 @@ pub fn security(pod: &Value, c: &Value, image: &Image) -> Security {
         caps,
         no_new_privs: !privileged && s["allowPrivilegeEscalation"].as_bool() == Some(false),
         read_only_root: s["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
+        seccomp_default: !privileged
+            && pick("seccompProfile").and_then(|p| p["type"].as_str()) == Some("RuntimeDefault"),
     }
 }
 
@@ -770,6 +775,7 @@ fn launch(env: &Env, pod: &Pod, c: &Value, kind: &str, runs: u32) -> Result<Chil
         "gid": sec.gid,
         "capabilities": sec.caps,
         "noNewPrivs": sec.no_new_privs,
+        "seccomp": if sec.seccomp_default { "RuntimeDefault" } else { "Unconfined" },
     });
     let spec_path = pod.dir.join(format!("{kind}-{cname}.json"));
     std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
@@ -1089,6 +1095,11 @@ mod tests {
         );
         assert_eq!((ctl.uid, ctl.gid, ctl.non_root), (65532, 65532, true));
         assert!(ctl.caps.is_empty());
+        assert!(
+            ctl.seccomp_default,
+            "the Deployment asks for RuntimeDefault"
+        );
+        assert!(speaker.seccomp_default && !init.seccomp_default);
         assert_eq!(backoff(0), Duration::ZERO);
         assert_eq!(backoff(1), Duration::from_secs(10));
         assert_eq!(backoff(9), Duration::from_secs(300));

@@ -77,6 +77,7 @@ fn assert_pods_as_shipped(k: &Kubelet) {
             }
             assert_eq!(proc_status(pid, "Uid"), "0\t0\t0\t0");
             assert_eq!(proc_status(pid, "NoNewPrivs"), "1", "{name}");
+            assert_eq!(proc_status(pid, "Seccomp"), "2", "{name}: RuntimeDefault");
         } else {
             assert!(name.starts_with("ferrolb-controller"), "{name}");
             assert_eq!(
@@ -92,6 +93,7 @@ fn assert_pods_as_shipped(k: &Kubelet) {
             for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
                 assert_eq!(proc_status(pid, set), "0000000000000000", "{name} {set}");
             }
+            assert_eq!(proc_status(pid, "Seccomp"), "2", "{name}: RuntimeDefault");
         }
     }
     eprintln!("Pods as shipped:\n{}", k.describe());

@@ -13,9 +13,13 @@
 //! executes the command with exactly the container's environment. Failures
 //! print one line and exit 127, as a runtime's start error would.
 //!
+//! With `seccompProfile: RuntimeDefault` it installs a filter that refuses
+//! (EPERM) the system calls the container runtimes' default profile blocks
+//! for a container without CAP_SYS_ADMIN (mount, unshare, setns, ptrace,
+//! bpf, kexec, module loading, keyctl, ...).
+//!
 //! Not emulated: cgroup limits, a PID namespace (the test reads
-//! `/proc/PID/status` of the container from outside), seccomp filters,
-//! AppArmor.
+//! `/proc/PID/status` of the container from outside), AppArmor.
 
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -39,6 +43,7 @@ struct Spec {
     gid: u32,
     caps: Vec<String>,
     no_new_privs: bool,
+    seccomp_default: bool,
 }
 
 fn parse(v: &Value) -> Result<Spec, String> {
@@ -77,6 +82,7 @@ fn parse(v: &Value) -> Result<Spec, String> {
         gid: v["gid"].as_u64().unwrap_or(0) as u32,
         caps: strings("capabilities"),
         no_new_privs: v["noNewPrivs"].as_bool().unwrap_or(false),
+        seccomp_default: v["seccomp"].as_str() == Some("RuntimeDefault"),
     })
 }
 
@@ -254,6 +260,65 @@ fn credentials(spec: &Spec) -> Result<(), String> {
     Ok(())
 }
 
+/// The system calls the runtimes' default seccomp profile (moby's
+/// `default.json`, containerd's and CRI-O's copies) refuses to a container
+/// without CAP_SYS_ADMIN and friends.
+const RUNTIME_DEFAULT_DENIED: &[i64] = &[
+    libc::SYS_acct,
+    libc::SYS_add_key,
+    libc::SYS_bpf,
+    libc::SYS_clock_adjtime,
+    libc::SYS_clock_settime,
+    libc::SYS_delete_module,
+    libc::SYS_finit_module,
+    libc::SYS_init_module,
+    libc::SYS_kexec_file_load,
+    libc::SYS_kexec_load,
+    libc::SYS_keyctl,
+    libc::SYS_mount,
+    libc::SYS_move_mount,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_perf_event_open,
+    libc::SYS_pivot_root,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_ptrace,
+    libc::SYS_quotactl,
+    libc::SYS_reboot,
+    libc::SYS_request_key,
+    libc::SYS_setns,
+    libc::SYS_settimeofday,
+    libc::SYS_swapoff,
+    libc::SYS_swapon,
+    libc::SYS_umount2,
+    libc::SYS_unshare,
+    libc::SYS_userfaultfd,
+];
+
+fn seccomp_runtime_default() -> Result<(), String> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| format!("seccomp on {}: {e:?}", std::env::consts::ARCH))?;
+    let rules = RUNTIME_DEFAULT_DENIED
+        .iter()
+        .map(|nr| (*nr, Vec::new()))
+        .collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|e| format!("seccomp filter: {e}"))?;
+    let program: BpfProgram = filter
+        .try_into()
+        .map_err(|e| format!("seccomp filter: {e:?}"))?;
+    seccompiler::apply_filter(&program).map_err(|e| format!("install the seccomp filter: {e}"))
+}
+
 fn start(spec: &Spec) -> Result<std::convert::Infallible, String> {
     if let Some(h) = &spec.hostname {
         unshare(CloneFlags::CLONE_NEWUTS).map_err(|e| format!("unshare UTS: {e}"))?;
@@ -261,6 +326,10 @@ fn start(spec: &Spec) -> Result<std::convert::Infallible, String> {
     }
     filesystem(spec)?;
     credentials(spec)?;
+    // Last before exec: the filter refuses the very calls made above.
+    if spec.seccomp_default {
+        seccomp_runtime_default()?;
+    }
     let c = |s: &String| CString::new(s.as_str()).map_err(|_| format!("NUL in {s:?}"));
     let argv: Vec<CString> = spec.argv.iter().map(c).collect::<Result<_, _>>()?;
     let env: Vec<CString> = spec.env.iter().map(c).collect::<Result<_, _>>()?;
