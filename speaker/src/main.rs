@@ -131,6 +131,15 @@ struct KubeArgs {
     /// (connections draining through the forwarder keep working), e.g. 60s.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     local_route_linger: std::time::Duration,
+    /// Layer 2 heartbeat keys, one per line (the first signs, all verify):
+    /// the `ferrolb-memberlist` Secret's `keys`, mounted here. Absent: heartbeats
+    /// are not authenticated (a warning at start).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/ferrolb/memberlist/keys"
+    )]
+    member_keys_file: PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -357,6 +366,7 @@ fn main() -> ExitCode {
                         speaker_selector: a.speaker_selector,
                         member_port: a.member_port,
                         route_linger: a.local_route_linger,
+                        member_keys_file: Some(a.member_keys_file),
                         filter: ferrolb_speaker::kubernetes::model::Filter {
                             class: a.load_balancer_class,
                             ignore_classless: a.ignore_classless,

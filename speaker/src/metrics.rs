@@ -75,6 +75,13 @@ pub struct DirectionLabels {
     pub direction: String,
 }
 
+/// Labels of a refused heartbeat.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `bad_mac`, `replay`, `wrong_source`, ... (`ferrolb_l2::auth::Refusal::reason`).
+    pub reason: String,
+}
+
 /// Labels of an interface.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IfaceLabels {
@@ -148,6 +155,8 @@ pub struct Metrics {
     pub l2_malformed: Family<IfaceLabels, Counter>,
     /// Another MAC seen answering or announcing an owned VIP.
     pub l2_duplicates: Family<VipLabels, Counter>,
+    /// Datagrams on the membership port not taken as heartbeats, by reason.
+    pub l2_heartbeats_refused: Family<RefusalLabels, Counter>,
     /// Services taken or given up by this node.
     pub l2_ownership_changes: Counter,
     /// From a member declared down to this node's first announcement.
@@ -192,6 +201,7 @@ impl Metrics {
             l2_gratuitous: Family::default(),
             l2_malformed: Family::default(),
             l2_duplicates: Family::default(),
+            l2_heartbeats_refused: Family::default(),
             l2_ownership_changes: Counter::default(),
             l2_failover_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -290,6 +300,11 @@ impl Metrics {
             "l2_duplicate_responders",
             "Another host answered for a VIP this node owns",
             m.l2_duplicates.clone(),
+        );
+        registry.register(
+            "l2_heartbeats_refused",
+            "Datagrams on the membership port refused (forged, replayed, unsigned, from the wrong address), by reason",
+            m.l2_heartbeats_refused.clone(),
         );
         registry.register(
             "l2_ownership_changes",
@@ -417,6 +432,11 @@ mod tests {
         m.l2_duplicates
             .get_or_create(&VipLabels {
                 vip: "192.0.2.1".into(),
+            })
+            .inc();
+        m.l2_heartbeats_refused
+            .get_or_create(&RefusalLabels {
+                reason: "bad_mac".into(),
             })
             .inc();
         m.bgp_session_up.get_or_create(&peer).set(1);

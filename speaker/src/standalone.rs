@@ -90,6 +90,39 @@ pub struct Started {
     pub l2: Option<crate::l2::L2Announcer>,
 }
 
+/// What the host gives the announcers beside the configuration.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// How long a VIP no Service uses keeps its local route.
+    pub route_linger: Duration,
+    /// Heartbeat keys from a file that may be absent (Kubernetes: an
+    /// optional Secret volume); `failover.keyFile` takes precedence and must exist.
+    pub member_keys_file: Option<PathBuf>,
+}
+
+/// The heartbeat keys: `failover.keyFile` (must be readable), else the
+/// host's optional file, else none.
+fn member_keys(config: &Config, host: &HostSettings) -> anyhow::Result<ferrolb_l2::auth::Keys> {
+    let (path, required) = match (&config.failover.key_file, &host.member_keys_file) {
+        (Some(p), _) => (p, true),
+        (None, Some(p)) => (p, false),
+        (None, None) => return Ok(ferrolb_l2::auth::Keys::none()),
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ferrolb_l2::auth::Keys::none())
+        }
+        Err(e) => anyhow::bail!("cannot read the heartbeat keys {}: {e}", path.display()),
+    };
+    let keys = ferrolb_l2::auth::Keys::from_text(&text)
+        .with_context(|| format!("heartbeat keys {}", path.display()))?;
+    if keys.enabled() {
+        tracing::info!(file = %path.display(), keys = ?keys, "layer 2 heartbeats are signed (HMAC-SHA256)");
+    }
+    Ok(keys)
+}
+
 /// Starts layer 2 mode when the config has `l2` advertisements and members,
 /// and BGP mode when it has peers (those whose node selector matches
 /// `labels`). `fallback_id` is the BGP router ID when the config sets none.
@@ -100,7 +133,7 @@ pub async fn start_announcers(
     labels: &BTreeMap<String, String>,
     fallback_id: Option<std::net::Ipv4Addr>,
     metrics: &Arc<Metrics>,
-    route_linger: Duration,
+    host: &HostSettings,
 ) -> anyhow::Result<Started> {
     let mut announcers: Vec<Box<dyn Announcer>> = Vec::new();
     let mut l2_handle = None;
@@ -115,6 +148,7 @@ pub async fn start_announcers(
             },
             refresh: config.failover.refresh_interval,
             repeats: config.failover.announce_repeats.clone(),
+            keys: member_keys(config, host)?,
         };
         let l2 = crate::l2::start(l2, Arc::clone(metrics))
             .await
@@ -147,7 +181,9 @@ pub async fn start_announcers(
         0 => Box::new(NoAnnouncer),
         _ => {
             // Announcers make VIPs local; the janitor removes what no Service uses any more.
-            announcers.push(Box::new(crate::host::RouteJanitor::start(route_linger)));
+            announcers.push(Box::new(crate::host::RouteJanitor::start(
+                host.route_linger,
+            )));
             Box::new(crate::announce::Many(announcers))
         }
     };
@@ -193,7 +229,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         &labels,
         fallback_id,
         &metrics,
-        opts.route_linger,
+        &HostSettings {
+            route_linger: opts.route_linger,
+            member_keys_file: None,
+        },
     )
     .await?;
     let mut announcer = started.announcer;

@@ -28,6 +28,8 @@ async fn run(trials: usize) {
     let mut stats = FailoverStats::default();
     for _ in 0..trials {
         let owner = p.wait_get("the VIP", &url, |b| b.starts_with("node"));
+        // The node is down: its kubelet does not restart the speaker.
+        p.hold_speaker(&owner, true);
         let pid = p.speaker_pid(&owner).expect("owner runs a speaker");
         stats.add(&probe_failover(&p.lab, pid, &vip, 8080, &owner));
         // The killed container would come back under the kubelet's growing

@@ -107,6 +107,30 @@ impl Cluster {
         }
     }
 
+    /// Creates Secret `ns/name` with `data` (as `kubectl create secret generic --from-literal`).
+    pub fn create_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        use base64::Engine;
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+                )
+            })
+            .collect();
+        let secrets = ferrolb_kubefake::resource::by_name("secrets", "").unwrap();
+        self.server
+            .store()
+            .create(
+                secrets,
+                Some(ns),
+                json!({"metadata": {"name": name}, "type": "Opaque", "data": data}),
+                "kubectl",
+            )
+            .expect("create the Secret");
+    }
+
     /// Creates or replaces the ferrolb ConfigMap with `yaml` under `config.yaml`.
     pub async fn set_config(&self, yaml: &str) {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NS);

@@ -130,6 +130,8 @@ pub struct PodSummary {
 
 struct Pod {
     stop: AtomicBool,
+    /// While set, containers that stop are not restarted (the node is down).
+    held: AtomicBool,
     workload: Value,
     status: Mutex<PodStatus>,
     dir: PathBuf,
@@ -382,6 +384,7 @@ impl Kubelet {
             .collect();
         let pod = Arc::new(Pod {
             stop: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             workload: workload.clone(),
             status: Mutex::new(PodStatus {
                 name: name.to_string(),
@@ -499,6 +502,15 @@ impl Kubelet {
     pub fn signal(&self, pod: &str, container: &str, signal: &'static str) {
         if let Some(p) = self.find(|s| s.name == pod) {
             p.kill.lock().unwrap().push((container.to_string(), signal));
+        }
+    }
+
+    /// Holds (or releases) Pod `pod`: while held, a container that stops is
+    /// not restarted, as when its node is down; released, the kubelet
+    /// restarts it (with its back-off).
+    pub fn hold(&self, pod: &str, held: bool) {
+        if let Some(p) = self.find(|s| s.name == pod) {
+            p.held.store(held, Ordering::SeqCst);
         }
     }
 
@@ -759,16 +771,25 @@ fn launch(env: &Env, pod: &Pod, c: &Value, kind: &str, runs: u32) -> Result<Chil
         args
     });
     let argv: Vec<String> = argv.iter().map(|a| expand(a, &vars)).collect();
+    let mut mounts = Vec::new();
+    if automount {
+        mounts.push(json!({"source": sa_dir, "target": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}));
+    }
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let name = m["name"].as_str().unwrap_or("");
+        let volume = pod.spec["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+            .ok_or_else(|| format!("CreateContainerConfigError: no volume {name}"))?;
+        let dir = secret_volume(env, pod, volume)?;
+        mounts.push(json!({"source": dir, "target": m["mountPath"], "readOnly": m["readOnly"].as_bool().unwrap_or(false)}));
+    }
     let spec = json!({
         "root": root,
         "readOnlyRoot": sec.read_only_root,
         "privileged": sec.privileged,
         "hostname": placement.pod_net.as_ref().map(|_| pod_name.clone()),
-        "mounts": if automount {
-            json!([{"source": sa_dir, "target": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}])
-        } else {
-            json!([])
-        },
+        "mounts": mounts,
         "env": vars.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "argv": argv,
         "uid": sec.uid,
@@ -802,6 +823,46 @@ fn launch(env: &Env, pod: &Pod, c: &Value, kind: &str, runs: u32) -> Result<Chil
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// A Secret volume as the kubelet projects it: one file per key, or an
+/// empty directory for an optional Secret that does not exist.
+fn secret_volume(env: &Env, pod: &Pod, volume: &Value) -> Result<PathBuf, String> {
+    use base64::Engine;
+    let name = volume["name"].as_str().unwrap_or("");
+    let secret = volume.get("secret").ok_or_else(|| {
+        format!("CreateContainerConfigError: volume {name}: only secret volumes are supported")
+    })?;
+    let secret_name = secret["secretName"].as_str().unwrap_or("");
+    let dir = pod.dir.join(format!("volume-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = ferrolb_kubefake::resource::by_name("secrets", "").unwrap();
+    let found = env
+        .api
+        .store()
+        .get(secrets, Some(&pod.ns), secret_name)
+        .ok();
+    match found {
+        None if secret["optional"].as_bool() == Some(true) => {}
+        None => {
+            return Err(format!(
+                "CreateContainerConfigError: secret \"{secret_name}\" not found"
+            ))
+        }
+        Some(s) => {
+            for (k, v) in s["data"].as_object().into_iter().flatten() {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap_or(""))
+                    .map_err(|e| format!("secret {secret_name} key {k}: {e}"))?;
+                std::fs::write(dir.join(k), bytes).unwrap();
+            }
+            for (k, v) in s["stringData"].as_object().into_iter().flatten() {
+                std::fs::write(dir.join(k), v.as_str().unwrap_or("")).unwrap();
+            }
+        }
+    }
+    Ok(dir)
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -1013,7 +1074,7 @@ fn run_pod(env: &Env, pod: &Pod, stop: &AtomicBool, started: Instant) {
                     running[i] = None;
                     changed = true;
                 }
-            } else if Instant::now() >= next_start[i] {
+            } else if Instant::now() >= next_start[i] && !pod.held.load(Ordering::SeqCst) {
                 let runs = pod.status.lock().unwrap().containers[i].restarts;
                 match launch(env, pod, c, "container", runs) {
                     Ok(child) => {

@@ -32,6 +32,9 @@ pub const NODES: [(&str, &str); 3] = [
     ("node3", "192.0.2.13"),
 ];
 
+/// The layer 2 heartbeat key of the lab's `ferrolb-memberlist` Secret.
+pub const MEMBER_KEY: &str = "5f0d8c1e9a7b3f26c4d1e8a0b7f3c6d2e9a1b4c7d0e3f6a9b2c5d8e1f4a7b0c3";
+
 /// How long the waits below wait.
 pub const T: Duration = Duration::from_secs(15);
 
@@ -181,6 +184,12 @@ bgp:
                 pod_net: None,
             })
             .collect();
+        // The heartbeat keys, as docs/install.md has users create them.
+        cluster.create_secret(
+            crate::cluster::SYSTEM_NS,
+            "ferrolb-memberlist",
+            &[("keys", MEMBER_KEY)],
+        );
         let objects = crate::deploy::with_config(crate::deploy::render(), &config);
         let kubelet = Kubelet::start(
             &lab,
@@ -236,6 +245,12 @@ bgp:
     pub fn stop_speaker(&mut self, node: &str, signal: &'static str) {
         let pod = self.speaker_pod(node);
         self.kubelet.signal(&pod, "speaker", signal);
+    }
+
+    /// Stops the kubelet from restarting `node`'s speaker (`true`: the node
+    /// is down), or lets it restart it again.
+    pub fn hold_speaker(&self, node: &str, held: bool) {
+        self.kubelet.hold(&self.speaker_pod(node), held);
     }
 
     /// Deletes `node`'s speaker Pod (forced); the DaemonSet's new Pod takes

@@ -144,6 +144,8 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     // The owner's speaker is killed: another node takes over, measured at the
     // client (the prober kills it, then polls the VIP and watches for the
     // new owner's gratuitous ARP).
+    // The node is down: the kubelet does not restart the speaker meanwhile.
+    p.hold_speaker(&owner, true);
     let pid = p.speaker_pid(&owner).expect("owner runs a speaker");
     let probe = ferrolb_tests::l2lab::probe_failover(&p.lab, pid, &vip, 8080, &owner);
     let took = probe.served_ms.unwrap_or_else(|| {
@@ -224,8 +226,9 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
         )),
         "{metrics}"
     );
-    // The kubelet restarted the killed container (once, at once); the
-    // returning speaker does not take the VIP back.
+    // The node is back: the kubelet restarts the killed container (once, at
+    // once); the returning speaker does not take the VIP back.
+    p.hold_speaker(&owner, false);
     p.wait_ready();
     assert_eq!(
         p.kubelet.restarts(&p.speaker_pod(&owner)),

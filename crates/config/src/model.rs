@@ -39,6 +39,9 @@ pub struct FailoverSettings {
     pub refresh_interval: Duration,
     /// After the announcement at takeover, repeat it at these offsets.
     pub announce_repeats: Vec<Duration>,
+    /// The heartbeat keys, one per line (the first signs, all verify);
+    /// none: heartbeats go unauthenticated.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for FailoverSettings {
@@ -48,6 +51,7 @@ impl Default for FailoverSettings {
             dead_after: Duration::from_millis(400),
             refresh_interval: Duration::from_secs(10),
             announce_repeats: [100, 300, 1_000, 2_000].map(Duration::from_millis).to_vec(),
+            key_file: None,
         }
     }
 }

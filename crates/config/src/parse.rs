@@ -113,9 +113,13 @@ fn failover(ctx: &mut Ctx, f: Field<'_>) -> Option<FailoverSettings> {
             "deadAfter",
             "refreshInterval",
             "announceRepeats",
+            "keyFile",
         ],
     )?;
     let mut s = FailoverSettings::default();
+    if let Some(f) = obj.get("keyFile") {
+        s.key_file = ctx.string(f).map(PathBuf::from);
+    }
     if let Some(d) = obj.get("heartbeatInterval").and_then(|f| ctx.duration(f)) {
         s.heartbeat_interval = d;
     }

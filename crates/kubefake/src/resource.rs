@@ -118,6 +118,14 @@ pub const RESOURCES: &[ResourceType] = &[
     ResourceType {
         group: "",
         version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+        has_status: false,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
         plural: "serviceaccounts",
         kind: "ServiceAccount",
         namespaced: true,

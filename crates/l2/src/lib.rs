@@ -7,6 +7,7 @@
 //! - [`election`]: one owner per service, sticky, identical on every node.
 //! - [`membership`]: the UDP heartbeat failure detector.
 
+pub mod auth;
 pub mod election;
 pub mod membership;
 pub mod respond;

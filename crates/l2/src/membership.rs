@@ -13,12 +13,21 @@
 //! and return what to send and which members changed state; the caller owns
 //! the socket and the clock.
 //!
+//! Trust: with keys ([`crate::auth::Keys`]) every heartbeat carries an
+//! HMAC-SHA256 over the whole datagram; a receiver takes one only if the MAC
+//! verifies, it comes from the claimed member's address, and it is new: each
+//! sender run has an id (its start time, so a restart is a later run) and a
+//! sequence number, checked against a 64-heartbeat window, so a replayed
+//! heartbeat (of this run or an older one) is refused. Every refusal says why
+//! ([`crate::auth::Refusal`]).
+//!
 //! Cost: each node sends and receives N-1 heartbeats per interval (about
 //! 60 bytes plus ~20 bytes per claimed service). With the default 100 ms
 //! interval that is 10 x (N-1) packets per second per node: 20 pps with 3
 //! nodes, ~1,000 with 100, ~10,000 (about 6 Mbit/s) with 1,000 - which is
 //! why only nodes that may announce on the same segment need to be members.
 
+use crate::auth::{Keys, Refusal, MAC_LEN};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -47,6 +56,8 @@ impl Default for Timing {
 pub struct Heartbeat {
     /// The sender's node name.
     pub from: String,
+    /// The sender's run: a later run (a restart) has a larger id.
+    pub run: u64,
     /// Increases with every heartbeat of one sender run.
     pub seq: u64,
     /// Services the sender announces, with how long it has (ms).
@@ -72,22 +83,24 @@ pub fn roster(sorted_names: &[String]) -> u64 {
 /// Age value meaning "never heard" (or longer than the encoding holds).
 pub const NEVER: u16 = u16::MAX;
 
-// Version 2 added the roster fingerprint; version 1 heartbeats are refused.
-const MAGIC: &[u8; 4] = b"FLB2";
+// Version 2 added the roster fingerprint, version 3 the run id and the MAC;
+// older heartbeats are refused.
+const MAGIC: &[u8; 4] = b"FLB3";
+const SIGNED: u8 = 1;
 
-/// Why a datagram is not a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// Wrong magic or truncated.
-    #[error("not a ferrolb heartbeat")]
-    Malformed,
-}
+/// The old name of [`Refusal`].
+pub type DecodeError = Refusal;
 
 impl Heartbeat {
-    /// Encodes to bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.claims.len() * 24);
+    /// Encodes to bytes, with a MAC when `keys` has a signing key:
+    /// `FLB3`, flags (1: signed), key id, run, seq, roster, name, claims,
+    /// ages, then the 32-byte MAC over everything before it.
+    pub fn encode(&self, keys: &Keys) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.claims.len() * 24);
         out.extend_from_slice(MAGIC);
+        out.push(if keys.enabled() { SIGNED } else { 0 });
+        out.extend_from_slice(&keys.signing_id().unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&self.run.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.roster.to_be_bytes());
         put_str(&mut out, &self.from);
@@ -100,15 +113,38 @@ impl Heartbeat {
         for a in self.ages.iter().take(u16::MAX as usize) {
             out.extend_from_slice(&a.to_be_bytes());
         }
+        if let Some(mac) = keys.sign(&out) {
+            out.extend_from_slice(&mac);
+        }
         out
     }
 
-    /// Decodes bytes; anything malformed is refused.
-    pub fn decode(mut b: &[u8]) -> Result<Heartbeat, DecodeError> {
-        if b.len() < 4 || &b[..4] != MAGIC {
-            return Err(DecodeError::Malformed);
+    /// Decodes bytes: anything malformed is refused, and with keys anything
+    /// unsigned or whose MAC does not verify (checked before the body is
+    /// read). Without keys a signed heartbeat is taken unchecked.
+    pub fn decode(bytes: &[u8], keys: &Keys) -> Result<Heartbeat, Refusal> {
+        if bytes.len() < 9 || &bytes[..4] != MAGIC {
+            return Err(Refusal::Malformed);
         }
-        b = &b[4..];
+        let flags = bytes[4];
+        let key = u32::from_be_bytes(bytes[5..9].try_into().expect("4 bytes"));
+        let body_end = if flags & SIGNED != 0 {
+            let end = bytes
+                .len()
+                .checked_sub(MAC_LEN)
+                .filter(|e| *e >= 9)
+                .ok_or(Refusal::Malformed)?;
+            if keys.enabled() {
+                keys.verify(key, &bytes[..end], &bytes[end..])?;
+            }
+            end
+        } else if keys.enabled() {
+            return Err(Refusal::Unsigned);
+        } else {
+            bytes.len()
+        };
+        let mut b = &bytes[9..body_end];
+        let run = take_u64(&mut b)?;
         let seq = take_u64(&mut b)?;
         let roster = take_u64(&mut b)?;
         let from = take_str(&mut b)?;
@@ -125,10 +161,11 @@ impl Heartbeat {
             ages.push(take_u16(&mut b)?);
         }
         if !b.is_empty() || from.is_empty() {
-            return Err(DecodeError::Malformed);
+            return Err(Refusal::Malformed);
         }
         Ok(Heartbeat {
             from,
+            run,
             seq,
             claims,
             ages,
@@ -143,25 +180,25 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(b);
 }
 
-fn take_u16(b: &mut &[u8]) -> Result<u16, DecodeError> {
-    let v = b.get(..2).ok_or(DecodeError::Malformed)?;
+fn take_u16(b: &mut &[u8]) -> Result<u16, Refusal> {
+    let v = b.get(..2).ok_or(Refusal::Malformed)?;
     let r = u16::from_be_bytes([v[0], v[1]]);
     *b = &b[2..];
     Ok(r)
 }
 
-fn take_u64(b: &mut &[u8]) -> Result<u64, DecodeError> {
-    let v = b.get(..8).ok_or(DecodeError::Malformed)?;
+fn take_u64(b: &mut &[u8]) -> Result<u64, Refusal> {
+    let v = b.get(..8).ok_or(Refusal::Malformed)?;
     let r = u64::from_be_bytes(v.try_into().expect("8 bytes"));
     *b = &b[8..];
     Ok(r)
 }
 
-fn take_str(b: &mut &[u8]) -> Result<String, DecodeError> {
+fn take_str(b: &mut &[u8]) -> Result<String, Refusal> {
     let n = take_u16(b)? as usize;
-    let v = b.get(..n).ok_or(DecodeError::Malformed)?;
+    let v = b.get(..n).ok_or(Refusal::Malformed)?;
     let s = std::str::from_utf8(v)
-        .map_err(|_| DecodeError::Malformed)?
+        .map_err(|_| Refusal::Malformed)?
         .to_string();
     *b = &b[n..];
     Ok(s)
@@ -181,7 +218,11 @@ struct Peer {
     addr: SocketAddr,
     last_heard: Option<u64>,
     up: bool,
+    /// The run heard from and its highest sequence number, with a bitmap of
+    /// the 64 numbers below it already taken (bit i: `seq - 1 - i`).
+    run: u64,
     seq: u64,
+    window: u64,
     claims: Vec<(String, u64)>,
     /// When `claims` arrived, so their hold times can be aged to now.
     claims_at: u64,
@@ -196,7 +237,9 @@ impl Peer {
             addr,
             last_heard: None,
             up: false,
+            run: 0,
             seq: 0,
+            window: 0,
             claims: Vec::new(),
             claims_at: 0,
             ages: Vec::new(),
@@ -218,6 +261,17 @@ pub struct Membership {
     started: Option<u64>,
     next_send: u64,
     seq: u64,
+    keys: Keys,
+    run: u64,
+}
+
+/// Where a heartbeat falls in a sender's replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    /// The newest: take everything it says.
+    Newest,
+    /// Late but unseen: the sender is alive, its news is older than what we have.
+    Late,
 }
 
 impl Membership {
@@ -244,7 +298,16 @@ impl Membership {
             started: None,
             next_send: 0,
             seq: 0,
+            keys: Keys::none(),
+            run: 0,
         }
+    }
+
+    /// Signs and checks heartbeats with `keys`; `run` identifies this run
+    /// (its start time in ms or finer: a restart must have a larger one).
+    pub fn set_auth(&mut self, keys: Keys, run: u64) {
+        self.keys = keys;
+        self.run = run;
     }
 
     /// Replaces the member list (Kubernetes: speaker Pods come and go).
@@ -322,12 +385,13 @@ impl Membership {
             let ages = self.order.iter().map(|n| self.own_age(n, now)).collect();
             let bytes = Heartbeat {
                 from: self.me.clone(),
+                run: self.run,
                 seq: self.seq,
                 claims: claims.to_vec(),
                 ages,
                 roster: self.roster,
             }
-            .encode();
+            .encode(&self.keys);
             sends = self
                 .peers
                 .values()
@@ -338,27 +402,55 @@ impl Membership {
         (sends, changes)
     }
 
-    /// Takes a received datagram; returns a change if the sender came up.
-    /// Unknown senders and malformed or stale datagrams are ignored.
-    pub fn receive(&mut self, now: u64, bytes: &[u8]) -> Result<Option<Change>, DecodeError> {
-        let hb = Heartbeat::decode(bytes)?;
-        let Some(p) = self.peers.get_mut(&hb.from) else {
-            return Ok(None);
-        };
-        // A restarted peer starts its sequence again; anything else older than what we have is a reordered leftover.
-        if hb.seq <= p.seq && p.up && hb.seq + 1000 > p.seq {
-            return Ok(None);
+    /// Takes a datagram received from `from`; returns a change if the sender
+    /// came up, or why it was refused (nothing changes then).
+    pub fn receive(
+        &mut self,
+        now: u64,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<Option<Change>, Refusal> {
+        let hb = Heartbeat::decode(bytes, &self.keys)?;
+        let p = self.peers.get_mut(&hb.from).ok_or(Refusal::UnknownMember)?;
+        if from.ip() != p.addr.ip() {
+            return Err(Refusal::WrongSource);
         }
-        p.seq = hb.seq;
-        p.last_heard = Some(now);
-        p.claims = hb.claims;
-        p.claims_at = now;
-        // Only a report over the same member list can be read index by index.
-        if hb.roster == self.roster && hb.ages.len() == self.order.len() {
-            p.ages = hb.ages;
-            p.ages_at = now;
+        let fresh = if hb.run > p.run || p.last_heard.is_none() {
+            // A new run of the sender (a restart), or the first heard.
+            p.run = hb.run;
+            p.seq = hb.seq;
+            p.window = 0;
+            Fresh::Newest
+        } else if hb.run < p.run {
+            return Err(Refusal::Replay);
+        } else if hb.seq > p.seq {
+            let shift = hb.seq - p.seq;
+            p.window = if shift >= 64 {
+                0
+            } else {
+                (p.window << shift) | (1 << (shift - 1))
+            };
+            p.seq = hb.seq;
+            Fresh::Newest
         } else {
-            p.ages.clear();
+            let back = p.seq - hb.seq;
+            if back == 0 || back > 64 || p.window & (1 << (back - 1)) != 0 {
+                return Err(Refusal::Replay);
+            }
+            p.window |= 1 << (back - 1);
+            Fresh::Late
+        };
+        p.last_heard = Some(now);
+        if fresh == Fresh::Newest {
+            p.claims = hb.claims;
+            p.claims_at = now;
+            // Only a report over the same member list can be read index by index.
+            if hb.roster == self.roster && hb.ages.len() == self.order.len() {
+                p.ages = hb.ages;
+                p.ages_at = now;
+            } else {
+                p.ages.clear();
+            }
         }
         if !p.up {
             p.up = true;
@@ -452,24 +544,158 @@ mod tests {
     fn heartbeat_round_trip_and_golden_bytes() {
         let hb = Heartbeat {
             from: "n1".into(),
+            run: 9,
             seq: 7,
             claims: vec![("svc".into(), 1500)],
             ages: vec![0, 12, NEVER],
             roster: 0x0102_0304_0506_0708,
         };
-        let bytes = hb.encode();
-        let mut want = b"FLB2".to_vec();
+        let none = Keys::none();
+        let bytes = hb.encode(&none);
+        let mut want = b"FLB3".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 0, 0]);
+        want.extend_from_slice(&9u64.to_be_bytes());
         want.extend_from_slice(&7u64.to_be_bytes());
         want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         want.extend_from_slice(&[0, 2, b'n', b'1', 0, 1, 0, 3, b's', b'v', b'c']);
         want.extend_from_slice(&1500u64.to_be_bytes());
         want.extend_from_slice(&[0, 3, 0, 0, 0, 12, 0xff, 0xff]);
         assert_eq!(bytes, want);
-        assert_eq!(Heartbeat::decode(&bytes), Ok(hb));
-        assert!(Heartbeat::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(Heartbeat::decode(&bytes, &none), Ok(hb.clone()));
+        assert!(Heartbeat::decode(&bytes[..bytes.len() - 1], &none).is_err());
         let mut extra = bytes.clone();
         extra.push(0);
-        assert!(Heartbeat::decode(&extra).is_err());
+        assert!(Heartbeat::decode(&extra, &none).is_err());
+        // Signed: flag, key id, and a MAC over everything before it.
+        let keys = Keys::from_text(KEY).unwrap();
+        let signed = hb.encode(&keys);
+        assert_eq!(signed[4], 1);
+        assert_eq!(
+            &signed[5..9],
+            &crate::auth::key_id(KEY.as_bytes()).to_be_bytes()
+        );
+        assert_eq!(signed.len(), want.len() + 32);
+        assert_eq!(&signed[9..signed.len() - 32], &want[9..]);
+        assert_eq!(Heartbeat::decode(&signed, &keys), Ok(hb.clone()));
+        assert_eq!(Heartbeat::decode(&bytes, &keys), Err(Refusal::Unsigned));
+        // One bit changed anywhere: refused.
+        for i in 0..signed.len() {
+            let mut bad = signed.clone();
+            bad[i] ^= 0x10;
+            assert!(Heartbeat::decode(&bad, &keys).is_err(), "byte {i}");
+        }
+        let other = Keys::from_text("another key of thirty-two bytes!").unwrap();
+        assert_eq!(Heartbeat::decode(&signed, &other), Err(Refusal::UnknownKey));
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Two members with `keys`, `a` hearing `b` at `b_addr`.
+    fn pair(keys: &str) -> (Membership, Membership) {
+        let t = Timing::default();
+        let mut a = Membership::new("a", [("b".to_string(), addr(2))], t);
+        let mut b = Membership::new("b", [("a".to_string(), addr(1))], t);
+        a.set_auth(Keys::from_text(keys).unwrap(), 1);
+        b.set_auth(Keys::from_text(keys).unwrap(), 1);
+        (a, b)
+    }
+
+    #[test]
+    fn forged_replayed_and_misdirected_heartbeats_change_nothing() {
+        let (mut a, mut b) = pair(KEY);
+        let (s1, _) = b.tick(0, &[("svc".into(), 10)]);
+        assert_eq!(
+            a.receive(0, addr(2), &s1[0].1),
+            Ok(Some(Change::Up("b".into())))
+        );
+        // Replayed: refused, whether b is up or was declared down since.
+        assert_eq!(a.receive(50, addr(2), &s1[0].1), Err(Refusal::Replay));
+        let (_, changes) = a.tick(1_000, &[]);
+        assert_eq!(changes, vec![Change::Down("b".into())]);
+        assert_eq!(a.receive(1_000, addr(2), &s1[0].1), Err(Refusal::Replay));
+        assert_eq!(a.live(), ["a"], "a replay does not revive a dead owner");
+        // From another address than b's.
+        let (s2, _) = b.tick(1_100, &[]);
+        let elsewhere = SocketAddr::from(([192, 0, 2, 66], 7946));
+        assert_eq!(
+            a.receive(1_100, elsewhere, &s2[0].1),
+            Err(Refusal::WrongSource)
+        );
+        // Forged by a host without the key, signed with its own, or unsigned.
+        let mut rogue = Membership::new("b", [("a".to_string(), addr(1))], Timing::default());
+        rogue.set_auth(
+            Keys::from_text("the rogue's own key, 32 bytes!!!").unwrap(),
+            99,
+        );
+        let (forged, _) = rogue.tick(1_200, &[("svc".into(), 1_000_000)]);
+        assert_eq!(
+            a.receive(1_200, addr(2), &forged[0].1),
+            Err(Refusal::UnknownKey)
+        );
+        let mut plain = Membership::new("b", [("a".to_string(), addr(1))], Timing::default());
+        plain.set_auth(Keys::none(), 99);
+        let (unsigned, _) = plain.tick(1_200, &[]);
+        assert_eq!(
+            a.receive(1_200, addr(2), &unsigned[0].1),
+            Err(Refusal::Unsigned)
+        );
+        assert_eq!(a.live(), ["a"]);
+        // The real b, still running: taken.
+        assert_eq!(
+            a.receive(1_300, addr(2), &s2[0].1),
+            Ok(Some(Change::Up("b".into())))
+        );
+        // A restart is a later run; the old run's heartbeats are replays from then on.
+        let mut b2 = Membership::new("b", [("a".to_string(), addr(1))], Timing::default());
+        b2.set_auth(Keys::from_text(KEY).unwrap(), 2);
+        let (s3, _) = b2.tick(1_400, &[]);
+        assert_eq!(a.receive(1_400, addr(2), &s3[0].1), Ok(None));
+        let (s4, _) = b.tick(1_500, &[]);
+        assert_eq!(a.receive(1_500, addr(2), &s4[0].1), Err(Refusal::Replay));
+    }
+
+    #[test]
+    fn late_heartbeats_inside_the_window_count_once() {
+        let (mut a, mut b) = pair(KEY);
+        let sent: Vec<Vec<u8>> = (0..5).map(|i| b.tick(i * 100, &[]).0.remove(0).1).collect();
+        a.receive(0, addr(2), &sent[4]).unwrap();
+        // Older but unseen: taken (the sender is alive), each once.
+        assert_eq!(a.receive(1, addr(2), &sent[2]), Ok(None));
+        assert_eq!(a.receive(2, addr(2), &sent[2]), Err(Refusal::Replay));
+        assert_eq!(a.receive(3, addr(2), &sent[4]), Err(Refusal::Replay));
+        assert_eq!(a.receive(4, addr(2), &sent[3]), Ok(None));
+    }
+
+    #[test]
+    fn rotation_keeps_every_pair_talking() {
+        // Three rolling steps (docs/l2.md): "old" -> "old, new" (the new key
+        // accepted everywhere) -> "new, old" (it signs) -> "new". Mid-step,
+        // a node already changed (b) meets one not yet changed (a).
+        let old = KEY;
+        let new = "a brand new key of 32 bytes here";
+        let on = format!("{old}\n{new}");
+        let no = format!("{new}\n{old}");
+        for (ka, kb) in [
+            (old.to_string(), on.clone()),
+            (on.clone(), no.clone()),
+            (no.clone(), new.to_string()),
+        ] {
+            let t = Timing::default();
+            let mut a = Membership::new("a", [("b".to_string(), addr(2))], t);
+            let mut b = Membership::new("b", [("a".to_string(), addr(1))], t);
+            a.set_auth(Keys::from_text(&ka).unwrap(), 1);
+            b.set_auth(Keys::from_text(&kb).unwrap(), 1);
+            let (to_a, _) = b.tick(0, &[]);
+            let (to_b, _) = a.tick(0, &[]);
+            assert!(
+                a.receive(0, addr(2), &to_a[0].1).is_ok(),
+                "a:{ka:?} b:{kb:?}"
+            );
+            assert!(
+                b.receive(0, addr(1), &to_b[0].1).is_ok(),
+                "a:{ka:?} b:{kb:?}"
+            );
+        }
     }
 
     fn addr(i: u16) -> SocketAddr {
@@ -484,10 +710,16 @@ mod tests {
         // b comes up.
         let mut b = Membership::new("b", [("a".to_string(), addr(1))], t);
         let (sends, _) = b.tick(0, &[]);
-        assert_eq!(a.receive(0, &sends[0].1), Ok(Some(Change::Up("b".into()))));
-        // c is not a member of a yet: its heartbeats are ignored.
+        assert_eq!(
+            a.receive(0, addr(2), &sends[0].1),
+            Ok(Some(Change::Up("b".into())))
+        );
+        // c is not a member of a yet: its heartbeats are refused.
         let (sends, _) = c.tick(0, &[]);
-        assert_eq!(a.receive(0, &sends[0].1), Ok(None));
+        assert_eq!(
+            a.receive(0, addr(3), &sends[0].1),
+            Err(Refusal::UnknownMember)
+        );
         assert_eq!(a.live(), ["a", "b"]);
         // c joins; b leaves and, being up, is reported down.
         let changes = a.set_members([("c".to_string(), addr(3)), ("a".to_string(), addr(1))]);
@@ -495,7 +727,7 @@ mod tests {
         assert_eq!(a.live(), ["a"], "a new member is down until heard");
         let (sends, _) = c.tick(200, &[]);
         assert_eq!(
-            a.receive(200, &sends[0].1),
+            a.receive(200, addr(3), &sends[0].1),
             Ok(Some(Change::Up("c".into())))
         );
         assert_eq!(a.live(), ["a", "c"]);
@@ -519,27 +751,33 @@ mod tests {
             t,
         );
         let (sends, _) = b.tick(0, &[]);
-        a.receive(0, &sends[0].1).unwrap();
+        a.receive(0, addr(2), &sends[0].1).unwrap();
         assert!(a.peers["b"].ages.is_empty(), "b's ages index another list");
         b.set_members([("a".to_string(), addr(1)), ("c".to_string(), addr(3))]);
         let (sends, _) = b.tick(100, &[]);
-        a.receive(100, &sends[0].1).unwrap();
+        a.receive(100, addr(2), &sends[0].1).unwrap();
         assert_eq!(a.peers["b"].ages.len(), 3, "same list: read");
     }
 
     proptest! {
         #[test]
         fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let _ = Heartbeat::decode(&bytes);
-            let mut framed = b"FLB2".to_vec();
-            framed.extend_from_slice(&bytes);
-            let _ = Heartbeat::decode(&framed);
+            let keys = Keys::from_text(KEY).unwrap();
+            let _ = Heartbeat::decode(&bytes, &Keys::none());
+            for flags in [0u8, 1] {
+                let mut framed = b"FLB3".to_vec();
+                framed.push(flags);
+                framed.extend_from_slice(&bytes);
+                let _ = Heartbeat::decode(&framed, &Keys::none());
+                prop_assert!(Heartbeat::decode(&framed, &keys).is_err(), "nothing random verifies");
+            }
         }
     }
 
     /// A simulated network of members with loss, driven by a simulated clock.
     struct Sim {
         nodes: Vec<Membership>,
+        addrs: Vec<SocketAddr>,
         alive: Vec<bool>,
         rng: u64,
         loss_percent: u64,
@@ -558,10 +796,15 @@ mod tests {
                 })
                 .collect();
             let nodes = (0..n)
-                .map(|i| Membership::new(&format!("n{i}"), addrs.clone(), Timing::default()))
+                .map(|i| {
+                    let mut m = Membership::new(&format!("n{i}"), addrs.clone(), Timing::default());
+                    m.set_auth(Keys::from_text(KEY).unwrap(), 1);
+                    m
+                })
                 .collect();
             Sim {
                 nodes,
+                addrs: addrs.iter().map(|(_, a)| *a).collect(),
                 alive: vec![true; n],
                 rng: 0x9e3779b97f4a7c15,
                 loss_percent,
@@ -599,12 +842,13 @@ mod tests {
                         }
                     }
                     for (to, bytes) in sends {
-                        inflight.push((Self::index(to), bytes));
+                        inflight.push((i, Self::index(to), bytes));
                     }
                 }
-                for (to, bytes) in inflight {
+                for (from, to, bytes) in inflight {
                     if self.alive[to] && !self.lost() {
-                        self.nodes[to].receive(now, &bytes).unwrap();
+                        let addr = self.addrs[from];
+                        self.nodes[to].receive(now, addr, &bytes).unwrap();
                     }
                 }
                 now += 10;
@@ -684,7 +928,8 @@ mod tests {
         );
         let (sends, _) = b.tick(1_000, &[("svc".to_string(), 2_000)]);
         let (_, bytes) = sends.into_iter().next().expect("b sends a heartbeat");
-        a.receive(1_000, &bytes).expect("valid heartbeat");
+        a.receive(1_000, "10.0.0.2:7946".parse().unwrap(), &bytes)
+            .expect("valid heartbeat");
         let at = |now| -> Vec<u64> { a.peer_claims(now).map(|(_, _, h)| h).collect() };
         assert_eq!(at(1_000), [2_000]);
         // 80 ms later b has held it 80 ms longer, heartbeat or not.

@@ -49,6 +49,8 @@ pub struct Options {
     pub member_port: u16,
     /// How long a VIP no Service uses keeps its local route.
     pub route_linger: std::time::Duration,
+    /// Heartbeat keys (an optional Secret volume): absent means unsigned.
+    pub member_keys_file: Option<PathBuf>,
     /// Which Services, and which nodes.
     pub filter: Filter,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -329,7 +331,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     &labels,
                     fallback,
                     &metrics,
-                    opts.route_linger,
+                    &crate::standalone::HostSettings {
+                        route_linger: opts.route_linger,
+                        member_keys_file: opts.member_keys_file.clone(),
+                    },
                 )
                 .await?;
                 tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");

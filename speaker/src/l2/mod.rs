@@ -40,6 +40,8 @@ pub struct Options {
     /// Announcements are sent at once when a VIP is taken, then again at
     /// these offsets (a lost first frame is repeated quickly).
     pub repeats: Vec<Duration>,
+    /// Heartbeat keys (none: unsigned heartbeats, a warning at start).
+    pub keys: ferrolb_l2::auth::Keys,
 }
 
 /// Why layer 2 mode cannot start.
@@ -199,11 +201,28 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
             what: format!("the membership socket on {}", me.address),
             source,
         })?;
-    let membership = Membership::new(
+    let mut membership = Membership::new(
         &me.name,
         opts.members.iter().map(|m| (m.name.clone(), m.address)),
         opts.timing,
     );
+    if !opts.keys.enabled() {
+        tracing::warn!("layer 2 heartbeats are not authenticated: any host that can send UDP to the membership port can prevent a failover or claim VIPs; set a key (docs/l2.md, \"Heartbeat keys\")");
+    }
+    // The run id orders this run after every earlier one (replays of an older run are refused).
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    membership.set_auth(opts.keys.clone(), run);
+    for r in ferrolb_l2::auth::Refusal::ALL {
+        metrics
+            .l2_heartbeats_refused
+            .get_or_create(&crate::metrics::RefusalLabels {
+                reason: r.reason().into(),
+            })
+            .inc_by(0);
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let (owned_tx, owned) = tokio::sync::watch::channel(BTreeSet::new());
     let runner = Runner {
@@ -223,6 +242,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         isolated: false,
         local: crate::host::LocalRoutes::default(),
         owned_tx,
+        refused_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
     };
     tokio::spawn(runner.run(rx, conflict_rx));
     Ok(L2Announcer { tx, owned })
@@ -293,6 +313,8 @@ struct Runner {
     local: crate::host::LocalRoutes,
     /// Publishes the owned service keys.
     owned_tx: tokio::sync::watch::Sender<BTreeSet<String>>,
+    /// One warning a minute about refused datagrams, naming the source.
+    refused_warn: ferrolb_ops::RateLimit,
 }
 
 impl Runner {
@@ -312,15 +334,23 @@ impl Runner {
             tokio::select! {
                 _ = tick.tick() => self.on_tick().await,
                 r = self.udp.recv_from(&mut buf) => {
-                    if let Ok((n, _)) = r {
+                    if let Ok((n, from)) = r {
                         let now = self.now_ms();
-                        match self.membership.receive(now, &buf[..n]) {
+                        match self.membership.receive(now, from, &buf[..n]) {
                             Ok(Some(Change::Up(name))) => {
                                 tracing::info!(member = %name, "member up");
                                 self.elect().await;
                             }
                             Ok(_) => {}
-                            Err(_) => tracing::debug!("ignored a datagram that is not a heartbeat"),
+                            Err(why) => {
+                                self.metrics
+                                    .l2_heartbeats_refused
+                                    .get_or_create(&crate::metrics::RefusalLabels { reason: why.reason().into() })
+                                    .inc();
+                                if let Some(held) = self.refused_warn.allow(std::time::Instant::now()) {
+                                    tracing::warn!(%from, reason = why.reason(), refused_not_logged = held, "refused a datagram on the membership port: {why}");
+                                }
+                            }
                         }
                     }
                 }
