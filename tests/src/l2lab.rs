@@ -174,10 +174,21 @@ pub struct Cluster {
 impl Cluster {
     /// Builds the namespaces and starts backends and speakers.
     pub fn start(tag: &str) -> Cluster {
+        Cluster::start_with_key(tag, None)
+    }
+
+    /// As [`Cluster::start`], with heartbeat keys (`failover.keyFile`) when given.
+    pub fn start_with_key(tag: &str, keys: Option<&str>) -> Cluster {
         let mut lab = Lab::new(tag);
         let dir = std::env::temp_dir().join(format!("ferrolb-l2-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("config.yaml"), config()).unwrap();
+        let mut yaml = config();
+        if let Some(k) = keys {
+            let file = dir.join("member-keys");
+            std::fs::write(&file, k).unwrap();
+            yaml.push_str(&format!("failover: {{keyFile: {}}}\n", file.display()));
+        }
+        std::fs::write(dir.join("config.yaml"), yaml).unwrap();
         lab.add("client");
         lab.attach("client", &["192.0.2.1/24", "2001:db8::1/64"]);
         for (n, v4, v6) in NODES {

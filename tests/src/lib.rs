@@ -15,6 +15,7 @@ pub mod l2lab;
 pub mod netns;
 pub mod pods;
 pub mod product;
+pub mod rogue;
 pub mod routers;
 pub mod speaker;
 

@@ -1,0 +1,82 @@
+//! A rogue host for the hostile-network suite: a namespace on the nodes'
+//! bridge that captures and replays heartbeats, and sends forged ones with
+//! a spoofed source address (raw IPv4, as any host on the segment can).
+
+use crate::netns::Lab;
+
+/// Run in a node's namespace (`python3 -c`): prints, as hex, the UDP payload
+/// of the first heartbeat the node sends (IPv4, destination port 7946).
+pub const CAPTURE: &str = r#"
+import socket, time
+# ETH_P_ALL: a socket bound to one protocol does not see outgoing frames.
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)); s.bind(("eth0", 0)); s.settimeout(1)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 5:
+    try: f, addr = s.recvfrom(65535)
+    except socket.timeout: continue
+    if addr[2] != socket.PACKET_OUTGOING or f[12:14] != b"\x08\x00": continue
+    ihl = (f[14] & 15) * 4
+    if f[23] != 17: continue
+    udp = f[14 + ihl:]
+    if int.from_bytes(udp[2:4], "big") == 7946:
+        print(udp[8:].hex()); break
+"#;
+
+/// Run in the rogue's namespace (`python3 -c`), arguments SECONDS SOURCE
+/// TARGETS PAYLOADS: for SECONDS, every 20 ms, sends each hex payload of
+/// the comma-separated PAYLOADS from SOURCE:7946 (spoofed: raw IPv4 with the
+/// header written here) to each comma-separated TARGET:7946. A payload
+/// prefixed `seq:` is an unsigned heartbeat whose sequence number (bytes
+/// 17..25) is raised on every send, as a forger would. Prints how many
+/// datagrams it sent (on standard error).
+pub const FORGE: &str = r#"
+import socket, sys, time
+secs = float(sys.argv[1]); src = sys.argv[2]; targets = sys.argv[3].split(","); payloads = sys.argv[4].split(",")
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+srcb = socket.inet_aton(src); sent = 0; seq = 1 << 40; t0 = time.monotonic()
+while time.monotonic() - t0 < secs:
+    seq += 1
+    for p in payloads:
+        bump = p.startswith("seq:")
+        body = bytearray(bytes.fromhex(p[4:] if bump else p))
+        if bump: body[17:25] = seq.to_bytes(8, "big")
+        udp = (7946).to_bytes(2, "big") * 2 + (8 + len(body)).to_bytes(2, "big") + b"\0\0" + bytes(body)
+        for t in targets:
+            ip = bytes([0x45, 0]) + (20 + len(udp)).to_bytes(2, "big") + b"\0\0\0\0" + bytes([64, 17]) + b"\0\0" + srcb + socket.inet_aton(t)
+            s.sendto(ip + udp, (t, 0)); sent += 1
+    time.sleep(0.02)
+print(sent, file=sys.stderr)
+"#;
+
+/// The first heartbeat `node` sends, captured in its namespace.
+pub fn capture_heartbeat(lab: &Lab, node: &str) -> String {
+    let out = lab.exec_ok(node, &["python3", "-c", CAPTURE]);
+    let hex = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!hex.is_empty(), "no heartbeat captured on {node}");
+    hex
+}
+
+/// Starts [`FORGE`] in namespace `rogue` for `secs`; its output goes to `log`.
+pub fn forge(
+    lab: &mut Lab,
+    rogue: &str,
+    secs: f64,
+    source: &str,
+    targets: &[&str],
+    payloads: &[String],
+    log: &std::path::Path,
+) -> u32 {
+    lab.spawn(
+        rogue,
+        &[
+            "python3",
+            "-c",
+            FORGE,
+            &secs.to_string(),
+            source,
+            &targets.join(","),
+            &payloads.join(","),
+        ],
+        log,
+    )
+}

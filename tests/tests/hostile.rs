@@ -1,0 +1,144 @@
+//! A hostile network: a rogue host on the nodes' bridge (`ferrolb_tests::rogue`)
+//! attacks layer 2 failover with forged, replayed and unsigned heartbeats,
+//! sent with the owner's address as their source. With heartbeat keys the
+//! attack changes nothing: the owner's death is still a failover, and every
+//! refused datagram is counted by reason. Without a key (what every speaker
+//! was before keys existed) the same forged heartbeats keep the dead owner
+//! "alive": no failover at all, which is why the docs insist on a key.
+//! Needs root and python3; skips loudly without them (a failure in CI).
+
+use ferrolb_l2::auth::Keys;
+use ferrolb_l2::membership::Heartbeat;
+use ferrolb_tests::l2lab::{probe_failover, Cluster, NODES};
+use ferrolb_tests::speaker::metric_sum;
+use ferrolb_tests::{require, rogue, Need};
+use std::time::Duration;
+
+const KEY: &str = "9c4b1f0e7d2a5c8b3e6f9a0d1c4b7e2f5a8d3c6b9e0f1a4d7c2b5e8f3a6d9c0b";
+
+/// Forged heartbeats "from" `owner` claiming service `web` for ever: one
+/// unsigned (its sequence raised on every send), one signed with a key the
+/// cluster does not have, and `replay`, a real heartbeat of the owner.
+fn forgeries(owner: &str, replay: &str) -> Vec<String> {
+    let hb = Heartbeat {
+        from: owner.to_string(),
+        run: u64::MAX / 2,
+        seq: 1,
+        claims: vec![("web".to_string(), 86_400_000)],
+        ages: Vec::new(),
+        roster: 0,
+    };
+    let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let wrong = Keys::from_text("a key the rogue made up, 32 bytes").unwrap();
+    vec![
+        format!("seq:{}", hex(hb.encode(&Keys::none()))),
+        hex(hb.encode(&wrong)),
+        replay.to_string(),
+    ]
+}
+
+/// The rogue on the bridge, forging for `secs` as `owner` to the other nodes.
+fn attack(c: &mut Cluster, owner: &str, secs: f64) -> std::path::PathBuf {
+    let replay = rogue::capture_heartbeat(&c.lab, owner);
+    let source = NODES.iter().find(|(n, ..)| *n == owner).unwrap().1;
+    let targets: Vec<&str> = NODES
+        .iter()
+        .filter(|(n, ..)| *n != owner)
+        .map(|(_, v4, _)| *v4)
+        .collect();
+    c.lab.add("rogue");
+    c.lab.attach("rogue", &["192.0.2.66/24"]);
+    let log = std::env::temp_dir().join(format!("{}-rogue.log", c.lab.name("x")));
+    rogue::forge(
+        &mut c.lab,
+        "rogue",
+        secs,
+        source,
+        &targets,
+        &forgeries(owner, &replay),
+        &log,
+    );
+    log
+}
+
+#[test]
+fn forged_replayed_and_unsigned_heartbeats_do_not_stop_a_failover_with_a_key() {
+    if !require(
+        "hostile heartbeats with a key",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut c = Cluster::start_with_key("hk", Some(KEY));
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    let log = attack(&mut c, &owner, 4.0);
+    // Under attack, ownership does not move...
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        c.wait_served(url, Duration::from_secs(2)),
+        owner,
+        "{}",
+        c.logs()
+    );
+    // ...and the owner's death is still a failover, as fast as without an attacker.
+    let pid = c.speaker_pid(&owner).unwrap();
+    let probe = probe_failover(&c.lab, pid, "192.0.2.100", 8080, &owner);
+    c.reap_speaker(&owner);
+    let took = probe.served_ms.unwrap_or_else(|| {
+        panic!(
+            "no failover under attack (prober: {})\n{}",
+            probe.raw,
+            c.logs()
+        )
+    });
+    eprintln!("failover under forged, replayed and unsigned heartbeats: {took:.0} ms");
+    // Every forgery was refused, each for its reason, on every other node.
+    for (n, ..) in NODES.iter().filter(|(n, ..)| *n != owner) {
+        let m = c.metrics(n);
+        for reason in ["unsigned", "unknown_key", "replay"] {
+            let refused = metric_sum(
+                &m,
+                "ferrolb_l2_heartbeats_refused_total",
+                &[&format!("reason=\"{reason}\"")],
+            );
+            assert!(refused > 0.0, "{n}: no {reason} refusal counted\n{m}");
+        }
+    }
+    assert!(
+        c.logs()
+            .contains("refused a datagram on the membership port"),
+        "{}",
+        c.logs()
+    );
+    drop(log);
+}
+
+/// Why a key matters: without one, a host that forges heartbeats as the
+/// owner keeps it "alive" after it died, and nobody takes its VIP over.
+#[test]
+fn without_a_key_forged_heartbeats_prevent_the_failover() {
+    if !require(
+        "hostile heartbeats without a key",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut c = Cluster::start_with_key("hn", None);
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    attack(&mut c, &owner, 8.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = c.speaker_pid(&owner).unwrap();
+    let probe = probe_failover(&c.lab, pid, "192.0.2.100", 8080, &owner);
+    c.reap_speaker(&owner);
+    assert_eq!(
+        probe.served_ms, None,
+        "the forged heartbeats should have kept the dead owner alive (prober: {})",
+        probe.raw
+    );
+    assert!(
+        c.logs().contains("not authenticated"),
+        "the speakers warned at start"
+    );
+}
