@@ -15,7 +15,11 @@ use tokio::time::Instant;
 /// The single-hop BFD control port (RFC 5881).
 pub const PORT: u16 = 3784;
 
-type Routes = Arc<Mutex<HashMap<IpAddr, mpsc::UnboundedSender<Control>>>>;
+type Routes = Arc<Mutex<HashMap<IpAddr, mpsc::Sender<Control>>>>;
+
+/// Control packets waiting for one session (a peer sends a few per
+/// interval; more means a flood, dropped).
+const SESSION_QUEUE: usize = 16;
 
 /// Receives control packets and dispatches them by source address.
 #[derive(Clone)]
@@ -25,7 +29,7 @@ pub struct Hub {
 
 impl Hub {
     /// Binds UDP 3784 for both families (as available) and starts dispatching.
-    pub async fn start() -> std::io::Result<Hub> {
+    pub async fn start(metrics: Arc<Metrics>) -> std::io::Result<Hub> {
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
         let mut bound = 0;
         for addr in [
@@ -41,10 +45,13 @@ impl Hub {
             };
             bound += 1;
             let routes = Arc::clone(&routes);
+            let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {
                 let mut buf = [0u8; 128];
                 loop {
                     let Ok((n, from, ttl)) = recv(&socket, &mut buf).await else {
+                        // Never spin on a failing socket.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     };
                     if !single_hop(ttl) {
@@ -63,7 +70,10 @@ impl Hub {
                         v4 => v4,
                     };
                     if let Some(tx) = routes.lock().expect("lock poisoned").get(&ip) {
-                        let _ = tx.send(c);
+                        // Full: the session is behind; a dropped packet is what BFD tolerates.
+                        if tx.try_send(c).is_err() {
+                            metrics.dropped("bfd");
+                        }
                     }
                 }
             });
@@ -86,7 +96,7 @@ impl Hub {
         cfg: Config,
         metrics: Arc<Metrics>,
     ) -> watch::Receiver<bool> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         self.routes.lock().expect("lock poisoned").insert(peer, tx);
         let (up_tx, up_rx) = watch::channel(false);
         let labels = PeerLabels {
@@ -177,7 +187,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 async fn run(
     peer: IpAddr,
     cfg: Config,
-    mut rx: mpsc::UnboundedReceiver<Control>,
+    mut rx: mpsc::Receiver<Control>,
     up: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     labels: PeerLabels,

@@ -74,27 +74,34 @@ impl Announcer for BgpAnnouncer {
     }
 }
 
+/// Connections from a router waiting for its peer task.
+const INBOX: usize = 4;
+
+/// Incoming connections of one peer reading their OPEN at once.
+const CANDIDATES: usize = 4;
+
 /// Starts one session task per peer (and BFD for the peers that ask for it).
 pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpAnnouncer> {
     let (services, rx) = watch::channel(Vec::new());
     let (stop, stop_rx) = watch::channel(false);
     let hub = if opts.peers.iter().any(|p| p.bfd.is_some()) {
-        Some(crate::bfd::Hub::start().await?)
+        Some(crate::bfd::Hub::start(Arc::clone(&metrics)).await?)
     } else {
         None
     };
     // Every peer may be connected to by its router: passive peers only that
     // way, active ones when both sides connect at once (a collision, RFC 4271
     // 6.8). Listeners on the peers' port hand each connection to its peer's task.
-    let mut inboxes: HashMap<IpAddr, mpsc::UnboundedReceiver<TcpStream>> = HashMap::new();
+    let mut inboxes: HashMap<IpAddr, mpsc::Receiver<TcpStream>> = HashMap::new();
     let mut routes = HashMap::new();
     for p in &opts.peers {
-        let (tx, rx) = mpsc::unbounded_channel();
+        // A router opens one connection at a time; a few more wait, the rest are closed.
+        let (tx, rx) = mpsc::channel(INBOX);
         routes.insert(p.address, tx);
         inboxes.insert(p.address, rx);
     }
     let peers: Vec<&Peer> = opts.peers.iter().collect();
-    listen(&peers, routes)?;
+    listen(&peers, routes, Arc::clone(&metrics))?;
     let mut tasks = Vec::new();
     for (i, p) in opts.peers.iter().enumerate() {
         let bfd = match (&hub, &p.bfd) {
@@ -135,7 +142,8 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
 /// for active ones (their collisions then cannot happen).
 fn listen(
     peers: &[&Peer],
-    routes: HashMap<IpAddr, mpsc::UnboundedSender<TcpStream>>,
+    routes: HashMap<IpAddr, mpsc::Sender<TcpStream>>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let routes = Arc::new(routes);
     let mut groups: BTreeMap<SocketAddr, Vec<&Peer>> = BTreeMap::new();
@@ -166,11 +174,23 @@ fn listen(
             }
         };
         let routes = Arc::clone(&routes);
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let mut refused_warn = ferrolb_ops::RateLimit::new(Duration::from_secs(60));
+            let mut backoff = Duration::from_millis(10);
             loop {
-                let Ok((stream, from)) = listener.accept().await else {
-                    continue;
+                let (stream, from) = match listener.accept().await {
+                    Ok(a) => {
+                        backoff = Duration::from_millis(10);
+                        a
+                    }
+                    Err(e) => {
+                        // EMFILE and the like: wait instead of spinning.
+                        tracing::debug!(error = %e, "BGP accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
                 };
                 let from_ip = match from.ip() {
                     IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)),
@@ -179,7 +199,9 @@ fn listen(
                 match routes.get(&from_ip) {
                     Some(tx) => {
                         let _ = stream.set_nodelay(true);
-                        let _ = tx.send(stream);
+                        if tx.try_send(stream).is_err() {
+                            metrics.dropped("bgp_inbox");
+                        }
                     }
                     None => {
                         if let Some(held) = refused_warn.allow(std::time::Instant::now()) {
@@ -455,7 +477,7 @@ impl PeerTask {
         mut services: watch::Receiver<Vec<ServiceVips>>,
         mut stop: watch::Receiver<bool>,
         mut bfd: Option<watch::Receiver<bool>>,
-        mut inbox: Option<mpsc::UnboundedReceiver<TcpStream>>,
+        mut inbox: Option<mpsc::Receiver<TcpStream>>,
     ) {
         let mut connect_warn = ferrolb_ops::RateLimit::new(Duration::from_secs(60));
         // Every peer has a series from the start, so `session_up == 0` alerts fire
@@ -498,7 +520,8 @@ impl PeerTask {
         }
         let mut buf = vec![0u8; 65_536];
         // Connections the router opened while ours exists, with their OPEN read.
-        let (cand_tx, mut candidates) = mpsc::unbounded_channel::<(TcpStream, Open, Vec<u8>)>();
+        // At most CANDIDATES read their OPEN at once; more are closed and counted.
+        let (cand_tx, mut candidates) = mpsc::channel::<(TcpStream, Open, Vec<u8>)>(CANDIDATES);
         loop {
             let deadline = st.timers.iter().flatten().min().copied();
             tokio::select! {
@@ -514,11 +537,15 @@ impl PeerTask {
                         Some(stream) if !self.peer.passive => {
                             // Both sides connected: read the router's OPEN, then keep one
                             // connection (RFC 4271 6.8) in the `candidates` branch.
-                            let (tx, name) = (cand_tx.clone(), self.peer.name.clone());
+                            let Ok(permit) = cand_tx.clone().try_reserve_owned() else {
+                                self.metrics.dropped("bgp_candidates");
+                                continue;
+                            };
+                            let name = self.peer.name.clone();
                             tokio::spawn(async move {
                                 match tokio::time::timeout(Duration::from_secs(10), read_open(stream)).await {
                                     Ok(Ok(c)) => {
-                                        let _ = tx.send(c);
+                                        permit.send(c);
                                     }
                                     Ok(Err(e)) => tracing::debug!(peer = %name, error = %e, "incoming connection closed before a valid OPEN"),
                                     Err(_) => tracing::debug!(peer = %name, "incoming connection sent no OPEN within 10 s; closed"),

@@ -75,6 +75,13 @@ pub struct DirectionLabels {
     pub direction: String,
 }
 
+/// Labels of a bounded queue.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// `l2_conflicts`, `bgp_inbox`, `bgp_candidates`, `bfd`.
+    pub queue: String,
+}
+
 /// Labels of a refused heartbeat.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
@@ -157,6 +164,8 @@ pub struct Metrics {
     pub l2_duplicates: Family<VipLabels, Counter>,
     /// Datagrams on the membership port not taken as heartbeats, by reason.
     pub l2_heartbeats_refused: Family<RefusalLabels, Counter>,
+    /// Items a full queue fed by the network could not take, by queue.
+    pub queue_dropped: Family<QueueLabels, Counter>,
     /// Services taken or given up by this node.
     pub l2_ownership_changes: Counter,
     /// From a member declared down to this node's first announcement.
@@ -180,6 +189,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts an item a full queue had to drop.
+    pub fn dropped(&self, queue: &str) {
+        self.queue_dropped
+            .get_or_create(&QueueLabels {
+                queue: queue.to_string(),
+            })
+            .inc();
+    }
+
     /// A registry with every family registered.
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("ferrolb");
@@ -202,6 +220,7 @@ impl Metrics {
             l2_malformed: Family::default(),
             l2_duplicates: Family::default(),
             l2_heartbeats_refused: Family::default(),
+            queue_dropped: Family::default(),
             l2_ownership_changes: Counter::default(),
             l2_failover_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -300,6 +319,11 @@ impl Metrics {
             "l2_duplicate_responders",
             "Another host answered for a VIP this node owns",
             m.l2_duplicates.clone(),
+        );
+        registry.register(
+            "queue_dropped",
+            "Items dropped because a bounded queue fed by the network was full, by queue",
+            m.queue_dropped.clone(),
         );
         registry.register(
             "l2_heartbeats_refused",
@@ -437,6 +461,11 @@ mod tests {
         m.l2_heartbeats_refused
             .get_or_create(&RefusalLabels {
                 reason: "bad_mac".into(),
+            })
+            .inc();
+        m.queue_dropped
+            .get_or_create(&QueueLabels {
+                queue: "bfd".into(),
             })
             .inc();
         m.bgp_session_up.get_or_create(&peer).set(1);

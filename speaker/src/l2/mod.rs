@@ -23,6 +23,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// Conflicts (another MAC answering for an owned VIP) waiting for the runner.
+const CONFLICT_QUEUE: usize = 64;
+
 /// How layer 2 mode runs on this node.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -125,7 +128,7 @@ impl Drop for IfaceRt {
 /// Opens the responder of one interface.
 fn open_iface(
     i: &iface::Iface,
-    conflicts: &mpsc::UnboundedSender<(IpAddr, ferrolb_l2::wire::Mac)>,
+    conflicts: &mpsc::Sender<(IpAddr, ferrolb_l2::wire::Mac)>,
     metrics: &Arc<Metrics>,
 ) -> Result<IfaceRt, L2Error> {
     let socket = Arc::new(
@@ -191,7 +194,9 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     crate::host::prepare_arp(&names)?;
     let mut rts = Vec::new();
-    let (conflict_tx, conflict_rx) = mpsc::unbounded_channel();
+    // Bounded: a flood of forged answers must not grow memory; one conflict
+    // per VIP already makes the owner re-assert.
+    let (conflict_tx, conflict_rx) = mpsc::channel(CONFLICT_QUEUE);
     for i in &ifaces {
         rts.push(open_iface(i, &conflict_tx, &metrics)?);
     }
@@ -253,7 +258,7 @@ async fn receive(
     name: String,
     socket: Arc<PacketSocket>,
     responder: Arc<Mutex<Responder>>,
-    conflicts: mpsc::UnboundedSender<(IpAddr, ferrolb_l2::wire::Mac)>,
+    conflicts: mpsc::Sender<(IpAddr, ferrolb_l2::wire::Mac)>,
     metrics: Arc<Metrics>,
 ) {
     let labels = IfaceLabels {
@@ -280,7 +285,9 @@ async fn receive(
                     }
                 }
                 if let Some(c) = o.conflict {
-                    let _ = conflicts.send(c);
+                    if conflicts.try_send(c).is_err() {
+                        metrics.dropped("l2_conflicts");
+                    }
                 }
             }
 
@@ -305,7 +312,7 @@ struct Runner {
     lost_owner_at: Option<Instant>,
     /// Interfaces named in the config (empty: automatic).
     named: Vec<String>,
-    conflict_tx: mpsc::UnboundedSender<(IpAddr, ferrolb_l2::wire::Mac)>,
+    conflict_tx: mpsc::Sender<(IpAddr, ferrolb_l2::wire::Mac)>,
     ticks: u64,
     /// No peer heard while peers are configured.
     isolated: bool,
@@ -325,7 +332,7 @@ impl Runner {
     async fn run(
         mut self,
         mut updates: mpsc::UnboundedReceiver<Update>,
-        mut conflicts: mpsc::UnboundedReceiver<(IpAddr, ferrolb_l2::wire::Mac)>,
+        mut conflicts: mpsc::Receiver<(IpAddr, ferrolb_l2::wire::Mac)>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -334,6 +341,11 @@ impl Runner {
             tokio::select! {
                 _ = tick.tick() => self.on_tick().await,
                 r = self.udp.recv_from(&mut buf) => {
+                    if let Err(e) = &r {
+                        // Never spin on a failing socket; heartbeats go on from the tick.
+                        tracing::debug!(error = %e, "membership socket receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     if let Ok((n, from)) = r {
                         let now = self.now_ms();
                         match self.membership.receive(now, from, &buf[..n]) {
