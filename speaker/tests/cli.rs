@@ -121,3 +121,20 @@ fn validate_refuses_an_empty_configuration() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A BGP password appears nowhere in `validate`'s output.
+#[test]
+fn validate_never_prints_a_bgp_password() {
+    let file = std::env::temp_dir().join(format!("ferrolb-cli-pw-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        "pools: [{name: p, addresses: [192.0.2.0/28]}]\nbgp:\n  routerId: 192.0.2.1\n  peers: [{name: r, address: 192.0.2.254, asn: 65000, myAsn: 65001, password: hunter2-very-secret}]\n",
+    )
+    .unwrap();
+    let out = speaker(&["validate", "--config", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("md5"), "the summary says a key is set: {all}");
+    assert!(!all.contains("hunter2"), "{all}");
+}

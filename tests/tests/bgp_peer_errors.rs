@@ -441,3 +441,21 @@ async fn a_refusing_router_is_one_warning_not_one_per_retry() {
         warnings[0]
     );
 }
+
+/// The TCP-MD5 key of a peer is never shown: not in the debug log, not on
+/// /metrics, while the speaker tries to reach the peer.
+#[tokio::test]
+async fn a_bgp_password_appears_in_no_log_and_no_metric() {
+    const SECRET: &str = "md5-key-never-shown-42";
+    let port = ferrolb_tests::speaker::free_port();
+    let s = Speaker::start(&format!(
+        "pools: [{{name: p, addresses: [127.0.47.0/28]}}]\nbgp:\n  routerId: 192.0.2.11\n  peers: [{{name: keyed, address: 127.0.0.2, port: {port}, asn: 65000, myAsn: 65001, password: {SECRET}}}]\n"
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = s.log();
+    assert!(!log.contains(SECRET), "{log}");
+    let metrics = s.http("/metrics").await.unwrap().1;
+    assert!(metrics.contains("keyed"), "{metrics}");
+    assert!(!metrics.contains(SECRET), "{metrics}");
+}
