@@ -79,6 +79,15 @@ install_python_tools() {
   python3 -m venv "$PY_TOOLS" && "$PY_TOOLS/bin/pip" install -q "${PY_PACKAGES[@]}" && "$PY_TOOLS/bin/kubernetes-validate" --version
 }
 
+install_deny() {
+  if cargo deny --version >/dev/null 2>&1; then
+    cargo deny --version
+    return 0
+  fi
+  echo "cargo-deny not found; installing it from crates.io"
+  cargo install --locked cargo-deny
+}
+
 install_nextest() {
   if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest --version | head -1
@@ -90,8 +99,12 @@ install_nextest() {
 
 step "install packages" install_packages
 step "install nextest" install_nextest
+step "install cargo-deny" install_deny
 step "install python tools" install_python_tools
 step "format" cargo fmt --all -- --check
+# Licences (no GPL), banned crates and sources (deny.toml); advisories need a
+# database these machines cannot fetch, so they are not checked here.
+step "supply chain" cargo deny --offline check licenses bans sources
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # End-to-end suites run the real binaries, found next to the test executables.
 step "build binaries" cargo build --workspace --bins --locked
