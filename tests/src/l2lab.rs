@@ -182,13 +182,20 @@ impl Cluster {
         let mut lab = Lab::new(tag);
         let dir = std::env::temp_dir().join(format!("ferrolb-l2-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut yaml = config();
+        std::fs::write(dir.join("config.yaml"), config()).unwrap();
         if let Some(k) = keys {
-            let file = dir.join("member-keys");
-            std::fs::write(&file, k).unwrap();
-            yaml.push_str(&format!("failover: {{keyFile: {}}}\n", file.display()));
+            // Each node its own key file (as each host has its own copy), so a
+            // rotation can change them one node at a time.
+            for (n, _, _) in NODES {
+                let file = dir.join(format!("{n}-keys"));
+                std::fs::write(&file, k).unwrap();
+                std::fs::write(
+                    dir.join(format!("{n}.yaml")),
+                    format!("{}failover: {{keyFile: {}}}\n", config(), file.display()),
+                )
+                .unwrap();
+            }
         }
-        std::fs::write(dir.join("config.yaml"), yaml).unwrap();
         lab.add("client");
         lab.attach("client", &["192.0.2.1/24", "2001:db8::1/64"]);
         for (n, v4, v6) in NODES {
@@ -216,13 +223,25 @@ impl Cluster {
         c
     }
 
+    /// Writes `node`'s heartbeat key file (a cluster started with keys);
+    /// its speaker reads it when it next starts.
+    pub fn set_keys(&self, node: &str, keys: &str) {
+        std::fs::write(self.dir.join(format!("{node}-keys")), keys).unwrap();
+    }
+
     /// Starts (or restarts) the speaker of `node`.
     pub fn start_speaker(&mut self, node: &str) {
         let log = self.dir.join(format!("{node}-speaker.log"));
+        let own = self.dir.join(format!("{node}.yaml"));
+        let config = if own.exists() {
+            own
+        } else {
+            self.dir.join("config.yaml")
+        };
         let pid = crate::routers::speaker(
             &mut self.lab,
             node,
-            &self.dir.join("config.yaml"),
+            &config,
             node,
             &["--log-level", "debug"],
             &log,

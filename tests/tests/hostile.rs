@@ -142,3 +142,70 @@ fn without_a_key_forged_heartbeats_prevent_the_failover() {
         "the speakers warned at start"
     );
 }
+
+/// The documented key rotation, done as a rolling restart one node at a
+/// time: no speaker ever refuses another's heartbeats, the VIP stays served,
+/// and a failover still works with the new key alone.
+#[test]
+fn a_rolling_key_rotation_never_splits_the_members() {
+    if !require(
+        "rolling heartbeat key rotation",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    const NEW: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let mut c = Cluster::start_with_key("hr", Some(KEY));
+    let url = "http://192.0.2.100:8080/";
+    c.wait_served(url, Duration::from_secs(10));
+    let mut refused_before = 0.0;
+    for step in [
+        format!("{KEY}\n{NEW}"),
+        format!("{NEW}\n{KEY}"),
+        NEW.to_string(),
+    ] {
+        for (n, ..) in NODES {
+            // What the restarted speaker's run refused is lost with it: count before.
+            refused_before += refusals(&c, n);
+            c.set_keys(n, &step);
+            c.kill_speaker(n);
+            c.start_speaker(n);
+            // Served throughout (by whichever node owns it after the restart).
+            c.wait_served(url, Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    }
+    let refused: f64 = NODES.iter().map(|(n, ..)| refusals(&c, n)).sum::<f64>() + refused_before;
+    assert_eq!(
+        refused,
+        0.0,
+        "a speaker refused a peer during the rotation\n{}",
+        c.logs()
+    );
+    // With the new key alone, the owner's death is a failover as before.
+    let owner = c.wait_served(url, Duration::from_secs(5));
+    let pid = c.speaker_pid(&owner).unwrap();
+    let probe = probe_failover(&c.lab, pid, "192.0.2.100", 8080, &owner);
+    c.reap_speaker(&owner);
+    assert!(
+        probe.served_ms.is_some(),
+        "no failover after the rotation: {}\n{}",
+        probe.raw,
+        c.logs()
+    );
+}
+
+/// Heartbeats `node` refused for a key or MAC problem.
+fn refusals(c: &Cluster, node: &str) -> f64 {
+    let m = c.metrics(node);
+    ["unknown_key", "bad_mac", "unsigned"]
+        .iter()
+        .map(|r| {
+            metric_sum(
+                &m,
+                "ferrolb_l2_heartbeats_refused_total",
+                &[&format!("reason=\"{r}\"")],
+            )
+        })
+        .sum()
+}
