@@ -80,3 +80,21 @@ pub fn forge(
         log,
     )
 }
+
+/// Run in the rogue's namespace (`python3 -c`), arguments SECONDS VIP: for
+/// SECONDS, every 50 ms, announces VIP with its own MAC in both gratuitous
+/// forms Linux honours (a request and a reply with sender = target = VIP, the
+/// reply's target MAC its own), as a host stealing the address would.
+pub const STEAL_ARP: &str = r#"
+import socket, sys, time
+secs = float(sys.argv[1]); vip = socket.inet_aton(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(("eth0", 0))
+mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+head = b"\xff" * 6 + mac + b"\x08\x06" + bytes([0, 1, 8, 0, 6, 4, 0])
+request = head + b"\x01" + mac + vip + b"\x00" * 6 + vip
+reply = head + b"\x02" + mac + vip + mac + vip
+t0 = time.monotonic(); sent = 0
+while time.monotonic() - t0 < secs:
+    s.send(request); s.send(reply); sent += 2; time.sleep(0.05)
+print(sent, file=sys.stderr)
+"#;

@@ -209,3 +209,71 @@ fn refusals(c: &Cluster, node: &str) -> f64 {
         })
         .sum()
 }
+
+/// A host answering ARP for the VIP with its own MAC: the owner sees the
+/// conflict, counts it, re-asserts at once, and when the rogue stops the
+/// client's neighbour entry points at the owner again.
+#[test]
+fn a_host_stealing_the_vip_is_detected_and_the_client_returns_to_the_owner() {
+    if !require(
+        "ARP theft by a rogue host",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut c = Cluster::start_with_key("hs", Some(KEY));
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    c.lab.add("rogue");
+    c.lab.attach("rogue", &["192.0.2.66/24"]);
+    let rogue_mac = c.lab.mac("rogue");
+    let log = std::env::temp_dir().join(format!("{}-steal.log", c.lab.name("x")));
+    c.lab.spawn(
+        "rogue",
+        &["python3", "-c", rogue::STEAL_ARP, "2", "192.0.2.100"],
+        &log,
+    );
+    // The theft works on the client (its entry flips to the rogue)...
+    let t = std::time::Instant::now();
+    let mut stolen = false;
+    while t.elapsed() < Duration::from_millis(2_500) {
+        stolen |= c.neighbour_mac("192.0.2.100") == rogue_mac;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        stolen,
+        "the rogue's answers never reached the client: the test proves nothing"
+    );
+    // ...the owner sees it and answers back.
+    let m = c.metrics(&owner);
+    let seen = metric_sum(
+        &m,
+        "ferrolb_l2_duplicate_responders_total",
+        &["vip=\"192.0.2.100\""],
+    );
+    assert!(seen > 0.0, "the owner did not see the conflict\n{m}");
+    assert!(
+        c.logs()
+            .contains("another MAC answers for a VIP this node owns"),
+        "{}",
+        c.logs()
+    );
+    // The owner had the last word: the client is back at the owner.
+    let t = std::time::Instant::now();
+    loop {
+        let mac = c.neighbour_mac("192.0.2.100");
+        if mac == c.lab.mac(&owner) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(12),
+            "the client still sends to {mac} (rogue {rogue_mac})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "client back at the owner {:?} after the rogue stopped",
+        t.elapsed()
+    );
+    assert_eq!(c.wait_served(url, Duration::from_secs(2)), owner);
+}
