@@ -93,16 +93,16 @@ struct Owned {
     sent: usize,
 }
 
-/// What the runner is told.
-enum Update {
-    Services(Vec<ServiceVips>),
-    Members(Vec<Member>),
-}
+/// The latest services and members for the runner. Each is a whole
+/// snapshot, so a watch channel keeps only the newest: a burst of API
+/// changes costs one update, never a growing queue.
+type Latest<T> = std::sync::Arc<tokio::sync::watch::Sender<Option<T>>>;
 
 /// The handle standalone and Kubernetes mode talk to (clones talk to the same runner).
 #[derive(Clone)]
 pub struct L2Announcer {
-    tx: mpsc::UnboundedSender<Update>,
+    services: Latest<Vec<ServiceVips>>,
+    members: Latest<Vec<Member>>,
     owned: tokio::sync::watch::Receiver<BTreeSet<String>>,
 }
 
@@ -110,7 +110,7 @@ impl L2Announcer {
     /// Replaces the member list (Kubernetes mode: the speaker Pods, with their
     /// nodes' labels). Members that stay keep their state.
     pub fn set_members(&self, members: Vec<Member>) {
-        let _ = self.tx.send(Update::Members(members));
+        self.members.send_replace(Some(members));
     }
 
     /// The services this node owns (announces) now; changes as elections go.
@@ -165,7 +165,7 @@ impl Announcer for L2Announcer {
     }
 
     fn update(&mut self, services: &[ServiceVips]) {
-        let _ = self.tx.send(Update::Services(services.to_vec()));
+        self.services.send_replace(Some(services.to_vec()));
     }
 }
 
@@ -228,7 +228,8 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
             })
             .inc_by(0);
     }
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (services_tx, services_rx) = tokio::sync::watch::channel(None);
+    let (members_tx, members_rx) = tokio::sync::watch::channel(None);
     let (owned_tx, owned) = tokio::sync::watch::channel(BTreeSet::new());
     let runner = Runner {
         opts,
@@ -249,8 +250,12 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         owned_tx,
         refused_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
     };
-    tokio::spawn(runner.run(rx, conflict_rx));
-    Ok(L2Announcer { tx, owned })
+    tokio::spawn(runner.run(services_rx, members_rx, conflict_rx));
+    Ok(L2Announcer {
+        services: std::sync::Arc::new(services_tx),
+        members: std::sync::Arc::new(members_tx),
+        owned,
+    })
 }
 
 /// Answers frames on one interface until its socket fails.
@@ -331,7 +336,8 @@ impl Runner {
 
     async fn run(
         mut self,
-        mut updates: mpsc::UnboundedReceiver<Update>,
+        mut services: tokio::sync::watch::Receiver<Option<Vec<ServiceVips>>>,
+        mut members: tokio::sync::watch::Receiver<Option<Vec<Member>>>,
         mut conflicts: mpsc::Receiver<(IpAddr, ferrolb_l2::wire::Mac)>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -366,8 +372,12 @@ impl Runner {
                         }
                     }
                 }
-                u = updates.recv() => match u {
-                    Some(Update::Members(members)) => {
+                changed = members.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let Some(members) = members.borrow_and_update().clone() else { continue };
+                    {
                         let changes = self.membership.set_members(members.iter().map(|m| (m.name.clone(), m.address)));
                         for c in &changes {
                             if let Change::Down(name) = c {
@@ -378,16 +388,19 @@ impl Runner {
                         self.opts.members = members;
                         self.elect().await;
                     }
-                    Some(Update::Services(services)) => {
-                        self.services = services;
-                        let vips = self.services.iter().flat_map(|s| s.vips.iter().copied());
-                        if let Err(e) = self.local.ensure(vips) {
-                            tracing::error!(error = %e, "VIP traffic will not be accepted on this node");
-                        }
-                        self.elect().await;
+                }
+                changed = services.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
-                    None => return,
-                },
+                    let Some(list) = services.borrow_and_update().clone() else { continue };
+                    self.services = list;
+                    let vips = self.services.iter().flat_map(|s| s.vips.iter().copied());
+                    if let Err(e) = self.local.ensure(vips) {
+                        tracing::error!(error = %e, "VIP traffic will not be accepted on this node");
+                    }
+                    self.elect().await;
+                }
                 Some((vip, mac)) = conflicts.recv() => {
                     self.metrics.l2_duplicates.get_or_create(&crate::metrics::VipLabels { vip: vip.to_string() }).inc();
                     tracing::warn!(%vip, other = %mac, "another MAC answers for a VIP this node owns");
