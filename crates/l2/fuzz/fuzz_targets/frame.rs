@@ -1,0 +1,6 @@
+//! Fuzzes the ARP/NDP frame parser (see `check.rs`).
+#![no_main]
+
+mod check;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::frame(data));

@@ -1,0 +1,6 @@
+//! Fuzzes the heartbeat decoder and its MAC check (see `check.rs`).
+#![no_main]
+
+mod check;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::heartbeat(data));
