@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn refuses_what_is_not_served() {
         for p in [
-            "/api/v1/secrets",
+            "/api/v1/persistentvolumes",
             "/api/v1/namespaces/a/nodes/n",
             "/api/v1/services/web",
             "/api/v1/namespaces/a/configmaps/c/status",
