@@ -1,6 +1,7 @@
 //! Fuzzes the heartbeat decoder and its MAC check (see `check.rs`).
 #![no_main]
 
+#[allow(dead_code)]
 mod check;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| check::heartbeat(data));
