@@ -291,16 +291,7 @@ impl FakeApiServer {
         let Some(r) = resource::by_name(plural, group) else {
             return Vec::new();
         };
-        self.store()
-            .list(
-                r,
-                None,
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-                None,
-                None,
-            )
-            .0
+        self.store().all(r)
     }
 }
 

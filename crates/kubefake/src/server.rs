@@ -99,16 +99,7 @@ fn policy(store: &Store) -> Policy {
     let all = |plural: &str| {
         let r =
             resource::by_name(plural, "rbac.authorization.k8s.io").expect("RBAC types are served");
-        store
-            .list(
-                r,
-                None,
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-                None,
-                None,
-            )
-            .0
+        store.all(r)
     };
     Policy {
         cluster_roles: all("clusterroles"),

@@ -193,6 +193,19 @@ impl Store {
         (resource, ns.unwrap_or("").to_string(), name.to_string())
     }
 
+    /// Every object of one type, in every namespace, without selectors or pages.
+    pub fn all(&self, resource: usize) -> Vec<Value> {
+        self.list(
+            resource,
+            None,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+            None,
+            None,
+        )
+        .0
+    }
+
     /// One object.
     pub fn get(&self, resource: usize, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         self.objects
