@@ -656,6 +656,13 @@ impl PeerTask {
                                         evs.push(Event::Message(m));
                                     }
                                     Ok(None) => break,
+                                    Err(e) if e.action == codec::Action::TreatAsWithdraw => {
+                                        // Only that UPDATE is bad; its header's length was checked,
+                                        // and the messages after it are read as usual.
+                                        let used = u16::from_be_bytes([st.rbuf[16], st.rbuf[17]]) as usize;
+                                        st.rbuf.drain(..used.min(st.rbuf.len()));
+                                        evs.push(Event::Malformed(e));
+                                    }
                                     Err(e) => {
                                         st.rbuf.clear();
                                         evs.push(Event::Malformed(e));
@@ -800,6 +807,10 @@ impl PeerTask {
                     }
                     Output::Received(_) => {}
                     Output::TreatAsWithdraw(routes) => {
+                        self.metrics
+                            .bgp_treat_as_withdraw
+                            .get_or_create(&self.labels())
+                            .inc();
                         tracing::warn!(peer = %self.peer.name, routes = routes.len(), "malformed UPDATE treated as withdraw (RFC 7606)");
                     }
                     Output::Refresh(_) => {

@@ -124,6 +124,50 @@ pub fn reset_arp() -> Result<(), HostError> {
     Ok(())
 }
 
+/// Makes VIPs local from a task of its own: the caller hands over the
+/// wanted set and goes on; the netlink writes run on a blocking thread, so a
+/// slow or stuck netlink socket delays no heartbeat and no answer. Only the
+/// newest set matters, so a burst of changes is one write.
+pub struct LocalRouteWorker {
+    tx: tokio::sync::watch::Sender<Vec<IpAddr>>,
+}
+
+impl LocalRouteWorker {
+    /// Starts the worker on the current runtime.
+    pub fn spawn() -> LocalRouteWorker {
+        let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+        tokio::spawn(async move {
+            let mut routes = LocalRoutes::default();
+            while rx.changed().await.is_ok() {
+                let vips = rx.borrow_and_update().clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    let r = routes.ensure(vips);
+                    (routes, r)
+                })
+                .await;
+                match done {
+                    Ok((r, result)) => {
+                        routes = r;
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "VIP traffic will not be accepted on this node");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the local route worker failed; VIPs are no longer made local");
+                        return;
+                    }
+                }
+            }
+        });
+        LocalRouteWorker { tx }
+    }
+
+    /// Wants exactly `vips` local (added now, forgotten when absent).
+    pub fn want(&self, vips: Vec<IpAddr>) {
+        self.tx.send_replace(vips);
+    }
+}
+
 /// The VIPs an announcer made local on this host: each `ensure` adds only
 /// new ones, in batches of rtnetlink requests, so 10,000 VIPs cost a few
 /// system calls.

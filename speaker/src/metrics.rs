@@ -160,6 +160,8 @@ pub struct Metrics {
     pub l2_gratuitous: Family<IfaceLabels, Counter>,
     /// Frames dropped as malformed.
     pub l2_malformed: Family<IfaceLabels, Counter>,
+    /// Answers not sent because their asker exceeded its per-source rate.
+    pub l2_limited: Family<IfaceLabels, Counter>,
     /// Another MAC seen answering or announcing an owned VIP.
     pub l2_duplicates: Family<VipLabels, Counter>,
     /// Datagrams on the membership port not taken as heartbeats, by reason.
@@ -178,6 +180,8 @@ pub struct Metrics {
     pub bgp_updates: Family<PeerDirectionLabels, Counter>,
     /// NOTIFICATION messages by direction.
     pub bgp_notifications: Family<PeerDirectionLabels, Counter>,
+    /// Malformed UPDATEs whose routes were treated as withdrawn (RFC 7606).
+    pub bgp_treat_as_withdraw: Family<PeerLabels, Counter>,
     /// Unix time of the session's last transition to or from Established.
     pub bgp_last_change: Family<PeerLabels, Gauge>,
     /// 1 while the BFD session with the peer is up.
@@ -218,6 +222,7 @@ impl Metrics {
             l2_answers: Family::default(),
             l2_gratuitous: Family::default(),
             l2_malformed: Family::default(),
+            l2_limited: Family::default(),
             l2_duplicates: Family::default(),
             l2_heartbeats_refused: Family::default(),
             queue_dropped: Family::default(),
@@ -229,6 +234,7 @@ impl Metrics {
             bgp_prefixes: Family::default(),
             bgp_updates: Family::default(),
             bgp_notifications: Family::default(),
+            bgp_treat_as_withdraw: Family::default(),
             bgp_last_change: Family::default(),
             bfd_session_up: Family::default(),
             bfd_down: Family::default(),
@@ -316,6 +322,11 @@ impl Metrics {
             m.l2_malformed.clone(),
         );
         registry.register(
+            "l2_answers_limited",
+            "Answers not sent because the asking MAC exceeded its rate (a flood)",
+            m.l2_limited.clone(),
+        );
+        registry.register(
             "l2_duplicate_responders",
             "Another host answered for a VIP this node owns",
             m.l2_duplicates.clone(),
@@ -359,6 +370,11 @@ impl Metrics {
             "bgp_notifications",
             "BGP NOTIFICATION messages by direction",
             m.bgp_notifications.clone(),
+        );
+        registry.register(
+            "bgp_updates_treated_as_withdraw",
+            "Malformed UPDATEs from a peer whose routes were treated as withdrawn, session kept (RFC 7606)",
+            m.bgp_treat_as_withdraw.clone(),
         );
         registry.register(
             "bgp_session_last_change_timestamp_seconds",
@@ -453,6 +469,7 @@ mod tests {
         m.l2_answers.get_or_create(&iface).inc();
         m.l2_gratuitous.get_or_create(&iface).inc();
         m.l2_malformed.get_or_create(&iface).inc();
+        m.l2_limited.get_or_create(&iface).inc();
         m.l2_duplicates
             .get_or_create(&VipLabels {
                 vip: "192.0.2.1".into(),
@@ -472,6 +489,7 @@ mod tests {
         m.bgp_prefixes.get_or_create(&peer).set(1);
         m.bgp_updates.get_or_create(&peer_dir).inc();
         m.bgp_notifications.get_or_create(&peer_dir).inc();
+        m.bgp_treat_as_withdraw.get_or_create(&peer).inc();
         m.bgp_last_change.get_or_create(&peer).set(1);
         m.bfd_session_up.get_or_create(&peer).set(1);
         m.bfd_down.get_or_create(&peer).inc();

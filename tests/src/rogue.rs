@@ -98,3 +98,76 @@ while time.monotonic() - t0 < secs:
     s.send(request); s.send(reply); sent += 2; time.sleep(0.05)
 print(sent, file=sys.stderr)
 "#;
+
+/// Run in the rogue's namespace (`python3 -c`), arguments SECONDS OWNER_MAC
+/// VIP4 VIP6 RATE: for SECONDS, at RATE frames a second (0: as fast as one
+/// Python loop can), sends ARP requests
+/// for VIP4 and neighbour solicitations for VIP6 (checksummed, with a source
+/// link-layer option) unicast to OWNER_MAC, so the bridge delivers the flood
+/// to the owner only and the measuring client stays quiet. Prints the frames
+/// sent and the rate (on standard error) as `sent RATE`.
+pub const FLOOD: &str = r#"
+import socket, sys, time
+secs = float(sys.argv[1]); owner = bytes.fromhex(sys.argv[2].replace(":", ""))
+vip4 = socket.inet_aton(sys.argv[3]); vip6 = socket.inet_pton(socket.AF_INET6, sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(("eth0", 0))
+mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+arp = owner + mac + b"\x08\x06" + bytes([0, 1, 8, 0, 6, 4, 0, 1]) + mac + socket.inet_aton("192.0.2.66") + b"\0" * 6 + vip4
+src6 = socket.inet_pton(socket.AF_INET6, "2001:db8::66")
+icmp = bytearray([135, 0, 0, 0, 0, 0, 0, 0]) + vip6 + bytes([1, 1]) + mac
+pseudo = src6 + vip6 + len(icmp).to_bytes(4, "big") + bytes([0, 0, 0, 58]) + icmp
+total = sum(int.from_bytes(pseudo[i:i + 2], "big") for i in range(0, len(pseudo), 2))
+while total > 0xffff: total = (total & 0xffff) + (total >> 16)
+icmp[2:4] = (~total & 0xffff).to_bytes(2, "big")
+ns = owner + mac + b"\x86\xdd" + bytes([0x60, 0, 0, 0]) + len(icmp).to_bytes(2, "big") + bytes([58, 255]) + src6 + vip6 + bytes(icmp)
+rate = float(sys.argv[5]); sent = 0; t0 = time.monotonic(); send = s.send
+while True:
+    for _ in range(50):
+        send(arp); send(ns)
+    sent += 100
+    now = time.monotonic() - t0
+    if now >= secs: break
+    if rate > 0 and sent / rate > now: time.sleep(sent / rate - now)
+took = time.monotonic() - t0
+print(sent, int(sent / took), file=sys.stderr)
+"#;
+
+/// Run in the client's namespace (`python3 -c`), arguments COUNT INTERVAL
+/// VIP4 VIP6 CLIENT4 CLIENT6: asks COUNT times, INTERVAL seconds apart,
+/// alternately who-has VIP4 (broadcast ARP) and a neighbour solicitation for
+/// VIP6 (to its solicited-node group), and times each answer (200 ms at
+/// most). Prints JSON: asked, answered, and the answer times in ms.
+pub const ASK: &str = r#"
+import json, select, socket, sys, time
+count = int(sys.argv[1]); interval = float(sys.argv[2])
+vip4 = socket.inet_aton(sys.argv[3]); vip6 = socket.inet_pton(socket.AF_INET6, sys.argv[4])
+me4 = socket.inet_aton(sys.argv[5]); me6 = socket.inet_pton(socket.AF_INET6, sys.argv[6])
+a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); a.bind(("eth0", 0))
+n = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86dd)); n.bind(("eth0", 0))
+mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+arp = b"\xff" * 6 + mac + b"\x08\x06" + bytes([0, 1, 8, 0, 6, 4, 0, 1]) + mac + me4 + b"\0" * 6 + vip4
+group = bytes.fromhex("ff0200000000000000000001ff") + vip6[13:]
+icmp = bytearray([135, 0, 0, 0, 0, 0, 0, 0]) + vip6 + bytes([1, 1]) + mac
+pseudo = me6 + group + len(icmp).to_bytes(4, "big") + bytes([0, 0, 0, 58]) + icmp
+total = sum(int.from_bytes(pseudo[i:i + 2], "big") for i in range(0, len(pseudo), 2))
+while total > 0xffff: total = (total & 0xffff) + (total >> 16)
+icmp[2:4] = (~total & 0xffff).to_bytes(2, "big")
+ns = bytes([0x33, 0x33, 0xff]) + vip6[13:] + mac + b"\x86\xdd" + bytes([0x60, 0, 0, 0]) + len(icmp).to_bytes(2, "big") + bytes([58, 255]) + me6 + group + bytes(icmp)
+def answered(sock, v6):
+    deadline = time.monotonic() + 0.2
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]: return False
+        f = sock.recv(2048)
+        if v6:
+            if f[20] == 58 and f[54] == 136 and f[62:78] == vip6 and f[38:54] == me6: return True
+        elif f[20:22] == b"\x00\x02" and f[28:32] == vip4 and f[38:42] == me4: return True
+times = []; asked = 0
+for i in range(count):
+    v6 = i % 2 == 1; sock = n if v6 else a
+    while select.select([sock], [], [], 0)[0]: sock.recv(2048)
+    t = time.monotonic(); sock.send(ns if v6 else arp); asked += 1
+    if answered(sock, v6): times.append((time.monotonic() - t) * 1000)
+    time.sleep(max(0, interval - (time.monotonic() - t)))
+print(json.dumps({"asked": asked, "answered": len(times), "ms": times}))
+"#;

@@ -249,6 +249,37 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     p.wait_get("the Local service on node2", &url3, |b| b == "node2");
     p.cluster.set_endpoints("shop", "local", 9000, &ONLY_NODE3);
     p.wait_get("the Local service moving to node3", &url3, |b| b == "node3");
+
+    // A rogue host on the segment answers ARP for the web VIP with its own
+    // MAC for 2 s (40 forgeries): the owner re-asserts, and the Service gets
+    // one Warning Event, not one per forgery.
+    p.lab.add("rogue");
+    p.lab.attach("rogue", &["192.0.2.66/24"]);
+    let log = std::env::temp_dir().join(format!("{}-steal.log", p.lab.name("x")));
+    p.lab.spawn(
+        "rogue",
+        &["python3", "-c", ferrolb_tests::rogue::STEAL_ARP, "2", &vip],
+        &log,
+    );
+    let note = p.cluster.wait_event("shop", "web", "IPConflict", T).await;
+    eprintln!("conflict Event: {note}");
+    assert!(
+        note.contains(&p.lab.mac("rogue")) && note.contains(&format!("node {next} owns")),
+        "{note}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let conflicts: Vec<(String, String, String)> = p
+        .cluster
+        .events_for("shop", "web")
+        .into_iter()
+        .filter(|(_, r, _)| r == "IPConflict")
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].0, "Warning", "{conflicts:?}");
+    assert_eq!(
+        p.wait_get("the VIP after the theft", &url, |b| b.starts_with("node")),
+        next
+    );
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
 
     // Uninstall: the VIPs' local routes and the ARP sysctls stay on the

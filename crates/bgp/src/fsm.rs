@@ -428,6 +428,17 @@ impl Session {
             (State::Idle, Event::Expired(Timer::ConnectRetry)) if !self.stopped => {
                 self.start_connecting(&mut out)
             }
+            // A passive peer has no other way to a session than the router
+            // connecting: a connection while it waits out the back-off after
+            // an error starts it at once (RFC 4271 8.1.1, event 5: automatic
+            // start with passive TCP establishment). Holding the connection
+            // unanswered would leave the router waiting on its OPEN timer.
+            (State::Idle, Event::TcpConnected) if self.cfg.passive && !self.stopped => {
+                out.push(Output::StopTimer(Timer::ConnectRetry));
+                out.push(Output::Send(Message::Open(self.open())));
+                out.push(Output::StartTimer(Timer::Hold, OPEN_HOLD));
+                self.state = State::OpenSent;
+            }
             (State::Idle, _) => {}
             (State::Connect | State::Active, Event::TcpConnected) => {
                 out.push(Output::StopTimer(Timer::ConnectRetry));
@@ -601,6 +612,35 @@ mod tests {
             "{out:?}"
         );
         s
+    }
+
+    #[test]
+    fn a_passive_peer_backing_off_takes_the_routers_next_connection() {
+        let mut s = established(true);
+        // A malformed message resets the session; the peer is Idle, backing off.
+        let out = s.handle(Event::Message(Message::Open(match peer_open(90) {
+            Message::Open(o) => o,
+            _ => unreachable!(),
+        })));
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Down { .. })),
+            "{out:?}"
+        );
+        assert_eq!(s.state(), State::Idle);
+        // The router connects again at once: OPEN sent, no waiting.
+        let out = s.handle(Event::TcpConnected);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Send(Message::Open(_)))),
+            "{out:?}"
+        );
+        assert_eq!(s.state(), State::OpenSent);
+        // An active peer in Idle still waits for its retry timer.
+        let mut a = established(false);
+        a.handle(Event::TcpFailed);
+        assert_eq!(a.state(), State::Idle);
+        assert!(a.handle(Event::TcpConnected).is_empty());
+        assert_eq!(a.state(), State::Idle);
     }
 
     #[test]

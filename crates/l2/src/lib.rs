@@ -4,11 +4,13 @@
 //! - [`wire`]: Ethernet, ARP and NDP frames, parsed and emitted.
 //! - [`respond`]: what to answer for the VIPs an interface owns, conflict
 //!   detection, and the announcement frames.
+//! - [`limit`]: per-source answer limits, so a flood cannot starve other askers.
 //! - [`election`]: one owner per service, sticky, identical on every node.
 //! - [`membership`]: the UDP heartbeat failure detector.
 
 pub mod auth;
 pub mod election;
+pub mod limit;
 pub mod membership;
 pub mod respond;
 pub mod wire;

@@ -2,7 +2,7 @@
 //! VIP with. Pure: the caller gives the bytes and the set of VIPs this node
 //! owns on the interface, and sends what comes back.
 
-use crate::wire::{self, Arp, ArpOp, Frame, Mac, Ndp, Packet, WireError, ALL_NODES};
+use crate::wire::{self, Arp, ArpOp, Frame, FrameBuf, Mac, Ndp, Packet, WireError, ALL_NODES};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Outcome {
     /// The answer to send, if the frame asked for a VIP we own.
-    pub reply: Option<Vec<u8>>,
+    pub reply: Option<FrameBuf>,
+    /// Who asked (the frame's Ethernet source), for per-source rate limits.
+    pub from: Mac,
     /// Another MAC claims a VIP we own (an answer or announcement for it).
     pub conflict: Option<(IpAddr, Mac)>,
     /// Whether the frame asked about a VIP we own (counted as a request).
@@ -71,10 +73,12 @@ impl Responder {
         if frame.src == self.mac {
             return Ok(Outcome::default());
         }
-        Ok(match frame.packet {
+        let mut out = match frame.packet {
             Packet::Arp(a) => self.arp(&frame, a),
             Packet::Ndp { src, msg, .. } => self.ndp(&frame, src, msg),
-        })
+        };
+        out.from = frame.src;
+        Ok(out)
     }
 
     fn arp(&self, frame: &Frame, a: Arp) -> Outcome {
@@ -150,7 +154,7 @@ impl Responder {
     /// The frames that announce `vip` as ours: a gratuitous ARP request and
     /// reply (Linux treats both as updates), or an unsolicited NA to all nodes
     /// with the override flag.
-    pub fn announce(&self, vip: IpAddr) -> Vec<Vec<u8>> {
+    pub fn announce(&self, vip: IpAddr) -> Vec<FrameBuf> {
         match vip {
             IpAddr::V4(v) => vec![
                 wire::emit(&Frame {
@@ -227,6 +231,7 @@ mod tests {
                 tpa: tpa.parse().unwrap(),
             }),
         })
+        .to_vec()
     }
 
     #[test]
@@ -260,7 +265,13 @@ mod tests {
                 Mac::BROADCAST,
             ))
             .unwrap();
-        assert_eq!(out, Outcome::default());
+        assert_eq!(
+            out,
+            Outcome {
+                from: mac(CLIENT),
+                ..Outcome::default()
+            }
+        );
     }
 
     #[test]
@@ -325,6 +336,7 @@ mod tests {
                 },
             },
         })
+        .to_vec()
     }
 
     fn advert(bytes: &[u8]) -> (Frame, Ipv6Addr, Ipv6Addr, bool, bool, bool, Option<Mac>) {

@@ -296,13 +296,9 @@ fn parse_ndp(p: &[u8]) -> Result<Packet, WireError> {
     if hop_limit != 255 || icmp[1] != 0 || icmp.len() < 24 {
         return Err(WireError::BadNdp);
     }
-    if icmpv6_checksum(src, dst, &{
-        let mut c = icmp.to_vec();
-        c[2] = 0;
-        c[3] = 0;
-        c
-    }) != u16::from_be_bytes([icmp[2], icmp[3]])
-    {
+    // Summed with its checksum in place, a correct message sums to all ones
+    // (RFC 1071): verified without copying it.
+    if icmpv6_checksum(src, dst, icmp) != 0 {
         return Err(WireError::BadChecksum);
     }
     let target = v6_at(icmp, 8);
@@ -355,32 +351,88 @@ fn parse_ndp(p: &[u8]) -> Result<Packet, WireError> {
     Ok(Packet::Ndp { src, dst, msg })
 }
 
+/// The longest frame `emit` writes: Ethernet + IPv6 + an NA with one option.
+pub const MAX_FRAME: usize = ETH_HEADER + IPV6_HEADER + 24 + 8;
+
+/// An emitted frame, held inline: answering a request allocates nothing,
+/// which keeps the responder's cost flat under an ARP or NDP flood.
+#[derive(Clone, Copy)]
+pub struct FrameBuf {
+    buf: [u8; MAX_FRAME],
+    len: usize,
+}
+
+impl FrameBuf {
+    fn new() -> FrameBuf {
+        FrameBuf {
+            buf: [0; MAX_FRAME],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The frame's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::ops::Deref for FrameBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for FrameBuf {
+    fn eq(&self, other: &FrameBuf) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for FrameBuf {}
+
+impl std::fmt::Debug for FrameBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameBuf({:02x?})", self.as_slice())
+    }
+}
+
 /// Writes an Ethernet frame for `frame` (ARP padded to the 60-byte minimum).
-pub fn emit(frame: &Frame) -> Vec<u8> {
-    let mut out = Vec::with_capacity(90);
-    out.extend_from_slice(&frame.dst.0);
-    out.extend_from_slice(&frame.src.0);
+pub fn emit(frame: &Frame) -> FrameBuf {
+    let mut out = FrameBuf::new();
+    out.put(&frame.dst.0);
+    out.put(&frame.src.0);
     match frame.packet {
         Packet::Arp(a) => {
-            out.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
-            out.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
-            out.extend_from_slice(&(if a.op == ArpOp::Request { 1u16 } else { 2 }).to_be_bytes());
-            out.extend_from_slice(&a.sha.0);
-            out.extend_from_slice(&a.spa.octets());
-            out.extend_from_slice(&a.tha.0);
-            out.extend_from_slice(&a.tpa.octets());
-            out.resize(60, 0);
+            out.put(&ETHERTYPE_ARP.to_be_bytes());
+            out.put(&[0, 1, 0x08, 0x00, 6, 4]);
+            out.put(&(if a.op == ArpOp::Request { 1u16 } else { 2 }).to_be_bytes());
+            out.put(&a.sha.0);
+            out.put(&a.spa.octets());
+            out.put(&a.tha.0);
+            out.put(&a.tpa.octets());
+            // The buffer is zeroed: padding is a length change.
+            out.len = 60;
         }
         Packet::Ndp { src, dst, msg } => {
-            out.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
-            let mut icmp = Vec::with_capacity(32);
-            match msg {
+            out.put(&ETHERTYPE_IPV6.to_be_bytes());
+            let mut icmp = [0u8; 32];
+            let icmp_len = match msg {
                 Ndp::Solicit { target, source_lla } => {
-                    icmp.extend_from_slice(&[NS, 0, 0, 0, 0, 0, 0, 0]);
-                    icmp.extend_from_slice(&target.octets());
+                    icmp[0] = NS;
+                    icmp[8..24].copy_from_slice(&target.octets());
                     if let Some(m) = source_lla {
-                        icmp.extend_from_slice(&[OPT_SOURCE_LLA, 1]);
-                        icmp.extend_from_slice(&m.0);
+                        icmp[24] = OPT_SOURCE_LLA;
+                        icmp[25] = 1;
+                        icmp[26..32].copy_from_slice(&m.0);
+                        32
+                    } else {
+                        24
                     }
                 }
                 Ndp::Advert {
@@ -390,24 +442,28 @@ pub fn emit(frame: &Frame) -> Vec<u8> {
                     override_,
                     target_lla,
                 } => {
-                    let flags =
-                        (router as u8) << 7 | (solicited as u8) << 6 | (override_ as u8) << 5;
-                    icmp.extend_from_slice(&[NA, 0, 0, 0, flags, 0, 0, 0]);
-                    icmp.extend_from_slice(&target.octets());
+                    icmp[0] = NA;
+                    icmp[4] = (router as u8) << 7 | (solicited as u8) << 6 | (override_ as u8) << 5;
+                    icmp[8..24].copy_from_slice(&target.octets());
                     if let Some(m) = target_lla {
-                        icmp.extend_from_slice(&[OPT_TARGET_LLA, 1]);
-                        icmp.extend_from_slice(&m.0);
+                        icmp[24] = OPT_TARGET_LLA;
+                        icmp[25] = 1;
+                        icmp[26..32].copy_from_slice(&m.0);
+                        32
+                    } else {
+                        24
                     }
                 }
-            }
-            let sum = icmpv6_checksum(src, dst, &icmp);
+            };
+            let icmp = &mut icmp[..icmp_len];
+            let sum = icmpv6_checksum(src, dst, icmp);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-            out.extend_from_slice(&[0x60, 0, 0, 0]);
-            out.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            out.extend_from_slice(&[ICMPV6, 255]);
-            out.extend_from_slice(&src.octets());
-            out.extend_from_slice(&dst.octets());
-            out.extend_from_slice(&icmp);
+            out.put(&[0x60, 0, 0, 0]);
+            out.put(&(icmp_len as u16).to_be_bytes());
+            out.put(&[ICMPV6, 255]);
+            out.put(&src.octets());
+            out.put(&dst.octets());
+            out.put(icmp);
         }
     }
     out
@@ -463,13 +519,13 @@ mod tests {
             }),
         });
         assert_eq!(parse(&ok[..20]), Err(WireError::Truncated));
-        let mut ipv4 = ok.clone();
+        let mut ipv4 = ok.to_vec();
         ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
         assert_eq!(parse(&ipv4), Err(WireError::Foreign));
-        let mut bad_op = ok.clone();
+        let mut bad_op = ok.to_vec();
         bad_op[21] = 9;
         assert_eq!(parse(&bad_op), Err(WireError::BadArp));
-        let mut bad_hlen = ok.clone();
+        let mut bad_hlen = ok.to_vec();
         bad_hlen[18] = 8;
         assert_eq!(parse(&bad_hlen), Err(WireError::BadArp));
     }
@@ -500,6 +556,7 @@ mod tests {
                 },
             },
         })
+        .to_vec()
     }
 
     #[test]

@@ -210,7 +210,19 @@ pub struct PortRuntime {
     pub bytes_out: prometheus_client::metrics::counter::Counter,
     /// Open connections on this port.
     pub active_gauge: prometheus_client::metrics::gauge::Gauge,
+    /// Rejection counters by reason, made once: a flood of rejected packets
+    /// (a source outside the ranges, an overload) builds no label per packet.
+    rejected: Vec<(&'static str, prometheus_client::metrics::counter::Counter)>,
 }
+
+/// Every reason the forwarder rejects a connection or datagram for.
+pub const REJECT_REASONS: [&str; 5] = [
+    "source_range",
+    "no_backend",
+    "connect_failed",
+    "overload",
+    "limit",
+];
 
 impl PortRuntime {
     /// A port with the given backends (all initially up).
@@ -237,6 +249,20 @@ impl PortRuntime {
         };
         let (bytes_in, bytes_out) = (direction("in"), direction("out"));
         let active_gauge = metrics.active.get_or_create(&labels).clone();
+        let rejected = REJECT_REASONS
+            .iter()
+            .map(|r| {
+                let c = metrics
+                    .rejected
+                    .get_or_create(&RejectLabels {
+                        service: labels.service.clone(),
+                        port: labels.port.clone(),
+                        reason: r.to_string(),
+                    })
+                    .clone();
+                (*r, c)
+            })
+            .collect();
         let port = Arc::new(PortRuntime {
             key,
             service,
@@ -251,6 +277,7 @@ impl PortRuntime {
             bytes_in,
             bytes_out,
             active_gauge,
+            rejected,
         });
         port.set_backends(weights);
         port
@@ -413,15 +440,23 @@ impl PortRuntime {
     }
 
     /// Counts a refused connection or datagram.
-    pub fn reject(&self, reason: &str) {
-        self.metrics
-            .rejected
-            .get_or_create(&RejectLabels {
-                service: self.labels.service.clone(),
-                port: self.labels.port.clone(),
-                reason: reason.to_string(),
-            })
-            .inc();
+    pub fn reject(&self, reason: &'static str) {
+        match self.rejected.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                debug_assert!(false, "reason {reason} missing from REJECT_REASONS");
+                self.metrics
+                    .rejected
+                    .get_or_create(&RejectLabels {
+                        service: self.labels.service.clone(),
+                        port: self.labels.port.clone(),
+                        reason: reason.to_string(),
+                    })
+                    .inc();
+            }
+        }
     }
 
     /// Labels for the service-level metric.

@@ -21,6 +21,11 @@ use tokio::time::Instant;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
 
+thread_local! {
+    /// One receive buffer per worker thread for backend replies.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM]);
+}
+
 /// Datagrams handled per readiness event before yielding to other tasks.
 const BATCH: usize = 256;
 
@@ -254,21 +259,32 @@ async fn replies(
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
-        // Allocated per burst, so idle flows hold no 64 KiB buffer.
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         for _ in 0..BATCH {
-            match upstream.try_recv(&mut buf) {
+            // Received into this worker thread's scratch buffer and sent from
+            // it at once: no allocation per datagram, and idle flows hold no
+            // 64 KiB buffer of their own. Only a reply the VIP socket cannot
+            // take now is copied out, to wait for room.
+            let step = SCRATCH.with_borrow_mut(|buf| match upstream.try_recv(buf) {
                 Ok(n) => {
                     last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    let sent = match socket2::SockRef::from(&*vip_socket)
-                        .send_to(&buf[..n], &client.into())
-                    {
+                    match socket2::SockRef::from(&*vip_socket).send_to(&buf[..n], &client.into()) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            vip_socket.send_to(&buf[..n], client).await.is_ok()
+                            Ok(Some(buf[..n].to_vec()))
                         }
-                        r => r.is_ok(),
-                    };
-                    if sent {
+                        r => {
+                            if r.is_ok() {
+                                packets_out.inc();
+                            }
+                            Ok(None)
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            });
+            match step {
+                Ok(None) => {}
+                Ok(Some(waiting)) => {
+                    if vip_socket.send_to(&waiting, client).await.is_ok() {
                         packets_out.inc();
                     }
                 }

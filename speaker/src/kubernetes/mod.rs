@@ -139,6 +139,32 @@ fn members(pods: &[Arc<Pod>], nodes: &[Arc<Node>], port: u16) -> Vec<Member> {
     out.into_values().collect()
 }
 
+/// How long one (Service, MAC) conflict stays one Event: an attack that goes
+/// on is one Warning, not one a second.
+const CONFLICT_EVENT_EVERY: Duration = Duration::from_secs(600);
+/// Conflicts remembered at most (a flood of forged MACs cannot grow it).
+const CONFLICT_EVENTS_KEPT: usize = 1024;
+
+/// Which conflicts already had their Warning Event.
+#[derive(Default)]
+struct ConflictEvents {
+    last: BTreeMap<(String, ferrolb_l2::wire::Mac), std::time::Instant>,
+}
+
+impl ConflictEvents {
+    /// Whether this conflict deserves an Event now (and remembers it).
+    fn first(&mut self, key: &str, mac: ferrolb_l2::wire::Mac, now: std::time::Instant) -> bool {
+        self.last
+            .retain(|_, t| now.duration_since(*t) < CONFLICT_EVENT_EVERY);
+        let k = (key.to_string(), mac);
+        if self.last.contains_key(&k) || self.last.len() >= CONFLICT_EVENTS_KEPT {
+            return false;
+        }
+        self.last.insert(k, now);
+        true
+    }
+}
+
 /// An Event about Service `key` (`namespace/name`); the uid lets `kubectl
 /// describe` find it.
 fn service_event(
@@ -257,6 +283,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // What this node announced last, per service: (mode, description) pairs.
     let mut announcing: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
     let mut owned_rx: Option<watch::Receiver<BTreeSet<String>>> = None;
+    let mut conflicts_rx: Option<tokio::sync::broadcast::Receiver<crate::l2::ConflictReport>> =
+        None;
+    let mut conflict_events = ConflictEvents::default();
     let mut bgp_peers: Option<Vec<String>> = None;
     let mut baseline_taken = false;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -340,6 +369,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");
                 last_members = member_list.clone();
                 owned_rx = started.l2.as_ref().map(|l2| l2.owned());
+                conflicts_rx = started.l2.as_ref().map(|l2| l2.conflicts());
                 bgp_peers = cfg.bgp.as_ref().filter(|b| !b.peers.is_empty()).map(|b| {
                     b.peers
                         .iter()
@@ -516,6 +546,33 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     owned_rx = None;
                 }
             }
+            r = async { conflicts_rx.as_mut().expect("guarded").recv().await }, if conflicts_rx.is_some() => {
+                match r {
+                    Ok((key, vip, mac)) => {
+                        if conflict_events.first(&key, mac, std::time::Instant::now()) {
+                            let uid = services.state().iter().find(|s| {
+                                s.metadata.namespace.as_deref().zip(s.metadata.name.as_deref())
+                                    .is_some_and(|(n, m)| key.split_once('/') == Some((n, m)))
+                            }).and_then(|s| s.metadata.uid.clone());
+                            let mut ev = service_event(
+                                &key,
+                                uid,
+                                "IPConflict",
+                                "Reassert",
+                                format!("another host (MAC {mac}) answers ARP/NDP for {vip}, which node {} owns; node {} re-asserted it. Find that host: it takes traffic meant for this Service", opts.node, opts.node),
+                            );
+                            ev.warning = true;
+                            events.send(ev);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        for _ in 0..n {
+                            metrics.dropped("l2_conflict_reports");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => conflicts_rx = None,
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -530,4 +587,43 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     forwarder.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrolb_l2::wire::Mac;
+    use std::time::Instant;
+
+    #[test]
+    fn one_conflict_event_per_service_and_mac_every_ten_minutes() {
+        let mut c = ConflictEvents::default();
+        let t = Instant::now();
+        let (rogue, other) = (Mac([2, 0, 0, 0, 0, 0x66]), Mac([2, 0, 0, 0, 0, 0x67]));
+        assert!(c.first("shop/web", rogue, t));
+        // The same attack, re-asserted every second for 9 minutes: no more Events.
+        for s in 1..540 {
+            assert!(!c.first("shop/web", rogue, t + Duration::from_secs(s)));
+        }
+        // Another MAC, or another Service, is news.
+        assert!(c.first("shop/web", other, t + Duration::from_secs(1)));
+        assert!(c.first("shop/api", rogue, t + Duration::from_secs(1)));
+        // Ten minutes after the first Event, a conflict that goes on is said again.
+        assert!(c.first("shop/web", rogue, t + Duration::from_secs(601)));
+    }
+
+    #[test]
+    fn forged_macs_cannot_grow_the_conflict_memory() {
+        let mut c = ConflictEvents::default();
+        let t = Instant::now();
+        let mut said = 0;
+        for i in 0..5_000u32 {
+            let b = i.to_be_bytes();
+            if c.first("shop/web", Mac([2, 0, b[0], b[1], b[2], b[3]]), t) {
+                said += 1;
+            }
+        }
+        assert_eq!(said, CONFLICT_EVENTS_KEPT);
+        assert_eq!(c.last.len(), CONFLICT_EVENTS_KEPT);
+    }
 }

@@ -11,6 +11,7 @@ use crate::announce::{Announcer, ServiceVips};
 use crate::metrics::{IfaceLabels, Metrics};
 use ferrolb_config::{L2Advertisement, Member};
 use ferrolb_l2::election::{self, Claim};
+use ferrolb_l2::limit::SourceLimiter;
 use ferrolb_l2::membership::{Change, Membership, Timing};
 use ferrolb_l2::respond::Responder;
 use ferrolb_l2::wire::solicited_node;
@@ -25,6 +26,13 @@ use tokio::time::Instant;
 
 /// Conflicts (another MAC answering for an owned VIP) waiting for the runner.
 const CONFLICT_QUEUE: usize = 64;
+/// Conflict reports held for a slow subscriber.
+const CONFLICT_REPORTS: usize = 16;
+/// A conflict re-asserts a service at most this often.
+const REASSERT_EVERY: Duration = Duration::from_secs(1);
+
+/// A conflict the runner reports: (service key, VIP, the other MAC).
+pub type ConflictReport = (String, IpAddr, ferrolb_l2::wire::Mac);
 
 /// How layer 2 mode runs on this node.
 #[derive(Debug, Clone)]
@@ -91,6 +99,8 @@ struct Owned {
     vips: Vec<IpAddr>,
     next: Instant,
     sent: usize,
+    /// When a conflict last made this node re-assert the service.
+    reasserted: Option<Instant>,
 }
 
 /// The latest services and members for the runner. Each is a whole
@@ -104,9 +114,16 @@ pub struct L2Announcer {
     services: Latest<Vec<ServiceVips>>,
     members: Latest<Vec<Member>>,
     owned: tokio::sync::watch::Receiver<BTreeSet<String>>,
+    conflicts: tokio::sync::broadcast::Sender<ConflictReport>,
 }
 
 impl L2Announcer {
+    /// Conflicts this node re-asserted a VIP against (at most one a second
+    /// per service); a receiver that falls behind loses the oldest.
+    pub fn conflicts(&self) -> tokio::sync::broadcast::Receiver<ConflictReport> {
+        self.conflicts.subscribe()
+    }
+
     /// Replaces the member list (Kubernetes mode: the speaker Pods, with their
     /// nodes' labels). Members that stay keep their state.
     pub fn set_members(&self, members: Vec<Member>) {
@@ -130,6 +147,7 @@ fn open_iface(
     i: &iface::Iface,
     conflicts: &mpsc::Sender<(IpAddr, ferrolb_l2::wire::Mac)>,
     metrics: &Arc<Metrics>,
+    main: &tokio::runtime::Handle,
 ) -> Result<IfaceRt, L2Error> {
     let socket = Arc::new(
         PacketSocket::open(i.index).map_err(|source| L2Error::Socket {
@@ -139,7 +157,8 @@ fn open_iface(
     );
     let responder = Arc::new(Mutex::new(Responder::new(i.mac)));
     let mcast = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).ok();
-    let receiver = tokio::spawn(receive(
+    // On the main runtime: a flood keeps the responder busy, never the failure detector's thread.
+    let receiver = main.spawn(receive(
         i.name.clone(),
         Arc::clone(&socket),
         Arc::clone(&responder),
@@ -193,19 +212,30 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
     }
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     crate::host::prepare_arp(&names)?;
+    let main = tokio::runtime::Handle::current();
     let mut rts = Vec::new();
     // Bounded: a flood of forged answers must not grow memory; one conflict
     // per VIP already makes the owner re-assert.
     let (conflict_tx, conflict_rx) = mpsc::channel(CONFLICT_QUEUE);
     for i in &ifaces {
-        rts.push(open_iface(i, &conflict_tx, &metrics)?);
+        rts.push(open_iface(i, &conflict_tx, &metrics, &main)?);
     }
-    let udp = UdpSocket::bind(me.address)
-        .await
+    let udp = std::net::UdpSocket::bind(me.address)
+        .and_then(|u| u.set_nonblocking(true).map(|()| u))
         .map_err(|source| L2Error::Socket {
             what: format!("the membership socket on {}", me.address),
             source,
         })?;
+    let (iface_tx, iface_rx) = mpsc::channel(IFACE_EVENTS);
+    tokio::spawn(watch_interfaces(
+        named,
+        ifaces
+            .iter()
+            .map(|i| (i.name.clone(), i.index, i.carrier))
+            .collect(),
+        iface_tx,
+    ));
+    let local = crate::host::LocalRouteWorker::spawn();
     let mut membership = Membership::new(
         &me.name,
         opts.members.iter().map(|m| (m.name.clone(), m.address)),
@@ -231,34 +261,76 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
     let (services_tx, services_rx) = tokio::sync::watch::channel(None);
     let (members_tx, members_rx) = tokio::sync::watch::channel(None);
     let (owned_tx, owned) = tokio::sync::watch::channel(BTreeSet::new());
-    let runner = Runner {
-        opts,
-        me: me.name,
-        membership,
-        udp,
-        ifaces: rts,
-        services: Vec::new(),
-        owned: BTreeMap::new(),
-        epoch: Instant::now(),
-        metrics,
-        lost_owner_at: None,
-        named,
-        conflict_tx,
-        ticks: 0,
-        isolated: false,
-        local: crate::host::LocalRoutes::default(),
-        owned_tx,
-        refused_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
-    };
-    tokio::spawn(runner.run(services_rx, members_rx, conflict_rx));
+    let (reports, _) = tokio::sync::broadcast::channel(CONFLICT_REPORTS);
+    let reports2 = reports.clone();
+    let thread_metrics = Arc::clone(&metrics);
+    // The failure detector gets an OS thread and runtime of its own: whatever
+    // the responders, the forwarder or the API watches do on the main runtime
+    // (a flood, a slow netlink), heartbeats go out and come in on time.
+    std::thread::Builder::new()
+        .name("ferrolb-l2".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the layer 2 runtime; layer 2 mode stopped");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let udp = match UdpSocket::from_std(udp) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::error!(error = %e, "membership socket unusable; layer 2 mode stopped");
+                        return;
+                    }
+                };
+                let runner = Runner {
+                    opts,
+                    me: me.name,
+                    membership,
+                    udp,
+                    ifaces: rts,
+                    services: Vec::new(),
+                    owned: BTreeMap::new(),
+                    epoch: Instant::now(),
+                    metrics: thread_metrics,
+                    lost_owner_at: None,
+                    conflict_tx,
+                    isolated: false,
+                    local,
+                    owned_tx,
+                    refused_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
+                    conflict_reports: reports2,
+                    main,
+                };
+                runner.run(services_rx, members_rx, conflict_rx, iface_rx).await;
+            });
+        })
+        .map_err(|source| L2Error::Socket {
+            what: "the layer 2 thread".into(),
+            source,
+        })?;
     Ok(L2Announcer {
         services: std::sync::Arc::new(services_tx),
         members: std::sync::Arc::new(members_tx),
         owned,
+        conflicts: reports,
     })
 }
 
-/// Answers frames on one interface until its socket fails.
+/// Answers per second one asking MAC gets; a host re-checking a neighbour
+/// asks a few times a second at most, a flood far more.
+const ANSWERS_PER_SOURCE: u64 = 50;
+/// The burst one asking MAC may have (a client's probes after a failover).
+const ANSWER_BURST: u64 = 20;
+
+/// Answers frames on one interface until its socket fails. Nothing in the
+/// loop allocates: the frame buffer, the answer and the counters are made
+/// once, so a flood costs CPU per frame and never memory.
 async fn receive(
     name: String,
     socket: Arc<PacketSocket>,
@@ -269,6 +341,23 @@ async fn receive(
     let labels = IfaceLabels {
         interface: name.clone(),
     };
+    let requests = metrics.l2_requests.get_or_create(&labels).clone();
+    let answers = metrics.l2_answers.get_or_create(&labels).clone();
+    let malformed = metrics.l2_malformed.get_or_create(&labels).clone();
+    let limited = metrics.l2_limited.get_or_create(&labels).clone();
+    let conflicts_dropped = metrics
+        .queue_dropped
+        .get_or_create(&crate::metrics::QueueLabels {
+            queue: "l2_conflicts".into(),
+        })
+        .clone();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ std::process::id() as u64;
+    let mut limiter = SourceLimiter::new(ANSWERS_PER_SOURCE, ANSWER_BURST, seed);
+    let epoch = Instant::now();
     let mut buf = vec![0u8; 2048];
     loop {
         let n = match socket.recv(&mut buf).await {
@@ -282,22 +371,107 @@ async fn receive(
         match outcome {
             Ok(o) => {
                 if o.asked {
-                    metrics.l2_requests.get_or_create(&labels).inc();
+                    requests.inc();
                 }
                 if let Some(reply) = o.reply {
-                    if socket.send(&reply).await.is_ok() {
-                        metrics.l2_answers.get_or_create(&labels).inc();
+                    // Milliseconds since start, never 0 (0 marks an unused slot).
+                    let now = epoch.elapsed().as_millis() as u64 + 1;
+                    if !limiter.allow(o.from, now) {
+                        limited.inc();
+                    } else if socket.send(&reply).await.is_ok() {
+                        answers.inc();
                     }
                 }
                 if let Some(c) = o.conflict {
                     if conflicts.try_send(c).is_err() {
-                        metrics.dropped("l2_conflicts");
+                        conflicts_dropped.inc();
                     }
                 }
             }
-
             Err(_) => {
-                metrics.l2_malformed.get_or_create(&labels).inc();
+                malformed.inc();
+            }
+        }
+    }
+}
+
+/// Interface changes the watcher reports to the failure detector's thread.
+#[derive(Debug)]
+enum IfaceEvent {
+    /// Link (up and carrier) of an interface in use changed.
+    Carrier(String, bool),
+    /// An interface in use vanished or changed its index.
+    Gone(String),
+    /// A new announcing interface, its ARP sysctls already set.
+    New(iface::Iface),
+}
+
+/// Interface events waiting for the failure detector.
+const IFACE_EVENTS: usize = 16;
+
+/// Rechecks carrier every 100 ms and the interface list every second, so
+/// interfaces that appear or vanish are picked up without a restart. Runs
+/// on the main runtime: /sys reads and sysctl writes never hold up a
+/// heartbeat.
+async fn watch_interfaces(
+    named: Vec<String>,
+    start: Vec<(String, u32, bool)>,
+    events: mpsc::Sender<IfaceEvent>,
+) {
+    // name -> (index, link)
+    let mut known: BTreeMap<String, (u32, bool)> =
+        start.into_iter().map(|(n, i, c)| (n, (i, c))).collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        for (name, (_, link)) in known.iter_mut() {
+            let now = iface::read_iface(name).is_some_and(|x| x.up && x.carrier);
+            if now != *link {
+                if now {
+                    tracing::info!(interface = %name, "link up");
+                } else {
+                    tracing::warn!(interface = %name, "link down");
+                }
+                *link = now;
+                if events
+                    .send(IfaceEvent::Carrier(name.clone(), now))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if !ticks.is_multiple_of(10) {
+            continue;
+        }
+        let now: Vec<iface::Iface> = iface::announcing(&named);
+        let gone: Vec<String> = known
+            .iter()
+            .filter(|(name, (index, _))| !now.iter().any(|n| n.name == **name && n.index == *index))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            tracing::warn!(interface = %name, "interface gone; no longer answering on it");
+            known.remove(&name);
+            if events.send(IfaceEvent::Gone(name)).await.is_err() {
+                return;
+            }
+        }
+        for n in now {
+            if known.contains_key(&n.name) {
+                continue;
+            }
+            if let Err(e) = crate::host::prepare_arp(std::slice::from_ref(&n.name)) {
+                tracing::error!(interface = %n.name, error = %e, "new interface not used");
+                continue;
+            }
+            known.insert(n.name.clone(), (n.index, n.up && n.carrier));
+            if events.send(IfaceEvent::New(n)).await.is_err() {
+                return;
             }
         }
     }
@@ -315,18 +489,19 @@ struct Runner {
     metrics: Arc<Metrics>,
     /// When a member that owned something was declared down (for the failover histogram).
     lost_owner_at: Option<Instant>,
-    /// Interfaces named in the config (empty: automatic).
-    named: Vec<String>,
     conflict_tx: mpsc::Sender<(IpAddr, ferrolb_l2::wire::Mac)>,
-    ticks: u64,
     /// No peer heard while peers are configured.
     isolated: bool,
-    /// VIPs already made local on this node.
-    local: crate::host::LocalRoutes,
+    /// Makes VIPs local on this node, off this thread (netlink).
+    local: crate::host::LocalRouteWorker,
+    /// The main runtime, where the responders run.
+    main: tokio::runtime::Handle,
     /// Publishes the owned service keys.
     owned_tx: tokio::sync::watch::Sender<BTreeSet<String>>,
     /// One warning a minute about refused datagrams, naming the source.
     refused_warn: ferrolb_ops::RateLimit,
+    /// Re-assertions after a conflict, for whoever reports them (Kubernetes Events).
+    conflict_reports: tokio::sync::broadcast::Sender<ConflictReport>,
 }
 
 impl Runner {
@@ -339,6 +514,7 @@ impl Runner {
         mut services: tokio::sync::watch::Receiver<Option<Vec<ServiceVips>>>,
         mut members: tokio::sync::watch::Receiver<Option<Vec<Member>>>,
         mut conflicts: mpsc::Receiver<(IpAddr, ferrolb_l2::wire::Mac)>,
+        mut iface_events: mpsc::Receiver<IfaceEvent>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -395,25 +571,39 @@ impl Runner {
                     }
                     let Some(list) = services.borrow_and_update().clone() else { continue };
                     self.services = list;
-                    let vips = self.services.iter().flat_map(|s| s.vips.iter().copied());
-                    if let Err(e) = self.local.ensure(vips) {
-                        tracing::error!(error = %e, "VIP traffic will not be accepted on this node");
-                    }
+                    self.local.want(self.services.iter().flat_map(|s| s.vips.iter().copied()).collect());
                     self.elect().await;
                 }
-                Some((vip, mac)) = conflicts.recv() => {
-                    self.metrics.l2_duplicates.get_or_create(&crate::metrics::VipLabels { vip: vip.to_string() }).inc();
-                    tracing::warn!(%vip, other = %mac, "another MAC answers for a VIP this node owns");
-                    // Re-assert now; the other node stands down once it sees our older claim.
-                    let key = self.owned.iter().find(|(_, o)| o.vips.contains(&vip)).map(|(k, _)| k.clone());
-                    if let Some(k) = key {
-                        if let Some(o) = self.owned.get_mut(&k) {
-                            o.next = Instant::now();
-                        }
-                    }
-                }
+                Some((vip, mac)) = conflicts.recv() => self.on_conflict(vip, mac),
+                Some(ev) = iface_events.recv() => self.on_iface(ev),
             }
         }
+    }
+
+    /// Another MAC answered or announced a VIP this node owns: re-assert it
+    /// (at most once a second per service, so a flood of forged answers is
+    /// not answered by a flood of announcements), count it, and warn.
+    fn on_conflict(&mut self, vip: IpAddr, mac: ferrolb_l2::wire::Mac) {
+        self.metrics
+            .l2_duplicates
+            .get_or_create(&crate::metrics::VipLabels {
+                vip: vip.to_string(),
+            })
+            .inc();
+        let now = Instant::now();
+        let Some((key, o)) = self.owned.iter_mut().find(|(_, o)| o.vips.contains(&vip)) else {
+            return;
+        };
+        if o.reasserted
+            .is_some_and(|t| now.duration_since(t) < REASSERT_EVERY)
+        {
+            return;
+        }
+        o.reasserted = Some(now);
+        o.next = now;
+        tracing::warn!(%vip, other = %mac, service = %key, "another MAC answers for a VIP this node owns; re-asserting");
+        // Kubernetes mode turns this into a Warning Event; without a subscriber it goes nowhere.
+        let _ = self.conflict_reports.send((key.clone(), vip, mac));
     }
 
     fn claims(&self) -> Vec<(String, u64)> {
@@ -423,49 +613,32 @@ impl Runner {
             .collect()
     }
 
-    /// Rechecks carrier every 100 ms and the interface list every second, so
-    /// interfaces that appear or vanish are picked up without a restart.
-    fn watch_interfaces(&mut self) {
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(10) {
-            for i in &mut self.ifaces {
-                let carrier = iface::read_iface(&i.name).is_some_and(|x| x.up && x.carrier);
-                if carrier != i.carrier {
-                    if carrier {
-                        tracing::info!(interface = %i.name, "link up");
-                    } else {
-                        tracing::warn!(interface = %i.name, "link down");
-                    }
+    /// What the interface watcher saw.
+    fn on_iface(&mut self, ev: IfaceEvent) {
+        match ev {
+            IfaceEvent::Carrier(name, carrier) => {
+                if let Some(i) = self.ifaces.iter_mut().find(|i| i.name == name) {
                     i.carrier = carrier;
                 }
             }
-        }
-        if self.ticks.is_multiple_of(100) {
-            let now: Vec<iface::Iface> = iface::announcing(&self.named);
-            let before = self.ifaces.len();
-            self.ifaces.retain(|i| {
-                let keep = now.iter().any(|n| n.name == i.name && n.index == i.index);
-                if !keep {
-                    tracing::warn!(interface = %i.name, "interface gone; no longer answering on it");
-                }
-                keep
-            });
-            for n in now {
-                if !self.ifaces.iter().any(|i| i.name == n.name) {
-                    if let Err(e) = crate::host::prepare_arp(std::slice::from_ref(&n.name)) {
-                        tracing::error!(interface = %n.name, error = %e, "new interface not used");
-                        continue;
-                    }
-                    match open_iface(&n, &self.conflict_tx, &self.metrics) {
-                        Ok(rt) => self.ifaces.push(rt),
-                        Err(e) => {
-                            tracing::error!(interface = %n.name, error = %e, "new interface not used")
-                        }
-                    }
+            IfaceEvent::Gone(name) => {
+                let before = self.ifaces.len();
+                self.ifaces.retain(|i| i.name != name);
+                if self.ifaces.len() != before {
+                    self.apply_owned();
                 }
             }
-            if self.ifaces.len() != before {
-                self.apply_owned();
+            IfaceEvent::New(n) => {
+                self.ifaces.retain(|i| i.name != n.name);
+                match open_iface(&n, &self.conflict_tx, &self.metrics, &self.main) {
+                    Ok(rt) => {
+                        self.ifaces.push(rt);
+                        self.apply_owned();
+                    }
+                    Err(e) => {
+                        tracing::error!(interface = %n.name, error = %e, "new interface not used")
+                    }
+                }
             }
         }
     }
@@ -476,7 +649,6 @@ impl Runner {
     }
 
     async fn on_tick(&mut self) {
-        self.watch_interfaces();
         let now = self.now_ms();
         // Heard by nobody while peers exist: maybe the others are dead, maybe this node is cut off.
         // Keep serving, but make the claims fresh so that, when the network heals, a peer that took
@@ -586,6 +758,7 @@ impl Runner {
                         vips: s.vips.clone(),
                         next: Instant::now(),
                         sent: 0,
+                        reasserted: None,
                     },
                 );
                 self.metrics.l2_ownership_changes.inc();
@@ -681,7 +854,7 @@ impl Runner {
                 .observe(t.elapsed().as_secs_f64());
         }
         for i in &self.ifaces {
-            let out: Vec<Vec<u8>> = {
+            let out: Vec<ferrolb_l2::wire::FrameBuf> = {
                 let r = i.responder.lock().expect("lock poisoned");
                 frames.iter().flat_map(|v| r.announce(*v)).collect()
             };
