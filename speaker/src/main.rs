@@ -309,9 +309,25 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Raises the soft open-files limit to the hard one: every forwarded TCP
+/// connection holds two descriptors, and the usual soft default (1,024)
+/// would refuse connections long before `maxConnections`.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "open files limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
+    raise_open_files_limit();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Standalone {

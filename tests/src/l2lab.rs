@@ -179,6 +179,13 @@ impl Cluster {
 
     /// As [`Cluster::start`], with heartbeat keys (`failover.keyFile`) when given.
     pub fn start_with_key(tag: &str, keys: Option<&str>) -> Cluster {
+        Cluster::start_with(tag, keys, "")
+    }
+
+    /// As [`Cluster::start_with_key`], with `extra` top-level YAML sections
+    /// appended to every node's configuration.
+    pub fn start_with(tag: &str, keys: Option<&str>, extra: &str) -> Cluster {
+        let config = || format!("{}{extra}", config());
         let mut lab = Lab::new(tag);
         let dir = std::env::temp_dir().join(format!("ferrolb-l2-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();

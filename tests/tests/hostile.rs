@@ -422,3 +422,181 @@ fn an_arp_and_ndp_flood_does_not_starve_legitimate_requests() {
     );
     assert_eq!(c.wait_served(url, Duration::from_secs(2)), owner);
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A rogue holds 10,000 half-open connections (spoofed SYNs) and tries
+/// 10,000 slow ones (one byte every 2 s) to the forwarded VIP. The kernel
+/// answers the SYNs with cookies, the forwarder holds the rogue's share
+/// (`maxConnectionsPerSource`) and refuses the rest, the client is served
+/// throughout, and the speaker's memory stays bounded (reported).
+#[test]
+fn half_open_and_slow_connections_leave_the_vip_to_legitimate_clients() {
+    if !require(
+        "slow and half-open connections by a rogue host",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    const PER_SOURCE: usize = 256;
+    let mut c = Cluster::start_with(
+        "hc",
+        Some(KEY),
+        &format!("forwarder: {{maxConnectionsPerSource: {PER_SOURCE}}}\n"),
+    );
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    let pid = c.speaker_pid(&owner).unwrap();
+    let rss0 = rss_kib(pid);
+    c.lab.add("rogue");
+    c.lab.attach("rogue", &["192.0.2.66/24"]);
+    let syn = c.lab.exec(
+        "rogue",
+        &[
+            "python3",
+            "-c",
+            rogue::SYN_FLOOD,
+            "10000",
+            "192.0.2.100",
+            "8080",
+            "192.0.2.77",
+        ],
+    );
+    assert!(
+        syn.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syn.stderr)
+    );
+    let half_open = String::from_utf8_lossy(
+        &c.lab
+            .exec_ok(
+                &owner,
+                &["ss", "-Htn", "state", "syn-recv", "sport", "=", ":8080"],
+            )
+            .stdout,
+    )
+    .lines()
+    .count();
+    let log = std::env::temp_dir().join(format!("{}-slow.json", c.lab.name("x")));
+    c.lab.spawn(
+        "rogue",
+        &[
+            "python3",
+            "-c",
+            rogue::SLOW,
+            "10000",
+            "192.0.2.100",
+            "8080",
+            "12",
+        ],
+        &log,
+    );
+    // While the rogue holds what it can: the client is served every time.
+    std::thread::sleep(Duration::from_secs(6));
+    let rss_held = rss_kib(pid);
+    let mut served = 0;
+    for _ in 0..40 {
+        if c.get(url, 2.0).is_some() {
+            served += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = c.metrics(&owner);
+    let limited = metric_sum(&m, "ferrolb_rejected_total", &["reason=\"source_limit\""]);
+    let active = metric_sum(&m, "ferrolb_connections_active", &["service=\"web\""]);
+    // Wait for the slow client's report.
+    let t = std::time::Instant::now();
+    let report = loop {
+        let r = std::fs::read_to_string(&log).unwrap_or_default();
+        if r.contains("alive") || t.elapsed() > Duration::from_secs(30) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let line = report
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no report: {report}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let alive = v["alive"].as_u64().unwrap() as usize;
+    eprintln!(
+        "10,000 spoofed SYNs: {half_open} half-open on the owner (the rest answered with cookies); \
+         10,000 slow connections: {} completed the handshake, {alive} held to the end (limit {PER_SOURCE} per source), \
+         {limited:.0} refused by the source limit; active connections on web {active:.0}; \
+         client served {served}/40; speaker RSS {} KiB before, {} KiB while held (+{} KiB)",
+        v["opened"],
+        rss0,
+        rss_held,
+        rss_held.saturating_sub(rss0),
+    );
+    assert_eq!(
+        served,
+        40,
+        "the client was refused while the rogue attacked\n{}",
+        c.logs()
+    );
+    assert!(alive <= PER_SOURCE, "the rogue held {alive} connections");
+    assert!(
+        alive > PER_SOURCE / 2,
+        "the rogue held only {alive}: the test proves nothing"
+    );
+    assert!(
+        limited > 5_000.0,
+        "the source limit refused only {limited}\n{m}"
+    );
+    // Memory: held connections carry no buffers; the bound is generous (64 MiB).
+    assert!(
+        rss_held.saturating_sub(rss0) < 64 * 1024,
+        "RSS grew {} KiB",
+        rss_held - rss0
+    );
+    assert!(!c.logs().contains("panicked"), "{}", c.logs());
+}
+
+/// Why `maxConnectionsPerSource` matters: without it, one host holding slow
+/// connections takes every slot of `maxConnections` and the client is refused.
+#[test]
+fn without_a_source_limit_slow_connections_lock_clients_out() {
+    if !require(
+        "slow connections without a source limit",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut c = Cluster::start_with("hd", Some(KEY), "forwarder: {maxConnections: 300}\n");
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    c.lab.add("rogue");
+    c.lab.attach("rogue", &["192.0.2.66/24"]);
+    let log = std::env::temp_dir().join(format!("{}-slow.json", c.lab.name("x")));
+    c.lab.spawn(
+        "rogue",
+        &[
+            "python3",
+            "-c",
+            rogue::SLOW,
+            "1000",
+            "192.0.2.100",
+            "8080",
+            "8",
+        ],
+        &log,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let served = (0..10).filter(|_| c.get(url, 1.0).is_some()).count();
+    let m = c.metrics(&owner);
+    let limited = metric_sum(&m, "ferrolb_rejected_total", &["reason=\"limit\""]);
+    eprintln!(
+        "without a source limit: client served {served}/10, {limited:.0} refused at maxConnections"
+    );
+    assert_eq!(served, 0, "the rogue should have held every slot");
+    assert!(limited > 0.0, "{m}");
+}

@@ -68,6 +68,10 @@ pub struct ForwarderSettings {
     pub drain_timeout: Duration,
     /// Concurrent connections per service, unless the service sets its own.
     pub max_connections: u32,
+    /// Concurrent connections one client address may hold per service (0:
+    /// no limit), so that one host holding slow connections cannot take
+    /// every slot of `max_connections`.
+    pub max_connections_per_source: u32,
     /// A UDP flow with no packet either way for this long is forgotten.
     pub udp_idle_timeout: Duration,
     /// UDP flows kept per port; beyond it the oldest is evicted.
@@ -83,6 +87,7 @@ impl Default for ForwarderSettings {
             idle_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            max_connections_per_source: 0,
             udp_idle_timeout: Duration::from_secs(30),
             udp_max_flows: 65_536,
             splice: false,

@@ -175,6 +175,7 @@ fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings> {
             "idleTimeout",
             "drainTimeout",
             "maxConnections",
+            "maxConnectionsPerSource",
             "udpIdleTimeout",
             "udpMaxFlows",
             "splice",
@@ -216,6 +217,12 @@ fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings> {
         .and_then(|f| ctx.uint(f, 1, 10_000_000))
     {
         s.max_connections = n;
+    }
+    if let Some(n) = obj
+        .get("maxConnectionsPerSource")
+        .and_then(|f| ctx.uint(f, 0, 10_000_000))
+    {
+        s.max_connections_per_source = n;
     }
     if let Some(n) = obj
         .get("udpMaxFlows")

@@ -195,6 +195,8 @@ impl Forwarder {
                 }
                 None => Arc::new(ServiceRuntime::new(&s.name, max, s.source_ranges.clone())),
             };
+            svc.max_per_source
+                .store(settings.max_connections_per_source, Ordering::Relaxed);
             self.services.insert(s.name.clone(), Arc::clone(&svc));
             services_seen.push(s.name.clone());
             for p in &s.ports {

@@ -5,6 +5,7 @@ use crate::metrics::{BackendLabels, Metrics, PortLabels, RejectLabels, ServiceLa
 use ferrolb_balance::health::{Health, Observation, State};
 use ferrolb_balance::select::{Algorithm, Candidate, Selector};
 use ferrolb_config::{HealthCheck, Protocol, ProxyProtocol};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -130,6 +131,11 @@ pub struct ServiceRuntime {
     pub active: AtomicU64,
     /// Connection limit.
     pub max_connections: AtomicU32,
+    /// Connections one client address may hold (0: no limit).
+    pub max_per_source: AtomicU32,
+    /// Open connections by client address; an address leaves the map with
+    /// its last connection, so the map never outgrows the connections.
+    per_source: Mutex<HashMap<IpAddr, u32>>,
     source_ranges: RwLock<Vec<ferrolb_ipset::Cidr>>,
 }
 
@@ -144,6 +150,8 @@ impl ServiceRuntime {
             name: name.to_string(),
             active: AtomicU64::new(0),
             max_connections: AtomicU32::new(max_connections),
+            max_per_source: AtomicU32::new(0),
+            per_source: Mutex::new(HashMap::new()),
             source_ranges: RwLock::new(source_ranges),
         }
     }
@@ -163,24 +171,51 @@ impl ServiceRuntime {
         ranges.is_empty() || ranges.iter().any(|c| c.interval().contains(client))
     }
 
-    /// Takes a connection slot, or `None` at the limit.
-    pub fn admit(self: &Arc<Self>) -> Option<ActiveGuard> {
+    /// Takes a connection slot for `client`, or says which limit it hit.
+    pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<ActiveGuard, &'static str> {
+        let per_source = self.max_per_source.load(Ordering::Relaxed);
+        let client = unmap(client);
+        if per_source > 0 {
+            let mut m = self.per_source.lock().expect("lock poisoned");
+            let n = m.entry(client).or_insert(0);
+            if *n >= per_source {
+                return Err("source_limit");
+            }
+            *n += 1;
+        }
         let max = self.max_connections.load(Ordering::Relaxed) as u64;
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
+        let guard = ActiveGuard {
+            service: Arc::clone(self),
+            source: (per_source > 0).then_some(client),
+        };
         if prev >= max {
-            self.active.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            // Dropping the guard gives both counts back.
+            drop(guard);
+            return Err("limit");
         }
-        Some(ActiveGuard(Arc::clone(self)))
+        Ok(guard)
     }
 }
 
-/// Releases a service connection slot when dropped.
-pub struct ActiveGuard(Arc<ServiceRuntime>);
+/// Releases a service connection slot (and its source's) when dropped.
+pub struct ActiveGuard {
+    service: Arc<ServiceRuntime>,
+    source: Option<IpAddr>,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.service.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.source {
+            let mut m = self.service.per_source.lock().expect("lock poisoned");
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -216,8 +251,9 @@ pub struct PortRuntime {
 }
 
 /// Every reason the forwarder rejects a connection or datagram for.
-pub const REJECT_REASONS: [&str; 5] = [
+pub const REJECT_REASONS: [&str; 6] = [
     "source_range",
+    "source_limit",
     "no_backend",
     "connect_failed",
     "overload",

@@ -62,9 +62,12 @@ async fn handle(port: Arc<PortRuntime>, client: TcpStream, peer: SocketAddr) {
         port.reject("source_range");
         return refuse(client);
     }
-    let Some(_slot) = port.service.admit() else {
-        port.reject("limit");
-        return refuse(client);
+    let _slot = match port.service.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            port.reject(limit);
+            return refuse(client);
+        }
     };
     let cfg = port.config();
     let mut failed: Vec<SocketAddr> = Vec::new();
