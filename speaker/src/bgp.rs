@@ -226,7 +226,19 @@ fn listener(addr: SocketAddr, peers: &[&Peer]) -> std::io::Result<tokio::net::Tc
     }
     socket.set_reuse_address(true)?;
     for p in peers {
-        if let Some(key) = password(p)? {
+        let key = match password(p) {
+            Ok(k) => k,
+            Err(e) => {
+                // Fail closed: a key nobody knows, so the kernel lets no
+                // connection from this peer through, keyed or not.
+                tracing::error!(peer = %p.name, error = %e, "no TCP-MD5 key for this peer: refusing its connections");
+                let mut k = vec![0u8; ferrolb_sys::TCP_MD5_MAX_KEY];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                    .map_err(|_| std::io::Error::other("no randomness for a TCP-MD5 key"))?;
+                Some(k)
+            }
+        };
+        if let Some(key) = key {
             ferrolb_sys::set_tcp_md5(&socket, p.address, &key)?;
         }
     }
@@ -245,6 +257,13 @@ fn password(peer: &Peer) -> std::io::Result<Option<Vec<u8>>> {
                 .as_bytes()
                 .to_vec(),
         ),
+        // Kubernetes mode replaces it with the Secret's value before a peer
+        // starts; one still here could not be read (the error was logged).
+        Some(PeerPassword::Secret { name, .. }) => {
+            return Err(std::io::Error::other(format!(
+                "the password Secret {name:?} was not read; no session without its key"
+            )))
+        }
         None => None,
     })
 }
@@ -437,14 +456,7 @@ async fn connect(peer: Peer) -> std::io::Result<TcpStream> {
     let addr = SocketAddr::new(peer.address, peer.port);
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if let Some(pw) = &peer.password {
-        let key = match pw {
-            PeerPassword::Inline(k) => k.clone().into_bytes(),
-            PeerPassword::File(path) => std::fs::read_to_string(path)?
-                .trim_end()
-                .as_bytes()
-                .to_vec(),
-        };
+    if let Some(key) = password(&peer)? {
         ferrolb_sys::set_tcp_md5(&socket, peer.address, &key)?;
     }
     if let Some(ttl) = peer.ebgp_multihop {

@@ -34,6 +34,21 @@ pub struct Options {
 /// Reads, validates and plans the file; the error lists every problem.
 pub fn load(path: &Path) -> Result<(Config, Plan), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
+    // There is no API to read a Secret from here.
+    if let Some(b) = &config.bgp {
+        for p in &b.peers {
+            if matches!(
+                p.password,
+                Some(ferrolb_config::PeerPassword::Secret { .. })
+            ) {
+                return Err(format!(
+                    "{}: bgp peer {:?}: passwordSecret is read from the Kubernetes API, which standalone mode does not use; use passwordFile",
+                    path.display(),
+                    p.name
+                ));
+            }
+        }
+    }
     let plan = plan::plan(&config).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         format!(

@@ -431,6 +431,19 @@ impl KubeSpeaker {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Its metrics address.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    /// Its `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for KubeSpeaker {

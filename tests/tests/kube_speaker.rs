@@ -255,3 +255,97 @@ async fn a_restarted_speaker_does_not_repeat_its_bgp_events() {
             .output();
     }
 }
+
+/// A BGP password from a Secret (`passwordSecret`, as MetalLB users write
+/// it): the speaker reads it through the API with the RBAC deploy/ grants,
+/// sets it as the TCP-MD5 key (a router listening with that key accepts the
+/// session; the kernel would drop the SYN of any other), and the value shows
+/// in no log (at debug level), Event, metric, status or `validate` output. A
+/// peer whose Secret is missing gets no session and an error naming the Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bgp_password_from_a_secret_keys_the_session_and_is_never_shown() {
+    const SECRET: &str = "md5-from-a-secret-never-shown-77";
+    let c = Cluster::start().await;
+    c.create_secret("ferrolb-system", "bgp-tor", &[("password", SECRET)]);
+    // The router: a listener keyed for the speaker's address.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    ferrolb_sys::set_tcp_md5(&sock, "127.0.0.1".parse().unwrap(), SECRET.as_bytes()).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(8).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let port = sock.local_addr().unwrap().as_socket().unwrap().port();
+    let router = tokio::net::TcpListener::from_std(sock.into()).unwrap();
+    let missing_port = ferrolb_tests::speaker::free_port();
+    let config = format!(
+        "pools: [{{name: loopback, addresses: [127.0.49.0/28]}}]
+bgp:
+  routerId: 192.0.2.11
+  peers:
+    - {{name: tor, address: 127.0.0.1, port: {port}, asn: 65000, myAsn: 65001, passwordSecret: {{name: bgp-tor}}}}
+    - {{name: lost, address: 127.0.0.1, port: {missing_port}, asn: 65000, myAsn: 65001, passwordSecret: {{name: no-such-secret, key: password}}}}
+"
+    );
+    c.set_config(&config).await;
+    c.create_node("node1", "127.0.0.1", json!({}));
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+    // The keyed connection arrives and carries the speaker's OPEN.
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(15), router.accept())
+        .await
+        .unwrap_or_else(|_| panic!("no keyed connection from the speaker\n{}", speaker.log()))
+        .unwrap();
+    let mut head = [0u8; 19];
+    tokio::io::AsyncReadExt::read_exact(&mut conn, &mut head)
+        .await
+        .unwrap();
+    assert_eq!(head[18], 1, "an OPEN");
+    // The missing Secret is named, and that peer gets nowhere.
+    let t = Instant::now();
+    while !speaker
+        .log()
+        .contains("cannot read the BGP password Secret")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", speaker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = speaker.log();
+    assert!(log.contains("ferrolb-system/no-such-secret"), "{log}");
+    // The value is nowhere.
+    let metrics = speaker.metrics_text().await;
+    assert!(metrics.contains("peer=\"tor\""), "{metrics}");
+    let events: Vec<String> = c.events().into_iter().map(|e| format!("{e:?}")).collect();
+    let dir = ferrolb_tests::speaker::unique_dir();
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, &config).unwrap();
+    let validate = std::process::Command::new(ferrolb_tests::binary("ferrolb-speaker"))
+        .args(["validate", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let validate = format!(
+        "{}{}",
+        String::from_utf8_lossy(&validate.stdout),
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    assert!(validate.contains("md5"), "{validate}");
+    let status = std::process::Command::new(ferrolb_tests::binary("ferrolb-speaker"))
+        .args(["status", "--address"])
+        .arg(speaker.metrics_address().to_string())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    for (what, text) in [
+        ("log", &log),
+        ("metrics", &metrics),
+        ("Events", &events.join("\n")),
+        ("validate", &validate),
+        ("status", &status),
+    ] {
+        assert!(
+            !text.contains(SECRET),
+            "the password shows in the {what}:\n{text}"
+        );
+    }
+}

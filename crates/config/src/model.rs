@@ -183,6 +183,16 @@ pub enum PeerPassword {
     Inline(String),
     /// Read from a file at start-up (a mounted Secret, for instance).
     File(PathBuf),
+    /// Key `key` of Secret `name` in the speaker's namespace, read from the
+    /// Kubernetes API when the speaker starts announcing (Kubernetes mode only).
+    Secret {
+        /// The Secret.
+        name: String,
+        /// Its data key (`password`, as in a `kubernetes.io/basic-auth` Secret).
+        key: String,
+        /// The namespace written (MetalLB's spelling); it must be the speaker's.
+        namespace: Option<String>,
+    },
 }
 
 impl fmt::Debug for PeerPassword {
@@ -191,6 +201,7 @@ impl fmt::Debug for PeerPassword {
         match self {
             PeerPassword::Inline(_) => f.write_str("Inline(<redacted>)"),
             PeerPassword::File(p) => write!(f, "File({p:?})"),
+            PeerPassword::Secret { name, key, .. } => write!(f, "Secret({name:?}, key {key:?})"),
         }
     }
 }

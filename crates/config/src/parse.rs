@@ -167,6 +167,37 @@ fn failover(ctx: &mut Ctx, f: Field<'_>) -> Option<FailoverSettings> {
     Some(s)
 }
 
+/// `passwordSecret: {name: NAME, key: password}`, as MetalLB users write it;
+/// the Secret is in the speaker's namespace.
+fn password_secret(ctx: &mut Ctx, f: Field<'_>) -> Option<PeerPassword> {
+    let obj = ctx.object(f, &["name", "key", "namespace"])?;
+    let name = match obj.get("name") {
+        Some(n) => ctx.string(n)?,
+        None => {
+            ctx.error(f.path, "needs `name`: the Secret holding the password");
+            return None;
+        }
+    };
+    if name.is_empty() || name.len() > 253 {
+        ctx.error(f.path, "`name` must be a Secret name (1-253 characters)");
+        return None;
+    }
+    // MetalLB's spelling; the speaker reads Secrets only in its own namespace.
+    let namespace = match obj.get("namespace") {
+        Some(ns) => Some(ctx.string(ns)?),
+        None => None,
+    };
+    let key = match obj.get("key") {
+        Some(k) => ctx.string(k)?,
+        None => "password".to_string(),
+    };
+    Some(PeerPassword::Secret {
+        name,
+        key,
+        namespace,
+    })
+}
+
 fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings> {
     let obj = ctx.object(
         f,
@@ -520,6 +551,7 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
             "keepaliveTime",
             "password",
             "passwordFile",
+            "passwordSecret",
             "ebgpMultihop",
             "sourceAddress",
             "nextHopIPv4",
@@ -574,24 +606,39 @@ fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
             );
         }
     }
-    let password = match (obj.get("password"), obj.get("passwordFile")) {
-        (Some(_), Some(f)) => {
-            ctx.error(f.path, "set either password or passwordFile, not both");
+    let sources: Vec<Field<'_>> = ["password", "passwordFile", "passwordSecret"]
+        .iter()
+        .filter_map(|k| obj.get(k))
+        .collect();
+    let password = match sources.as_slice() {
+        [] => None,
+        [_, second, ..] => {
+            ctx.error(
+                second.path,
+                "set one of password, passwordFile and passwordSecret, not several",
+            );
             None
         }
-        (Some(f), None) => ctx.string(f).and_then(|p| {
-            if p.is_empty() || p.len() > MAX_MD5_KEY {
-                ctx.error(
-                    f.path,
-                    format!("must be 1-{MAX_MD5_KEY} bytes (the TCP-MD5 key limit)"),
-                );
-                None
+        [_] => {
+            if let Some(f) = obj.get("password") {
+                ctx.string(f).and_then(|p| {
+                    if p.is_empty() || p.len() > MAX_MD5_KEY {
+                        ctx.error(
+                            f.path,
+                            format!("must be 1-{MAX_MD5_KEY} bytes (the TCP-MD5 key limit)"),
+                        );
+                        None
+                    } else {
+                        Some(PeerPassword::Inline(p))
+                    }
+                })
+            } else if let Some(f) = obj.get("passwordFile") {
+                ctx.string(f).map(|p| PeerPassword::File(PathBuf::from(p)))
             } else {
-                Some(PeerPassword::Inline(p))
+                let f = obj.get("passwordSecret").expect("one source");
+                password_secret(ctx, f)
             }
-        }),
-        (None, Some(f)) => ctx.string(f).map(|p| PeerPassword::File(PathBuf::from(p))),
-        (None, None) => None,
+        }
     };
     let ebgp_multihop = obj.get("ebgpMultihop").and_then(|f| ctx.uint(f, 1, 255));
     let passive = obj

@@ -139,6 +139,55 @@ fn members(pods: &[Arc<Pod>], nodes: &[Arc<Node>], port: u16) -> Vec<Member> {
     out.into_values().collect()
 }
 
+/// The configuration with every `passwordSecret` replaced by the Secret's
+/// value, read from the API in the speaker's namespace. A Secret that cannot
+/// be read is logged (never its content) and left in place: that peer then
+/// gets no session, since a key nobody knows is set on its sockets.
+async fn with_secret_passwords(client: &kube::Client, namespace: &str, cfg: &Config) -> Config {
+    use ferrolb_config::PeerPassword;
+    let mut cfg = cfg.clone();
+    let Some(bgp) = cfg.bgp.as_mut() else {
+        return cfg;
+    };
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), namespace);
+    for p in &mut bgp.peers {
+        let Some(PeerPassword::Secret {
+            name,
+            key,
+            namespace: wanted,
+        }) = p.password.clone()
+        else {
+            continue;
+        };
+        if wanted.as_deref().is_some_and(|w| w != namespace) {
+            tracing::error!(peer = %p.name, secret = %name, "passwordSecret must be in the speaker's namespace {namespace:?}; this peer gets no session");
+            continue;
+        }
+        let value = match api.get(&name).await {
+            Ok(secret) => secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&key))
+                .map(|v| String::from_utf8_lossy(&v.0).trim_end().to_string())
+                .ok_or_else(|| format!("the Secret has no key {key:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        match value {
+            Ok(v) if !v.is_empty() && v.len() <= ferrolb_sys::TCP_MD5_MAX_KEY => {
+                p.password = Some(PeerPassword::Inline(v));
+            }
+            Ok(_) => {
+                tracing::error!(peer = %p.name, secret = %format!("{namespace}/{name}"), key = %key, "the password must be 1-80 bytes (the TCP-MD5 key limit); this peer gets no session")
+            }
+            Err(e) => {
+                tracing::error!(peer = %p.name, secret = %format!("{namespace}/{name}"), key = %key, error = %e, "cannot read the BGP password Secret; this peer gets no session (the speaker needs `get` on Secrets in its namespace, deploy/speaker.yaml)")
+            }
+        }
+    }
+    cfg
+}
+
 /// How long one (Service, MAC) conflict stays one Event: an attack that goes
 /// on is one Warning, not one a second.
 const CONFLICT_EVENT_EVERY: Duration = Duration::from_secs(600);
@@ -353,6 +402,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     }
                 }
                 let fallback = me_node.as_deref().and_then(node_ipv4);
+                let cfg = &with_secret_passwords(&client, &opts.namespace, cfg).await;
                 let started = crate::standalone::start_announcers(
                     cfg,
                     &opts.node,
