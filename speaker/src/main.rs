@@ -41,6 +41,9 @@ enum Command {
         /// Address for /metrics, /healthz and /readyz.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9470")]
         metrics_address: std::net::SocketAddr,
+        /// TLS and bearer tokens for the metrics endpoint.
+        #[command(flatten)]
+        access: ferrolb_ops::AccessArgs,
         /// How often the file is checked for changes, e.g. 1s.
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
         reload_poll: std::time::Duration,
@@ -127,6 +130,9 @@ struct KubeArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7473")]
     metrics_address: std::net::SocketAddr,
+    /// TLS and bearer tokens for the metrics endpoint.
+    #[command(flatten)]
+    access: ferrolb_ops::AccessArgs,
     /// How long the local route of a VIP no Service uses any more stays
     /// (connections draining through the forwarder keep working), e.g. 60s.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -337,16 +343,23 @@ fn main() -> ExitCode {
             reload_poll,
             worker_threads,
             local_route_linger,
-        } => standalone(
-            ferrolb_speaker::standalone::Options {
-                config,
-                node,
-                metrics_address,
-                poll: reload_poll,
-                route_linger: local_route_linger,
-            },
-            worker_threads,
-        ),
+            access,
+        } => access
+            .access()
+            .map_err(anyhow::Error::from)
+            .and_then(|metrics_access| {
+                standalone(
+                    ferrolb_speaker::standalone::Options {
+                        config,
+                        node,
+                        metrics_address,
+                        metrics_access,
+                        poll: reload_poll,
+                        route_linger: local_route_linger,
+                    },
+                    worker_threads,
+                )
+            }),
         Command::Status {
             api: true,
             kubeconfig,
@@ -371,7 +384,8 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| {
+            .and_then(|rt| Ok((rt, a.access.access()?)))
+            .and_then(|(rt, metrics_access)| {
                 rt.block_on(ferrolb_speaker::kubernetes::run(
                     ferrolb_speaker::kubernetes::Options {
                         node: a.node,
@@ -389,6 +403,7 @@ fn main() -> ExitCode {
                             ignore_exclude_label: a.ignore_exclude_lb,
                         },
                         metrics_address: a.metrics_address,
+                        metrics_access,
                     },
                 ))
                 .map(|()| ExitCode::SUCCESS)

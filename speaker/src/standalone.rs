@@ -25,6 +25,8 @@ pub struct Options {
     pub node: String,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: SocketAddr,
+    /// TLS and bearer tokens for that endpoint.
+    pub metrics_access: ferrolb_ops::Access,
     /// How often the file is checked for changes.
     pub poll: Duration,
     /// How long a VIP no service uses keeps its local route.
@@ -224,10 +226,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     log_plan(&plan);
     let ready = Arc::new(AtomicBool::new(false));
     let render = Arc::clone(&metrics);
-    ferrolb_ops::start(
+    ferrolb_ops::start_with(
         opts.metrics_address,
         Box::new(move || render.encode()),
         Arc::clone(&ready),
+        opts.metrics_access.clone(),
     )
     .await?;
     let me = config.members.iter().find(|m| m.name == opts.node);

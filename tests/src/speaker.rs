@@ -80,6 +80,12 @@ pub fn metric_samples(body: &str, name: &str, labels: &[&str]) -> Vec<f64> {
 impl Speaker {
     /// Starts the speaker on `yaml` and waits until `/readyz` answers 200.
     pub async fn start(yaml: &str) -> Speaker {
+        Speaker::start_with(yaml, &[]).await
+    }
+
+    /// As [`Speaker::start`], with `extra` command-line arguments. With any,
+    /// readiness is the log's "ready" line (the endpoint may want TLS or a token).
+    pub async fn start_with(yaml: &str, extra: &[&str]) -> Speaker {
         let dir = unique_dir();
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -96,6 +102,7 @@ impl Speaker {
                 "--log-level",
                 "debug",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -108,7 +115,10 @@ impl Speaker {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if s.http("/readyz").await.is_some_and(|(code, _)| code == 200) {
+            if extra.is_empty() && s.http("/readyz").await.is_some_and(|(code, _)| code == 200) {
+                return s;
+            }
+            if !extra.is_empty() && s.log().contains("standalone speaker ready") {
                 return s;
             }
             if let Ok(Some(status)) = s.child.try_wait() {
@@ -119,6 +129,11 @@ impl Speaker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Its metrics address.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics
     }
 
     /// Its process id.

@@ -2,11 +2,14 @@
 //! Requests are read with a size and time limit and answered with
 //! `Connection: close`, which is all Prometheus and kubelet probes need.
 
+pub mod access;
+
+pub use access::{Access, AccessArgs, AccessError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -75,6 +78,8 @@ pub struct Endpoint {
     pub metrics: Render,
     /// `/readyz` answers 200 while this is set.
     pub ready: Arc<AtomicBool>,
+    /// TLS and bearer tokens, when configured.
+    pub access: Access,
 }
 
 /// Binds `address` and serves `render` (for `/metrics`) and `ready` (for
@@ -84,6 +89,16 @@ pub async fn start(
     render: Render,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
+    start_with(address, render, ready, Access::default()).await
+}
+
+/// As [`start`], enforcing `access` (TLS, bearer tokens).
+pub async fn start_with(
+    address: std::net::SocketAddr,
+    render: Render,
+    ready: Arc<AtomicBool>,
+    access: Access,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(address).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot serve metrics on {address}: {e}"))
     })?;
@@ -92,6 +107,7 @@ pub async fn start(
         Arc::new(Endpoint {
             metrics: render,
             ready,
+            access,
         }),
     ));
     Ok(())
@@ -106,12 +122,28 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
         };
         let endpoint = Arc::clone(&endpoint);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &endpoint)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                match &endpoint.access.tls {
+                    // A failed handshake (no or a wrong client certificate) ends here.
+                    Some(tls) => match tokio_rustls::TlsAcceptor::from(Arc::clone(tls))
+                        .accept(stream)
+                        .await
+                    {
+                        Ok(s) => answer(s, &endpoint).await,
+                        Err(_) => Ok(()),
+                    },
+                    None => answer(stream, &endpoint).await,
+                }
+            })
+            .await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<()> {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    endpoint: &Endpoint,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -126,7 +158,27 @@ async fn answer(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<(
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
+    let head_text = String::from_utf8_lossy(&head);
+    let authorization = head_text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().to_string())
+    });
+    let denied = match (&endpoint.access.tokens, path) {
+        (Some(file), "/metrics") => match access::read_tokens(file) {
+            Ok(tokens) => !access::bearer_allowed(authorization.as_deref(), &tokens),
+            // An unreadable token file denies everyone rather than nobody.
+            Err(_) => true,
+        },
+        _ => false,
+    };
     let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") if denied => (
+            "401 Unauthorized\r\nWWW-Authenticate: Bearer",
+            "text/plain",
+            "a bearer token is needed for /metrics\n".to_string(),
+        ),
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",

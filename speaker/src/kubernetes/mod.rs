@@ -55,6 +55,8 @@ pub struct Options {
     pub filter: Filter,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: SocketAddr,
+    /// TLS and bearer tokens for that endpoint.
+    pub metrics_access: ferrolb_ops::Access,
 }
 
 /// A reflector kept current by its own task; every change pokes `changed`.
@@ -271,10 +273,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let render = Arc::clone(&metrics);
-    ferrolb_ops::start(
+    ferrolb_ops::start_with(
         opts.metrics_address,
         Box::new(move || render.encode()),
         Arc::clone(&ready),
+        opts.metrics_access.clone(),
     )
     .await?;
     let client = ferrolb_kube::client(
