@@ -142,6 +142,9 @@ fn request(svc: &Service, key: ServiceKey) -> Result<Request, String> {
     req.created = created_seconds(svc);
     req.labels = svc.metadata.labels.clone().unwrap_or_default();
 
+    // The API server always fills ipFamilies (for the cluster's families);
+    // only an object from elsewhere (a test, an old server) lacks it.
+    req.families_set_by_cluster = spec.ip_families.as_ref().is_some_and(|f| !f.is_empty());
     for fam in spec.ip_families.iter().flatten() {
         req.families.push(match fam.as_str() {
             "IPv4" => Family::V4,

@@ -727,3 +727,36 @@ async fn proxy_mode_and_metrics() {
     assert!(used.contains("patch services"), "{used:?}");
     assert!(used.contains("create events.events.k8s.io"), "{used:?}");
 }
+
+/// On a single-stack (IPv4) cluster the API server gives a PreferDualStack
+/// Service `ipFamilies: [IPv4]`, and refuses RequireDualStack. The Service
+/// then gets an IPv4 address only, even from a pool with both families: an
+/// IPv6 address would be one kube-proxy never programs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_stack_cluster_gives_one_family_whatever_the_pool_has() {
+    let c = Cluster::start_with(ferrolb_kubefake::Options {
+        stack: ferrolb_kubefake::strategy::Stack::Ipv4,
+        ..ferrolb_kubefake::Options::default()
+    })
+    .await;
+    c.set_config("pools: [{name: both, addresses: [192.0.2.0/28, \"2001:db8::/124\"]}]\n")
+        .await;
+    let _ctl = Controller::start(&c, "one", &[]).await;
+    c.create_service(
+        "ns",
+        "prefer",
+        json!({"spec": {"ipFamilyPolicy": "PreferDualStack"}}),
+    )
+    .await;
+    let ips = c.wait_ingress("ns", "prefer", 1, T).await;
+    // Give a wrong second address time to appear.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ips_later = c.ingress("ns", "prefer");
+    assert_eq!(ips_later, ips, "one address only");
+    assert!(ip(&ips[0]).is_ipv4(), "{ips:?}");
+    assert_eq!(
+        c.service("ns", "prefer")["spec"]["ipFamilies"],
+        json!(["IPv4"]),
+        "as the API server set it"
+    );
+}

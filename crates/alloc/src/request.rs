@@ -73,6 +73,10 @@ pub struct Request {
     pub labels: BTreeMap<String, String>,
     /// Families in order of preference (`spec.ipFamilies`); empty means IPv4.
     pub families: Vec<Family>,
+    /// `families` is what the API server set (it fills `ipFamilies` from
+    /// the cluster's families): a dual-stack policy never adds a family it
+    /// left out, which on a single-stack cluster kube-proxy could not serve.
+    pub families_set_by_cluster: bool,
     /// Single or dual stack.
     pub policy: FamilyPolicy,
     /// Specific addresses asked for, at most one per family.
@@ -96,6 +100,7 @@ impl Request {
             created: 0,
             labels: BTreeMap::new(),
             families: Vec::new(),
+            families_set_by_cluster: false,
             policy: FamilyPolicy::SingleStack,
             requested_ips: Vec::new(),
             requested_pool: None,
@@ -119,7 +124,7 @@ impl Request {
         match self.policy {
             FamilyPolicy::SingleStack => (vec![fams[0]], 1),
             FamilyPolicy::PreferDualStack | FamilyPolicy::RequireDualStack => {
-                if fams.len() == 1 {
+                if fams.len() == 1 && !self.families_set_by_cluster {
                     let other = if fams[0] == Family::V4 {
                         Family::V6
                     } else {

@@ -16,6 +16,7 @@ pub mod resource;
 mod selector;
 mod server;
 pub mod store;
+pub mod strategy;
 
 pub use rbac::User;
 pub use selector::{FieldSelector, LabelSelector};
@@ -112,7 +113,7 @@ impl FakeApiServer {
         let mut tokens = std::collections::HashMap::new();
         tokens.insert(ADMIN_TOKEN.to_string(), User::admin());
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(options.history)),
+            store: Mutex::new(Store::new(options.history).with_stack(options.stack)),
             requests: Mutex::new(Vec::new()),
             options,
             tokens: Mutex::new(tokens),

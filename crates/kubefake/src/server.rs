@@ -58,6 +58,9 @@ pub struct Options {
     /// (an unknown one is a 401, none is `system:anonymous`) and authorize
     /// every request by the RBAC objects in the store.
     pub authorize: bool,
+    /// The cluster's Service IP families: what `ipFamilies` defaults to and
+    /// which dual-stack policies are refused.
+    pub stack: crate::strategy::Stack,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             tls: false,
             authorize: false,
+            stack: crate::strategy::Stack::default(),
         }
     }
 }

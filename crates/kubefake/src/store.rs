@@ -136,6 +136,7 @@ pub struct Store {
     horizon: u64,
     uids: u64,
     tx: broadcast::Sender<Arc<Change>>,
+    stack: crate::strategy::Stack,
 }
 
 fn now_rfc3339() -> String {
@@ -181,7 +182,14 @@ impl Store {
             horizon: 1,
             uids: 0,
             tx,
+            stack: crate::strategy::Stack::default(),
         }
+    }
+
+    /// The same store for a cluster with Service IP families `stack`.
+    pub fn with_stack(mut self, stack: crate::strategy::Stack) -> Store {
+        self.stack = stack;
+        self
     }
 
     /// The current resource version.
@@ -383,6 +391,9 @@ impl Store {
                 map.remove("status");
             }
         }
+        if rt.plural == "services" && rt.group.is_empty() {
+            crate::strategy::init_ip_families(&mut object, self.stack)?;
+        }
         let mut owners = Owners::new();
         patch::record_owners(&mut owners, &json!({}), &object, None, manager);
         Ok(self.commit(key, object, owners, ChangeKind::Added, None))
@@ -456,6 +467,14 @@ impl Store {
                         meta.remove(field);
                     }
                 }
+            }
+        }
+        if rt.plural == "services" && rt.group.is_empty() {
+            if status_only {
+                crate::strategy::service_status(&mut object)?;
+            } else {
+                crate::strategy::init_ip_families(&mut object, self.stack)?;
+                crate::strategy::service_type_change(&old, &mut object);
             }
         }
         if !status_only && object.get("spec") != old.get("spec") {

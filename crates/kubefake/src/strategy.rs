@@ -1,0 +1,380 @@
+//! What the real registry strategies and validation do to the objects ferrolb
+//! uses, on top of the generic store: defaulting and the rules a plain
+//! object store would not enforce. Each rule names the real function it
+//! mirrors (kubernetes/kubernetes).
+
+use crate::store::ApiError;
+use serde_json::{json, Value};
+
+/// The cluster's Service IP families (`--service-cluster-ip-range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stack {
+    /// IPv4 only.
+    Ipv4,
+    /// IPv6 only.
+    Ipv6,
+    /// Both, IPv4 primary (the usual dual-stack order).
+    #[default]
+    Dual,
+}
+
+impl Stack {
+    fn families(self) -> &'static [&'static str] {
+        match self {
+            Stack::Ipv4 => &["IPv4"],
+            Stack::Ipv6 => &["IPv6"],
+            Stack::Dual => &["IPv4", "IPv6"],
+        }
+    }
+}
+
+fn invalid(kind: &str, name: &str, field: &str, detail: String) -> ApiError {
+    ApiError {
+        code: 422,
+        reason: "Invalid",
+        message: format!("{kind} {name:?} is invalid: {field}: {detail}"),
+    }
+}
+
+fn name(obj: &Value) -> String {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn service_type(obj: &Value) -> &str {
+    obj.pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+}
+
+/// `initIPFamilyFields` (pkg/registry/core/service/storage/alloc.go) with the
+/// checks of `ValidateService`'s `validateIPFamilies`/`validateIPFamilyPolicy`
+/// (pkg/apis/core/validation/validation.go): infer RequireDualStack from two
+/// families, refuse what the cluster cannot give, default SingleStack and the
+/// primary family, and add the secondary family for a dual-stack policy on a
+/// dual-stack cluster.
+pub fn init_ip_families(obj: &mut Value, stack: Stack) -> Result<(), ApiError> {
+    let n = name(obj);
+    let bad = |field: &str, detail: String| invalid("Service", &n, field, detail);
+    if service_type(obj) == "ExternalName" {
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("ipFamilies");
+            spec.remove("ipFamilyPolicy");
+        }
+        return Ok(());
+    }
+    let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let mut families: Vec<String> = Vec::new();
+    if let Some(list) = spec.get("ipFamilies") {
+        let Some(list) = list.as_array() else {
+            return Err(bad("spec.ipFamilies", "must be a list".into()));
+        };
+        for (i, f) in list.iter().enumerate() {
+            let f = f.as_str().unwrap_or("");
+            if f != "IPv4" && f != "IPv6" {
+                return Err(bad(
+                    &format!("spec.ipFamilies[{i}]"),
+                    format!("Unsupported value: {f:?}: supported values: \"IPv4\", \"IPv6\""),
+                ));
+            }
+            if families.iter().any(|x| x == f) {
+                return Err(bad(
+                    &format!("spec.ipFamilies[{i}]"),
+                    format!("Duplicate value: {f:?}"),
+                ));
+            }
+            families.push(f.to_string());
+        }
+        if families.len() > 2 {
+            return Err(bad(
+                "spec.ipFamilies",
+                "Invalid value: may specify no more than 2 ip families".into(),
+            ));
+        }
+    }
+    let mut policy = match spec.get("ipFamilyPolicy").and_then(Value::as_str) {
+        None => None,
+        Some(p @ ("SingleStack" | "PreferDualStack" | "RequireDualStack")) => Some(p.to_string()),
+        Some(other) => {
+            return Err(bad(
+                "spec.ipFamilyPolicy",
+                format!("Unsupported value: {other:?}: supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\""),
+            ))
+        }
+    };
+    // Two families and no policy: the user wants dual stack.
+    if policy.is_none() && families.len() == 2 {
+        policy = Some("RequireDualStack".into());
+    }
+    let policy = policy.unwrap_or_else(|| "SingleStack".into());
+    if policy == "SingleStack" && families.len() == 2 {
+        return Err(bad(
+            "spec.ipFamilyPolicy",
+            "Invalid value: \"SingleStack\": must be RequireDualStack or PreferDualStack when multiple 'ipFamilies' are specified".into(),
+        ));
+    }
+    let cluster = stack.families();
+    if policy == "RequireDualStack" && cluster.len() < 2 {
+        return Err(bad(
+            "spec.ipFamilyPolicy",
+            "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services".into(),
+        ));
+    }
+    for (i, f) in families.iter().enumerate() {
+        if !cluster.contains(&f.as_str()) {
+            return Err(bad(
+                &format!("spec.ipFamilies[{i}]"),
+                format!("Invalid value: {f:?}: not configured on this cluster"),
+            ));
+        }
+    }
+    if families.is_empty() {
+        families.push(cluster[0].to_string());
+    }
+    if policy != "SingleStack" && cluster.len() == 2 && families.len() == 1 {
+        let other = if families[0] == "IPv4" {
+            "IPv6"
+        } else {
+            "IPv4"
+        };
+        families.push(other.to_string());
+    }
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        obj["spec"] = json!({});
+    }
+    obj["spec"]["ipFamilies"] = json!(families);
+    obj["spec"]["ipFamilyPolicy"] = json!(policy);
+    Ok(())
+}
+
+/// `SetDefaults_Service` (pkg/apis/core/v1/defaults.go) for ingress
+/// `ipMode`, then `ValidateServiceStatusUpdate` (validation.go): ingress only
+/// on a LoadBalancer Service, `ipMode` only with `ip`.
+pub fn service_status(obj: &mut Value) -> Result<(), ApiError> {
+    let n = name(obj);
+    let is_lb = service_type(obj) == "LoadBalancer";
+    let Some(ingress) = obj
+        .pointer_mut("/status/loadBalancer/ingress")
+        .and_then(Value::as_array_mut)
+    else {
+        return Ok(());
+    };
+    if !ingress.is_empty() && !is_lb {
+        return Err(invalid(
+            "Service",
+            &n,
+            "status.loadBalancer.ingress",
+            "Forbidden: may only be used when `spec.type` is 'LoadBalancer'".into(),
+        ));
+    }
+    for (i, ing) in ingress.iter_mut().enumerate() {
+        let has_ip = ing
+            .get("ip")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+        let has_mode = ing.get("ipMode").is_some_and(|m| !m.is_null());
+        match (has_ip, has_mode) {
+            (true, false) => ing["ipMode"] = json!("VIP"),
+            (false, true) => {
+                return Err(invalid(
+                    "Service",
+                    &n,
+                    &format!("status.loadBalancer.ingress[{i}].ipMode"),
+                    "Forbidden: may not be specified when `ip` is not".into(),
+                ))
+            }
+            (true, true) => {
+                let m = ing["ipMode"].as_str().unwrap_or("");
+                if m != "VIP" && m != "Proxy" {
+                    return Err(invalid(
+                        "Service",
+                        &n,
+                        &format!("status.loadBalancer.ingress[{i}].ipMode"),
+                        format!("Unsupported value: {m:?}: supported values: \"Proxy\", \"VIP\""),
+                    ));
+                }
+            }
+            (false, false) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `PrepareForUpdate` of the Service strategy (pkg/registry/core/service/
+/// strategy.go, `dropTypeDependentFields`): a Service that stops being a
+/// LoadBalancer loses its load-balancer status, and an unchanged
+/// `loadBalancerClass`, in the same write.
+pub fn service_type_change(old: &Value, new: &mut Value) {
+    if service_type(old) != "LoadBalancer" || service_type(new) == "LoadBalancer" {
+        return;
+    }
+    if let Some(status) = new.get_mut("status").and_then(Value::as_object_mut) {
+        status.insert("loadBalancer".into(), json!({}));
+    }
+    let old_class = old.pointer("/spec/loadBalancerClass");
+    if old_class.is_some() && new.pointer("/spec/loadBalancerClass") == old_class {
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("loadBalancerClass");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (spec, cluster stack) -> (ipFamilies, ipFamilyPolicy), or the field the 422 names.
+    type FamilyCase = (Value, Stack, Result<(Value, &'static str), &'static str>);
+
+    fn svc(spec: Value) -> Value {
+        json!({"metadata": {"name": "web"}, "spec": spec})
+    }
+
+    #[test]
+    fn ip_families_are_defaulted_as_init_ip_family_fields_does() {
+        let cases: Vec<FamilyCase> = vec![
+            (
+                json!({"type": "LoadBalancer"}),
+                Stack::Ipv4,
+                Ok((json!(["IPv4"]), "SingleStack")),
+            ),
+            (
+                json!({"type": "LoadBalancer"}),
+                Stack::Ipv6,
+                Ok((json!(["IPv6"]), "SingleStack")),
+            ),
+            (
+                json!({"type": "LoadBalancer"}),
+                Stack::Dual,
+                Ok((json!(["IPv4"]), "SingleStack")),
+            ),
+            (
+                json!({"ipFamilyPolicy": "PreferDualStack"}),
+                Stack::Ipv4,
+                Ok((json!(["IPv4"]), "PreferDualStack")),
+            ),
+            (
+                json!({"ipFamilyPolicy": "PreferDualStack"}),
+                Stack::Dual,
+                Ok((json!(["IPv4", "IPv6"]), "PreferDualStack")),
+            ),
+            (
+                json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6"]}),
+                Stack::Dual,
+                Ok((json!(["IPv6", "IPv4"]), "PreferDualStack")),
+            ),
+            (
+                json!({"ipFamilies": ["IPv6", "IPv4"]}),
+                Stack::Dual,
+                Ok((json!(["IPv6", "IPv4"]), "RequireDualStack")),
+            ),
+            (
+                json!({"ipFamilyPolicy": "RequireDualStack"}),
+                Stack::Ipv4,
+                Err("spec.ipFamilyPolicy"),
+            ),
+            (
+                json!({"ipFamilies": ["IPv4", "IPv6"]}),
+                Stack::Ipv4,
+                Err("spec.ipFamilyPolicy"),
+            ),
+            (
+                json!({"ipFamilies": ["IPv6"]}),
+                Stack::Ipv4,
+                Err("spec.ipFamilies[0]"),
+            ),
+            (
+                json!({"ipFamilies": ["IPv4", "IPv4"]}),
+                Stack::Dual,
+                Err("spec.ipFamilies[1]"),
+            ),
+            (
+                json!({"ipFamilies": ["IPv5"]}),
+                Stack::Dual,
+                Err("spec.ipFamilies[0]"),
+            ),
+            (
+                json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]}),
+                Stack::Dual,
+                Err("spec.ipFamilyPolicy"),
+            ),
+            (
+                json!({"ipFamilyPolicy": "Sometimes"}),
+                Stack::Dual,
+                Err("spec.ipFamilyPolicy"),
+            ),
+        ];
+        for (spec, stack, want) in cases {
+            let mut o = svc(spec.clone());
+            let got = init_ip_families(&mut o, stack);
+            match want {
+                Ok((families, policy)) => {
+                    got.unwrap_or_else(|e| panic!("{spec} on {stack:?}: {e}"));
+                    assert_eq!(o["spec"]["ipFamilies"], families, "{spec} on {stack:?}");
+                    assert_eq!(o["spec"]["ipFamilyPolicy"], policy, "{spec} on {stack:?}");
+                }
+                Err(field) => {
+                    let e = got.expect_err(&format!("{spec} on {stack:?} must be refused"));
+                    assert_eq!(e.code, 422);
+                    assert!(
+                        e.message.contains(&format!("{field}:")),
+                        "{spec}: {}",
+                        e.message
+                    );
+                }
+            }
+        }
+        let mut ext = svc(json!({"type": "ExternalName", "ipFamilies": ["IPv4"]}));
+        init_ip_families(&mut ext, Stack::Dual).unwrap();
+        assert!(ext["spec"].get("ipFamilies").is_none());
+    }
+
+    #[test]
+    fn status_ingress_rules_of_validate_service_status_update() {
+        let mut lb = json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}, {"hostname": "x.example"}]}}});
+        service_status(&mut lb).unwrap();
+        assert_eq!(
+            lb["status"]["loadBalancer"]["ingress"][0]["ipMode"], "VIP",
+            "defaulted"
+        );
+        assert!(lb["status"]["loadBalancer"]["ingress"][1]
+            .get("ipMode")
+            .is_none());
+        let mut cluster_ip = json!({"metadata": {"name": "web"}, "spec": {"type": "ClusterIP"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+        assert!(service_status(&mut cluster_ip)
+            .unwrap_err()
+            .message
+            .contains("status.loadBalancer.ingress: Forbidden"));
+        let mut mode_only = json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"hostname": "x", "ipMode": "VIP"}]}}});
+        assert!(service_status(&mut mode_only)
+            .unwrap_err()
+            .message
+            .contains("ingress[0].ipMode"));
+        let mut bad_mode = json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "Tunnel"}]}}});
+        assert_eq!(service_status(&mut bad_mode).unwrap_err().code, 422);
+        // An empty status on any type is fine.
+        let mut empty = json!({"metadata": {"name": "web"}, "spec": {"type": "ClusterIP"}, "status": {"loadBalancer": {}}});
+        service_status(&mut empty).unwrap();
+    }
+
+    #[test]
+    fn leaving_load_balancer_drops_its_status_and_unchanged_class() {
+        let old = json!({"spec": {"type": "LoadBalancer", "loadBalancerClass": "ferrolb.io/lb"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}});
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ClusterIP");
+        service_type_change(&old, &mut new);
+        assert_eq!(new["status"]["loadBalancer"], json!({}));
+        assert!(new["spec"].get("loadBalancerClass").is_none());
+        // Staying a LoadBalancer keeps everything.
+        let mut same = old.clone();
+        service_type_change(&old, &mut same);
+        assert_eq!(same, old);
+    }
+}
