@@ -349,3 +349,80 @@ bgp:
         );
     }
 }
+
+/// Source ranges as kube-proxy reads them: the field, or when it is empty
+/// the `service.beta.kubernetes.io/load-balancer-source-ranges` annotation,
+/// accepted as the API server accepts them (host bits, spaces). A client
+/// outside the annotation's ranges is refused; one inside a sloppy range is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ranges_from_the_annotation_refuse_clients_outside_them() {
+    let port = ferrolb_tests::speaker::free_port();
+    let _b = backend::http(
+        "pod-1",
+        format!("127.0.51.1:{port}").parse().unwrap(),
+        backend::Proxy::None,
+    )
+    .await
+    .unwrap();
+    let c = Cluster::start().await;
+    c.set_config("pools: [{name: loopback, addresses: [127.0.52.0/28]}]")
+        .await;
+    c.create_node("node1", "127.0.0.1", json!({}));
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let _ctl = Controller::start(&c, "ctl", &[]).await;
+    let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+    let vport = ferrolb_tests::speaker::free_port();
+    let service = |extra: serde_json::Value| {
+        ferrolb_tests::cluster::merged(
+            json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
+                   "spec": {"ports": [{"name": "http", "port": vport, "protocol": "TCP", "targetPort": port}]}}),
+            &extra,
+        )
+    };
+    // Only 192.0.2.0/24 (by the annotation); the test's client is 127.0.0.1.
+    c.create_service(
+        "shop",
+        "closed",
+        service(
+            json!({"metadata": {"annotations": {"service.beta.kubernetes.io/load-balancer-source-ranges": " 192.0.2.0/24, 198.51.100.7/32"}}}),
+        ),
+    )
+    .await;
+    // 127.0.0.1/8 has host bits set: the API server takes it, so must we.
+    c.create_service(
+        "shop",
+        "open",
+        service(json!({"spec": {"loadBalancerSourceRanges": [" 127.0.0.1/8 "]}})),
+    )
+    .await;
+    for name in ["closed", "open"] {
+        c.set_endpoints("shop", name, port, &[("127.0.51.1", "node1", true)]);
+    }
+    let closed: SocketAddr = format!(
+        "{}:{vport}",
+        c.wait_ingress("shop", "closed", 1, T).await[0]
+    )
+    .parse()
+    .unwrap();
+    let open: SocketAddr = format!("{}:{vport}", c.wait_ingress("shop", "open", 1, T).await[0])
+        .parse()
+        .unwrap();
+    until("the sloppy range serving its client", T, async || {
+        answered(open, 1).await.len() == 1
+    })
+    .await;
+    assert!(
+        answered(closed, 5).await.is_empty(),
+        "a client outside the annotation's ranges was served\n{}",
+        speaker.log()
+    );
+    let m = speaker.metrics_text().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("ferrolb_rejected_total")
+            && l.contains("service=\"shop/closed\"")
+            && l.contains("reason=\"source_range\"")
+            && !l.ends_with(" 0")),
+        "{m}"
+    );
+}

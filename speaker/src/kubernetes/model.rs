@@ -287,7 +287,7 @@ pub fn desired(
         if !forward || !candidates.contains(me) {
             continue;
         }
-        match forward_service(&key, &spec, &ready, local_only.then_some(me)) {
+        match forward_service(&key, &spec, &ann, &ready, local_only.then_some(me)) {
             Ok(service) => out.plan.services.push(PlannedService {
                 service,
                 assignment: Assignment {
@@ -301,23 +301,68 @@ pub fn desired(
     out
 }
 
+/// kube-proxy's annotation for source ranges, used when the field is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// One source range as the API server accepts it (`ParseCIDRSloppy`:
+/// surrounding spaces, host bits set) and kube-proxy applies it (the
+/// network the address is in: `10.0.0.1/8` is `10.0.0.0/8`).
+pub fn lenient_cidr(text: &str) -> Option<Cidr> {
+    let (addr, prefix) = text.trim().split_once('/')?;
+    let addr: IpAddr = addr.trim().parse().ok()?;
+    let prefix: u8 = prefix.trim().parse().ok()?;
+    Cidr::containing(addr, prefix)
+}
+
+/// The Service's allowed client ranges: `spec.loadBalancerSourceRanges`,
+/// or, when that is empty, the `service.beta.kubernetes.io/load-balancer-source-ranges`
+/// annotation (comma-separated), as kube-proxy reads them. A range that
+/// cannot be read is an error: it must not silently open the Service to everyone.
+pub fn source_ranges(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<Cidr>, String> {
+    let field: Vec<String> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter(|r| !r.trim().is_empty())
+        .cloned()
+        .collect();
+    let (ranges, whence): (Vec<String>, &str) = if !field.is_empty() {
+        (field, "loadBalancerSourceRanges")
+    } else if let Some(a) = annotations.get(SOURCE_RANGES_ANNOTATION) {
+        (
+            a.split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect(),
+            SOURCE_RANGES_ANNOTATION,
+        )
+    } else {
+        (Vec::new(), "")
+    };
+    ranges
+        .iter()
+        .map(|r| {
+            lenient_cidr(r).ok_or_else(|| {
+                format!("{whence} entry {r:?} is not an address range (ADDRESS/PREFIX); not forwarded until it is fixed")
+            })
+        })
+        .collect()
+}
+
 /// The forwarder's view of a Service: each port to the ready endpoints'
 /// target ports (only this node's endpoints with `externalTrafficPolicy: Local`).
 fn forward_service(
     key: &str,
     spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    annotations: &BTreeMap<String, String>,
     ready: &[Endpoint],
     only_node: Option<&str>,
 ) -> Result<PlanService, String> {
-    let mut source_ranges = Vec::new();
-    for r in spec.load_balancer_source_ranges.iter().flatten() {
-        // A range we cannot read must not silently open the service to everyone.
-        let cidr: Cidr = r
-            .trim()
-            .parse()
-            .map_err(|e| format!("loadBalancerSourceRanges entry {r:?} is invalid ({e}); not forwarded until it is fixed"))?;
-        source_ranges.push(cidr);
-    }
+    let source_ranges = source_ranges(spec, annotations)?;
     let mut ports = Vec::new();
     for p in spec.ports.iter().flatten() {
         let Some(proto) = protocol(p.protocol.as_deref()) else {
@@ -363,4 +408,53 @@ fn forward_service(
         ports,
         max_connections: None,
     })
+}
+
+#[cfg(test)]
+mod source_range_tests {
+    use super::*;
+
+    fn spec(ranges: &[&str]) -> k8s_openapi::api::core::v1::ServiceSpec {
+        k8s_openapi::api::core::v1::ServiceSpec {
+            load_balancer_source_ranges: (!ranges.is_empty())
+                .then(|| ranges.iter().map(|r| r.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ranges_as_the_api_server_accepts_and_kube_proxy_reads_them() {
+        let ann = |v: &str| BTreeMap::from([(SOURCE_RANGES_ANNOTATION.to_string(), v.to_string())]);
+        let none = BTreeMap::new();
+        let show = |r: Result<Vec<Cidr>, String>| {
+            r.map(|v| v.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+        };
+        // Sloppy forms: spaces, host bits.
+        assert_eq!(
+            show(source_ranges(
+                &spec(&[" 10.0.0.1/8 ", "2001:db8::1/32"]),
+                &none
+            )),
+            Ok(vec!["10.0.0.0/8".into(), "2001:db8::/32".into()])
+        );
+        // The annotation when the field is empty; the field wins otherwise.
+        assert_eq!(
+            show(source_ranges(
+                &spec(&[]),
+                &ann(" 192.0.2.0/24 ,198.51.100.7/32,")
+            )),
+            Ok(vec!["192.0.2.0/24".into(), "198.51.100.7/32".into()])
+        );
+        assert_eq!(
+            show(source_ranges(&spec(&["10.0.0.0/8"]), &ann("192.0.2.0/24"))),
+            Ok(vec!["10.0.0.0/8".into()])
+        );
+        // Nothing: open to all (an empty list).
+        assert_eq!(show(source_ranges(&spec(&[]), &none)), Ok(vec![]));
+        // Unreadable entries are errors, never an open Service.
+        for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "2001:db8::/129"] {
+            assert!(source_ranges(&spec(&[bad]), &none).is_err(), "{bad}");
+            assert!(source_ranges(&spec(&[]), &ann(bad)).is_err(), "{bad}");
+        }
+    }
 }
