@@ -65,7 +65,10 @@ pub async fn run(
         .with_identity(&settings.identity)
         .with_duration(settings.lease_seconds)
         .with_grace(grace)
-        .with_field_manager(format!("{FIELD_MANAGER}-{}", settings.identity))
+        .with_field_manager(ferrolb_kube::bounded(
+            &format!("{FIELD_MANAGER}-{}", settings.identity),
+            128,
+        ))
         .with_create_mode(LeaseCreateMode::AutoCreate)
         .build()
         .await

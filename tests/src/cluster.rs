@@ -482,7 +482,9 @@ impl Controller {
         extra: &[&str],
     ) -> Controller {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = dir.join(format!("controller-{identity}.log"));
+        // A file name has at most 255 bytes; an identity may have 253.
+        let short: String = identity.chars().take(64).collect();
+        let log = dir.join(format!("controller-{short}-{}.log", identity.len()));
         let child = Command::new(crate::binary("ferrolb-controller"))
             .arg("run")
             .arg("--kubeconfig")

@@ -760,3 +760,17 @@ async fn a_single_stack_cluster_gives_one_family_whatever_the_pool_has() {
         "as the API server set it"
     );
 }
+
+/// A Pod name may have 253 characters; the API takes field manager names of
+/// at most 128. The controller's Lease writes use a bounded name, so a long
+/// identity still leads and assigns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_with_a_253_character_identity_still_leads() {
+    let c = Cluster::start().await;
+    c.set_config(CONFIG).await;
+    let identity = format!("ferrolb-controller-{}", "x".repeat(234));
+    assert_eq!(identity.len(), 253);
+    let _ctl = Controller::start(&c, &identity, &[]).await;
+    c.create_service("ns", "web", json!({})).await;
+    c.wait_ingress("ns", "web", 1, T).await;
+}

@@ -100,6 +100,7 @@ impl Events {
     /// Starts the publisher; `controller` and `instance` fill
     /// `reportingController` and `reportingInstance`.
     pub fn start(client: Client, controller: &'static str, instance: String) -> Events {
+        let instance = bounded(&instance, 128);
         let (tx, rx) = mpsc::channel::<EventSpec>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let seq = Arc::new(AtomicU64::new(0));
@@ -175,6 +176,25 @@ async fn publish(
         .map(|_| ())
 }
 
+/// `name` if it has at most `max` bytes, else its start and a hash of the
+/// whole, `max` bytes in all: the API limits `reportingInstance` and field
+/// manager names to 128 bytes, node and Pod names may have 253, and two
+/// long names that share a start must still differ.
+pub fn bounded(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    // FNV-1a, 32 bits: stable across runs and versions, unlike std's hasher.
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    let mut end = max.saturating_sub(9);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}-{hash:08x}", &name[..end])
+}
+
 /// Cuts `note` to `max` bytes on a character boundary, marking the cut.
 pub fn truncate(note: &str, max: usize) -> String {
     if note.len() <= max {
@@ -210,5 +230,18 @@ mod tests {
         let cut = truncate(&long, 1024);
         assert!(cut.len() <= 1024 && cut.ends_with("..."));
         assert!(cut.is_char_boundary(cut.len() - 3));
+    }
+
+    #[test]
+    fn bounded_names_fit_and_stay_distinct() {
+        assert_eq!(bounded("node1", 128), "node1");
+        let a = format!("{}-a", "n".repeat(250));
+        let b = format!("{}-b", "n".repeat(250));
+        let (ba, bb) = (bounded(&a, 128), bounded(&b, 128));
+        assert_eq!((ba.len(), bb.len()), (128, 128));
+        assert_ne!(ba, bb, "same start, different names");
+        assert_eq!(bounded(&a, 128), ba, "stable");
+        let wide = "é".repeat(100);
+        assert!(bounded(&wide, 128).len() <= 128);
     }
 }

@@ -339,6 +339,9 @@ fn respond(
     let name = t.name.as_deref().unwrap_or("");
     let status_only = t.subresource.is_some();
     let manager = field_manager(query, user_agent);
+    if matches!(verb, "create" | "update" | "patch") {
+        crate::strategy::field_manager(&manager)?;
+    }
     let mut store = shared.store.lock().expect("store lock");
     match verb {
         "get" => store.get(t.resource, ns, name).map(|v| (200, v)),

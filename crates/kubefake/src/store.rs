@@ -394,6 +394,9 @@ impl Store {
         if rt.plural == "services" && rt.group.is_empty() {
             crate::strategy::init_ip_families(&mut object, self.stack)?;
         }
+        if rt.plural == "events" && rt.group == "events.k8s.io" {
+            crate::strategy::event_create(&object)?;
+        }
         let mut owners = Owners::new();
         patch::record_owners(&mut owners, &json!({}), &object, None, manager);
         Ok(self.commit(key, object, owners, ChangeKind::Added, None))

@@ -221,6 +221,73 @@ pub fn service_type_change(old: &Value, new: &mut Value) {
     }
 }
 
+/// `ValidateFieldManager` (staging/src/k8s.io/apimachinery/pkg/api/validation):
+/// at most 128 bytes, printable characters.
+pub fn field_manager(manager: &str) -> Result<(), ApiError> {
+    if manager.len() > 128 {
+        return Err(ApiError::bad_request(format!(
+            "fieldManager: Too long: may not be more than 128 bytes (got {})",
+            manager.len()
+        )));
+    }
+    if manager.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request(
+            "fieldManager: Invalid value: must only contain printable characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `ValidateEventCreate` for events.k8s.io/v1 (pkg/apis/core/validation/
+/// events.go, `legacyValidateEvent` aside): `eventTime`, `reportingController`
+/// (at most 253 characters), `reportingInstance`, `action` and `reason` (each
+/// required, at most 128), `regarding`, a `note` of at most 1 KiB, and `type`
+/// `Normal` or `Warning`.
+pub fn event_create(obj: &Value) -> Result<(), ApiError> {
+    let n = name(obj);
+    let bad = |field: &str, detail: String| invalid("Event", &n, field, detail);
+    let text = |f: &str| obj.get(f).and_then(Value::as_str).unwrap_or("");
+    if obj.get("eventTime").is_none_or(Value::is_null) {
+        return Err(bad("eventTime", "Required value".into()));
+    }
+    for (field, max) in [
+        ("reportingController", 253),
+        ("reportingInstance", 128),
+        ("action", 128),
+        ("reason", 128),
+    ] {
+        let v = text(field);
+        if v.is_empty() {
+            return Err(bad(field, "Required value".into()));
+        }
+        if v.len() > max {
+            return Err(bad(
+                field,
+                format!("Too long: may not be more than {max} bytes"),
+            ));
+        }
+    }
+    if text("note").len() > 1024 {
+        return Err(bad(
+            "note",
+            "Too long: may not be more than 1024 bytes".into(),
+        ));
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        return Err(bad(
+            "type",
+            format!(
+                "Unsupported value: {:?}: supported values: \"Normal\", \"Warning\"",
+                text("type")
+            ),
+        ));
+    }
+    if obj.get("regarding").is_none_or(|r| !r.is_object()) {
+        return Err(bad("regarding", "Required value".into()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +428,44 @@ mod tests {
         // An empty status on any type is fine.
         let mut empty = json!({"metadata": {"name": "web"}, "spec": {"type": "ClusterIP"}, "status": {"loadBalancer": {}}});
         service_status(&mut empty).unwrap();
+    }
+
+    #[test]
+    fn field_managers_and_events_are_validated_as_the_api_server_does() {
+        assert!(field_manager(&"m".repeat(128)).is_ok());
+        assert_eq!(field_manager(&"m".repeat(129)).unwrap_err().code, 400);
+        assert!(field_manager("bad\u{7}").is_err());
+        let good = json!({"metadata": {"name": "e"}, "eventTime": "2026-12-02T00:00:00.000000Z",
+            "reportingController": "ferrolb-speaker", "reportingInstance": "node1",
+            "action": "Announce", "reason": "IPAnnounced", "type": "Normal", "note": "n",
+            "regarding": {"kind": "Service", "name": "web"}});
+        event_create(&good).unwrap();
+        let with = |field: &str, v: Value| {
+            let mut e = good.clone();
+            e[field] = v;
+            event_create(&e).map_err(|e| e.message)
+        };
+        for (field, v, want) in [
+            (
+                "reportingInstance",
+                json!("i".repeat(129)),
+                "reportingInstance: Too long",
+            ),
+            ("action", json!("a".repeat(129)), "action: Too long"),
+            ("reason", json!(""), "reason: Required"),
+            (
+                "reportingController",
+                json!("c".repeat(254)),
+                "reportingController: Too long",
+            ),
+            ("note", json!("n".repeat(1025)), "note: Too long"),
+            ("type", json!("Info"), "type: Unsupported"),
+            ("regarding", Value::Null, "regarding: Required"),
+            ("eventTime", Value::Null, "eventTime: Required"),
+        ] {
+            let got = with(field, v).unwrap_err();
+            assert!(got.contains(want), "{field}: {got}");
+        }
     }
 
     #[test]
