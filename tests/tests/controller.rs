@@ -774,3 +774,35 @@ async fn a_controller_with_a_253_character_identity_still_leads() {
     c.create_service("ns", "web", json!({})).await;
     c.wait_ingress("ns", "web", 1, T).await;
 }
+
+/// A Service's requested address changes while the controller is down: on
+/// start the controller moves it to the new request (with Events), and a
+/// request outside every pool is an AllocationFailed, never a silently kept
+/// old address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_changed_while_the_controller_was_down_is_honoured_on_restart() {
+    let c = Cluster::start().await;
+    c.set_config(CONFIG).await;
+    let ask = |ip: &str| json!({"metadata": {"annotations": {"ferrolb.io/loadBalancerIPs": ip}}});
+    let ctl = Controller::start(&c, "first", &[]).await;
+    c.create_service("ns", "moved", ask("192.0.2.10")).await;
+    c.create_service("ns", "lost", ask("192.0.2.11")).await;
+    c.wait_ingress("ns", "moved", 1, T).await;
+    c.wait_ingress("ns", "lost", 1, T).await;
+    drop(ctl);
+    c.patch_service("ns", "moved", ask("192.0.2.20")).await;
+    c.patch_service("ns", "lost", ask("203.0.113.5")).await;
+    let _ctl = Controller::start(&c, "second", &[]).await;
+    wait_until("the moved Service at its new address", T, || {
+        c.ingress("ns", "moved") == vec!["192.0.2.20".to_string()]
+    })
+    .await;
+    let note = c.wait_event("ns", "lost", "AllocationFailed", T).await;
+    assert!(note.contains("203.0.113.5"), "{note}");
+    wait_until("the old address released", T, || {
+        c.ingress("ns", "lost").is_empty()
+    })
+    .await;
+    let released = c.wait_event("ns", "moved", "IPReleased", T).await;
+    assert!(released.contains("192.0.2.10"), "{released}");
+}

@@ -383,6 +383,28 @@ impl Allocator {
     /// Checks that `req` may hold exactly `ips`; returns the pool index.
     fn check_claim(&self, req: &Request, ips: &[IpAddr]) -> Result<usize, AllocError> {
         let (wanted, required) = req.wanted_families();
+        // A Service that now asks for other addresses (its annotation or
+        // spec.loadBalancerIP changed while the controller was away) does not
+        // keep the old ones: restore rejects them and allocation gives the
+        // requested ones, or fails saying why.
+        if !req.requested_ips.is_empty() {
+            let held: std::collections::BTreeSet<&IpAddr> = ips.iter().collect();
+            let asked: std::collections::BTreeSet<&IpAddr> = req.requested_ips.iter().collect();
+            if held != asked {
+                return Err(AllocError::BadRequest(format!(
+                    "it holds {} but asks for {}",
+                    ips.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    req.requested_ips
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )));
+            }
+        }
         let mut pool: Option<usize> = None;
         for (n, ip) in ips.iter().enumerate() {
             let family = Family::of(*ip);
