@@ -119,6 +119,7 @@ impl Cluster {
                 )
             })
             .collect();
+        self.server.create_namespace(ns);
         let secrets = ferrolb_kubefake::resource::by_name("secrets", "").unwrap();
         self.server
             .store()
@@ -151,6 +152,8 @@ impl Cluster {
             "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}], "selector": {"app": name}}
         });
         let svc: Service = serde_json::from_value(merged(base, &extra)).unwrap();
+        // As a user would have: the namespace exists before its Services.
+        self.server.create_namespace(ns);
         Api::<Service>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &svc)
             .await
@@ -338,6 +341,7 @@ impl Cluster {
         let body = json!({"metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
                           "addressType": "IPv4", "endpoints": eps,
                           "ports": [{"name": "http", "port": port, "protocol": "TCP"}]});
+        self.server.create_namespace(ns);
         let mut store = self.server.store();
         let name = format!("{service}-1");
         if store.get(slices, Some(ns), &name).is_ok() {

@@ -275,6 +275,23 @@ impl FakeApiServer {
             .clear();
     }
 
+    /// Creates namespace `name` if it does not exist (`kubectl create namespace`):
+    /// objects can only be created in namespaces that exist.
+    pub fn create_namespace(&self, name: &str) {
+        let r = resource::by_name("namespaces", "").expect("namespaces are served");
+        let mut store = self.store();
+        if store.get(r, None, name).is_err() {
+            store
+                .create(
+                    r,
+                    None,
+                    serde_json::json!({"metadata": {"name": name}}),
+                    "kubectl",
+                )
+                .expect("a namespace name the tests chose");
+        }
+    }
+
     /// Direct access to the objects, bypassing HTTP (and the request log):
     /// for seeding thousands of objects quickly and for reading state.
     pub fn store(&self) -> MutexGuard<'_, Store> {

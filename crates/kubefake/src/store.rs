@@ -174,6 +174,23 @@ impl Store {
     /// An empty store keeping the last `capacity` changes for watches.
     pub fn new(capacity: usize) -> Store {
         let (tx, _) = broadcast::channel(65_536);
+        let mut store = Store::empty(capacity, tx);
+        // The namespaces every cluster starts with.
+        let ns = crate::resource::by_name("namespaces", "").expect("namespaces are served");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            store
+                .create(
+                    ns,
+                    None,
+                    json!({"metadata": {"name": name}}),
+                    "kube-apiserver",
+                )
+                .expect("a fresh store takes the system namespaces");
+        }
+        store
+    }
+
+    fn empty(capacity: usize, tx: broadcast::Sender<Arc<Change>>) -> Store {
         Store {
             rv: 1,
             objects: BTreeMap::new(),
@@ -307,6 +324,33 @@ impl Store {
         object
     }
 
+    /// The NamespaceLifecycle admission plugin (plugin/pkg/admission/
+    /// namespace/lifecycle): nothing is created in a namespace that does not
+    /// exist (404) or is being deleted (403).
+    fn namespace_lifecycle(&self, ns: &str) -> Result<(), ApiError> {
+        let r = crate::resource::by_name("namespaces", "").expect("namespaces are served");
+        let Some(stored) = self.objects.get(&Self::key(r, None, ns)) else {
+            return Err(ApiError {
+                code: 404,
+                reason: "NotFound",
+                message: format!("namespaces {ns:?} not found"),
+            });
+        };
+        let o = &stored.object;
+        if o.pointer("/metadata/deletionTimestamp").is_some()
+            || o.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+        {
+            return Err(ApiError {
+                code: 403,
+                reason: "Forbidden",
+                message: format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// POST: creates an object. `manager` is the `fieldManager` parameter.
     pub fn create(
         &mut self,
@@ -347,6 +391,7 @@ impl Store {
                     body_ns.unwrap_or_default()
                 )));
             }
+            self.namespace_lifecycle(ns)?;
             set_meta(&mut object, "namespace", Value::String(ns.to_string()));
         } else if let Some(meta) = object["metadata"].as_object_mut() {
             meta.remove("namespace");
@@ -674,6 +719,20 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store with the namespaces the tests use, its history then cleared
+    /// (as if compacted) so that the tests see only their own changes.
+    fn test_store(capacity: usize) -> Store {
+        let mut s = Store::new(capacity);
+        let ns = crate::resource::by_name("namespaces", "").unwrap();
+        for n in ["ns", "a", "b"] {
+            s.create(ns, None, json!({"metadata": {"name": n}}), "test")
+                .unwrap();
+        }
+        s.history.clear();
+        s.horizon = s.rv;
+        s
+    }
     use crate::resource::by_name;
 
     fn svc(name: &str) -> Value {
@@ -681,12 +740,58 @@ mod tests {
     }
 
     #[test]
+    fn namespace_lifecycle_refuses_missing_and_terminating_namespaces() {
+        let mut s = test_store(100);
+        let cms = by_name("configmaps", "").unwrap();
+        let e = s
+            .create(
+                cms,
+                Some("nowhere"),
+                json!({"metadata": {"name": "c"}}),
+                "t",
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "namespaces \"nowhere\" not found")
+        );
+        let ns = by_name("namespaces", "").unwrap();
+        s.create(ns, None, json!({"metadata": {"name": "going"}}), "t")
+            .unwrap();
+        s.patch(
+            ns,
+            None,
+            "going",
+            true,
+            PatchKind::Merge,
+            json!({"status": {"phase": "Terminating"}}),
+            "namespace-controller",
+        )
+        .unwrap();
+        let e = s
+            .create(cms, Some("going"), json!({"metadata": {"name": "c"}}), "t")
+            .unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message.contains("because it is being terminated"),
+            "{}",
+            e.message
+        );
+        // A fresh store has the system namespaces.
+        for n in ["default", "kube-system"] {
+            s.create(cms, Some(n), json!({"metadata": {"name": "c"}}), "t")
+                .unwrap();
+        }
+    }
+
+    #[test]
     fn create_sets_metadata_and_drops_service_status() {
-        let mut s = Store::new(100);
+        let mut s = test_store(100);
         let svcs = by_name("services", "").unwrap();
+        let base = s.resource_version();
         let o = s.create(svcs, Some("ns"), svc("a"), "t").unwrap();
         assert_eq!(o["metadata"]["namespace"], "ns");
-        assert_eq!(o["metadata"]["resourceVersion"], "2");
+        assert_eq!(o["metadata"]["resourceVersion"], (base + 1).to_string());
         assert_eq!(o["kind"], "Service");
         assert!(o.get("status").is_none());
         assert_eq!(
@@ -717,7 +822,7 @@ mod tests {
 
     #[test]
     fn status_subresource_and_conflicts() {
-        let mut s = Store::new(100);
+        let mut s = test_store(100);
         let svcs = by_name("services", "").unwrap();
         s.create(svcs, Some("ns"), svc("a"), "t").unwrap();
         // A status write changes only the status.
@@ -774,8 +879,9 @@ mod tests {
 
     #[test]
     fn watch_history_and_compaction() {
-        let mut s = Store::new(3);
+        let mut s = test_store(3);
         let cms = by_name("configmaps", "").unwrap();
+        let b = s.resource_version();
         for i in 0..5 {
             s.create(
                 cms,
@@ -785,18 +891,21 @@ mod tests {
             )
             .unwrap();
         }
-        // rv 2..=6 committed; only the last three are kept.
-        assert_eq!(s.watch_from(1).unwrap_err(), Gone { oldest: 3 });
-        let (past, _) = s.watch_from(3).unwrap();
-        assert_eq!(past.iter().map(|c| c.rv).collect::<Vec<_>>(), vec![4, 5, 6]);
+        // b+1..=b+5 committed; only the last three are kept.
+        assert_eq!(s.watch_from(b).unwrap_err(), Gone { oldest: b + 2 });
+        let (past, _) = s.watch_from(b + 2).unwrap();
+        assert_eq!(
+            past.iter().map(|c| c.rv).collect::<Vec<_>>(),
+            vec![b + 3, b + 4, b + 5]
+        );
         s.compact();
-        assert!(s.watch_from(5).is_err());
-        assert!(s.watch_from(6).unwrap().0.is_empty());
+        assert!(s.watch_from(b + 4).is_err());
+        assert!(s.watch_from(b + 5).unwrap().0.is_empty());
     }
 
     #[test]
     fn list_pages_and_selectors() {
-        let mut s = Store::new(100);
+        let mut s = test_store(100);
         let cms = by_name("configmaps", "").unwrap();
         for (ns, name, app) in [
             ("a", "x", "web"),
@@ -826,7 +935,7 @@ mod tests {
 
     #[test]
     fn apply_creates_then_conflicts_unless_forced() {
-        let mut s = Store::new(100);
+        let mut s = test_store(100);
         let leases = by_name("leases", "coordination.k8s.io").unwrap();
         s.patch(
             leases,

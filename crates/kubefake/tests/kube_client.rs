@@ -29,6 +29,9 @@ fn service(name: &str, app: &str) -> Service {
 #[tokio::test]
 async fn crud_status_and_conflicts() {
     let server = FakeApiServer::start().await.unwrap();
+    for ns in ["web", "ferrolb-system", "ns", "a", "b"] {
+        server.create_namespace(ns);
+    }
     let api: Api<Service> = Api::namespaced(client(&server), "web");
     let created = api
         .create(&PostParams::default(), &service("a", "x"))
@@ -142,6 +145,9 @@ async fn watcher_sees_changes_bookmarks_and_recovers_from_410() {
     })
     .await
     .unwrap();
+    for ns in ["a", "b"] {
+        server.create_namespace(ns);
+    }
     let api: Api<ConfigMap> = Api::all(client(&server));
     let ns_api: Api<ConfigMap> = Api::namespaced(client(&server), "a");
     for i in 0..3 {
@@ -261,6 +267,9 @@ async fn watcher_sees_changes_bookmarks_and_recovers_from_410() {
 #[tokio::test]
 async fn selector_watch_turns_label_changes_into_add_and_delete() {
     let server = FakeApiServer::start().await.unwrap();
+    for ns in ["web", "ferrolb-system", "ns", "a", "b"] {
+        server.create_namespace(ns);
+    }
     let api: Api<Service> = Api::namespaced(client(&server), "web");
     api.create(&PostParams::default(), &service("a", "x"))
         .await
@@ -306,6 +315,9 @@ async fn selector_watch_turns_label_changes_into_add_and_delete() {
 async fn lease_manager_elects_one_leader_and_hands_over() {
     use kube_lease_manager::{LeaseCreateMode, LeaseManagerBuilder};
     let server = FakeApiServer::start().await.unwrap();
+    for ns in ["web", "ferrolb-system", "ns", "a", "b"] {
+        server.create_namespace(ns);
+    }
     let mut receivers = Vec::new();
     let mut handles = Vec::new();
     for id in ["one", "two"] {
