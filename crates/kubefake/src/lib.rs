@@ -113,7 +113,11 @@ impl FakeApiServer {
         let mut tokens = std::collections::HashMap::new();
         tokens.insert(ADMIN_TOKEN.to_string(), User::admin());
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(options.history).with_stack(options.stack)),
+            store: Mutex::new(
+                Store::new(options.history)
+                    .with_stack(options.stack)
+                    .with_event_ttl(options.event_ttl),
+            ),
             requests: Mutex::new(Vec::new()),
             options,
             tokens: Mutex::new(tokens),

@@ -61,6 +61,8 @@ pub struct Options {
     /// The cluster's Service IP families: what `ipFamilies` defaults to and
     /// which dual-stack policies are refused.
     pub stack: crate::strategy::Stack,
+    /// How long Events live (`--event-ttl`; 1 h, the real default).
+    pub event_ttl: Duration,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             tls: false,
             authorize: false,
             stack: crate::strategy::Stack::default(),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -343,6 +346,7 @@ fn respond(
         crate::strategy::field_manager(&manager)?;
     }
     let mut store = shared.store.lock().expect("store lock");
+    store.expire_events(std::time::Instant::now());
     match verb {
         "get" => store.get(t.resource, ns, name).map(|v| (200, v)),
         "list" => {

@@ -137,6 +137,10 @@ pub struct Store {
     uids: u64,
     tx: broadcast::Sender<Arc<Change>>,
     stack: crate::strategy::Stack,
+    /// How long an Event lives (the API server's `--event-ttl`, 1 h by default).
+    event_ttl: std::time::Duration,
+    /// When each stored Event expires, soonest first.
+    expiry: BTreeMap<(std::time::Instant, Key), ()>,
 }
 
 fn now_rfc3339() -> String {
@@ -200,6 +204,30 @@ impl Store {
             uids: 0,
             tx,
             stack: crate::strategy::Stack::default(),
+            event_ttl: std::time::Duration::from_secs(3600),
+            expiry: BTreeMap::new(),
+        }
+    }
+
+    /// The same store with Events living `ttl` (`--event-ttl`).
+    pub fn with_event_ttl(mut self, ttl: std::time::Duration) -> Store {
+        self.event_ttl = ttl;
+        self
+    }
+
+    /// Deletes the Events whose TTL ran out, as etcd's lease expiry does
+    /// (watches see them DELETED). The server calls it on every request.
+    pub fn expire_events(&mut self, now: std::time::Instant) {
+        while let Some((&(at, ref key), ())) = self.expiry.iter().next() {
+            if at > now {
+                break;
+            }
+            let key = key.clone();
+            self.expiry.remove(&(at, key.clone()));
+            if let Some(stored) = self.objects.get(&key) {
+                let object = stored.object.clone();
+                self.commit(key, object, Owners::new(), ChangeKind::Deleted, None);
+            }
         }
     }
 
@@ -444,6 +472,13 @@ impl Store {
         }
         let mut owners = Owners::new();
         patch::record_owners(&mut owners, &json!({}), &object, None, manager);
+        if rt.plural == "events" {
+            // Both Event APIs: the TTL starts at creation (updates do not renew it here).
+            self.expiry.insert(
+                (std::time::Instant::now() + self.event_ttl, key.clone()),
+                (),
+            );
+        }
         Ok(self.commit(key, object, owners, ChangeKind::Added, None))
     }
 
@@ -737,6 +772,33 @@ mod tests {
 
     fn svc(name: &str) -> Value {
         json!({"metadata": {"name": name}, "spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "9.9.9.9"}]}}})
+    }
+
+    #[test]
+    fn events_expire_after_their_ttl_and_watches_see_them_go() {
+        let mut s = test_store(100).with_event_ttl(std::time::Duration::from_millis(50));
+        let ev = by_name("events", "").unwrap();
+        s.create(
+            ev,
+            Some("ns"),
+            json!({"metadata": {"name": "e1"}, "reason": "r"}),
+            "t",
+        )
+        .unwrap();
+        let rv = s.resource_version();
+        s.expire_events(std::time::Instant::now());
+        assert!(s.get(ev, Some("ns"), "e1").is_ok(), "not yet");
+        s.expire_events(std::time::Instant::now() + std::time::Duration::from_millis(60));
+        assert_eq!(s.get(ev, Some("ns"), "e1").unwrap_err().code, 404);
+        let (changes, _) = s.watch_from(rv).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].kind, ChangeKind::Deleted);
+        // A ConfigMap never expires.
+        let cms = by_name("configmaps", "").unwrap();
+        s.create(cms, Some("ns"), json!({"metadata": {"name": "c"}}), "t")
+            .unwrap();
+        s.expire_events(std::time::Instant::now() + std::time::Duration::from_secs(86_400));
+        assert!(s.get(cms, Some("ns"), "c").is_ok());
     }
 
     #[test]
