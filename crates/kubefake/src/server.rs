@@ -435,14 +435,25 @@ fn respond(
                 .map(|v| (200, v))
         }
         "delete" => {
-            let precondition = if body.is_empty() {
-                None
+            let options = if body.is_empty() {
+                json!({})
             } else {
                 parse_body(body)?
-                    .pointer("/preconditions/resourceVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
             };
+            let precondition = options
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if rt.plural == "pods" && rt.group.is_empty() {
+                // DeleteOptions' gracePeriodSeconds, in the query or the body.
+                let grace = query
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .or_else(|| options.get("gracePeriodSeconds").and_then(Value::as_u64));
+                return store
+                    .delete_pod(t.resource, ns, name, grace, precondition.as_deref())
+                    .map(|v| (200, v));
+            }
             store
                 .delete(t.resource, ns, name, precondition.as_deref())
                 .map(|v| (200, v))

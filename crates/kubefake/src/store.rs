@@ -139,8 +139,9 @@ pub struct Store {
     stack: crate::strategy::Stack,
     /// How long an Event lives (the API server's `--event-ttl`, 1 h by default).
     event_ttl: std::time::Duration,
-    /// When each stored Event expires, soonest first.
-    expiry: BTreeMap<(std::time::Instant, Key), ()>,
+    /// When each stored Event expires, or a Pod being deleted goes, soonest first.
+    /// The value is the object's uid: a namesake created since is not touched.
+    expiry: BTreeMap<(std::time::Instant, Key), String>,
 }
 
 fn now_rfc3339() -> String {
@@ -216,17 +217,25 @@ impl Store {
     }
 
     /// Deletes the Events whose TTL ran out, as etcd's lease expiry does
-    /// (watches see them DELETED). The server calls it on every request.
+    /// (watches see them DELETED), and the Pods whose grace period ended.
+    /// The server calls it on every request.
     pub fn expire_events(&mut self, now: std::time::Instant) {
-        while let Some((&(at, ref key), ())) = self.expiry.iter().next() {
+        while let Some((&(at, ref key), uid)) = self.expiry.iter().next() {
             if at > now {
                 break;
             }
-            let key = key.clone();
+            let (key, uid) = (key.clone(), uid.clone());
             self.expiry.remove(&(at, key.clone()));
             if let Some(stored) = self.objects.get(&key) {
-                let object = stored.object.clone();
-                self.commit(key, object, Owners::new(), ChangeKind::Deleted, None);
+                if stored
+                    .object
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    == Some(uid.as_str())
+                {
+                    let object = stored.object.clone();
+                    self.commit(key, object, Owners::new(), ChangeKind::Deleted, None);
+                }
             }
         }
     }
@@ -474,9 +483,14 @@ impl Store {
         patch::record_owners(&mut owners, &json!({}), &object, None, manager);
         if rt.plural == "events" {
             // Both Event APIs: the TTL starts at creation (updates do not renew it here).
+            let uid = object
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             self.expiry.insert(
                 (std::time::Instant::now() + self.event_ttl, key.clone()),
-                (),
+                uid,
             );
         }
         Ok(self.commit(key, object, owners, ChangeKind::Added, None))
@@ -694,6 +708,76 @@ impl Store {
         Ok(self.commit(key, object, Owners::new(), ChangeKind::Deleted, None))
     }
 
+    /// DELETE of a Pod, as the API server does it (`BeforeDelete` in
+    /// pkg/registry/rest/delete.go with the Pod strategy's
+    /// `CheckGracefulDelete`): with a grace period (the request's, else the
+    /// Pod's `terminationGracePeriodSeconds`, else 30 s) the Pod gets
+    /// `deletionTimestamp` and `deletionGracePeriodSeconds` and stays, Running,
+    /// until the period ends (or the kubelet removes it); grace 0 deletes at once.
+    pub fn delete_pod(
+        &mut self,
+        resource: usize,
+        ns: Option<&str>,
+        name: &str,
+        grace: Option<u64>,
+        precondition: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let rt = &RESOURCES[resource];
+        let key = Self::key(resource, ns.filter(|_| rt.namespaced), name);
+        let Some(stored) = self.objects.get(&key) else {
+            return Err(ApiError::not_found(rt, name));
+        };
+        let object = stored.object.clone();
+        let grace = grace.unwrap_or_else(|| {
+            object
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(30)
+        });
+        if grace == 0 {
+            return self.delete(resource, ns, name, precondition);
+        }
+        if object.pointer("/metadata/deletionTimestamp").is_some() {
+            // Already going: a second DELETE changes nothing here.
+            return Ok(object);
+        }
+        if let Some(want) = precondition {
+            if rv_of(&object) != Some(want) {
+                return Err(ApiError::conflict(format!(
+                    "Precondition failed: resourceVersion {want} does not match {}",
+                    rv_of(&object).unwrap_or("")
+                )));
+            }
+        }
+        let mut going = object;
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace as i64);
+        set_meta(
+            &mut going,
+            "deletionTimestamp",
+            Value::String(
+                jiff::Timestamp::from_second(at.as_second())
+                    .unwrap_or(at)
+                    .to_string(),
+            ),
+        );
+        set_meta(&mut going, "deletionGracePeriodSeconds", json!(grace));
+        let owners = self.objects[&key].owners.clone();
+        let old = self.objects[&key].object.clone();
+        let uid = old
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        self.expiry.insert(
+            (
+                std::time::Instant::now() + std::time::Duration::from_secs(grace),
+                key.clone(),
+            ),
+            uid,
+        );
+        Ok(self.commit(key, going, owners, ChangeKind::Modified, Some(old)))
+    }
+
     /// The changes after `rv` (every resource; the caller filters) and a
     /// receiver for the ones still to come, taken atomically so that a
     /// watch misses nothing and sees nothing twice.
@@ -799,6 +883,53 @@ mod tests {
             .unwrap();
         s.expire_events(std::time::Instant::now() + std::time::Duration::from_secs(86_400));
         assert!(s.get(cms, Some("ns"), "c").is_ok());
+    }
+
+    #[test]
+    fn a_deleted_pod_stays_for_its_grace_period() {
+        let mut s = test_store(100);
+        let pods = by_name("pods", "").unwrap();
+        s.create(
+            pods,
+            Some("ns"),
+            json!({"metadata": {"name": "p"}, "spec": {"terminationGracePeriodSeconds": 1}}),
+            "t",
+        )
+        .unwrap();
+        let going = s.delete_pod(pods, Some("ns"), "p", None, None).unwrap();
+        assert!(going.pointer("/metadata/deletionTimestamp").is_some());
+        assert_eq!(going["metadata"]["deletionGracePeriodSeconds"], 1);
+        // Still there, and a second DELETE changes nothing.
+        assert!(s.get(pods, Some("ns"), "p").is_ok());
+        let rv = s.resource_version();
+        s.delete_pod(pods, Some("ns"), "p", None, None).unwrap();
+        assert_eq!(s.resource_version(), rv);
+        s.expire_events(std::time::Instant::now());
+        assert!(
+            s.get(pods, Some("ns"), "p").is_ok(),
+            "within the grace period"
+        );
+        s.expire_events(std::time::Instant::now() + std::time::Duration::from_millis(1100));
+        assert_eq!(s.get(pods, Some("ns"), "p").unwrap_err().code, 404);
+        // Grace 0 (kubectl delete --force --grace-period=0): at once.
+        s.create(pods, Some("ns"), json!({"metadata": {"name": "q"}}), "t")
+            .unwrap();
+        s.delete_pod(pods, Some("ns"), "q", Some(0), None).unwrap();
+        assert_eq!(s.get(pods, Some("ns"), "q").unwrap_err().code, 404);
+        // A namesake created after a delete is not removed by the old one's timer.
+        s.create(
+            pods,
+            Some("ns"),
+            json!({"metadata": {"name": "r"}, "spec": {"terminationGracePeriodSeconds": 1}}),
+            "t",
+        )
+        .unwrap();
+        s.delete_pod(pods, Some("ns"), "r", None, None).unwrap();
+        s.delete(pods, Some("ns"), "r", None).unwrap();
+        s.create(pods, Some("ns"), json!({"metadata": {"name": "r"}}), "t")
+            .unwrap();
+        s.expire_events(std::time::Instant::now() + std::time::Duration::from_secs(5));
+        assert!(s.get(pods, Some("ns"), "r").is_ok(), "the new r stays");
     }
 
     #[test]
