@@ -72,7 +72,9 @@ fn fi(family: Family) -> usize {
 /// types. Every operation is O(log n) in the number of allocated addresses
 /// (plus the number of pools).
 pub struct Allocator {
-    /// Pools in preference order: priority (lowest first, unset last), then name.
+    /// Pools in preference order: priority (lowest first, unset last), then
+    /// pools restricted to namespaces or Service labels before unrestricted
+    /// ones (as MetalLB tries the pools that select a Service first), then name.
     pools: Vec<PoolState>,
     index: HashMap<String, usize>,
     ips: BTreeMap<IpAddr, IpUse>,
@@ -86,10 +88,12 @@ impl Allocator {
     /// An allocator over `pools` with nothing allocated.
     pub fn new(pools: &[Pool]) -> Allocator {
         let mut sorted: Vec<&Pool> = pools.iter().collect();
+        let open = |p: &Pool| p.namespaces.is_empty() && p.service_selector.is_none();
         sorted.sort_by(|a, b| {
-            (a.priority.is_none(), a.priority, &a.name).cmp(&(
+            (a.priority.is_none(), a.priority, open(a), &a.name).cmp(&(
                 b.priority.is_none(),
                 b.priority,
+                open(b),
                 &b.name,
             ))
         });

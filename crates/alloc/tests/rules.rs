@@ -88,6 +88,52 @@ fn priority_then_name_orders_pools() {
     assert_eq!(order, ["a-high", "b-low", "a-none", "zz-none"]);
 }
 
+/// As MetalLB tries the pools that select a Service before the others: at
+/// one priority (or none), a pool restricted to the Service's namespace or
+/// labels comes before an unrestricted one, whatever the names. MetalLB
+/// breaks the remaining ties at random; ferrolb by name.
+#[test]
+fn restricted_pools_come_before_unrestricted_ones_of_the_same_priority() {
+    let mut a = Allocator::new(&pools(
+        "pools:
+           - {name: a-open, addresses: [10.0.1.0/32], priority: 10}
+           - {name: z-team, addresses: [10.0.2.0/32], priority: 10, namespaces: [team]}
+           - {name: b-open-none, addresses: [10.0.3.0/32]}
+           - {name: y-labels-none, addresses: [10.0.4.0/32], serviceSelector: {matchLabels: {tier: gold}}}",
+    ));
+    let mut gold = req("team", "s0");
+    gold.labels.insert("tier".into(), "gold".into());
+    let order: Vec<String> = [
+        gold.clone(),
+        {
+            let mut r = gold.clone();
+            r.key = ServiceKey::new("team", "s1");
+            r
+        },
+        {
+            let mut r = gold.clone();
+            r.key = ServiceKey::new("team", "s2");
+            r
+        },
+        {
+            let mut r = gold;
+            r.key = ServiceKey::new("team", "s3");
+            r
+        },
+    ]
+    .iter()
+    .map(|r| a.allocate(r).unwrap().pool.to_string())
+    .collect();
+    assert_eq!(order, ["z-team", "a-open", "y-labels-none", "b-open-none"]);
+    // A Service the restricted pools do not select still gets the open ones in order.
+    let mut b = Allocator::new(&pools(
+        "pools:
+           - {name: a-open, addresses: [10.0.1.0/32], priority: 10}
+           - {name: z-team, addresses: [10.0.2.0/32], priority: 10, namespaces: [team]}",
+    ));
+    assert_eq!(&*b.allocate(&req("other", "s")).unwrap().pool, "a-open");
+}
+
 #[test]
 fn auto_assign_off_only_by_request() {
     let mut a = Allocator::new(&pools(
