@@ -806,3 +806,56 @@ async fn a_request_changed_while_the_controller_was_down_is_honoured_on_restart(
     let released = c.wait_event("ns", "moved", "IPReleased", T).await;
     assert!(released.contains("192.0.2.10"), "{released}");
 }
+
+/// A Lease name other than the default works only with RBAC that names it:
+/// with the shipped Role the controller is refused (403, named in its log)
+/// and assigns nothing; with the Role's `resourceNames` changed as
+/// docs/kubernetes.md says, it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_lease_needs_the_matching_rbac() {
+    let c = Cluster::start().await;
+    c.set_config(CONFIG).await;
+    c.create_service("ns", "web", json!({})).await;
+    let refused = Controller::spawn(&c, "renamed-1", &["--lease-name", "ferrolb-leader"]);
+    wait_until("the refusal in the log", T, || {
+        let log = refused.log();
+        log.contains("forbidden") || log.contains("Forbidden")
+    })
+    .await;
+    assert!(
+        refused.log().contains("ferrolb-leader"),
+        "{}",
+        refused.log()
+    );
+    assert!(
+        c.ingress("ns", "web").is_empty(),
+        "assigned without leading"
+    );
+    drop(refused);
+    // The one line docs/kubernetes.md says to change: the Role's resourceNames.
+    let roles = ferrolb_kubefake::resource::by_name("roles", "rbac.authorization.k8s.io").unwrap();
+    let mut role = c
+        .server
+        .store()
+        .get(roles, Some(SYSTEM_NS), "ferrolb-controller")
+        .unwrap();
+    for rule in role["rules"].as_array_mut().unwrap() {
+        if rule.get("resourceNames").is_some() {
+            rule["resourceNames"] = json!(["ferrolb-leader"]);
+        }
+    }
+    c.server
+        .store()
+        .update(
+            roles,
+            Some(SYSTEM_NS),
+            "ferrolb-controller",
+            false,
+            role,
+            "kubectl",
+        )
+        .unwrap();
+    let _ctl = Controller::start(&c, "renamed-2", &["--lease-name", "ferrolb-leader"]).await;
+    c.wait_ingress("ns", "web", 1, T).await;
+    assert!(c.leader().is_none(), "the default Lease stays unused");
+}
