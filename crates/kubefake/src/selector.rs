@@ -113,8 +113,9 @@ impl LabelSelector {
 }
 
 impl FieldSelector {
-    /// Parses the `fieldSelector` query parameter. Any dotted path is
-    /// accepted (the real server allows only a few per resource).
+    /// Parses the `fieldSelector` query parameter (any dotted path; the
+    /// server then refuses the paths the resource does not support,
+    /// [`crate::strategy::field_labels`]).
     pub fn parse(text: &str) -> Result<FieldSelector, String> {
         let mut reqs = Vec::new();
         for part in split_top(text) {
@@ -130,6 +131,11 @@ impl FieldSelector {
             reqs.push((path.trim().to_string(), eq, value.trim().to_string()));
         }
         Ok(FieldSelector { reqs })
+    }
+
+    /// The field paths the selector uses.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.reqs.iter().map(|(p, _, _)| p.as_str())
     }
 
     /// Whether the object's fields satisfy every requirement; a missing

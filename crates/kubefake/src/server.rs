@@ -354,6 +354,7 @@ fn respond(
                 .map_err(ApiError::bad_request)?;
             let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
                 .map_err(ApiError::bad_request)?;
+            crate::strategy::check_field_selector(rt.plural, rt.group, fields.paths())?;
             let limit = match query.get("limit") {
                 Some(l) => Some(
                     l.parse::<usize>()
@@ -527,6 +528,12 @@ fn watch(shared: &Shared, t: &Target, query: &Query) -> Response<Body> {
         Ok(f) => f,
         Err(e) => return error_response(&ApiError::bad_request(e)),
     };
+    {
+        let rt = &RESOURCES[t.resource];
+        if let Err(e) = crate::strategy::check_field_selector(rt.plural, rt.group, fields.paths()) {
+            return error_response(&e);
+        }
+    }
     let filter = WatchFilter {
         resource: t.resource,
         namespace: t.namespace.clone(),

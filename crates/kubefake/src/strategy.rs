@@ -221,6 +221,73 @@ pub fn service_type_change(old: &Value, new: &mut Value) {
     }
 }
 
+/// The field selectors each resource supports: `metadata.name` and
+/// `metadata.namespace` everywhere, and the resource's own
+/// `AddFieldLabelConversionFunc` list (pkg/apis/core/v1/conversion.go and
+/// friends); anything else is a 400, as from the real server.
+pub fn field_labels(plural: &str, group: &str) -> &'static [&'static str] {
+    match (plural, group) {
+        ("pods", "") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        ("services", "") => &["spec.clusterIP", "spec.type"],
+        ("nodes", "") => &["spec.unschedulable"],
+        ("secrets", "") => &["type"],
+        ("namespaces", "") => &["status.phase"],
+        ("events", "") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("events", "events.k8s.io") => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        _ => &[],
+    }
+}
+
+/// Refuses a field selector path `plural` does not support.
+pub fn check_field_selector<'a>(
+    plural: &str,
+    group: &str,
+    paths: impl Iterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    let own = field_labels(plural, group);
+    for p in paths {
+        if p != "metadata.name" && p != "metadata.namespace" && !own.contains(&p) {
+            return Err(ApiError::bad_request(format!(
+                "field label not supported: {p}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `ValidateFieldManager` (staging/src/k8s.io/apimachinery/pkg/api/validation):
 /// at most 128 bytes, printable characters.
 pub fn field_manager(manager: &str) -> Result<(), ApiError> {
@@ -428,6 +495,30 @@ mod tests {
         // An empty status on any type is fine.
         let mut empty = json!({"metadata": {"name": "web"}, "spec": {"type": "ClusterIP"}, "status": {"loadBalancer": {}}});
         service_status(&mut empty).unwrap();
+    }
+
+    #[test]
+    fn field_selectors_only_on_the_fields_each_resource_supports() {
+        let ok = |plural: &str, group: &str, path: &str| {
+            check_field_selector(plural, group, std::iter::once(path)).is_ok()
+        };
+        assert!(ok("configmaps", "", "metadata.name"));
+        assert!(ok("pods", "", "spec.nodeName"));
+        assert!(ok("services", "", "spec.type"));
+        assert!(ok("events", "events.k8s.io", "regarding.name"));
+        assert!(!ok("events", "events.k8s.io", "involvedObject.name"));
+        assert!(!ok("configmaps", "", "data.x"));
+        assert!(!ok("services", "", "spec.loadBalancerIP"));
+        let e = check_field_selector(
+            "leases",
+            "coordination.k8s.io",
+            std::iter::once("spec.holderIdentity"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (400, "field label not supported: spec.holderIdentity")
+        );
     }
 
     #[test]
