@@ -135,7 +135,7 @@ impl Cluster {
     /// Creates or replaces the ferrolb ConfigMap with `yaml` under `config.yaml`.
     pub async fn set_config(&self, yaml: &str) {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NS);
-        let cm = json!({"metadata": {"name": "ferrolb-config"}, "data": {"config.yaml": yaml}});
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ferrolb-config"}, "data": {"config.yaml": yaml}});
         api.patch(
             "ferrolb-config",
             &PatchParams::apply("test").force(),

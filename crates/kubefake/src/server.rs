@@ -423,16 +423,12 @@ fn respond(
                 }
             };
             // Apply bodies are YAML; every client sends JSON, which is YAML too.
+            let body = parse_body(body)?;
+            if let PatchKind::Apply { .. } = kind {
+                crate::strategy::apply_body(&body, name)?;
+            }
             store
-                .patch(
-                    t.resource,
-                    ns,
-                    name,
-                    status_only,
-                    kind,
-                    parse_body(body)?,
-                    &manager,
-                )
+                .patch(t.resource, ns, name, status_only, kind, body, &manager)
                 .map(|v| (200, v))
         }
         "delete" => {

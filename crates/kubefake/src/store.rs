@@ -452,7 +452,9 @@ impl Store {
                 message: format!("{} {name:?} already exists", rt.qualified()),
             });
         }
+        crate::strategy::validate_name(rt.kind, rt.plural, &name)?;
         set_meta(&mut object, "name", Value::String(name));
+        crate::strategy::validate_labels(rt.kind, &object)?;
         set_meta(
             &mut object,
             "uid",
@@ -566,6 +568,7 @@ impl Store {
                 }
             }
         }
+        crate::strategy::validate_labels(rt.kind, &object)?;
         if rt.plural == "services" && rt.group.is_empty() {
             if status_only {
                 crate::strategy::service_status(&mut object)?;

@@ -221,6 +221,126 @@ pub fn service_type_change(old: &Value, new: &mut Value) {
     }
 }
 
+fn dns_label(s: &str, first_alpha: bool) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && (if first_alpha {
+            b[0].is_ascii_lowercase()
+        } else {
+            b[0].is_ascii_alphanumeric()
+        })
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && !s.is_empty() && s.split('.').all(|l| dns_label(l, false))
+}
+
+/// Object names as `ValidateObjectMeta` checks them with each resource's name
+/// function (pkg/apis/core/validation): a DNS-1035 label for Services, a
+/// DNS-1123 label for Namespaces, a path segment for RBAC objects
+/// (`ValidateRBACName`), a DNS-1123 subdomain for the rest.
+pub fn validate_name(kind: &str, plural: &str, name: &str) -> Result<(), ApiError> {
+    let (ok, what) = match plural {
+        "services" => (dns_label(name, true), "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"),
+        "namespaces" => (dns_label(name, false), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
+        // ValidateRBACName: any path segment (`ferrolb:controller` is fine).
+        "clusterroles" | "clusterrolebindings" | "roles" | "rolebindings" => (
+            !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('%'),
+            "may not be '.' or '..' and may not contain '/' or '%'",
+        ),
+        _ => (dns_subdomain(name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            kind,
+            name,
+            "metadata.name",
+            format!("Invalid value: {name:?}: {what}"),
+        ))
+    }
+}
+
+fn label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// `ValidateLabels` (apimachinery/pkg/apis/meta/v1/validation): keys are
+/// `[prefix/]name` (prefix a DNS subdomain, name at most 63 characters of
+/// alphanumerics, `-`, `_`, `.`), values empty or a name.
+pub fn validate_labels(kind: &str, obj: &Value) -> Result<(), ApiError> {
+    let Some(labels) = obj.pointer("/metadata/labels") else {
+        return Ok(());
+    };
+    let n = name(obj);
+    let Some(labels) = labels.as_object() else {
+        return Err(invalid(
+            kind,
+            &n,
+            "metadata.labels",
+            "must be a map of strings".into(),
+        ));
+    };
+    for (k, v) in labels {
+        let (prefix, key) = match k.split_once('/') {
+            Some((p, k)) => (Some(p), k),
+            None => (None, k.as_str()),
+        };
+        if prefix.is_some_and(|p| !dns_subdomain(p)) || !label_name(key) {
+            return Err(invalid(kind, &n, "metadata.labels", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (with an optional DNS subdomain prefix and '/')")));
+        }
+        let Some(v) = v.as_str() else {
+            return Err(invalid(
+                kind,
+                &n,
+                &format!("metadata.labels[{k}]"),
+                "must be a string".into(),
+            ));
+        };
+        if !v.is_empty() && !label_name(v) {
+            return Err(invalid(kind, &n, "metadata.labels", format!("Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
+        }
+    }
+    Ok(())
+}
+
+/// What an apply patch must carry: `apiVersion` and `kind` (the structured
+/// merge refuses a body it cannot type), and a `metadata.name`, if given,
+/// equal to the URL's. A body without a name takes the URL's, as the real
+/// server does (kube-lease-manager's Lease patches rely on it).
+pub fn apply_body(body: &Value, url_name: &str) -> Result<(), ApiError> {
+    for field in ["apiVersion", "kind"] {
+        if body
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(format!(
+                "an apply patch must set {field}"
+            )));
+        }
+    }
+    if let Some(n) = body.pointer("/metadata/name").and_then(Value::as_str) {
+        if n != url_name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({url_name})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The field selectors each resource supports: `metadata.name` and
 /// `metadata.namespace` everywhere, and the resource's own
 /// `AddFieldLabelConversionFunc` list (pkg/apis/core/v1/conversion.go and
@@ -495,6 +615,64 @@ mod tests {
         // An empty status on any type is fine.
         let mut empty = json!({"metadata": {"name": "web"}, "spec": {"type": "ClusterIP"}, "status": {"loadBalancer": {}}});
         service_status(&mut empty).unwrap();
+    }
+
+    #[test]
+    fn names_labels_and_apply_bodies_are_validated() {
+        assert!(validate_name("Service", "services", "web-1").is_ok());
+        for bad in ["1web", "Web", "web_1", "web.example", &"a".repeat(64), ""] {
+            assert_eq!(
+                validate_name("Service", "services", bad).unwrap_err().code,
+                422,
+                "{bad}"
+            );
+        }
+        assert!(validate_name("ConfigMap", "configmaps", "ferrolb.config-1").is_ok());
+        assert!(validate_name("ConfigMap", "configmaps", "-x").is_err());
+        assert!(validate_name("Namespace", "namespaces", "ferrolb-system").is_ok());
+        assert!(validate_name("Namespace", "namespaces", "a.b").is_err());
+        assert!(validate_name("ClusterRole", "clusterroles", "ferrolb:controller").is_ok());
+        assert!(validate_name("ClusterRole", "clusterroles", "a/b").is_err());
+        let with = |labels: Value| {
+            validate_labels(
+                "Service",
+                &json!({"metadata": {"name": "w", "labels": labels}}),
+            )
+        };
+        assert!(
+            with(json!({"app.kubernetes.io/name": "ferrolb", "tier": "", "a_b.c-d": "x_1"}))
+                .is_ok()
+        );
+        for bad in [
+            json!({"bad key": "x"}),
+            json!({"-x": "y"}),
+            json!({"Bad_Prefix/x": "y"}),
+            json!({"x": "has space"}),
+            json!({"x": "a".repeat(64)}),
+            json!({"x": 1}),
+        ] {
+            assert_eq!(with(bad.clone()).unwrap_err().code, 422, "{bad}");
+        }
+        assert!(apply_body(
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            "c"
+        )
+        .is_ok());
+        assert!(
+            apply_body(&json!({"apiVersion": "v1", "kind": "ConfigMap"}), "c").is_ok(),
+            "the URL names it"
+        );
+        assert!(apply_body(
+            &json!({"kind": "ConfigMap", "metadata": {"name": "c"}}),
+            "c"
+        )
+        .is_err());
+        assert!(apply_body(&json!({"apiVersion": "v1", "metadata": {"name": "c"}}), "c").is_err());
+        assert!(apply_body(
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}}),
+            "c"
+        )
+        .is_err());
     }
 
     #[test]
