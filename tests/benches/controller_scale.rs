@@ -77,6 +77,13 @@ async fn run(n: usize, creates: usize) {
     c.set_config("pools:\n  - name: big\n    addresses: [10.0.0.0/14]\n")
         .await;
     let svcs = by_name("services", "").expect("services are served");
+    // As on a real cluster, the namespaces exist before their Services.
+    for ns in (0..50)
+        .map(|i| format!("ns-{i}"))
+        .chain(["reference".into(), "bench".into()])
+    {
+        c.server.create_namespace(&ns);
+    }
     {
         let mut store = c.server.store();
         for i in 0..n {
@@ -110,9 +117,10 @@ async fn run(n: usize, creates: usize) {
     let mut reference = Vec::new();
     for i in 0..creates.min(500) {
         let name = format!("ref-{i:05}");
-        // ClusterIP: the controller leaves it alone, so only the API is measured.
+        // Another load balancer's class: the controller leaves it alone, so
+        // only the API is measured (a status write needs type LoadBalancer).
         let mut body = service(&name);
-        body["spec"]["type"] = json!("ClusterIP");
+        body["spec"]["loadBalancerClass"] = json!("other.example/lb");
         let svc: Service = serde_json::from_value(body).unwrap();
         let t = Instant::now();
         api.create(&PostParams::default(), &svc).await.unwrap();
