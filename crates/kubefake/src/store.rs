@@ -160,6 +160,23 @@ fn rv_of(v: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+fn uid_of(v: &Value) -> &str {
+    v.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// DELETE's `preconditions.resourceVersion`: a stale one is 409.
+fn check_precondition(object: &Value, precondition: Option<&str>) -> Result<(), ApiError> {
+    match precondition {
+        Some(want) if rv_of(object) != Some(want) => Err(ApiError::conflict(format!(
+            "Precondition failed: resourceVersion {want} does not match {}",
+            rv_of(object).unwrap_or("")
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn set_meta(v: &mut Value, key: &str, value: Value) {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(key.to_string(), value);
@@ -227,12 +244,7 @@ impl Store {
             let (key, uid) = (key.clone(), uid.clone());
             self.expiry.remove(&(at, key.clone()));
             if let Some(stored) = self.objects.get(&key) {
-                if stored
-                    .object
-                    .pointer("/metadata/uid")
-                    .and_then(Value::as_str)
-                    == Some(uid.as_str())
-                {
+                if uid_of(&stored.object) == uid {
                     let object = stored.object.clone();
                     self.commit(key, object, Owners::new(), ChangeKind::Deleted, None);
                 }
@@ -485,15 +497,8 @@ impl Store {
         patch::record_owners(&mut owners, &json!({}), &object, None, manager);
         if rt.plural == "events" {
             // Both Event APIs: the TTL starts at creation (updates do not renew it here).
-            let uid = object
-                .pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            self.expiry.insert(
-                (std::time::Instant::now() + self.event_ttl, key.clone()),
-                uid,
-            );
+            let uid = uid_of(&object).to_string();
+            self.remove_after(self.event_ttl, key.clone(), uid);
         }
         Ok(self.commit(key, object, owners, ChangeKind::Added, None))
     }
@@ -699,14 +704,7 @@ impl Store {
         let Some(stored) = self.objects.get(&key) else {
             return Err(ApiError::not_found(rt, name));
         };
-        if let Some(want) = precondition {
-            if rv_of(&stored.object) != Some(want) {
-                return Err(ApiError::conflict(format!(
-                    "Precondition failed: resourceVersion {want} does not match {}",
-                    rv_of(&stored.object).unwrap_or("")
-                )));
-            }
-        }
+        check_precondition(&stored.object, precondition)?;
         let object = stored.object.clone();
         Ok(self.commit(key, object, Owners::new(), ChangeKind::Deleted, None))
     }
@@ -744,14 +742,7 @@ impl Store {
             // Already going: a second DELETE changes nothing here.
             return Ok(object);
         }
-        if let Some(want) = precondition {
-            if rv_of(&object) != Some(want) {
-                return Err(ApiError::conflict(format!(
-                    "Precondition failed: resourceVersion {want} does not match {}",
-                    rv_of(&object).unwrap_or("")
-                )));
-            }
-        }
+        check_precondition(&object, precondition)?;
         let mut going = object;
         let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace as i64);
         set_meta(
@@ -766,19 +757,19 @@ impl Store {
         set_meta(&mut going, "deletionGracePeriodSeconds", json!(grace));
         let owners = self.objects[&key].owners.clone();
         let old = self.objects[&key].object.clone();
-        let uid = old
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        self.expiry.insert(
-            (
-                std::time::Instant::now() + std::time::Duration::from_secs(grace),
-                key.clone(),
-            ),
-            uid,
+        self.remove_after(
+            std::time::Duration::from_secs(grace),
+            key.clone(),
+            uid_of(&old).to_string(),
         );
         Ok(self.commit(key, going, owners, ChangeKind::Modified, Some(old)))
+    }
+
+    /// Schedules the object at `key` (if it is still the one with `uid`) for
+    /// removal after `delay`, by [`Store::expire_events`].
+    fn remove_after(&mut self, delay: std::time::Duration, key: Key, uid: String) {
+        self.expiry
+            .insert((std::time::Instant::now() + delay, key), uid);
     }
 
     /// The changes after `rv` (every resource; the caller filters) and a
