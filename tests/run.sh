@@ -47,6 +47,8 @@ install_packages() {
     # "install ok installed" only: a removed package keeps its config files and still answers dpkg -s.
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  # Any kubectl will do (tests/tests/kubectl.rs); Debian's is kubernetes-client.
+  command -v kubectl >/dev/null || missing+=(kubernetes-client)
   if [ ${#missing[@]} -eq 0 ]; then
     echo "all Debian packages present (${APT_PACKAGES[*]:-none needed})"
     return 0

@@ -9,6 +9,8 @@
 //! subresource and optimistic concurrency. Every request is recorded.
 //! What it does not emulate is listed in its README.
 
+mod discovery;
+mod events;
 mod patch;
 mod path;
 pub mod rbac;

@@ -194,3 +194,28 @@ pub fn by_name(plural: &str, group: &str) -> Option<usize> {
         .iter()
         .position(|r| r.group == group && r.plural == plural)
 }
+
+/// Whether `resource` is a view of objects stored as another type: the
+/// events.k8s.io Events are the core Events (crate::events).
+pub fn is_view(resource: usize) -> bool {
+    RESOURCES[resource].group == "events.k8s.io"
+}
+
+/// The resource whose objects `resource` shows: itself, or for a view the
+/// stored type.
+pub fn stored_as(resource: usize) -> usize {
+    if is_view(resource) {
+        by_name("events", "").expect("core events are served")
+    } else {
+        resource
+    }
+}
+
+/// A stored object as `resource` shows it.
+pub fn present(resource: usize, object: serde_json::Value) -> serde_json::Value {
+    if is_view(resource) {
+        crate::events::to_events(object)
+    } else {
+        object
+    }
+}

@@ -172,11 +172,18 @@ pub(crate) async fn handle(
         .unwrap_or("")
         .trim()
         .to_string();
-    if uri.path() == "/version" {
-        return Ok(json_response(
-            200,
-            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-ferrolb-kubefake"}),
-        ));
+    if let Some(doc) = crate::discovery::document(uri.path()) {
+        // Non-resource URLs: any authenticated user (system:discovery); /version to anyone.
+        if shared.options.authorize && uri.path() != "/version" {
+            let header = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if authenticate(&shared, header).is_err() {
+                return Ok(json_response(401, &crate::rbac::unauthorized_status()));
+            }
+        }
+        return Ok(json_response(200, &doc));
     }
     let query = Query::parse(uri.query());
     let target = match path::parse(uri.path()) {
@@ -473,18 +480,23 @@ impl WatchFilter {
             && self.namespace.as_ref().is_none_or(|n| *n == c.namespace)
     }
 
-    /// How a change looks through this watch's selectors: an object that
-    /// starts matching is ADDED, one that stops matching is DELETED.
-    fn view(&self, c: &Change) -> Option<&'static str> {
-        if c.resource != self.resource {
+    /// How a change looks through this watch's API and selectors: the line
+    /// to send, if any. An object that starts matching is ADDED, one that
+    /// stops matching is DELETED.
+    fn view(&self, c: &Change) -> Option<Bytes> {
+        if c.resource != resource::stored_as(self.resource) {
             return None;
         }
-        let now = self.sees(c, &c.object);
-        match c.kind {
+        let object = resource::present(self.resource, c.object.clone());
+        let now = self.sees(c, &object);
+        let ty = match c.kind {
             ChangeKind::Added => now.then_some("ADDED"),
             ChangeKind::Deleted => now.then_some("DELETED"),
             ChangeKind::Modified => {
-                let before = c.old.as_ref().is_some_and(|o| self.sees(c, o));
+                let before = c
+                    .old
+                    .as_ref()
+                    .is_some_and(|o| self.sees(c, &resource::present(self.resource, o.clone())));
                 match (before, now) {
                     (true, true) => Some("MODIFIED"),
                     (false, true) => Some("ADDED"),
@@ -492,7 +504,8 @@ impl WatchFilter {
                     (false, false) => None,
                 }
             }
-        }
+        }?;
+        Some(line(ty, &object))
     }
 }
 
@@ -577,8 +590,8 @@ fn watch(shared: &Shared, t: &Target, query: &Query) -> Response<Body> {
     };
     for c in past {
         state.seen_rv = state.seen_rv.max(c.rv);
-        if let Some(ty) = state.filter.view(&c) {
-            state.queue.push_back(line(ty, &c.object));
+        if let Some(l) = state.filter.view(&c) {
+            state.queue.push_back(l);
         }
     }
     let kind = rt.kind;
@@ -596,8 +609,8 @@ fn watch(shared: &Shared, t: &Target, query: &Query) -> Response<Body> {
                     r = rx.recv() => match r {
                         Ok(c) => {
                             st.seen_rv = st.seen_rv.max(c.rv);
-                            if let Some(ty) = st.filter.view(&c) {
-                                st.queue.push_back(line(ty, &c.object));
+                            if let Some(l) = st.filter.view(&c) {
+                                st.queue.push_back(l);
                             }
                         }
                         // A watcher too slow to keep up is closed; it resumes from its last resource version.

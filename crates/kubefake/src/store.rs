@@ -5,7 +5,7 @@
 //! history of changes that watches resume from.
 
 use crate::patch::{self, Owners};
-use crate::resource::{ResourceType, RESOURCES};
+use crate::resource::{self, ResourceType, RESOURCES};
 use crate::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -283,8 +283,8 @@ impl Store {
     /// One object.
     pub fn get(&self, resource: usize, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         self.objects
-            .get(&Self::key(resource, ns, name))
-            .map(|s| s.object.clone())
+            .get(&Self::key(resource::stored_as(resource), ns, name))
+            .map(|s| resource::present(resource, s.object.clone()))
             .ok_or_else(|| ApiError::not_found(&RESOURCES[resource], name))
     }
 
@@ -300,6 +300,8 @@ impl Store {
         after: Option<(String, String)>,
         limit: Option<usize>,
     ) -> (Vec<Value>, Option<(String, String)>) {
+        let view = resource;
+        let resource = resource::stored_as(view);
         let start = match &after {
             Some((ns, name)) => std::ops::Bound::Excluded((resource, ns.clone(), name.clone())),
             None => std::ops::Bound::Included((resource, String::new(), String::new())),
@@ -310,7 +312,13 @@ impl Store {
             if ns.is_some_and(|n| n != ons) {
                 continue;
             }
-            if !labels.matches(&stored.object) || !fields.matches(&stored.object) {
+            // Selectors see the object as the requested API shows it.
+            let object = if resource::is_view(view) {
+                std::borrow::Cow::Owned(resource::present(view, stored.object.clone()))
+            } else {
+                std::borrow::Cow::Borrowed(&stored.object)
+            };
+            if !labels.matches(&object) || !fields.matches(&object) {
                 continue;
             }
             if limit.is_some_and(|l| items.len() >= l) {
@@ -324,7 +332,7 @@ impl Store {
                 let lname = name_of(last).unwrap_or("").to_string();
                 return (items, Some((lns, lname)));
             }
-            items.push(stored.object.clone());
+            items.push(object.into_owned());
         }
         (items, None)
     }
@@ -408,6 +416,22 @@ impl Store {
         body: Value,
         manager: &str,
     ) -> Result<Value, ApiError> {
+        if resource::is_view(resource) {
+            if body
+                .get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k != "Event")
+            {
+                return Err(ApiError::bad_request(
+                    "kind sent to the events endpoint is not Event",
+                ));
+            }
+            crate::strategy::event_create(&body)?;
+            let stored = resource::stored_as(resource);
+            return self
+                .create(stored, ns, crate::events::to_core(body), manager)
+                .map(|v| resource::present(resource, v));
+        }
         let rt = &RESOURCES[resource];
         let mut object = body;
         if !object.is_object() {
@@ -489,9 +513,6 @@ impl Store {
         }
         if rt.plural == "services" && rt.group.is_empty() {
             crate::strategy::init_ip_families(&mut object, self.stack)?;
-        }
-        if rt.plural == "events" && rt.group == "events.k8s.io" {
-            crate::strategy::event_create(&object)?;
         }
         let mut owners = Owners::new();
         patch::record_owners(&mut owners, &json!({}), &object, None, manager);
@@ -608,6 +629,19 @@ impl Store {
         body: Value,
         manager: &str,
     ) -> Result<Value, ApiError> {
+        if resource::is_view(resource) && body.is_object() {
+            let stored = resource::stored_as(resource);
+            return self
+                .update(
+                    stored,
+                    ns,
+                    name,
+                    status_only,
+                    crate::events::to_core(body),
+                    manager,
+                )
+                .map(|v| resource::present(resource, v));
+        }
         let rt = &RESOURCES[resource];
         if name_of(&body).is_some_and(|n| n != name) {
             return Err(ApiError::bad_request(format!(
@@ -634,6 +668,9 @@ impl Store {
         body: Value,
         manager: &str,
     ) -> Result<Value, ApiError> {
+        if resource::is_view(resource) {
+            return self.patch_view(resource, ns, name, status_only, kind, body, manager);
+        }
         let rt = &RESOURCES[resource];
         let key = Self::key(resource, ns.filter(|_| rt.namespaced), name);
         let Some(stored) = self.objects.get(&key) else {
@@ -691,6 +728,60 @@ impl Store {
         self.write(key, status_only, candidate, manager, apply_body)
     }
 
+    /// PATCH through a view (events.k8s.io): a JSON patch's paths name the
+    /// view's fields, so it is applied to the view and written back; merge and
+    /// apply patches rename their top-level fields, which is all that differs.
+    #[allow(clippy::too_many_arguments)]
+    fn patch_view(
+        &mut self,
+        resource: usize,
+        ns: Option<&str>,
+        name: &str,
+        status_only: bool,
+        kind: PatchKind,
+        body: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        let stored = resource::stored_as(resource);
+        let current = match self.get(resource, ns, name) {
+            Ok(c) => c,
+            Err(e) => {
+                if let PatchKind::Apply { .. } = kind {
+                    if !status_only && body.is_object() {
+                        let mut body = body;
+                        if !body.get("metadata").is_some_and(Value::is_object) {
+                            body["metadata"] = json!({});
+                        }
+                        set_meta(&mut body, "name", Value::String(name.to_string()));
+                        return self.create(resource, ns, body, manager);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if kind == PatchKind::Json {
+            let candidate = patch::json_patch(&current, &body).map_err(|e| ApiError {
+                code: 422,
+                reason: "Invalid",
+                message: format!("the JSON patch could not be applied: {e}"),
+            })?;
+            return self.update(resource, ns, name, status_only, candidate, manager);
+        }
+        if !body.is_object() {
+            return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+        }
+        self.patch(
+            stored,
+            ns,
+            name,
+            status_only,
+            kind,
+            crate::events::to_core(body),
+            manager,
+        )
+        .map(|v| resource::present(resource, v))
+    }
+
     /// DELETE. A `precondition` resource version must match.
     pub fn delete(
         &mut self,
@@ -700,13 +791,18 @@ impl Store {
         precondition: Option<&str>,
     ) -> Result<Value, ApiError> {
         let rt = &RESOURCES[resource];
-        let key = Self::key(resource, ns.filter(|_| rt.namespaced), name);
+        let key = Self::key(
+            resource::stored_as(resource),
+            ns.filter(|_| rt.namespaced),
+            name,
+        );
         let Some(stored) = self.objects.get(&key) else {
             return Err(ApiError::not_found(rt, name));
         };
         check_precondition(&stored.object, precondition)?;
         let object = stored.object.clone();
-        Ok(self.commit(key, object, Owners::new(), ChangeKind::Deleted, None))
+        let gone = self.commit(key, object, Owners::new(), ChangeKind::Deleted, None);
+        Ok(resource::present(resource, gone))
     }
 
     /// DELETE of a Pod, as the API server does it (`BeforeDelete` in
@@ -791,6 +887,7 @@ impl Store {
         &self,
         resource: usize,
     ) -> (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>) {
+        let resource = resource::stored_as(resource);
         let past = self
             .objects
             .range(
@@ -850,6 +947,122 @@ mod tests {
 
     fn svc(name: &str) -> Value {
         json!({"metadata": {"name": name}, "spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "9.9.9.9"}]}}})
+    }
+
+    /// One store behind both Event APIs, as the registry keeps core Events
+    /// and serves events.k8s.io through `pkg/apis/events/v1/conversion.go`.
+    #[test]
+    fn both_event_apis_see_one_store() {
+        let mut s = test_store(100);
+        let core = by_name("events", "").unwrap();
+        let new = by_name("events", "events.k8s.io").unwrap();
+        let (_, mut rx) = s.watch_now(core);
+        let made = s
+            .create(
+                new,
+                Some("default"),
+                json!({"metadata": {"name": "web.1"}, "eventTime": "2026-12-02T03:00:00.000000Z",
+                    "regarding": {"kind": "Service", "name": "web", "namespace": "default"},
+                    "note": "assigned", "reason": "IPAllocated", "type": "Normal", "action": "Allocate",
+                    "reportingController": "ferrolb.io/controller", "reportingInstance": "c-1"}),
+                "test",
+            )
+            .unwrap();
+        assert_eq!(made["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(made["regarding"]["name"], "web");
+        let seen = s.get(core, Some("default"), "web.1").unwrap();
+        assert_eq!(seen["apiVersion"], "v1");
+        assert_eq!(seen["involvedObject"]["name"], "web");
+        assert_eq!(seen["message"], "assigned");
+        assert_eq!(seen["reportingComponent"], "ferrolb.io/controller");
+        // kubectl's selector works on what the controller wrote through the other API.
+        let by_object = FieldSelector::parse("involvedObject.name=web").unwrap();
+        let (items, _) = s.list(
+            core,
+            Some("default"),
+            &LabelSelector::default(),
+            &by_object,
+            None,
+            None,
+        );
+        assert_eq!(items.len(), 1);
+        let by_regarding = FieldSelector::parse("regarding.name=web").unwrap();
+        let (items, _) = s.list(
+            new,
+            None,
+            &LabelSelector::default(),
+            &by_regarding,
+            None,
+            None,
+        );
+        assert_eq!(
+            (items.len(), items[0]["note"].as_str()),
+            (1, Some("assigned"))
+        );
+        // A series update through events.k8s.io (what kube's recorder sends) lands in the core object.
+        s.patch(
+            new,
+            Some("default"),
+            "web.1",
+            false,
+            PatchKind::Merge,
+            json!({"series": {"count": 2, "lastObservedTime": "2026-12-02T03:00:05.000000Z"}}),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            s.get(core, Some("default"), "web.1").unwrap()["series"]["count"],
+            2
+        );
+        s.patch(
+            new,
+            Some("default"),
+            "web.1",
+            false,
+            PatchKind::Json,
+            json!([{"op": "replace", "path": "/note", "value": "moved"}]),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            s.get(core, Some("default"), "web.1").unwrap()["message"],
+            "moved"
+        );
+        // A core Event is an events.k8s.io Event too, and the validation of the new API is not applied to it.
+        s.create(
+            core,
+            Some("default"),
+            json!({"metadata": {"name": "old.1"},
+            "involvedObject": {"kind": "Pod", "name": "p"}, "message": "legacy", "reason": "X"}),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            s.get(new, Some("default"), "old.1").unwrap()["note"],
+            "legacy"
+        );
+        s.delete(new, Some("default"), "old.1", None).unwrap();
+        assert!(s.get(core, Some("default"), "old.1").is_err());
+        let mut kinds = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            assert_eq!(
+                c.resource, core,
+                "one store: every change is the core type's"
+            );
+            kinds.push(c.kind);
+        }
+        assert_eq!(kinds.first(), Some(&ChangeKind::Added));
+        assert_eq!(kinds.last(), Some(&ChangeKind::Deleted));
+        // The events.k8s.io rules still apply to its own creates.
+        let err = s
+            .create(
+                new,
+                Some("default"),
+                json!({"metadata": {"name": "bad"}, "reason": "X"}),
+                "test",
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 422);
     }
 
     #[test]
