@@ -83,12 +83,22 @@ enum Command {
         /// The speaker's metrics address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7473")]
         address: std::net::SocketAddr,
-        /// Ask the API instead: the speakers' latest Events per Service and node.
+        /// Ask the API instead: every node's NodeAnnouncement (deploy/crds.yaml).
         #[arg(long)]
         api: bool,
         /// A kubeconfig for --api; default: in-cluster, then $KUBECONFIG.
         #[arg(long, value_name = "FILE")]
         kubeconfig: Option<PathBuf>,
+        /// Namespace of the speakers and their NodeAnnouncements (--api).
+        #[arg(long, env = "FERROLB_NAMESPACE", default_value = "ferrolb-system")]
+        namespace: String,
+        /// Label selector of the speaker Pods (--api): a node whose speaker
+        /// is not running has a stale claim.
+        #[arg(
+            long,
+            default_value = "app.kubernetes.io/name=ferrolb,app.kubernetes.io/component=speaker"
+        )]
+        speaker_selector: String,
     },
 }
 
@@ -137,6 +147,12 @@ struct KubeArgs {
     /// (connections draining through the forwarder keep working), e.g. 60s.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     local_route_linger: std::time::Duration,
+    /// On SIGTERM (a Pod being deleted), keep forwarding this long after
+    /// handing the announcements to other nodes, so that clients and routers
+    /// move before this node stops (counted from when the Pod's deletion
+    /// was seen, if earlier).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    handover_delay: std::time::Duration,
     /// Layer 2 heartbeat keys, one per line (the first signs, all verify):
     /// the `ferrolb-memberlist` Secret's `keys`, mounted here. Absent: heartbeats
     /// are not authenticated (a warning at start).
@@ -187,11 +203,15 @@ fn status(address: std::net::SocketAddr) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cluster_status(kubeconfig: Option<PathBuf>) -> Result<ExitCode> {
-    use ferrolb_speaker::status::SpeakerEvent;
-    use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::api::events::v1::Event;
-    use kube::api::{Api, ListParams};
+async fn cluster_status(
+    kubeconfig: Option<PathBuf>,
+    namespace: &str,
+    speaker_selector: &str,
+) -> Result<ExitCode> {
+    use ferrolb_speaker::kubernetes::report;
+    use ferrolb_speaker::status::NodeClaim;
+    use k8s_openapi::api::core::v1::{Node, Pod, Service};
+    use kube::api::{Api, DynamicObject, ListParams};
     let client = ferrolb_kube::client(
         kubeconfig.as_deref(),
         concat!("ferrolb-speaker/", env!("CARGO_PKG_VERSION")),
@@ -228,32 +248,76 @@ async fn cluster_status(kubeconfig: Option<PathBuf>) -> Result<ExitCode> {
         })
         .collect();
     rows.sort();
-    let events = Api::<Event>::all(client)
+    let running: std::collections::BTreeSet<String> =
+        Api::<Pod>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default().labels(speaker_selector))
+            .await
+            .context("cannot list the speaker Pods")?
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .filter_map(|p| p.spec?.node_name)
+            .collect();
+    let ready: std::collections::BTreeSet<String> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .context("cannot list Events")?;
-    let events: Vec<SpeakerEvent> = events
+        .context("cannot list Nodes")?
+        .items
+        .into_iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                // A node without conditions (nobody reports them) is taken as Ready.
+                .is_none_or(|c| c.status == "True")
+        })
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    let objects = Api::<DynamicObject>::namespaced_with(client, namespace, &report::api_resource())
+        .list(&ListParams::default())
+        .await
+        .context("cannot list NodeAnnouncements (is deploy/crds.yaml applied? a speaker older than it writes none)")?;
+    let strings = |v: &serde_json::Value, k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(|l| l.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let claims: Vec<NodeClaim> = objects
         .items
         .iter()
-        .filter(|e| e.reporting_controller.as_deref() == Some("ferrolb-speaker"))
-        .filter_map(|e| {
-            let r = e.regarding.as_ref()?;
-            Some(SpeakerEvent {
-                service: format!("{}/{}", r.namespace.as_deref()?, r.name.as_deref()?),
-                node: e.reporting_instance.clone()?,
-                reason: e.reason.clone()?,
-                note: e.note.clone().unwrap_or_default(),
-                time: e
-                    .event_time
-                    .as_ref()
-                    .map(|t| t.0.as_nanosecond())
+        .filter_map(|o| {
+            let spec = o.data.get("spec")?;
+            let node = spec.get("node")?.as_str()?.to_string();
+            Some(NodeClaim {
+                updated: spec
+                    .get("updated")
+                    .and_then(|u| u.as_str())
+                    .and_then(|u| u.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                    .map(|t| t.as_nanosecond())
                     .unwrap_or(0),
+                layer2: strings(spec, "layer2"),
+                bgp: strings(spec, "bgp"),
+                live: running.contains(&node) && ready.contains(&node),
+                truncated: spec
+                    .get("truncated")
+                    .and_then(|t| t.as_bool())
+                    .unwrap_or(false),
+                node,
             })
         })
         .collect();
     out!(
         "{}",
-        ferrolb_speaker::status::render_cluster(&rows, &events)
+        ferrolb_speaker::status::render_cluster(&rows, &claims)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -363,12 +427,14 @@ fn main() -> ExitCode {
         Command::Status {
             api: true,
             kubeconfig,
+            namespace,
+            speaker_selector,
             ..
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(cluster_status(kubeconfig))),
+            .and_then(|rt| rt.block_on(cluster_status(kubeconfig, &namespace, &speaker_selector))),
         Command::Status { address, .. } => status(address),
         Command::PrepareNode => ferrolb_speaker::host::prepare_arp(&[])
             .map(|()| {
@@ -396,6 +462,7 @@ fn main() -> ExitCode {
                         speaker_selector: a.speaker_selector,
                         member_port: a.member_port,
                         route_linger: a.local_route_linger,
+                        handover_delay: a.handover_delay,
                         member_keys_file: Some(a.member_keys_file),
                         filter: ferrolb_speaker::kubernetes::model::Filter {
                             class: a.load_balancer_class,

@@ -152,6 +152,8 @@ pub struct Metrics {
     pub udp_packets: Family<DirectionLabels, Counter>,
     /// Configuration reloads by result.
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Writes of this node's NodeAnnouncement (Kubernetes mode) by result.
+    pub announcement_writes: Family<ResultLabels, Counter>,
     /// ARP requests and neighbour solicitations received for owned VIPs.
     pub l2_requests: Family<IfaceLabels, Counter>,
     /// Answers sent.
@@ -218,6 +220,7 @@ impl Metrics {
             udp_evicted: Family::default(),
             udp_packets: Family::default(),
             config_reloads: Family::default(),
+            announcement_writes: Family::default(),
             l2_requests: Family::default(),
             l2_answers: Family::default(),
             l2_gratuitous: Family::default(),
@@ -300,6 +303,11 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads by result",
             m.config_reloads.clone(),
+        );
+        registry.register(
+            "node_announcement_writes",
+            "Writes of this node's NodeAnnouncement (what status --api shows) by result",
+            m.announcement_writes.clone(),
         );
         registry.register(
             "l2_requests",
@@ -461,6 +469,11 @@ mod tests {
         m.udp_evicted.get_or_create(&port).inc();
         m.udp_packets.get_or_create(&dir).inc();
         m.config_reloads
+            .get_or_create(&ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        m.announcement_writes
             .get_or_create(&ResultLabels {
                 result: "ok".into(),
             })

@@ -121,64 +121,92 @@ pub fn render(metrics: &str) -> String {
     out
 }
 
-/// A speaker's Event about a Service, as the cluster view needs it.
+/// One node's NodeAnnouncement, as the cluster view needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpeakerEvent {
-    /// `namespace/name` of the Service.
-    pub service: String,
-    /// The node that reported (`reportingInstance`).
+pub struct NodeClaim {
+    /// The node.
     pub node: String,
-    /// `IPAnnounced` or `IPWithdrawn`.
-    pub reason: String,
-    /// The note.
-    pub note: String,
-    /// When, in nanoseconds since the Unix epoch.
-    pub time: i128,
+    /// When its speaker wrote the set, in nanoseconds since the Unix epoch
+    /// (the node's clock).
+    pub updated: i128,
+    /// `namespace/name` of each Service it owns in layer 2.
+    pub layer2: Vec<String>,
+    /// `namespace/name` of each Service it advertises over BGP.
+    pub bgp: Vec<String>,
+    /// Whether its speaker Pod runs and the Node is Ready: a dead node
+    /// cannot rewrite its object, so its claim is stale, not current.
+    pub live: bool,
+    /// Whether the lists were cut to fit the object.
+    pub truncated: bool,
+}
+
+/// The Service key of a NodeAnnouncement entry (`namespace/name=ip,ip`).
+pub fn entry_service(entry: &str) -> &str {
+    entry.split_once('=').map(|(k, _)| k).unwrap_or(entry)
 }
 
 /// The cluster view: per Service with an address, the nodes announcing it
-/// now, from the speakers' latest Event per node.
-pub fn render_cluster(services: &[(String, Vec<String>)], events: &[SpeakerEvent]) -> String {
-    let mut latest: BTreeMap<(&str, &str), &SpeakerEvent> = BTreeMap::new();
-    for e in events {
-        let k = (e.service.as_str(), e.node.as_str());
-        if latest.get(&k).is_none_or(|old| old.time <= e.time) {
-            latest.insert(k, e);
+/// now. Layer 2 has one owner: among live nodes claiming it the newest
+/// claim stands (the previous owner may not have rewritten its set yet);
+/// BGP nodes advertise side by side. Claims of nodes that are not live are
+/// named as stale.
+pub fn render_cluster(services: &[(String, Vec<String>)], claims: &[NodeClaim]) -> String {
+    let mut l2: BTreeMap<&str, Vec<&NodeClaim>> = BTreeMap::new();
+    let mut bgp: BTreeMap<&str, Vec<&NodeClaim>> = BTreeMap::new();
+    for c in claims {
+        for e in &c.layer2 {
+            l2.entry(entry_service(e)).or_default().push(c);
+        }
+        for e in &c.bgp {
+            bgp.entry(entry_service(e)).or_default().push(c);
         }
     }
     let mut out = String::new();
     let _ = writeln!(out, "{:<28} {:<32} ANNOUNCED BY", "SERVICE", "ADDRESSES");
     for (service, vips) in services {
-        let announcing: Vec<(&str, &SpeakerEvent)> = latest
-            .iter()
-            .filter(|((s, _), e)| *s == service && e.reason == "IPAnnounced")
-            .map(|((_, node), e)| (*node, *e))
-            .collect();
-        // Layer 2 has one owner: a node that died could not withdraw, so the
-        // newest owner's word stands. BGP nodes advertise side by side.
-        let newest_owner = announcing
-            .iter()
-            .filter(|(_, e)| e.note.contains("layer 2 owner"))
-            .max_by_key(|(_, e)| e.time)
-            .map(|(n, _)| *n);
-        let nodes: Vec<String> = announcing
-            .iter()
-            .filter_map(|(node, e)| {
-                if e.note.contains("layer 2 owner") {
-                    (Some(*node) == newest_owner).then(|| format!("{node} (layer 2 owner)"))
-                } else if e.note.contains("over BGP") {
-                    Some(format!("{node} (BGP)"))
-                } else {
-                    Some(format!("{node} (?)"))
-                }
-            })
-            .collect();
-        let by = if nodes.is_empty() {
+        let mut by = Vec::new();
+        let mut stale = Vec::new();
+        if let Some(cs) = l2.get(service.as_str()) {
+            if let Some(owner) = cs.iter().filter(|c| c.live).max_by_key(|c| c.updated) {
+                by.push(format!("{} (layer 2 owner)", owner.node));
+            }
+            stale.extend(cs.iter().filter(|c| !c.live).map(|c| c.node.clone()));
+        }
+        if let Some(cs) = bgp.get(service.as_str()) {
+            by.extend(
+                cs.iter()
+                    .filter(|c| c.live)
+                    .map(|c| format!("{} (BGP)", c.node)),
+            );
+            stale.extend(cs.iter().filter(|c| !c.live).map(|c| c.node.clone()));
+        }
+        let mut text = if by.is_empty() {
             "nobody (no ready endpoint, no eligible node, or not yet)".to_string()
         } else {
-            nodes.join(", ")
+            by.join(", ")
         };
-        let _ = writeln!(out, "{service:<28} {:<32} {by}", vips.join(","));
+        if !stale.is_empty() {
+            stale.sort();
+            stale.dedup();
+            let _ = write!(
+                text,
+                "; stale claim of {} (speaker not running or node not Ready)",
+                stale.join(", ")
+            );
+        }
+        let _ = writeln!(out, "{service:<28} {:<32} {text}", vips.join(","));
+    }
+    let cut: Vec<&str> = claims
+        .iter()
+        .filter(|c| c.truncated)
+        .map(|c| c.node.as_str())
+        .collect();
+    if !cut.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: the NodeAnnouncement of {} was cut to fit the API's object size; Services missing above may still be announced there (see its metrics)",
+            cut.join(", ")
+        );
     }
     out
 }
@@ -224,65 +252,54 @@ ferrolb_service_up{service="shop/db"} 0
     }
 
     #[test]
-    fn cluster_view_keeps_each_nodes_latest_word() {
-        let ev = |node: &str, reason: &str, note: &str, time: i128| SpeakerEvent {
-            service: "shop/web".into(),
+    fn cluster_view_takes_the_newest_live_layer_2_claim() {
+        let claim = |node: &str, updated: i128, l2: &[&str], bgp: &[&str], live: bool| NodeClaim {
             node: node.into(),
-            reason: reason.into(),
-            note: note.into(),
-            time,
+            updated,
+            layer2: l2.iter().map(|s| s.to_string()).collect(),
+            bgp: bgp.iter().map(|s| s.to_string()).collect(),
+            live,
+            truncated: false,
         };
-        let events = vec![
-            ev(
-                "node3",
-                "IPAnnounced",
-                "node node3 announces 192.0.2.100 as its layer 2 owner",
-                1,
-            ),
-            ev(
-                "node3",
-                "IPWithdrawn",
-                "node node3 no longer announces 192.0.2.100",
-                5,
-            ),
-            ev(
-                "node2",
-                "IPAnnounced",
-                "node node2 announces 192.0.2.100 as its layer 2 owner",
-                4,
-            ),
-            // node1 owned it before and died without a word: node2's newer claim stands.
-            ev(
-                "node1",
-                "IPAnnounced",
-                "node node1 announces 192.0.2.100 as its layer 2 owner",
-                0,
-            ),
-        ];
         let services = vec![
             ("shop/web".to_string(), vec!["192.0.2.100".to_string()]),
             ("shop/idle".to_string(), vec!["192.0.2.101".to_string()]),
+            ("shop/api".to_string(), vec!["203.0.113.1".to_string()]),
         ];
-        let out = render_cluster(&services, &events);
-        let web = out.lines().find(|l| l.starts_with("shop/web")).unwrap();
-        assert!(web.ends_with("node2 (layer 2 owner)"), "{out}");
-        let bgp = vec![
-            ev(
-                "node1",
-                "IPAnnounced",
-                "node node1 announces 203.0.113.1 over BGP to tor1",
+        let claims = vec![
+            // node1 owned web and died without a word; node3 owned it and has
+            // not rewritten its set yet; node2's newer claim stands.
+            claim("node1", 0, &["shop/web=192.0.2.100"], &[], false),
+            claim(
+                "node3",
                 1,
+                &["shop/web=192.0.2.100"],
+                &["shop/api=203.0.113.1"],
+                true,
             ),
-            ev(
+            claim(
                 "node2",
-                "IPAnnounced",
-                "node node2 announces 203.0.113.1 over BGP to tor1",
-                2,
+                4,
+                &["shop/web=192.0.2.100"],
+                &["shop/api=203.0.113.1"],
+                true,
             ),
         ];
-        let out2 = render_cluster(&services[..1], &bgp);
-        assert!(out2.contains("node1 (BGP), node2 (BGP)"), "{out2}");
-        let idle = out.lines().find(|l| l.starts_with("shop/idle")).unwrap();
-        assert!(idle.contains("nobody"), "{out}");
+        let out = render_cluster(&services, &claims);
+        let line = |s: &str| out.lines().find(|l| l.starts_with(s)).unwrap().to_string();
+        assert!(
+            line("shop/web").contains("node2 (layer 2 owner); stale claim of node1"),
+            "{out}"
+        );
+        assert!(!line("shop/web").contains("node3"), "{out}");
+        assert!(
+            line("shop/api").ends_with("node3 (BGP), node2 (BGP)"),
+            "{out}"
+        );
+        assert!(line("shop/idle").contains("nobody"), "{out}");
+        assert!(!out.contains("note:"));
+        let mut cut = claims.clone();
+        cut[2].truncated = true;
+        assert!(render_cluster(&services, &cut).contains("NodeAnnouncement of node2 was cut"));
     }
 }

@@ -92,6 +92,7 @@ fn run(me: &str, services: &[Service], slices: &[EndpointSlice], filter: &Filter
         slices,
         &nodes(),
         &speakers(),
+        &BTreeSet::new(),
         &config(),
         filter,
     )

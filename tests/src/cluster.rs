@@ -441,6 +441,21 @@ impl KubeSpeaker {
         self.metrics
     }
 
+    /// Stops it as the kubelet does (SIGTERM) and waits for it to exit
+    /// (at most 10 s, then SIGKILL).
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its `/metrics` page.
     pub async fn metrics_text(&self) -> String {
         http_get(self.metrics, "/metrics")

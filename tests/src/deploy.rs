@@ -151,6 +151,7 @@ pub fn access_objects() -> Vec<Value> {
                 o["kind"].as_str(),
                 Some(
                     "Namespace"
+                        | "CustomResourceDefinition"
                         | "ServiceAccount"
                         | "ClusterRole"
                         | "ClusterRoleBinding"

@@ -586,11 +586,25 @@ fn without_a_source_limit_slow_connections_lock_clients_out() {
             "1000",
             "192.0.2.100",
             "8080",
-            "8",
+            "20",
         ],
         &log,
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // Until the rogue holds every slot (the forwarder refuses its surplus),
+    // however slowly a loaded machine runs its connect loop.
+    let t = std::time::Instant::now();
+    while metric_sum(
+        &c.metrics(&owner),
+        "ferrolb_rejected_total",
+        &["reason=\"limit\""],
+    ) == 0.0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the rogue never filled maxConnections"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let served = (0..10).filter(|_| c.get(url, 1.0).is_some()).count();
     let m = c.metrics(&owner);
     let limited = metric_sum(&m, "ferrolb_rejected_total", &["reason=\"limit\""]);

@@ -426,3 +426,115 @@ async fn source_ranges_from_the_annotation_refuse_clients_outside_them() {
         "{m}"
     );
 }
+
+/// `ferrolb-speaker status --api` with the controller's Events gone, as
+/// they are an hour after the fact on a real cluster (here a 1 s TTL): what
+/// each node announces is kept in its NodeAnnouncement (deploy/crds.yaml),
+/// written once per change of the node's set, coalesced to at most one a
+/// second, never while nothing changes, and cleared when the speaker stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_from_the_api_outlives_the_events_and_costs_one_write_per_change() {
+    let c = Cluster::start_with(ferrolb_kubefake::Options {
+        event_ttl: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let closed = ferrolb_tests::speaker::free_port();
+    c.set_config(&format!(
+        "pools: [{{name: loopback, addresses: [127.0.47.0/27]}}]\nbgp:\n  routerId: 192.0.2.11\n  peers: [{{name: tor, address: 127.0.0.1, port: {closed}, asn: 65000, myAsn: 65001}}]\n"
+    ))
+    .await;
+    c.create_node("node1", "127.0.0.1", json!({}));
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let _ctl = Controller::start(&c, "ctl", &[]).await;
+    let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+    let writes = || {
+        c.server
+            .requests()
+            .iter()
+            .filter(|r| r.resource == "nodeannouncements.ferrolb.io" && r.verb == "patch")
+            .count()
+    };
+    let status = || {
+        let out = std::process::Command::new(ferrolb_tests::binary("ferrolb-speaker"))
+            .args(["status", "--api", "--kubeconfig"])
+            .arg(&c.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = writes();
+    let started = Instant::now();
+    const N: usize = 20;
+    for i in 0..N {
+        let name = format!("s{i}");
+        c.create_service("shop", &name, json!({})).await;
+        c.set_endpoints(
+            "shop",
+            &name,
+            9,
+            &[(&format!("127.0.48.{i}"), "node1", true)],
+        );
+    }
+    until("every Service in node1's NodeAnnouncement", T, async || {
+        status()
+            .lines()
+            .filter(|l| l.starts_with("shop/s") && l.ends_with("node1 (BGP)"))
+            .count()
+            == N
+    })
+    .await;
+    let spent = started.elapsed();
+    let made = writes() - before;
+    eprintln!("{N} Services announced in {spent:?} with {made} NodeAnnouncement writes");
+    assert!(
+        made < N && made as u64 <= spent.as_secs() + 2,
+        "{made} writes for {N} Services in {spent:?}: one per change of the set, at most one a second"
+    );
+    // Quiet: no writes. The Events expire; the view stays.
+    let quiet = writes();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(writes(), quiet, "nothing changed, nothing written");
+    let _ = c.server.list("events", ""); // a request: the server expires Events on each
+    assert!(
+        c.events().iter().all(|(who, ..)| !who.starts_with("shop/")),
+        "the Events about the Services expired: {:?}",
+        c.events()
+    );
+    let view = status();
+    assert_eq!(
+        view.lines()
+            .filter(|l| l.starts_with("shop/s") && l.ends_with("node1 (BGP)"))
+            .count(),
+        N,
+        "{view}"
+    );
+    // Stopped: the speaker clears its set, and the view says nobody.
+    speaker.terminate();
+    let view = status();
+    assert!(
+        view.lines()
+            .filter(|l| l.starts_with("shop/s"))
+            .all(|l| l.contains("nobody")),
+        "{view}"
+    );
+    for i in 0..N {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "route",
+                "del",
+                "local",
+                &format!("127.0.47.{i}/32"),
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ])
+            .output();
+    }
+}

@@ -203,22 +203,31 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
             .any(|l| l.starts_with("shop/web") && l.contains(&format!("{vip} (layer 2 owner)"))),
         "{status}"
     );
-    // The cluster-wide view from the API names the new owner only.
-    let out = std::process::Command::new(&bin)
-        .args(["status", "--api", "--kubeconfig"])
-        .arg(&p.cluster.kubeconfig)
-        .output()
-        .unwrap();
-    let cluster = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!("ferrolb-speaker status --api:\n{cluster}");
-    let web = cluster
-        .lines()
-        .find(|l| l.starts_with("shop/web"))
-        .unwrap_or_default();
-    assert!(
-        web.ends_with(&format!("{next} (layer 2 owner)")),
-        "{cluster}"
-    );
+    // The cluster-wide view from the API (the NodeAnnouncements, rewritten
+    // at most once a second) names the new owner only.
+    let t = Instant::now();
+    loop {
+        let out = std::process::Command::new(&bin)
+            .args(["status", "--api", "--kubeconfig"])
+            .arg(&p.cluster.kubeconfig)
+            .output()
+            .unwrap();
+        let cluster = String::from_utf8_lossy(&out.stdout).to_string();
+        let web = cluster
+            .lines()
+            .find(|l| l.starts_with("shop/web"))
+            .unwrap_or_default();
+        if web.ends_with(&format!("{next} (layer 2 owner)")) {
+            eprintln!("ferrolb-speaker status --api:\n{cluster}");
+            break;
+        }
+        assert!(
+            t.elapsed() < T,
+            "status --api: {cluster}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let metrics = p.lab.metrics_on(&next, 7473);
     assert!(
         metrics.contains(&format!(

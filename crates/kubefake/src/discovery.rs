@@ -29,9 +29,13 @@ const VERBS: &[&str] = &[
 
 /// The groups served besides the core group, in the order they were first
 /// listed in [`RESOURCES`].
-fn groups() -> Vec<(&'static str, &'static str)> {
+fn groups(served: &dyn Fn(usize) -> bool) -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for rt in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for (_, rt) in RESOURCES
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| !r.group.is_empty() && served(*i))
+    {
         if !out.contains(&(rt.group, rt.version)) {
             out.push((rt.group, rt.version));
         }
@@ -39,11 +43,12 @@ fn groups() -> Vec<(&'static str, &'static str)> {
     out
 }
 
-fn resource_list(group: &str, version: &str) -> Option<Value> {
+fn resource_list(group: &str, version: &str, served: &dyn Fn(usize) -> bool) -> Option<Value> {
     let mut resources = Vec::new();
-    for rt in RESOURCES
+    for (_, rt) in RESOURCES
         .iter()
-        .filter(|r| r.group == group && r.version == version)
+        .enumerate()
+        .filter(|(i, r)| r.group == group && r.version == version && served(*i))
     {
         resources.push(json!({
             "name": rt.plural,
@@ -79,8 +84,9 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
-/// The discovery document at `path`, if it is one.
-pub fn document(path: &str) -> Option<Value> {
+/// The discovery document at `path`, if it is one. `served` says whether a
+/// resource is served now (a custom resource needs its definition).
+pub fn document(path: &str, served: &dyn Fn(usize) -> bool) -> Option<Value> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["version"] => Some(json!({
@@ -96,13 +102,13 @@ pub fn document(path: &str) -> Option<Value> {
         ["apis"] => Some(json!({
             "kind": "APIGroupList",
             "apiVersion": "v1",
-            "groups": groups().into_iter().map(|(g, v)| {
+            "groups": groups(served).into_iter().map(|(g, v)| {
                 let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
                 json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
             }).collect::<Vec<_>>(),
         })),
-        ["api", version] => resource_list("", version),
-        ["apis", group] => groups()
+        ["api", version] => resource_list("", version, served),
+        ["apis", group] => groups(served)
             .into_iter()
             .find(|(g, _)| g == group)
             .map(|(g, v)| {
@@ -110,20 +116,21 @@ pub fn document(path: &str) -> Option<Value> {
                 json!({"kind": "APIGroup", "apiVersion": "v1", "name": g,
                 "versions": [gv.clone()], "preferredVersion": gv})
             }),
-        ["apis", group, version] => resource_list(group, version),
+        ["apis", group, version] => resource_list(group, version, served),
         _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     /// The shapes of `APIVersions`, `APIGroupList` and `APIResourceList`
     /// (k8s.io/apimachinery/pkg/apis/meta/v1/types.go) that client-go's
     /// discovery client decodes.
     #[test]
     fn discovery_lists_every_served_resource() {
+        let all = |_: usize| true;
+        let document = |p: &str| super::document(p, &all);
         let core = document("/api/v1").unwrap();
         let names: Vec<&str> = core["resources"]
             .as_array()

@@ -179,7 +179,34 @@ pub const RESOURCES: &[ResourceType] = &[
         namespaced: true,
         has_status: true,
     },
+    ResourceType {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        plural: "customresourcedefinitions",
+        kind: "CustomResourceDefinition",
+        namespaced: false,
+        has_status: true,
+    },
+    // ferrolb's own custom resource (deploy/crds.yaml): served only while
+    // its CustomResourceDefinition exists, as on a real server.
+    ResourceType {
+        group: "ferrolb.io",
+        version: "v1alpha1",
+        plural: "nodeannouncements",
+        kind: "NodeAnnouncement",
+        namespaced: true,
+        has_status: false,
+    },
 ];
+
+/// The name of the CustomResourceDefinition that must exist for
+/// `resource` to be served, if it is a custom resource.
+pub fn definition(resource: usize) -> Option<String> {
+    let rt = &RESOURCES[resource];
+    rt.group
+        .ends_with("ferrolb.io")
+        .then(|| format!("{}.{}", rt.plural, rt.group))
+}
 
 /// Index into [`RESOURCES`] of the type served at `group/version/plural`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<usize> {

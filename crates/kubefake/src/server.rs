@@ -172,7 +172,16 @@ pub(crate) async fn handle(
         .unwrap_or("")
         .trim()
         .to_string();
-    if let Some(doc) = crate::discovery::document(uri.path()) {
+    let served = |r: usize| match resource::definition(r) {
+        None => true,
+        Some(crd) => {
+            let crds = resource::by_name("customresourcedefinitions", "apiextensions.k8s.io")
+                .expect("CRDs are served");
+            let store = shared.store.lock().expect("store lock");
+            store.get(crds, None, &crd).is_ok()
+        }
+    };
+    if let Some(doc) = crate::discovery::document(uri.path(), &served) {
         // Non-resource URLs: any authenticated user (system:discovery); /version to anyone.
         if shared.options.authorize && uri.path() != "/version" {
             let header = req
@@ -196,6 +205,17 @@ pub(crate) async fn handle(
             }))
         }
     };
+    if !served(target.resource) {
+        if let Some(crd) = resource::definition(target.resource) {
+            return Ok(error_response(&ApiError {
+                code: 404,
+                reason: "NotFound",
+                message: format!(
+                    "the server could not find the requested resource (no CustomResourceDefinition {crd})"
+                ),
+            }));
+        }
+    }
     let verb: &'static str = match (&method, target.name.is_some()) {
         (&Method::GET, true) => "get",
         (&Method::GET, false) if query.flag("watch") => "watch",
@@ -241,8 +261,29 @@ pub(crate) async fn handle(
                     namespace: target.namespace.as_deref().unwrap_or(""),
                     name: &name,
                 };
-                let allowed = policy(&shared.store.lock().expect("store lock")).allows(&user, &a);
-                (!allowed).then(|| {
+                let store = shared.store.lock().expect("store lock");
+                let policy = policy(&store);
+                // An apply patch that would create the object needs `create`
+                // too (createAuthorizerAttributes in the apiserver's patch handler).
+                let creates = verb == "patch"
+                    && content_type.starts_with("application/apply-patch")
+                    && target.subresource.is_none()
+                    && store
+                        .get(target.resource, target.namespace.as_deref(), &name)
+                        .is_err();
+                drop(store);
+                let create = Attributes {
+                    verb: "create",
+                    ..a.clone()
+                };
+                let refused = if !policy.allows(&user, &a) {
+                    Some(a)
+                } else if creates && !policy.allows(&user, &create) {
+                    Some(create)
+                } else {
+                    None
+                };
+                refused.map(|a| {
                     json_response(
                         403,
                         &crate::rbac::forbidden_status(&user, &a, &rt.qualified()),
@@ -434,9 +475,11 @@ fn respond(
             if let PatchKind::Apply { .. } = kind {
                 crate::strategy::apply_body(&body, name)?;
             }
+            // An apply that creates answers 201 Created, as the real server does.
+            let existed = store.get(t.resource, ns, name).is_ok();
             store
                 .patch(t.resource, ns, name, status_only, kind, body, &manager)
-                .map(|v| (200, v))
+                .map(|v| (if existed { 200 } else { 201 }, v))
         }
         "delete" => {
             let options = if body.is_empty() {

@@ -8,6 +8,7 @@
 //! goes away.
 
 pub mod model;
+pub mod report;
 
 use crate::announce::{Announcer, ServiceVips};
 use crate::forwarder::Forwarder;
@@ -49,6 +50,8 @@ pub struct Options {
     pub member_port: u16,
     /// How long a VIP no Service uses keeps its local route.
     pub route_linger: std::time::Duration,
+    /// How long a stopping speaker keeps forwarding after handing over.
+    pub handover_delay: std::time::Duration,
     /// Heartbeat keys (an optional Secret volume): absent means unsigned.
     pub member_keys_file: Option<PathBuf>,
     /// Which Services, and which nodes.
@@ -139,6 +142,25 @@ fn members(pods: &[Arc<Pod>], nodes: &[Arc<Node>], port: u16) -> Vec<Member> {
         );
     }
     out.into_values().collect()
+}
+
+/// Nodes whose speaker Pods are all being deleted (`deletionTimestamp`
+/// set): they are leaving, and hand their announcements over while they
+/// still run. A node with a replacement Pod already is not leaving.
+fn leaving_nodes(pods: &[Arc<Pod>]) -> BTreeSet<String> {
+    let mut going = BTreeSet::new();
+    let mut staying = BTreeSet::new();
+    for p in pods {
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        if p.metadata.deletion_timestamp.is_some() {
+            going.insert(node);
+        } else {
+            staying.insert(node);
+        }
+    }
+    going.difference(&staying).cloned().collect()
 }
 
 /// The configuration with every `passwordSecret` replaced by the Secret's
@@ -286,6 +308,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     )
     .await?;
     let events = ferrolb_kube::Events::start(client.clone(), "ferrolb-speaker", opts.node.clone());
+    let counted = Arc::clone(&metrics);
+    let report_tx = report::spawn(
+        client.clone(),
+        opts.namespace.clone(),
+        opts.node.clone(),
+        Box::new(move |ok| {
+            counted
+                .announcement_writes
+                .get_or_create(&ResultLabels {
+                    result: if ok { "ok" } else { "error" }.into(),
+                })
+                .inc();
+        }),
+    );
     let (changed, mut changes) = watch::channel(0u64);
     let services = reflect(
         Api::<Service>::all(client.clone()),
@@ -343,6 +379,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
+    // Since when this node hands over (its Pod's deletion seen, or SIGTERM),
+    // and when it stops.
+    let mut leaving_since: Option<tokio::time::Instant> = None;
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
         // Configuration: applied when it changes and is valid; otherwise the last valid one stays.
         let cm = config_maps.state().into_iter().next();
@@ -387,7 +427,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(opts.node.as_str()))
             .cloned();
-        let mut member_list = members(&pods.state(), &node_list, opts.member_port);
+        let pod_list = pods.state();
+        let mut member_list = members(&pod_list, &node_list, opts.member_port);
+        let mut leaving = leaving_nodes(&pod_list);
+        if leaving.contains(&opts.node) && leaving_since.is_none() {
+            leaving_since = Some(tokio::time::Instant::now());
+            tracing::info!(node = %opts.node, "this speaker's Pod is being deleted: handing its announcements to the other nodes, forwarding until it stops");
+        }
+        if leaving_since.is_some() {
+            leaving.insert(opts.node.clone());
+        }
         if let Some(cfg) = &config {
             if announcer.is_none() {
                 let labels: BTreeMap<String, String> = me_node
@@ -461,6 +510,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 &slices.state(),
                 &node_list,
                 &speakers,
+                &leaving,
                 cfg,
                 &opts.filter,
             );
@@ -580,8 +630,24 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     ));
                 }
             }
+            // The durable view (status --api): one write when this node's set changes.
+            let report = report::Report::from_roles(&now, vips_of);
+            let own_pod = pods
+                .state()
+                .iter()
+                .find(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(opts.node.as_str())
+                        && p.metadata.deletion_timestamp.is_none()
+                })
+                .and_then(|p| Some((p.metadata.name.clone()?, p.metadata.uid.clone()?)));
+            report_tx.send_if_modified(|cur| {
+                let new = (report, own_pod);
+                let changed = *cur != new;
+                *cur = new;
+                changed
+            });
             announcing = now;
-            ready.store(true, Ordering::Relaxed);
+            ready.store(stop_at.is_none(), Ordering::Relaxed);
         }
         tokio::select! {
             r = changes.changed() => {
@@ -626,7 +692,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => conflicts_rx = None,
                 }
             }
-            _ = term.recv() => break,
+            _ = term.recv() => {
+                if stop_at.is_some() {
+                    break;
+                }
+                // Make-before-break: hand the announcements over, keep
+                // forwarding while clients and routers move, then stop.
+                let since = *leaving_since.get_or_insert_with(tokio::time::Instant::now);
+                stop_at = Some(since + opts.handover_delay);
+                ready.store(false, Ordering::Relaxed);
+                tracing::info!(node = %opts.node, delay = ?opts.handover_delay, "SIGTERM: handing over, then stopping");
+            }
+            _ = async { tokio::time::sleep_until(stop_at.expect("guarded")).await }, if stop_at.is_some() => break,
             _ = int.recv() => break,
         }
     }
@@ -637,6 +714,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
     }
+    drop(report_tx);
+    report::clear(client.clone(), &opts.namespace, &opts.node).await;
     forwarder.shutdown().await;
     tracing::info!("stopped");
     Ok(())

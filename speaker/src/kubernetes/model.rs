@@ -200,12 +200,18 @@ fn handled(svc: &Service, filter: &Filter) -> bool {
 
 /// Computes everything for node `me`. Takes the objects as they are held
 /// (`Arc`s from the watch caches, or plain values), so nothing is copied.
+/// `leaving` are the nodes whose speaker Pod is being deleted: they hand
+/// their announcements over (make-before-break) but keep forwarding what
+/// still reaches them until they stop; a Service only they could announce
+/// stays with them.
+#[allow(clippy::too_many_arguments)]
 pub fn desired(
     me: &str,
     services: &[impl Borrow<Service>],
     slices: &[impl Borrow<EndpointSlice>],
     nodes: &[impl Borrow<Node>],
     speakers: &BTreeSet<String>,
+    leaving: &BTreeSet<String>,
     config: &Config,
     filter: &Filter,
 ) -> Desired {
@@ -277,12 +283,17 @@ pub fn desired(
         let forward = ann
             .get(FORWARD_ANNOTATION)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let staying: BTreeSet<String> = candidates.difference(leaving).cloned().collect();
         out.vips.push(ServiceVips {
             key: key.clone(),
             pool: pool.clone(),
             vips: vips.clone(),
             healthy: true,
-            nodes: Some(candidates.clone()),
+            nodes: Some(if staying.is_empty() {
+                candidates.clone()
+            } else {
+                staying
+            }),
         });
         if !forward || !candidates.contains(me) {
             continue;
@@ -456,5 +467,101 @@ mod source_range_tests {
             assert!(source_ranges(&spec(&[bad]), &none).is_err(), "{bad}");
             assert!(source_ranges(&spec(&[]), &ann(bad)).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod leaving_tests {
+    use super::*;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// A node whose speaker Pod is being deleted gives up its announcements
+    /// (so the next owner takes them before it stops) and still forwards;
+    /// a Service only it could announce stays with it.
+    #[test]
+    fn a_leaving_node_hands_over_its_announcements_but_keeps_forwarding() {
+        let config = Config::from_yaml(
+            "pools: [{name: vips, addresses: [192.0.2.100-192.0.2.110]}]\nl2: [{pools: [vips]}]\n",
+        )
+        .unwrap();
+        let svc = |name: &str, ip: &str, local: bool| -> Service {
+            obj(serde_json::json!({
+                "metadata": {"name": name, "namespace": "shop",
+                             "annotations": {"ferrolb.io/forward": "true"}},
+                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "targetPort": 9000, "protocol": "TCP"}],
+                         "externalTrafficPolicy": if local { "Local" } else { "Cluster" }},
+                "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}
+            }))
+        };
+        let slice = |name: &str, node: &str| -> EndpointSlice {
+            obj(serde_json::json!({
+                "metadata": {"name": format!("{name}-1"), "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.1.0.1"], "nodeName": node, "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": 9000, "protocol": "TCP"}]
+            }))
+        };
+        let node = |n: &str| -> Node { obj(serde_json::json!({"metadata": {"name": n}})) };
+        let services = [
+            svc("web", "192.0.2.100", false),
+            svc("only", "192.0.2.101", true),
+        ];
+        let slices = [slice("web", "node2"), slice("only", "node1")];
+        let nodes = [node("node1"), node("node2"), node("node3")];
+        let speakers: BTreeSet<String> = ["node1", "node2", "node3"].map(String::from).into();
+        let leaving: BTreeSet<String> = ["node1".to_string()].into();
+        let run = |leaving: &BTreeSet<String>| {
+            desired(
+                "node1",
+                &services,
+                &slices,
+                &nodes,
+                &speakers,
+                leaving,
+                &config,
+                &Filter::default(),
+            )
+        };
+        let d = run(&leaving);
+        let nodes_of = |key: &str| {
+            d.vips
+                .iter()
+                .find(|v| v.key == key)
+                .unwrap()
+                .nodes
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(
+            nodes_of("shop/web"),
+            ["node2", "node3"].map(String::from).into()
+        );
+        assert_eq!(
+            nodes_of("shop/only"),
+            ["node1".to_string()].into(),
+            "nobody else can: it stays"
+        );
+        let forwarded: Vec<&str> = d
+            .plan
+            .services
+            .iter()
+            .map(|s| s.service.name.as_str())
+            .collect();
+        assert_eq!(
+            forwarded,
+            ["shop/only", "shop/web"],
+            "node1 forwards until it stops"
+        );
+        let d = run(&BTreeSet::new());
+        assert!(d
+            .vips
+            .iter()
+            .find(|v| v.key == "shop/web")
+            .unwrap()
+            .eligible("node1"));
     }
 }
