@@ -147,10 +147,10 @@ struct KubeArgs {
     /// (connections draining through the forwarder keep working), e.g. 60s.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     local_route_linger: std::time::Duration,
-    /// On SIGTERM (a Pod being deleted), keep forwarding this long after
-    /// handing the announcements to other nodes, so that clients and routers
-    /// move before this node stops (counted from when the Pod's deletion
-    /// was seen, if earlier).
+    /// On SIGTERM, keep running this long before stopping: when the Pod's
+    /// deletion was seen, the other nodes have taken the announcements and
+    /// this one keeps forwarding while clients and routers move to them
+    /// (counted from when the deletion was seen).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     handover_delay: std::time::Duration,
     /// Layer 2 heartbeat keys, one per line (the first signs, all verify):

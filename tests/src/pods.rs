@@ -128,6 +128,23 @@ pub struct PodSummary {
     pub ready_after: Option<Duration>,
 }
 
+/// One node of a [`Kubelet::rolling_update`].
+#[derive(Debug, Clone)]
+pub struct Rolled {
+    /// The node.
+    pub node: String,
+    /// The Pod deleted.
+    pub old: String,
+    /// The Pod that replaced it.
+    pub new: String,
+    /// When the deletion was asked.
+    pub asked: Instant,
+    /// When the new Pod was Ready.
+    pub ready: Instant,
+    /// The old Pod's container logs, to its last line.
+    pub old_logs: String,
+}
+
 struct Pod {
     stop: AtomicBool,
     /// While set, containers that stop are not restarted (the node is down).
@@ -453,6 +470,72 @@ impl Kubelet {
         );
         self.spawn(&old.workload, &name, placement);
         name
+    }
+
+    /// A DaemonSet rolling update (`kubectl rollout restart ds/NAME` with
+    /// the default `maxUnavailable: 1`, `maxSurge: 0`), as the DaemonSet
+    /// controller does it: one node at a time, the old Pod deleted through
+    /// the API (graceful: it gets a `deletionTimestamp`; this kubelet sends
+    /// SIGTERM, waits for the exit and removes it), then the new Pod
+    /// created, and the next node only once the new Pod is Ready. Returns
+    /// (node, old Pod, new Pod, when the deletion was asked, when the new
+    /// Pod was Ready, the old Pod's logs) per node.
+    pub fn rolling_update(&mut self, daemonset: &str, timeout: Duration) -> Vec<Rolled> {
+        let mut olds: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .filter(|p| p.workload["metadata"]["name"] == daemonset)
+            .map(|p| {
+                let s = p.status.lock().unwrap();
+                (s.placement.node.clone(), s.name.clone())
+            })
+            .collect();
+        olds.sort();
+        let pods = ferrolb_kubefake::resource::by_name("pods", "").unwrap();
+        let mut out = Vec::new();
+        for (node, old) in olds {
+            let i = self
+                .pods
+                .iter()
+                .position(|p| p.status.lock().unwrap().name == old)
+                .expect("listed above");
+            let ns = self.pods[i].ns.clone();
+            let asked = Instant::now();
+            self.env
+                .api
+                .store()
+                .delete_pod(pods, Some(&ns), &old, None, None)
+                .unwrap_or_else(|e| panic!("delete Pod {old}: {e:?}"));
+            // The Pod's own thread stops it and removes the object.
+            if let Some(j) = self.threads.iter().position(|(n, _)| *n == old) {
+                let (_, t) = self.threads.remove(j);
+                let _ = t.join();
+            }
+            let old_logs = self.logs(&old);
+            let gone = self.pods.remove(i);
+            assert!(
+                self.env.api.store().get(pods, Some(&ns), &old).is_err(),
+                "the kubelet removes a deleted Pod once its containers stopped"
+            );
+            self.generation += 1;
+            let placement = gone.status.lock().unwrap().placement.clone();
+            let base = old.rsplit_once('-').map(|(b, _)| b).unwrap_or(&old);
+            let name = format!(
+                "{base}-{}",
+                short_hash(&format!("{old}/{}", self.generation))
+            );
+            self.spawn(&gone.workload, &name, placement);
+            self.wait_ready(timeout);
+            out.push(Rolled {
+                node,
+                old,
+                new: name,
+                asked,
+                ready: Instant::now(),
+                old_logs,
+            });
+        }
+        out
     }
 
     /// A snapshot of every Pod.
@@ -991,7 +1074,29 @@ fn run_pod(env: &Env, pod: &Pod, stop: &AtomicBool, started: Instant) {
             .as_u64()
             .unwrap_or(30),
     );
+    let pods_r = ferrolb_kubefake::resource::by_name("pods", "").unwrap();
+    let name = pod.status.lock().unwrap().name.clone();
+    // Set when the API server asked for the Pod's deletion (its
+    // deletionTimestamp, or the object gone): the grace period it gave.
+    let mut deleting: Option<Duration> = None;
     while !stop.load(Ordering::SeqCst) && !pod.stop.load(Ordering::SeqCst) {
+        // As the kubelet's pod workers: a Pod with a deletionTimestamp is
+        // stopped (SIGTERM, its grace period, SIGKILL), then removed.
+        match env.api.store().get(pods_r, Some(&pod.ns), &name) {
+            Ok(o) if o.pointer("/metadata/deletionTimestamp").is_some() => {
+                deleting = Some(Duration::from_secs(
+                    o.pointer("/metadata/deletionGracePeriodSeconds")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(30),
+                ));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                deleting = Some(Duration::ZERO);
+                break;
+            }
+        }
         let mut changed = false;
         for (i, c) in containers.iter().enumerate() {
             let cname = c["name"].as_str().unwrap().to_string();
@@ -1105,18 +1210,21 @@ fn run_pod(env: &Env, pod: &Pod, stop: &AtomicBool, started: Instant) {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Pod deletion: SIGTERM, the grace period (cut short for tests), SIGKILL.
+    let grace = deleting.unwrap_or(grace).min(Duration::from_secs(5));
     for r in running.iter_mut().flatten() {
         kill(r.child.id(), "TERM");
     }
     let t = Instant::now();
     for r in running.iter_mut().flatten() {
-        while r.child.try_wait().ok().flatten().is_none()
-            && t.elapsed() < grace.min(Duration::from_secs(5))
-        {
+        while r.child.try_wait().ok().flatten().is_none() && t.elapsed() < grace {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = r.child.kill();
         let _ = r.child.wait();
+    }
+    if deleting.is_some() {
+        // The containers stopped: the kubelet removes the Pod for good.
+        let _ = env.api.store().delete(pods_r, Some(&pod.ns), &name, None);
     }
 }
 

@@ -383,3 +383,116 @@ bgp:
         }
     }
 }
+
+/// A client that GETs a URL over and over from the client's namespace, a
+/// new connection each time (as short requests and health checkers do),
+/// retrying a failed request every 10 ms (200 ms timeout each) for up to
+/// 2 s, so that the time one request takes is the interruption a client
+/// with retries sees; for at most `secs` seconds and 20,000 requests, or
+/// until its stop file exists.
+/// Writes `[[start, end, attempts, body or null], ...]` (seconds since its
+/// start) to its output file.
+pub const PROBE: &str = r#"
+import http.client, json, os, sys, time
+host, port, path, secs, stop, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
+rows = []; t0 = time.monotonic()
+while time.monotonic() - t0 < secs and not os.path.exists(stop) and len(rows) < 20000:
+    start = time.monotonic(); attempts = 0; body = None
+    while body is None and (attempts == 0 or time.monotonic() - start < 2.0):
+        attempts += 1
+        try:
+            c = http.client.HTTPConnection(host, port, timeout=0.2)
+            c.request("GET", path); body = c.getresponse().read().decode().strip(); c.close()
+        except Exception:
+            time.sleep(0.01)
+    rows.append([round(start - t0, 4), round(time.monotonic() - t0, 4), attempts, body])
+    time.sleep(0.01)
+with open(out + ".tmp", "w") as f: json.dump(rows, f)
+os.rename(out + ".tmp", out)
+"#;
+
+/// What a [`PROBE`] saw.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    /// Requests made.
+    pub requests: usize,
+    /// Requests that needed more than one attempt.
+    pub retried: usize,
+    /// Requests that failed every attempt for 2 s.
+    pub failed: usize,
+    /// The longest time one request took, retries included, in ms: the
+    /// interruption a client with retries saw.
+    pub worst_ms: f64,
+    /// The median request time, in ms.
+    pub median_ms: f64,
+    /// Who answered, in order, with repeats collapsed.
+    pub answered_by: Vec<String>,
+}
+
+/// A running [`PROBE`].
+pub struct Probe {
+    stop: PathBuf,
+    out: PathBuf,
+}
+
+impl Probe {
+    /// Stops it and reads what it saw.
+    pub fn finish(self) -> ProbeReport {
+        std::fs::write(&self.stop, "").unwrap();
+        let t = Instant::now();
+        while !self.out.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the probe never wrote its result"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let rows: Vec<(f64, f64, u32, Option<String>)> =
+            serde_json::from_str(&std::fs::read_to_string(&self.out).unwrap()).unwrap();
+        let mut took: Vec<f64> = rows.iter().map(|r| (r.1 - r.0) * 1000.0).collect();
+        took.sort_by(f64::total_cmp);
+        let mut answered_by: Vec<String> = Vec::new();
+        for body in rows.iter().filter_map(|r| r.3.clone()) {
+            if answered_by.last() != Some(&body) {
+                answered_by.push(body);
+            }
+        }
+        ProbeReport {
+            requests: rows.len(),
+            retried: rows.iter().filter(|r| r.2 > 1).count(),
+            failed: rows.iter().filter(|r| r.3.is_none()).count(),
+            worst_ms: took.last().copied().unwrap_or(0.0),
+            median_ms: took.get(took.len() / 2).copied().unwrap_or(0.0),
+            answered_by,
+        }
+    }
+}
+
+impl Product {
+    /// Starts a [`PROBE`] of `http://host:port/` from the client (at most 180 s).
+    pub fn probe(&mut self, host: &str, port: u16) -> Probe {
+        let id = self.lab.name(&format!("probe-{host}-{port}"));
+        let stop = self.cluster.dir.join(format!("{id}.stop"));
+        let out = self.cluster.dir.join(format!("{id}.json"));
+        let log = self.cluster.dir.join(format!("{id}.log"));
+        let _ = std::fs::remove_file(&stop);
+        let _ = std::fs::remove_file(&out);
+        let port = port.to_string();
+        self.lab.spawn(
+            "client",
+            &[
+                "python3",
+                "-c",
+                PROBE,
+                host,
+                &port,
+                "/",
+                "180",
+                stop.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+            &log,
+        );
+        Probe { stop, out }
+    }
+}

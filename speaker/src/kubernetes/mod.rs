@@ -431,7 +431,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let mut member_list = members(&pod_list, &node_list, opts.member_port);
         let mut leaving = leaving_nodes(&pod_list);
         if leaving.contains(&opts.node) && leaving_since.is_none() {
-            leaving_since = Some(tokio::time::Instant::now());
+            // The other speakers see the same deletion and take over now.
+            let now = tokio::time::Instant::now();
+            leaving_since = Some(now);
+            if let Some(at) = stop_at.as_mut() {
+                *at = (*at).max(now + opts.handover_delay);
+            }
             tracing::info!(node = %opts.node, "this speaker's Pod is being deleted: handing its announcements to the other nodes, forwarding until it stops");
         }
         if leaving_since.is_some() {
@@ -696,12 +701,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 if stop_at.is_some() {
                     break;
                 }
-                // Make-before-break: hand the announcements over, keep
-                // forwarding while clients and routers move, then stop.
-                let since = *leaving_since.get_or_insert_with(tokio::time::Instant::now);
-                stop_at = Some(since + opts.handover_delay);
+                // Make-before-break: with the Pod's deletion seen (now or
+                // within the delay), the others have taken over and this
+                // node keeps forwarding while clients and routers move. A
+                // SIGTERM nobody else knows of (a container restart) keeps
+                // this node announcing until it stops: giving up first
+                // would leave the VIPs without an owner until the others
+                // notice it is gone.
+                let now = tokio::time::Instant::now();
+                stop_at = Some(match leaving_since {
+                    Some(since) => (since + opts.handover_delay).max(now),
+                    None => now + opts.handover_delay,
+                });
                 ready.store(false, Ordering::Relaxed);
-                tracing::info!(node = %opts.node, delay = ?opts.handover_delay, "SIGTERM: handing over, then stopping");
+                tracing::info!(node = %opts.node, delay = ?opts.handover_delay, handing_over = leaving_since.is_some(), "SIGTERM: stopping after the handover delay");
             }
             _ = async { tokio::time::sleep_until(stop_at.expect("guarded")).await }, if stop_at.is_some() => break,
             _ = int.recv() => break,
