@@ -145,9 +145,15 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
         Arc::clone(&ready),
     )
     .await?;
+    // The identity in the User-Agent: an API server's audit log then says
+    // which replica made each request.
     let client = ferrolb_kube::client(
         args.kubeconfig.as_deref(),
-        concat!("ferrolb-controller/", env!("CARGO_PKG_VERSION")),
+        &format!(
+            "ferrolb-controller/{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            ferrolb_kube::bounded(&settings.identity, 128)
+        ),
     )
     .await?;
     tracing::info!(

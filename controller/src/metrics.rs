@@ -59,6 +59,10 @@ pub struct Metrics {
     pub services_allocated: Gauge,
     /// Status writes, by result.
     pub status_writes: Family<ResultLabels, Counter>,
+    /// Writes not sent because this replica could not prove it still leads.
+    pub fenced_writes: Counter,
+    /// Times this replica stopped leading (deadline passed or another holder).
+    pub leadership_lost: Counter,
     /// Events that could not be published (API errors, queue full).
     pub events_dropped: Counter,
     registry: Registry,
@@ -82,6 +86,8 @@ impl Metrics {
             services: Gauge::default(),
             services_allocated: Gauge::default(),
             status_writes: Family::default(),
+            fenced_writes: Counter::default(),
+            leadership_lost: Counter::default(),
             events_dropped: Counter::default(),
             registry: Registry::default(),
         };
@@ -139,6 +145,16 @@ impl Metrics {
             "status_writes",
             "Service status writes, by result",
             m.status_writes.clone(),
+        );
+        registry.register(
+            "fenced_writes",
+            "Status writes not sent because this replica could not prove it still held the Lease",
+            m.fenced_writes.clone(),
+        );
+        registry.register(
+            "leadership_lost",
+            "Times this replica stopped leading: its renew deadline passed or another replica holds the Lease",
+            m.leadership_lost.clone(),
         );
         registry.register(
             "events_dropped",

@@ -3,9 +3,10 @@
 //! every decision is in `core`.
 
 use crate::core::{Core, Desired, Output, Regarding, Severity, Tally};
+use crate::lease::{self, Fence};
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::service::{self, ClassFilter, POOL_ANNOTATION};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ferrolb_alloc::ServiceKey;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
@@ -58,42 +59,63 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    use kube_lease_manager::{LeaseCreateMode, LeaseManagerBuilder};
-    let grace = (settings.lease_seconds / 3).max(1);
-    let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
-        .with_namespace(&settings.config_namespace)
-        .with_identity(&settings.identity)
-        .with_duration(settings.lease_seconds)
-        .with_grace(grace)
-        .with_field_manager(ferrolb_kube::bounded(
-            &format!("{FIELD_MANAGER}-{}", settings.identity),
-            128,
-        ))
-        .with_create_mode(LeaseCreateMode::AutoCreate)
-        .build()
-        .await
-        .context("cannot set up leader election (is the Lease API reachable, and may this account create Leases?)")?;
-    let (mut leader, lease_task) = manager.watch().await;
-    tracing::info!(identity = %settings.identity, lease = %settings.lease_name, "waiting for leadership");
+    let timing = ferrolb_lease::Timing::for_lease_seconds(settings.lease_seconds);
+    let transitions = Arc::clone(&shared.metrics);
+    let (mut fence, stop_lease, lease_task) = lease::spawn(
+        client.clone(),
+        lease::LeaseConfig {
+            namespace: settings.config_namespace.clone(),
+            name: settings.lease_name.clone(),
+            identity: settings.identity.clone(),
+            field_manager: ferrolb_kube::bounded(
+                &format!("{FIELD_MANAGER}-{}", settings.identity),
+                128,
+            ),
+            timing,
+        },
+        move |leads| {
+            if !leads {
+                transitions.leadership_lost.inc();
+            }
+        },
+    );
+    tracing::info!(identity = %settings.identity, lease = %settings.lease_name,
+        lease_ms = timing.lease_duration.as_millis() as u64, renew_deadline_ms = timing.renew_deadline.as_millis() as u64,
+        "waiting for leadership");
     shared.ready.store(true, Ordering::Relaxed);
     tokio::pin!(shutdown);
     loop {
         // Standby until the Lease is ours.
-        while !*leader.borrow_and_update() {
+        while !fence.valid() {
             tokio::select! {
-                changed = leader.changed() => if changed.is_err() { anyhow::bail!("leader election stopped") },
-                _ = &mut shutdown => return release(leader, lease_task).await,
+                alive = fence.changed() => if !alive { anyhow::bail!("leader election stopped") },
+                _ = &mut shutdown => return release(stop_lease, lease_task).await,
             }
         }
         tracing::info!(identity = %settings.identity, "became leader");
         // Not ready until synced: cleared before the leader gauge says we lead.
         shared.ready.store(false, Ordering::Relaxed);
         shared.metrics.leader.set(1);
-        let mut work = tokio::spawn(lead(client.clone(), settings.clone(), Arc::clone(&shared)));
+        let mut work = tokio::spawn(lead(
+            client.clone(),
+            settings.clone(),
+            Arc::clone(&shared),
+            fence.clone(),
+        ));
         let stop = loop {
+            // Wake at the deadline itself: leadership ends then, renewed or not.
+            let deadline = fence
+                .until()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
-                changed = leader.changed() => {
-                    if changed.is_err() || !*leader.borrow_and_update() {
+                alive = fence.changed() => {
+                    if !alive || !fence.valid() {
+                        break false;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !fence.valid() {
                         break false;
                     }
                 }
@@ -106,34 +128,31 @@ pub async fn run(
                 _ = &mut shutdown => break true,
             }
         };
-        // Stop writing before anyone else may start: abort, then give up the Lease.
+        // Stop writing before anyone else may start: abort (its state goes
+        // with it; a new term re-lists), then give up the Lease.
         work.abort();
         let _ = work.await;
         shared.metrics.leader.set(0);
         shared.ready.store(true, Ordering::Relaxed);
         if stop {
-            return release(leader, lease_task).await;
+            return release(stop_lease, lease_task).await;
         }
-        tracing::warn!(identity = %settings.identity, "lost leadership; standing by");
+        tracing::warn!(identity = %settings.identity, "lost leadership (the renew deadline passed or another replica holds the Lease); stopped writing, standing by");
     }
 }
 
 async fn release(
-    leader: tokio::sync::watch::Receiver<bool>,
-    lease_task: tokio::task::JoinHandle<
-        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
-    >,
+    stop: tokio::sync::watch::Sender<bool>,
+    lease_task: tokio::task::JoinHandle<()>,
 ) -> Result<()> {
-    // Closing the channel makes the lease task release the Lease and end.
-    drop(leader);
-    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
-        Ok(Ok(Ok(_))) => tracing::info!("released the leader Lease"),
-        Ok(Ok(Err(e))) => {
-            tracing::warn!(error = %e, "could not release the leader Lease; a standby takes over when it expires")
-        }
-        _ => tracing::warn!(
+    let _ = stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(6), lease_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
             "timed out releasing the leader Lease; a standby takes over when it expires"
-        ),
+        );
     }
     Ok(())
 }
@@ -172,12 +191,30 @@ fn action(reason: &str) -> &'static str {
     }
 }
 
+/// Why a status write did not happen.
+#[derive(Debug)]
+enum WriteError {
+    /// This replica could not prove it still leads: nothing was sent.
+    Fenced,
+    /// The API server refused or failed it.
+    Api(kube::Error),
+}
+
+/// Writes a Service's status (and pool annotation), each write conditional
+/// on the resourceVersion this replica last saw (`rv`): a write decided on
+/// a stale view is refused (409) instead of overwriting. Returns the new
+/// resourceVersion.
 async fn write_status(
     client: &Client,
     key: &ServiceKey,
     desired: &Desired,
     write_pool: bool,
-) -> Result<(), kube::Error> {
+    rv: Option<String>,
+    fence: &Fence,
+) -> Result<Option<String>, WriteError> {
+    if !fence.valid() {
+        return Err(WriteError::Fenced);
+    }
     let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -193,21 +230,33 @@ async fn write_status(
     } else {
         json!(ingress)
     };
-    api.patch_status(
-        &key.name,
-        &params,
-        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": ingress}}})),
-    )
-    .await?;
-    if write_pool {
-        api.patch(
+    let precondition = |rv: &Option<String>| match rv {
+        Some(v) => json!({"resourceVersion": v}),
+        None => json!({}),
+    };
+    let written = api
+        .patch_status(
             &key.name,
             &params,
-            &Patch::Merge(json!({"metadata": {"annotations": {POOL_ANNOTATION: desired.pool}}})),
+            &Patch::Merge(json!({"metadata": precondition(&rv),
+                "status": {"loadBalancer": {"ingress": ingress}}})),
         )
-        .await?;
+        .await
+        .map_err(WriteError::Api)?;
+    let mut rv = written.metadata.resource_version;
+    if write_pool {
+        if !fence.valid() {
+            return Err(WriteError::Fenced);
+        }
+        let mut meta = precondition(&rv);
+        meta["annotations"] = json!({POOL_ANNOTATION: desired.pool});
+        let written = api
+            .patch(&key.name, &params, &Patch::Merge(json!({"metadata": meta})))
+            .await
+            .map_err(WriteError::Api)?;
+        rv = written.metadata.resource_version;
     }
-    Ok(())
+    Ok(rv)
 }
 
 fn parse_config(cm: &ConfigMap, settings: &Settings) -> Result<ferrolb_config::Config, String> {
@@ -261,6 +310,9 @@ struct Loop {
     client: Client,
     settings: Settings,
     shared: Arc<Shared>,
+    fence: Fence,
+    /// The resourceVersion of each Service as last seen (watch or own write).
+    rvs: std::collections::HashMap<ServiceKey, String>,
     core: Core,
     events: ferrolb_kube::Events,
     events_dropped: u64,
@@ -301,15 +353,49 @@ impl Loop {
             }
         }
         let client = &self.client;
-        let results: Vec<(ServiceKey, Result<(), kube::Error>)> = futures::stream::iter(writes)
-            .map(|(key, desired, write_pool)| async move {
-                let r = write_status(client, &key, &desired, write_pool).await;
-                (key, r)
-            })
-            .buffer_unordered(self.settings.write_concurrency.max(1))
-            .collect()
-            .await;
+        let fence = &self.fence;
+        let rvs = &self.rvs;
+        let results: Vec<(ServiceKey, Result<Option<String>, WriteError>)> =
+            futures::stream::iter(writes)
+                .map(|(key, desired, write_pool)| async move {
+                    let rv = rvs.get(&key).cloned();
+                    let r = write_status(client, &key, &desired, write_pool, rv, fence).await;
+                    (key, r)
+                })
+                .buffer_unordered(self.settings.write_concurrency.max(1))
+                .collect()
+                .await;
         for (key, r) in results {
+            let r = match r {
+                Ok(rv) => {
+                    if let Some(rv) = rv {
+                        self.rvs.insert(key.clone(), rv);
+                    }
+                    Ok(())
+                }
+                Err(WriteError::Fenced) => {
+                    // Leadership is ending: the supervisor aborts this loop.
+                    self.shared.metrics.fenced_writes.inc();
+                    self.core.forget_pending(&key);
+                    continue;
+                }
+                Err(WriteError::Api(kube::Error::Api(s))) if s.code == 409 => {
+                    // Changed since we read it (by a user, or a replica that
+                    // led before): the watch brings the new version; retry then.
+                    self.shared
+                        .metrics
+                        .status_writes
+                        .get_or_create(&ResultLabels {
+                            result: "conflict".into(),
+                        })
+                        .inc();
+                    tracing::debug!(service = %key, "status write refused: the Service changed since it was read; retrying on the newer version");
+                    self.retries.schedule(key.clone());
+                    self.core.forget_pending(&key);
+                    continue;
+                }
+                Err(WriteError::Api(e)) => Err(e),
+            };
             match r {
                 Ok(()) => {
                     self.retries.succeeded(&key);
@@ -364,8 +450,9 @@ impl Loop {
     }
 }
 
-/// The leader's work: watch, decide, write. Returns only on a fatal error.
-async fn lead(client: Client, settings: Settings, shared: Arc<Shared>) -> Result<()> {
+/// The leader's work: watch, decide, write (each write only while `fence`
+/// holds). Returns only on a fatal error.
+async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fence) -> Result<()> {
     let events =
         ferrolb_kube::Events::start(client.clone(), FIELD_MANAGER, settings.identity.clone());
     let services = watcher::watcher(
@@ -384,6 +471,8 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>) -> Result
         client,
         settings,
         shared,
+        fence,
+        rvs: std::collections::HashMap::new(),
         core: Core::new(),
         events,
         events_dropped: 0,
@@ -403,6 +492,7 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>) -> Result
                     Ok(Some(Event::Init)) => { listed.clear(); Vec::new() }
                     Ok(Some(Event::InitApply(s))) => {
                         let v = service::view(&s, &lp.settings.classes);
+                        if let Some(rv) = s.metadata.resource_version.clone() { lp.rvs.insert(v.key.clone(), rv); }
                         listed.insert(v.key.clone());
                         lp.core.upsert(v)
                     }
@@ -412,9 +502,14 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>) -> Result
                         if cfg_synced { out.extend(lp.core.synced()); }
                         out
                     }
-                    Ok(Some(Event::Apply(s))) => lp.core.upsert(service::view(&s, &lp.settings.classes)),
+                    Ok(Some(Event::Apply(s))) => {
+                        let v = service::view(&s, &lp.settings.classes);
+                        if let Some(rv) = s.metadata.resource_version.clone() { lp.rvs.insert(v.key.clone(), rv); }
+                        lp.core.upsert(v)
+                    }
                     Ok(Some(Event::Delete(s))) => {
                         let v = service::view(&s, &lp.settings.classes);
+                        lp.rvs.remove(&v.key);
                         lp.core.delete(&v.key)
                     }
                     Ok(None) => anyhow::bail!("the Service watch ended"),

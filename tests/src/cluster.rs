@@ -500,6 +500,41 @@ impl Controller {
         identity: &str,
         extra: &[&str],
     ) -> Controller {
+        Controller::spawn_with_env(kubeconfig, dir, identity, extra, &[])
+    }
+
+    /// Starts the controller with its wall clock `offset` off (`+60s`,
+    /// `-60s`; the content of `clock_file`, which the test may rewrite to
+    /// make the clock jump), through Debian's libfaketime. The monotonic
+    /// clock is left alone, as NTP steps leave it on a real node.
+    pub fn spawn_skewed(
+        cluster: &Cluster,
+        identity: &str,
+        clock_file: &std::path::Path,
+    ) -> Controller {
+        let lib = clock_file_lib();
+        Controller::spawn_with_env(
+            &cluster.controller_kubeconfig,
+            &cluster.dir,
+            identity,
+            &[],
+            &[
+                ("LD_PRELOAD", lib.as_str()),
+                ("FAKETIME_TIMESTAMP_FILE", clock_file.to_str().unwrap()),
+                ("FAKETIME_NO_CACHE", "1"),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        )
+    }
+
+    /// [`Controller::spawn_with`] with environment variables added.
+    pub fn spawn_with_env(
+        kubeconfig: &std::path::Path,
+        dir: &std::path::Path,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // A file name has at most 255 bytes; an identity may have 253.
         let short: String = identity.chars().take(64).collect();
@@ -519,6 +554,7 @@ impl Controller {
             .args(extra)
             .env_remove("POD_NAME")
             .env("RUST_LOG", "info,ferrolb_controller=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -622,6 +658,26 @@ impl Controller {
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// libfaketime's multithreaded library (Debian's `faketime` package).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+fn clock_file_lib() -> String {
+    LIBFAKETIME.to_string()
+}
+
+impl Controller {
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the process: a pause as a long
+    /// garbage collection, a frozen VM or a swapping node makes one.
+    pub fn pause(&self, paused: bool) {
+        let _ = Command::new("kill")
+            .args([
+                if paused { "-STOP" } else { "-CONT" },
+                &self.child.id().to_string(),
+            ])
+            .status();
     }
 }
 

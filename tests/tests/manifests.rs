@@ -35,6 +35,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     }
     let files = [
         "namespace.yaml",
+        "crds.yaml",
         "config.yaml",
         "controller.yaml",
         "speaker.yaml",
@@ -211,7 +212,10 @@ fn check(
                 });
                 assert!(
                     exercised,
-                    "{file} lets {component} {verb} {resource}, which it never does"
+                    "{file} lets {component} {verb} {resource}, which it never does; it did {:?}",
+                    used.iter()
+                        .map(|r| format!("{} {} {}", r.verb, target(r).1, r.code))
+                        .collect::<BTreeSet<_>>()
                 );
             }
         }

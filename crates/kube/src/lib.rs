@@ -42,10 +42,7 @@ pub enum ClientError {
 
 /// A client from `kubeconfig`, or in-cluster / KUBECONFIG / ~/.kube/config,
 /// sending `User-Agent: COMPONENT/VERSION`.
-pub async fn client(
-    kubeconfig: Option<&Path>,
-    user_agent: &'static str,
-) -> Result<Client, ClientError> {
+pub async fn client(kubeconfig: Option<&Path>, user_agent: &str) -> Result<Client, ClientError> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -59,9 +56,21 @@ pub async fn client(
         }
         None => kube::Config::infer().await?,
     };
+    // Only visible ASCII may go in a header; anything else becomes `_`.
+    let agent: String = user_agent
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     config.headers.push((
         http::header::USER_AGENT,
-        http::HeaderValue::from_static(user_agent),
+        http::HeaderValue::from_str(&agent)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("ferrolb")),
     ));
     Ok(Client::try_from(config)?)
 }

@@ -123,6 +123,7 @@ impl FakeApiServer {
             requests: Mutex::new(Vec::new()),
             options,
             tokens: Mutex::new(tokens),
+            blackholed: Mutex::new(Vec::new()),
         });
         let server = FakeApiServer::serve(listener, shared, tls)?;
         Ok(server)
@@ -270,6 +271,18 @@ impl FakeApiServer {
             .lock()
             .expect("request log lock")
             .clone()
+    }
+
+    /// Cuts off (or, with `false`, reconnects) every client whose
+    /// User-Agent contains `agent`: a network partition between them and
+    /// the API server. Their requests wait and, once healed, fail without
+    /// having been processed; their watches go silent, then end.
+    pub fn partition(&self, agent: &str, cut: bool) {
+        let mut b = self.shared.blackholed.lock().expect("blackhole lock");
+        b.retain(|a| a != agent);
+        if cut {
+            b.push(agent.to_string());
+        }
     }
 
     /// Forgets the recorded requests.

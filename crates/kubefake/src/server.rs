@@ -38,6 +38,12 @@ pub struct RecordedRequest {
     pub user_agent: String,
     /// The HTTP status code answered.
     pub code: u16,
+    /// When the server answered it.
+    pub at: std::time::Instant,
+    /// The resourceVersion of the object a successful write committed (0
+    /// for reads, failures and no-op writes): orders the write among the
+    /// store's changes.
+    pub resource_version: u64,
 }
 
 /// Server settings.
@@ -85,6 +91,19 @@ pub(crate) struct Shared {
     pub options: Options,
     /// Bearer token -> user.
     pub tokens: Mutex<HashMap<String, User>>,
+    /// User-Agent substrings whose clients are cut off (a partition).
+    pub blackholed: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// Whether a client with this User-Agent is cut off now.
+    pub fn cut_off(&self, user_agent: &str) -> bool {
+        self.blackholed
+            .lock()
+            .expect("blackhole lock")
+            .iter()
+            .any(|b| user_agent.contains(b.as_str()))
+    }
 }
 
 /// The user a request authenticates as: `Err` for an unknown token.
@@ -194,6 +213,19 @@ pub(crate) async fn handle(
         }
         return Ok(json_response(200, &doc));
     }
+    if shared.cut_off(&user_agent) {
+        // A partition: nothing of this request reaches the store. It waits
+        // (as a client's retransmissions do) and, once healed, fails
+        // unprocessed, as a connection that broke meanwhile.
+        while shared.cut_off(&user_agent) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        return Ok(error_response(&ApiError {
+            code: 503,
+            reason: "ServiceUnavailable",
+            message: "the connection broke during a partition; nothing was done".into(),
+        }));
+    }
     let query = Query::parse(uri.query());
     let target = match path::parse(uri.path()) {
         Ok(t) => t,
@@ -298,6 +330,7 @@ pub(crate) async fn handle(
                 &target,
                 user_agent,
                 response.status().as_u16(),
+                0,
             );
             return Ok(response);
         }
@@ -313,8 +346,9 @@ pub(crate) async fn handle(
             ))))
         }
     };
+    let mut written_rv = 0;
     let response = if verb == "watch" {
-        watch(&shared, &target, &query)
+        watch(&shared, &target, &query, &user_agent)
     } else {
         match respond(
             &shared,
@@ -325,7 +359,16 @@ pub(crate) async fn handle(
             &user_agent,
             &body,
         ) {
-            Ok((code, v)) => json_response(code, &v),
+            Ok((code, v, committed)) => {
+                if committed && matches!(verb, "create" | "update" | "patch") {
+                    written_rv = v
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(0);
+                }
+                json_response(code, &v)
+            }
             Err(e) => error_response(&e),
         }
     };
@@ -335,12 +378,20 @@ pub(crate) async fn handle(
         &target,
         user_agent,
         response.status().as_u16(),
+        written_rv,
     );
     Ok(response)
 }
 
 /// Appends one request to the log.
-fn record(shared: &Shared, verb: &'static str, target: &Target, user_agent: String, code: u16) {
+fn record(
+    shared: &Shared,
+    verb: &'static str,
+    target: &Target,
+    user_agent: String,
+    code: u16,
+    resource_version: u64,
+) {
     shared
         .requests
         .lock()
@@ -353,6 +404,8 @@ fn record(shared: &Shared, verb: &'static str, target: &Target, user_agent: Stri
             name: target.name.clone(),
             user_agent,
             code,
+            at: std::time::Instant::now(),
+            resource_version,
         });
 }
 
@@ -384,7 +437,7 @@ fn respond(
     content_type: &str,
     user_agent: &str,
     body: &Bytes,
-) -> Result<(u16, Value), ApiError> {
+) -> Result<(u16, Value, bool), ApiError> {
     let rt = &RESOURCES[t.resource];
     let ns = t.namespace.as_deref();
     let name = t.name.as_deref().unwrap_or("");
@@ -395,64 +448,68 @@ fn respond(
     }
     let mut store = shared.store.lock().expect("store lock");
     store.expire_events(std::time::Instant::now());
-    match verb {
-        "get" => store.get(t.resource, ns, name).map(|v| (200, v)),
-        "list" => {
-            let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
-                .map_err(ApiError::bad_request)?;
-            let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
-                .map_err(ApiError::bad_request)?;
-            crate::strategy::check_field_selector(rt.plural, rt.group, fields.paths())?;
-            let limit = match query.get("limit") {
-                Some(l) => Some(
-                    l.parse::<usize>()
-                        .map_err(|_| ApiError::bad_request("limit must be a number"))?,
-                )
-                .filter(|&l| l > 0),
-                None => None,
-            };
-            // The continue token carries the list's resource version and the last key returned.
-            let (list_rv, after) = match query.get("continue") {
-                Some(tok) if !tok.is_empty() => {
-                    let mut parts = tok.splitn(3, '/');
-                    match (
-                        parts.next().and_then(|r| r.parse::<u64>().ok()),
-                        parts.next(),
-                        parts.next(),
-                    ) {
-                        (Some(rv), Some(ns), Some(name)) => {
-                            (rv, Some((ns.to_string(), name.to_string())))
+    // Whether this request committed anything (the lock is held throughout):
+    // a no-op write answers with the object as it was.
+    let before = store.resource_version();
+    let mut answer = || -> Result<(u16, Value), ApiError> {
+        match verb {
+            "get" => store.get(t.resource, ns, name).map(|v| (200, v)),
+            "list" => {
+                let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
+                    .map_err(ApiError::bad_request)?;
+                let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
+                    .map_err(ApiError::bad_request)?;
+                crate::strategy::check_field_selector(rt.plural, rt.group, fields.paths())?;
+                let limit = match query.get("limit") {
+                    Some(l) => Some(
+                        l.parse::<usize>()
+                            .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+                    )
+                    .filter(|&l| l > 0),
+                    None => None,
+                };
+                // The continue token carries the list's resource version and the last key returned.
+                let (list_rv, after) = match query.get("continue") {
+                    Some(tok) if !tok.is_empty() => {
+                        let mut parts = tok.splitn(3, '/');
+                        match (
+                            parts.next().and_then(|r| r.parse::<u64>().ok()),
+                            parts.next(),
+                            parts.next(),
+                        ) {
+                            (Some(rv), Some(ns), Some(name)) => {
+                                (rv, Some((ns.to_string(), name.to_string())))
+                            }
+                            _ => return Err(ApiError::bad_request("invalid continue token")),
                         }
-                        _ => return Err(ApiError::bad_request("invalid continue token")),
                     }
+                    _ => (store.resource_version(), None),
+                };
+                let (items, next) = store.list(t.resource, ns, &labels, &fields, after, limit);
+                let mut meta = json!({"resourceVersion": list_rv.to_string()});
+                if let Some((ns, name)) = next {
+                    meta["continue"] = Value::String(format!("{list_rv}/{ns}/{name}"));
                 }
-                _ => (store.resource_version(), None),
-            };
-            let (items, next) = store.list(t.resource, ns, &labels, &fields, after, limit);
-            let mut meta = json!({"resourceVersion": list_rv.to_string()});
-            if let Some((ns, name)) = next {
-                meta["continue"] = Value::String(format!("{list_rv}/{ns}/{name}"));
+                Ok((
+                    200,
+                    json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+                ))
             }
-            Ok((
-                200,
-                json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
-            ))
-        }
-        "create" => store
-            .create(t.resource, ns, parse_body(body)?, &manager)
-            .map(|v| (201, v)),
-        "update" => store
-            .update(
-                t.resource,
-                ns,
-                name,
-                status_only,
-                parse_body(body)?,
-                &manager,
-            )
-            .map(|v| (200, v)),
-        "patch" => {
-            let kind = match content_type {
+            "create" => store
+                .create(t.resource, ns, parse_body(body)?, &manager)
+                .map(|v| (201, v)),
+            "update" => store
+                .update(
+                    t.resource,
+                    ns,
+                    name,
+                    status_only,
+                    parse_body(body)?,
+                    &manager,
+                )
+                .map(|v| (200, v)),
+            "patch" => {
+                let kind = match content_type {
                 "application/merge-patch+json" => PatchKind::Merge,
                 "application/strategic-merge-patch+json" => PatchKind::Strategic,
                 "application/json-patch+json" => PatchKind::Json,
@@ -470,43 +527,47 @@ fn respond(
                     })
                 }
             };
-            // Apply bodies are YAML; every client sends JSON, which is YAML too.
-            let body = parse_body(body)?;
-            if let PatchKind::Apply { .. } = kind {
-                crate::strategy::apply_body(&body, name)?;
+                // Apply bodies are YAML; every client sends JSON, which is YAML too.
+                let body = parse_body(body)?;
+                if let PatchKind::Apply { .. } = kind {
+                    crate::strategy::apply_body(&body, name)?;
+                }
+                // An apply that creates answers 201 Created, as the real server does.
+                let existed = store.get(t.resource, ns, name).is_ok();
+                store
+                    .patch(t.resource, ns, name, status_only, kind, body, &manager)
+                    .map(|v| (if existed { 200 } else { 201 }, v))
             }
-            // An apply that creates answers 201 Created, as the real server does.
-            let existed = store.get(t.resource, ns, name).is_ok();
-            store
-                .patch(t.resource, ns, name, status_only, kind, body, &manager)
-                .map(|v| (if existed { 200 } else { 201 }, v))
-        }
-        "delete" => {
-            let options = if body.is_empty() {
-                json!({})
-            } else {
-                parse_body(body)?
-            };
-            let precondition = options
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if rt.plural == "pods" && rt.group.is_empty() {
-                // DeleteOptions' gracePeriodSeconds, in the query or the body.
-                let grace = query
-                    .get("gracePeriodSeconds")
-                    .and_then(|g| g.parse::<u64>().ok())
-                    .or_else(|| options.get("gracePeriodSeconds").and_then(Value::as_u64));
-                return store
-                    .delete_pod(t.resource, ns, name, grace, precondition.as_deref())
-                    .map(|v| (200, v));
+            "delete" => {
+                let options = if body.is_empty() {
+                    json!({})
+                } else {
+                    parse_body(body)?
+                };
+                let precondition = options
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if rt.plural == "pods" && rt.group.is_empty() {
+                    // DeleteOptions' gracePeriodSeconds, in the query or the body.
+                    let grace = query
+                        .get("gracePeriodSeconds")
+                        .and_then(|g| g.parse::<u64>().ok())
+                        .or_else(|| options.get("gracePeriodSeconds").and_then(Value::as_u64));
+                    return store
+                        .delete_pod(t.resource, ns, name, grace, precondition.as_deref())
+                        .map(|v| (200, v));
+                }
+                store
+                    .delete(t.resource, ns, name, precondition.as_deref())
+                    .map(|v| (200, v))
             }
-            store
-                .delete(t.resource, ns, name, precondition.as_deref())
-                .map(|v| (200, v))
+            _ => unreachable!("verbs are mapped in handle"),
         }
-        _ => unreachable!("verbs are mapped in handle"),
-    }
+    };
+    let result = answer();
+    let committed = store.resource_version() > before;
+    result.map(|(code, v)| (code, v, committed))
 }
 
 struct WatchFilter {
@@ -570,7 +631,7 @@ struct WatchState {
     deadline: tokio::time::Instant,
 }
 
-fn watch(shared: &Shared, t: &Target, query: &Query) -> Response<Body> {
+fn watch(shared: &Arc<Shared>, t: &Target, query: &Query, user_agent: &str) -> Response<Body> {
     let rt = &RESOURCES[t.resource];
     let labels = match LabelSelector::parse(query.get("labelSelector").unwrap_or("")) {
         Ok(l) => l,
@@ -639,10 +700,20 @@ fn watch(shared: &Shared, t: &Target, query: &Query) -> Response<Body> {
     }
     let kind = rt.kind;
     let api_version = rt.api_version();
+    let (cut, agent) = (Arc::clone(shared), user_agent.to_string());
     let stream = futures::stream::unfold(state, move |mut st| {
         let api_version = api_version.clone();
+        let (cut, agent) = (Arc::clone(&cut), agent.clone());
         async move {
             loop {
+                if cut.cut_off(&agent) {
+                    // Partitioned: nothing more arrives; once healed the
+                    // stream is over and the client watches again.
+                    while cut.cut_off(&agent) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    return None;
+                }
                 if let Some(b) = st.queue.pop_front() {
                     return Some((b, st));
                 }
