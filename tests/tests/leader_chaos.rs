@@ -206,7 +206,7 @@ async fn recovery(c: &Cluster, healed: Instant, what: &str) -> Duration {
             return healed.elapsed();
         }
         assert!(
-            healed.elapsed() < 4 * LEASE,
+            healed.elapsed() < 2 * LEASE,
             "{what}: {} Services still waiting {:?} after the disruption ended: {:?}",
             still.len(),
             healed.elapsed(),
