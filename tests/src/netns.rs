@@ -104,6 +104,50 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// A `TcpExt` counter of namespace `short`'s kernel (`/proc/net/netstat`
+    /// is per network namespace), e.g. `TCPMD5Failure`; 0 if absent.
+    pub fn tcp_ext(&self, short: &str, counter: &str) -> u64 {
+        let out = self.exec_ok(short, &["cat", "/proc/net/netstat"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+            return 0;
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == counter)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether something in namespace `short` listens on TCP `port`.
+    pub fn listens(&self, short: &str, port: u16) -> bool {
+        let out = self.exec(short, &["ss", "-Hltn", &format!("sport = :{port}")]);
+        out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    }
+
+    /// Waits until segments with a TCP-MD5 signature that does not verify
+    /// (or none where one is required) have been dropped in `short`: the
+    /// positive sign that a wrong password was tried and refused by the
+    /// kernel, not that nothing was tried. Returns the count; panics after `timeout`.
+    pub fn wait_md5_refused(&self, short: &str, timeout: std::time::Duration) -> u64 {
+        let t = std::time::Instant::now();
+        loop {
+            let n = self.tcp_ext(short, "TCPMD5Failure")
+                + self.tcp_ext(short, "TCPMD5Unexpected")
+                + self.tcp_ext(short, "TCPMD5NotFound");
+            if n > 0 {
+                return n;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "no segment was refused for its TCP-MD5 signature in {short} within {timeout:?}: nothing tried to connect"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Like [`Lab::exec`], panicking on failure.
     pub fn exec_ok(&self, short: &str, cmd: &[&str]) -> Output {
         let out = self.exec(short, cmd);

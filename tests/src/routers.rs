@@ -34,7 +34,36 @@ pub fn bird(lab: &mut Lab, ns: &str, dir: &Path) -> PathBuf {
 pub fn birdc(lab: &Lab, ns: &str, sock: &Path, cmd: &str) -> String {
     let mut args = vec!["birdc", "-s", sock.to_str().unwrap()];
     args.extend(cmd.split_whitespace());
-    String::from_utf8_lossy(&lab.exec(ns, &args).stdout).to_string()
+    checked(lab, ns, &args)
+}
+
+/// Runs a router's CLI in `ns` and returns its output, retrying while the
+/// daemon starts (its socket not there yet) for up to 5 s, then panicking
+/// with the error: an empty answer from a CLI that failed must never pass
+/// for "the router has no such route".
+fn checked(lab: &Lab, ns: &str, args: &[&str]) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let out = lab.exec(ns, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        // birdc answered when the daemon greeted it ("BIRD 2.0.12 ready.");
+        // its exit status is 1 for answers like "Network not found".
+        let answered = if args[0] == "birdc" {
+            stdout.contains(" ready.")
+        } else {
+            out.status.success()
+        };
+        if answered {
+            return stdout;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?} in {ns} failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Starts `gobgpd` in namespace `ns` on `conf` (TOML) with its API on
@@ -61,7 +90,7 @@ pub fn gobgpd(lab: &mut Lab, ns: &str, conf: &Path, log: &Path) -> u32 {
 pub fn gobgp(lab: &Lab, ns: &str, args: &[&str]) -> String {
     let mut full = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
     full.extend_from_slice(args);
-    String::from_utf8_lossy(&lab.exec(ns, &full).stdout).to_string()
+    checked(lab, ns, &full)
 }
 
 /// Starts `ferrolb-speaker standalone` in namespace `ns` as node `node` on

@@ -13,6 +13,20 @@ struct Rig {
     speaker: Option<u32>,
 }
 
+/// Waits until the router in namespace `router` listens on TCP 179 (it
+/// started, and took its configuration); panics with its log after 15 s.
+fn wait_listening(lab: &Lab, what: &str, log: &Path) {
+    let t = Instant::now();
+    while !lab.listens("router", 179) {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{what} never listened on 179: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn bird_conf(dir: &Path, password: Option<&str>) -> String {
     let pw = password
         .map(|p| format!("password \"{p}\";"))
@@ -451,10 +465,23 @@ fn gobgp_with_the_wrong_md5_password_never_establishes() {
         &gobgp_ibgp_toml("the-right-one"),
         &ibgp_four_octet_speaker("a-wrong-one"),
     );
-    // Several connect attempts' worth (the speaker retries after 2 s, 4 s).
-    std::thread::sleep(Duration::from_secs(5));
+    // Positive signs first: GoBGP runs and listens, knows the neighbour,
+    // and its kernel refused the speaker's SYNs for their signature.
+    wait_listening(&lab, "gobgpd", &dir.join("gobgpd.log"));
+    let refused = lab.wait_md5_refused("router", Duration::from_secs(10));
+    // A few more connect attempts' worth (the speaker retries after 2 s, 4 s).
+    std::thread::sleep(Duration::from_secs(3));
     let neighbor = routers::gobgp(&lab, "router", &["neighbor"]);
+    assert!(
+        neighbor.contains("192.0.2.11"),
+        "GoBGP has the neighbour: {neighbor}"
+    );
     assert!(!neighbor.contains("Establ"), "{neighbor}");
+    assert!(
+        lab.tcp_ext("router", "TCPMD5Failure") + lab.tcp_ext("router", "TCPMD5Unexpected")
+            > refused,
+        "the refusals went on"
+    );
     let rib = routers::gobgp(&lab, "router", &["global", "rib", "-a", "ipv4"]);
     assert!(!rib.contains("203.0.113.10/32"), "{rib}");
     drop(lab);
@@ -775,10 +802,14 @@ fn tcp_md5_with_the_wrong_password_never_establishes() {
     let bird = bird_conf(Path::new("DIR"), Some("right-key"));
     let speaker = speaker_conf("  - {name: web, ip: 203.0.113.10}", Some("wrong-key"));
     let rig = Rig::custom("w", &bird, &speaker);
-    // Several connect attempts (every 2 s and more) go by; the kernel drops every
-    // segment whose signature does not verify, so nothing ever reaches BGP.
-    std::thread::sleep(Duration::from_secs(5));
+    // The kernel drops every segment whose signature does not verify, so
+    // nothing ever reaches BGP: wait for those drops (the positive sign that
+    // the speaker did try), then a few more connect attempts.
+    wait_listening(&rig.lab, "BIRD", &rig.dir.join("bird.log"));
+    rig.lab.wait_md5_refused("router", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
     let proto = rig.birdc("show protocols all ferrolb");
+    assert!(proto.contains("ferrolb"), "BIRD runs the protocol: {proto}");
     assert!(!proto.contains("Established"), "{proto}");
     assert!(!rig.has_route("203.0.113.10"));
     // The series exists from the start, so `session_up == 0` alerts fire.
@@ -943,7 +974,10 @@ fn exabgp_with_the_wrong_md5_password_never_establishes() {
         "  local-as 4200000001;\n  peer-as 4200000001;\n  md5-password the-right-one;\n",
         &ibgp_four_octet_speaker("a-wrong-one"),
     );
-    std::thread::sleep(Duration::from_secs(5));
+    // ExaBGP runs and listens, and its kernel refused the speaker's SYNs.
+    wait_listening(&exa.lab, "ExaBGP", &exa.dir.join("exabgp.log"));
+    exa.lab.wait_md5_refused("router", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
     let dump = std::fs::read_to_string(exa.dir.join("received.json")).unwrap_or_default();
     assert!(!dump.contains("203.0.113.10/32"), "{dump}");
     let log = std::fs::read_to_string(exa.dir.join("speaker.log")).unwrap_or_default();
