@@ -246,3 +246,15 @@ pub fn present(resource: usize, object: serde_json::Value) -> serde_json::Value 
         object
     }
 }
+
+/// A stored object as `resource` shows it, copied only when a view converts it.
+pub fn present_ref(
+    resource: usize,
+    object: &serde_json::Value,
+) -> std::borrow::Cow<'_, serde_json::Value> {
+    if is_view(resource) {
+        std::borrow::Cow::Owned(crate::events::to_events(object.clone()))
+    } else {
+        std::borrow::Cow::Borrowed(object)
+    }
+}

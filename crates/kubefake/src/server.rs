@@ -591,7 +591,7 @@ impl WatchFilter {
         if c.resource != resource::stored_as(self.resource) {
             return None;
         }
-        let object = resource::present(self.resource, c.object.clone());
+        let object = resource::present_ref(self.resource, &c.object);
         let now = self.sees(c, &object);
         let ty = match c.kind {
             ChangeKind::Added => now.then_some("ADDED"),
@@ -600,7 +600,7 @@ impl WatchFilter {
                 let before = c
                     .old
                     .as_ref()
-                    .is_some_and(|o| self.sees(c, &resource::present(self.resource, o.clone())));
+                    .is_some_and(|o| self.sees(c, &resource::present_ref(self.resource, o)));
                 match (before, now) {
                     (true, true) => Some("MODIFIED"),
                     (false, true) => Some("ADDED"),

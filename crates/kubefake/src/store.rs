@@ -313,11 +313,7 @@ impl Store {
                 continue;
             }
             // Selectors see the object as the requested API shows it.
-            let object = if resource::is_view(view) {
-                std::borrow::Cow::Owned(resource::present(view, stored.object.clone()))
-            } else {
-                std::borrow::Cow::Borrowed(&stored.object)
-            };
+            let object = resource::present_ref(view, &stored.object);
             if !labels.matches(&object) || !fields.matches(&object) {
                 continue;
             }
@@ -678,14 +674,7 @@ impl Store {
                 if status_only {
                     return Err(ApiError::not_found(rt, name));
                 }
-                let mut body = body;
-                if body.is_object() && !body.get("metadata").is_some_and(Value::is_object) {
-                    body["metadata"] = json!({});
-                }
-                if body.is_object() {
-                    set_meta(&mut body, "name", Value::String(name.to_string()));
-                }
-                return self.create(resource, ns, body, manager);
+                return self.apply_creates(resource, ns, name, body, manager);
             }
             return Err(ApiError::not_found(rt, name));
         };
@@ -728,6 +717,24 @@ impl Store {
         self.write(key, status_only, candidate, manager, apply_body)
     }
 
+    /// An apply patch of a missing object creates it, named as the URL says.
+    fn apply_creates(
+        &mut self,
+        resource: usize,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        if body.is_object() {
+            if !body.get("metadata").is_some_and(Value::is_object) {
+                body["metadata"] = json!({});
+            }
+            set_meta(&mut body, "name", Value::String(name.to_string()));
+        }
+        self.create(resource, ns, body, manager)
+    }
+
     /// PATCH through a view (events.k8s.io): a JSON patch's paths name the
     /// view's fields, so it is applied to the view and written back; merge and
     /// apply patches rename their top-level fields, which is all that differs.
@@ -748,12 +755,7 @@ impl Store {
             Err(e) => {
                 if let PatchKind::Apply { .. } = kind {
                     if !status_only && body.is_object() {
-                        let mut body = body;
-                        if !body.get("metadata").is_some_and(Value::is_object) {
-                            body["metadata"] = json!({});
-                        }
-                        set_meta(&mut body, "name", Value::String(name.to_string()));
-                        return self.create(resource, ns, body, manager);
+                        return self.apply_creates(resource, ns, name, body, manager);
                     }
                 }
                 return Err(e);

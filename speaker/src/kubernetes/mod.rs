@@ -637,8 +637,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             // The durable view (status --api): one write when this node's set changes.
             let report = report::Report::from_roles(&now, vips_of);
-            let own_pod = pods
-                .state()
+            let own_pod = pod_list
                 .iter()
                 .find(|p| {
                     p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(opts.node.as_str())
