@@ -195,6 +195,27 @@ impl LocalRoutes {
             .copied()
             .filter(|v| !self.done.contains(v))
             .collect();
+        self.add(new)
+    }
+
+    /// The incremental form of [`LocalRoutes::ensure`]: `gone` are forgotten
+    /// (made local again if they come back), `wanted` made local if new.
+    pub fn change(
+        &mut self,
+        gone: impl IntoIterator<Item = IpAddr>,
+        wanted: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<(), HostError> {
+        for v in gone {
+            self.done.remove(&v);
+        }
+        let new: BTreeSet<IpAddr> = wanted
+            .into_iter()
+            .filter(|v| !self.done.contains(v))
+            .collect();
+        self.add(new.into_iter().collect())
+    }
+
+    fn add(&mut self, new: Vec<IpAddr>) -> Result<(), HostError> {
         if new.is_empty() {
             return Ok(());
         }
@@ -259,6 +280,7 @@ impl Retirement {
 /// it sees every change of the handled Services.
 pub struct RouteJanitor {
     handled: tokio::sync::watch::Sender<Option<BTreeSet<IpAddr>>>,
+    services: crate::announce::Table,
 }
 
 impl RouteJanitor {
@@ -311,7 +333,10 @@ impl RouteJanitor {
                 }
             }
         });
-        RouteJanitor { handled: tx }
+        RouteJanitor {
+            handled: tx,
+            services: crate::announce::Table::default(),
+        }
     }
 }
 
@@ -320,12 +345,22 @@ impl crate::announce::Announcer for RouteJanitor {
         "routes"
     }
 
-    fn update(&mut self, services: &[crate::announce::ServiceVips]) {
-        let handled = services
-            .iter()
-            .flat_map(|s| s.vips.iter().copied())
-            .collect();
-        self.handled.send_replace(Some(handled));
+    fn update(&mut self, changes: &[crate::announce::Change]) {
+        let touched = self.services.apply(changes);
+        // Health and eligibility changes leave the VIPs as they are: only a
+        // change of addresses (rare) rebuilds the set.
+        let first = self.handled.borrow().is_none();
+        let moved = touched.values().any(|(before, after)| {
+            before.as_ref().map(|s| &s.vips) != after.as_ref().map(|s| &s.vips)
+        });
+        if first || moved {
+            let handled = self
+                .services
+                .iter()
+                .flat_map(|s| s.vips.iter().copied())
+                .collect();
+            self.handled.send_replace(Some(handled));
+        }
     }
 }
 

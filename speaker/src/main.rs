@@ -137,6 +137,11 @@ struct KubeArgs {
     /// Announce from nodes labelled node.kubernetes.io/exclude-from-external-load-balancers too.
     #[arg(long)]
     ignore_exclude_lb: bool,
+    /// Re-derive every Service on every change, as the speaker did before
+    /// it kept an incremental index: the reference of
+    /// `tests/bench/speaker_scale.sh`, not for production.
+    #[arg(long, hide = true)]
+    full_recompute: bool,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7473")]
     metrics_address: std::net::SocketAddr,
@@ -471,6 +476,11 @@ fn main() -> ExitCode {
                         },
                         metrics_address: a.metrics_address,
                         metrics_access,
+                        recompute: if a.full_recompute {
+                            ferrolb_speaker::kubernetes::index::Recompute::Full
+                        } else {
+                            ferrolb_speaker::kubernetes::index::Recompute::Incremental
+                        },
                     },
                 ))
                 .map(|()| ExitCode::SUCCESS)

@@ -271,7 +271,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut poll = tokio::time::interval(opts.poll);
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
     let mut health = forwarder.service_health();
-    let mut announced: Vec<ServiceVips> = Vec::new();
+    // What the announcers were told: they receive only what changes.
+    let mut announced = crate::announce::Table::default();
+    let mut told = false;
     loop {
         let reason = tokio::select! {
             _ = hup.recv() => Some("SIGHUP"),
@@ -328,9 +330,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
         let current = vips(&plan, &health.borrow_and_update());
-        if current != announced {
-            announcer.update(&current);
-            announced = current;
+        let changes = announced.diff(&current);
+        if !changes.is_empty() || !told {
+            announced.apply(&changes);
+            announcer.update(&changes);
+            told = true;
         }
     }
     tracing::info!("shutting down: no new connections");

@@ -1,12 +1,15 @@
 //! Kubernetes mode: the speaker learns from the API what to announce and
-//! where to forward. `model` decides (pure); the runner here watches the
-//! API (Services, EndpointSlices, Nodes, the ConfigMap, the speaker Pods)
-//! and drives the same announcers and forwarder as standalone mode.
+//! where to forward. `model` holds the rules and `index` applies them one
+//! change at a time (both pure); the runner here watches the API (Services
+//! and EndpointSlices one event at a time; Nodes, the ConfigMap and the
+//! speaker Pods as wholes) and drives the same announcers and forwarder as
+//! standalone mode.
 //!
 //! The API is only an input: membership heartbeats, elections, BGP sessions
 //! and the forwarder keep running on the last state seen if the API server
 //! goes away.
 
+pub mod index;
 pub mod model;
 pub mod report;
 
@@ -16,6 +19,7 @@ use crate::metrics::{Metrics, ResultLabels};
 use anyhow::Context;
 use ferrolb_config::{Config, Member};
 use futures::StreamExt;
+use index::{Index, Kind, Recompute};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
@@ -60,6 +64,74 @@ pub struct Options {
     pub metrics_address: SocketAddr,
     /// TLS and bearer tokens for that endpoint.
     pub metrics_access: ferrolb_ops::Access,
+    /// Incremental (default), or every Service on every change (the
+    /// benchmark's reference).
+    pub recompute: Recompute,
+}
+
+/// One event of the Service and EndpointSlice watches.
+enum ApiEvent {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+}
+
+/// Watches `api` and forwards every event, in order: the index needs each
+/// object as it changes, not a snapshot of all of them.
+fn watch_events<K>(
+    api: Api<K>,
+    tx: tokio::sync::mpsc::UnboundedSender<ApiEvent>,
+    wrap: fn(watcher::Event<K>) -> ApiEvent,
+) where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+{
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => {
+                    if tx.send(wrap(ev)).is_err() {
+                        return;
+                    }
+                }
+                // The backoff retries; the index keeps the last state meanwhile.
+                Err(e) => tracing::warn!(error = %e, "watch error; retrying"),
+            }
+        }
+    });
+}
+
+/// Feeds one watch event to the index; `listed` records the first full lists.
+fn feed(index: &mut Index, ev: ApiEvent, listed: &mut [bool; 2]) {
+    match ev {
+        ApiEvent::Service(e) => match *e {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                index.apply_service(Arc::new(s))
+            }
+            watcher::Event::Delete(s) => index.delete_service(&s),
+            watcher::Event::Init => index.relist(Kind::Service),
+            watcher::Event::InitDone => {
+                index.relist_done(Kind::Service);
+                listed[0] = true;
+            }
+        },
+        ApiEvent::Slice(e) => match *e {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => index.apply_slice(&s),
+            watcher::Event::Delete(s) => index.delete_slice(&s),
+            watcher::Event::Init => index.relist(Kind::Slice),
+            watcher::Event::InitDone => {
+                index.relist_done(Kind::Slice);
+                listed[1] = true;
+            }
+        },
+    }
 }
 
 /// A reflector kept current by its own task; every change pokes `changed`.
@@ -323,16 +395,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }),
     );
     let (changed, mut changes) = watch::channel(0u64);
-    let services = reflect(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        changed.clone(),
-    );
-    let slices = reflect(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default(),
-        changed.clone(),
-    );
+    let (api_tx, mut api_rx) = tokio::sync::mpsc::unbounded_channel::<ApiEvent>();
+    watch_events(Api::<Service>::all(client.clone()), api_tx.clone(), |e| {
+        ApiEvent::Service(Box::new(e))
+    });
+    watch_events(Api::<EndpointSlice>::all(client.clone()), api_tx, |e| {
+        ApiEvent::Slice(Box::new(e))
+    });
     let nodes = reflect(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
@@ -350,32 +419,45 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     tracing::info!(node = %opts.node, namespace = %opts.namespace, "waiting for the first list of every watched resource");
     for (what, ready) in [
-        ("Services", services.wait_until_ready().await),
-        ("EndpointSlices", slices.wait_until_ready().await),
         ("Nodes", nodes.wait_until_ready().await),
         ("speaker Pods", pods.wait_until_ready().await),
         ("ConfigMap", config_maps.wait_until_ready().await),
     ] {
         ready.map_err(|e| anyhow::anyhow!("cannot list {what}: {e}"))?;
     }
+    let mut index = Index::new(&opts.node, opts.filter.clone(), opts.recompute);
+    let mut listed = [false; 2];
+    while listed != [true, true] {
+        let ev = api_rx
+            .recv()
+            .await
+            .context("the Service and EndpointSlice watches ended")?;
+        feed(&mut index, ev, &mut listed);
+    }
 
     let mut forwarder = Forwarder::new(Arc::clone(&metrics));
     let mut health = forwarder.service_health();
-    let mut config: Option<Config> = None;
     let mut config_text: Option<String> = None;
     let mut announcer: Option<(Box<dyn Announcer>, Option<crate::l2::L2Announcer>)> = None;
-    let mut announced: Vec<ServiceVips> = Vec::new();
+    let mut told_announcers = false;
     let mut last_members: Vec<Member> = Vec::new();
-    let mut last_problems: BTreeSet<(String, String)> = BTreeSet::new();
     let mut last_excluded = Vec::new();
-    // What this node announced last, per service: (mode, description) pairs.
+    // What this node announces, per service: (mode, description) pairs.
     let mut announcing: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
+    // The `vip_announced` series set per service, so a change removes its own.
+    let mut series: BTreeMap<String, Vec<crate::metrics::AnnouncedLabels>> = BTreeMap::new();
     let mut owned_rx: Option<watch::Receiver<BTreeSet<String>>> = None;
+    let mut owned: BTreeSet<String> = BTreeSet::new();
     let mut conflicts_rx: Option<tokio::sync::broadcast::Receiver<crate::l2::ConflictReport>> =
         None;
     let mut conflict_events = ConflictEvents::default();
     let mut bgp_peers: Option<Vec<String>> = None;
     let mut baseline_taken = false;
+    let mut own_pod: Option<(String, String)> = None;
+    // The durable view is rebuilt at most once a second (the writer writes
+    // no more often): building it is the one step that reads every Service.
+    let mut report_at: Option<tokio::time::Instant> = None;
+    let mut report_built = tokio::time::Instant::now() - Duration::from_secs(1);
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
@@ -383,213 +465,180 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // and when it stops.
     let mut leaving_since: Option<tokio::time::Instant> = None;
     let mut stop_at: Option<tokio::time::Instant> = None;
+    // Nodes, speaker Pods or the ConfigMap changed (all of them at start).
+    let mut context_changed = true;
+    // The forwarder's health, and what layer 2 elections gave this node,
+    // changed since the last pass (their watch branches below see it first).
+    let mut health_changed = true;
+    let mut owned_changed = true;
     loop {
-        // Configuration: applied when it changes and is valid; otherwise the last valid one stays.
-        let cm = config_maps.state().into_iter().next();
-        let text = cm
-            .as_ref()
-            .and_then(|c| c.data.as_ref()?.get(&opts.config_key).cloned());
-        if text != config_text {
-            config_text = text;
-            match cm.as_deref().map(|c| parse_config(c, &opts)) {
-                Some(Ok(c)) => {
-                    if announcer.is_some()
-                        && config.as_ref().is_some_and(|old| {
-                            old.l2 != c.l2 || old.bgp != c.bgp || old.failover != c.failover
-                        })
-                    {
-                        tracing::warn!("the l2, bgp or failover sections changed: restart the speakers to apply them (pools and services apply at once)");
+        if context_changed {
+            context_changed = false;
+            // Configuration: applied when it changes and is valid; otherwise the last valid one stays.
+            let cm = config_maps.state().into_iter().next();
+            let text = cm
+                .as_ref()
+                .and_then(|c| c.data.as_ref()?.get(&opts.config_key).cloned());
+            if text != config_text {
+                config_text = text;
+                match cm.as_deref().map(|c| parse_config(c, &opts)) {
+                    Some(Ok(c)) => {
+                        if announcer.is_some()
+                            && index.config().is_some_and(|old| {
+                                old.l2 != c.l2 || old.bgp != c.bgp || old.failover != c.failover
+                            })
+                        {
+                            tracing::warn!("the l2, bgp or failover sections changed: restart the speakers to apply them (pools and services apply at once)");
+                        }
+                        metrics
+                            .config_reloads
+                            .get_or_create(&ResultLabels {
+                                result: "ok".into(),
+                            })
+                            .inc();
+                        index.set_config(Arc::new(c));
                     }
-                    metrics
-                        .config_reloads
-                        .get_or_create(&ResultLabels {
-                            result: "ok".into(),
-                        })
-                        .inc();
-                    config = Some(c);
-                }
-                Some(Err(e)) => {
-                    metrics
-                        .config_reloads
-                        .get_or_create(&ResultLabels {
-                            result: "error".into(),
-                        })
-                        .inc();
-                    tracing::error!("the ConfigMap is invalid; the last valid configuration stays in force:\n{e}");
-                }
-                None => {
-                    tracing::error!(configmap = %format!("{}/{}", opts.namespace, opts.config_map), "no configuration yet; announcing nothing")
-                }
-            }
-        }
-        let node_list = nodes.state();
-        let me_node = node_list
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(opts.node.as_str()))
-            .cloned();
-        let pod_list = pods.state();
-        let mut member_list = members(&pod_list, &node_list, opts.member_port);
-        let mut leaving = leaving_nodes(&pod_list);
-        if leaving.contains(&opts.node) && leaving_since.is_none() {
-            // The other speakers see the same deletion and take over now.
-            let now = tokio::time::Instant::now();
-            leaving_since = Some(now);
-            if let Some(at) = stop_at.as_mut() {
-                *at = (*at).max(now + opts.handover_delay);
-            }
-            tracing::info!(node = %opts.node, "this speaker's Pod is being deleted: handing its announcements to the other nodes, forwarding until it stops");
-        }
-        if leaving_since.is_some() {
-            leaving.insert(opts.node.clone());
-        }
-        if let Some(cfg) = &config {
-            if announcer.is_none() {
-                let labels: BTreeMap<String, String> = me_node
-                    .as_ref()
-                    .and_then(|n| n.metadata.labels.clone())
-                    .unwrap_or_default();
-                if member_list.iter().all(|m| m.name != opts.node) {
-                    // Our own Pod may not be listed yet: this node is a member anyway.
-                    if let Some(ip) = me_node.as_deref().and_then(node_ipv4) {
-                        member_list.push(Member {
-                            name: opts.node.clone(),
-                            address: SocketAddr::new(IpAddr::V4(ip), opts.member_port),
-                            labels: labels.clone(),
-                        });
+                    Some(Err(e)) => {
+                        metrics
+                            .config_reloads
+                            .get_or_create(&ResultLabels {
+                                result: "error".into(),
+                            })
+                            .inc();
+                        tracing::error!("the ConfigMap is invalid; the last valid configuration stays in force:\n{e}");
+                    }
+                    None => {
+                        tracing::error!(configmap = %format!("{}/{}", opts.namespace, opts.config_map), "no configuration yet; announcing nothing")
                     }
                 }
-                let fallback = me_node.as_deref().and_then(node_ipv4);
-                let cfg = &with_secret_passwords(&client, &opts.namespace, cfg).await;
-                let started = crate::standalone::start_announcers(
-                    cfg,
-                    &opts.node,
-                    member_list.clone(),
-                    &labels,
-                    fallback,
-                    &metrics,
-                    &crate::standalone::HostSettings {
-                        route_linger: opts.route_linger,
-                        member_keys_file: opts.member_keys_file.clone(),
-                    },
-                )
-                .await?;
-                tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");
-                last_members = member_list.clone();
-                owned_rx = started.l2.as_ref().map(|l2| l2.owned());
-                conflicts_rx = started.l2.as_ref().map(|l2| l2.conflicts());
-                bgp_peers = cfg.bgp.as_ref().filter(|b| !b.peers.is_empty()).map(|b| {
-                    b.peers
-                        .iter()
-                        .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
-                        .map(|p| p.name.clone())
-                        .collect()
-                });
-                announcer = Some((started.announcer, started.l2));
-            } else if member_list != last_members && member_list.iter().any(|m| m.name == opts.node)
-            {
-                if let Some((_, Some(l2))) = &announcer {
-                    l2.set_members(member_list.clone());
+            }
+            let node_list = nodes.state();
+            let me_node = node_list
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(opts.node.as_str()))
+                .cloned();
+            let pod_list = pods.state();
+            let mut member_list = members(&pod_list, &node_list, opts.member_port);
+            let mut leaving = leaving_nodes(&pod_list);
+            if leaving.contains(&opts.node) && leaving_since.is_none() {
+                // The other speakers see the same deletion and take over now.
+                let now = tokio::time::Instant::now();
+                leaving_since = Some(now);
+                if let Some(at) = stop_at.as_mut() {
+                    *at = (*at).max(now + opts.handover_delay);
                 }
-                last_members = member_list;
+                tracing::info!(node = %opts.node, "this speaker's Pod is being deleted: handing its announcements to the other nodes, forwarding until it stops");
+            }
+            if leaving_since.is_some() {
+                leaving.insert(opts.node.clone());
+            }
+            own_pod = pod_list
+                .iter()
+                .find(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(opts.node.as_str())
+                        && p.metadata.deletion_timestamp.is_none()
+                })
+                .and_then(|p| Some((p.metadata.name.clone()?, p.metadata.uid.clone()?)));
+            if let Some(cfg) = index.config().cloned() {
+                if announcer.is_none() {
+                    let labels: BTreeMap<String, String> = me_node
+                        .as_ref()
+                        .and_then(|n| n.metadata.labels.clone())
+                        .unwrap_or_default();
+                    if member_list.iter().all(|m| m.name != opts.node) {
+                        // Our own Pod may not be listed yet: this node is a member anyway.
+                        if let Some(ip) = me_node.as_deref().and_then(node_ipv4) {
+                            member_list.push(Member {
+                                name: opts.node.clone(),
+                                address: SocketAddr::new(IpAddr::V4(ip), opts.member_port),
+                                labels: labels.clone(),
+                            });
+                        }
+                    }
+                    let fallback = me_node.as_deref().and_then(node_ipv4);
+                    let cfg = &with_secret_passwords(&client, &opts.namespace, &cfg).await;
+                    let started = crate::standalone::start_announcers(
+                        cfg,
+                        &opts.node,
+                        member_list.clone(),
+                        &labels,
+                        fallback,
+                        &metrics,
+                        &crate::standalone::HostSettings {
+                            route_linger: opts.route_linger,
+                            member_keys_file: opts.member_keys_file.clone(),
+                        },
+                    )
+                    .await?;
+                    tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");
+                    last_members = member_list.clone();
+                    owned_rx = started.l2.as_ref().map(|l2| l2.owned());
+                    conflicts_rx = started.l2.as_ref().map(|l2| l2.conflicts());
+                    bgp_peers = cfg.bgp.as_ref().filter(|b| !b.peers.is_empty()).map(|b| {
+                        b.peers
+                            .iter()
+                            .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
+                            .map(|p| p.name.clone())
+                            .collect()
+                    });
+                    announcer = Some((started.announcer, started.l2));
+                } else if member_list != last_members
+                    && member_list.iter().any(|m| m.name == opts.node)
+                {
+                    if let Some((_, Some(l2))) = &announcer {
+                        l2.set_members(member_list.clone());
+                    }
+                    last_members = member_list;
+                }
             }
             let speakers: BTreeSet<String> = last_members
                 .iter()
                 .map(|m| m.name.clone())
                 .chain(std::iter::once(opts.node.clone()))
                 .collect();
-            // The caches' Arcs, not copies: this runs on every change.
-            let svc = services.state();
-            let uids: BTreeMap<String, String> = svc
-                .iter()
-                .filter_map(|s| {
-                    let m = &s.metadata;
-                    Some((
-                        format!("{}/{}", m.namespace.as_deref()?, m.name.as_deref()?),
-                        m.uid.clone()?,
-                    ))
-                })
-                .collect();
-            let d = model::desired(
-                &opts.node,
-                &svc,
-                &slices.state(),
-                &node_list,
-                &speakers,
-                &leaving,
-                cfg,
-                &opts.filter,
-            );
-            if d.excluded != last_excluded {
-                for e in &d.excluded {
+            index.set_nodes(&node_list, &speakers, leaving);
+            if index.excluded() != last_excluded.as_slice() {
+                for e in index.excluded() {
                     tracing::warn!(node = %e.node, reason = e.reason, "node excluded from announcing");
                 }
-                last_excluded = d.excluded.clone();
+                last_excluded = index.excluded().to_vec();
             }
-            let problems: BTreeSet<(String, String)> = d.problems.iter().cloned().collect();
-            for (svc, why) in problems.difference(&last_problems) {
+        }
+        if let (Some(cfg), Some((a, _))) = (index.config().cloned(), announcer.as_mut()) {
+            if health_changed {
+                health_changed = false;
+                let h = health.borrow_and_update().clone();
+                index.set_health(&h);
+            }
+            let delta = index.flush();
+            for (svc, why) in &delta.problems {
                 tracing::warn!(service = %svc, "{why}");
             }
-            last_problems = problems;
-            for e in forwarder.apply(&d.plan, &cfg.forwarder) {
-                tracing::error!(error = %e, "listener not opened");
-            }
-            let h = health.borrow_and_update().clone();
-            let forwarded: BTreeSet<&str> = d
-                .plan
-                .services
-                .iter()
-                .map(|s| s.service.name.as_str())
-                .collect();
-            let current: Vec<ServiceVips> = d
-                .vips
-                .into_iter()
-                .map(|mut v| {
-                    if forwarded.contains(v.key.as_str()) {
-                        v.healthy = h.get(&v.key).copied().unwrap_or(false);
-                    }
-                    v
-                })
-                .collect();
-            if let Some((a, _)) = announcer.as_mut() {
-                if current != announced {
-                    a.update(&current);
-                    announced = current.clone();
+            if let Some(plan) = &delta.plan {
+                for e in forwarder.apply(plan, &cfg.forwarder) {
+                    tracing::error!(error = %e, "listener not opened");
                 }
             }
-            // What this node announces now: metrics, and an Event on each change.
-            let owned = owned_rx.as_mut().map(|r| r.borrow_and_update().clone());
-            let mut now: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
-            metrics.vip_announced.clear();
-            for v in &current {
-                let r = roles(v, &opts.node, owned.as_ref(), bgp_peers.as_deref());
-                for (mode, _) in &r {
-                    for vip in &v.vips {
-                        metrics
-                            .vip_announced
-                            .get_or_create(&crate::metrics::AnnouncedLabels {
-                                service: v.key.clone(),
-                                vip: vip.to_string(),
-                                mode: mode.to_string(),
-                            })
-                            .set(1);
-                    }
-                }
-                if !r.is_empty() {
-                    now.insert(v.key.clone(), r);
-                }
+            if !delta.changes.is_empty() || !told_announcers {
+                a.update(&delta.changes);
+                told_announcers = true;
             }
-            let vips_of = |key: &str| {
-                current
+            // What this node announces now, for the Services that changed
+            // and those whose layer 2 ownership moved: metrics, and an Event
+            // on each change.
+            let mut check = delta.touched;
+            if let Some(rx) = owned_rx.as_mut().filter(|_| owned_changed) {
+                owned_changed = false;
+                let now = rx.borrow_and_update().clone();
+                check.extend(now.symmetric_difference(&owned).cloned());
+                owned = now;
+            }
+            let vips_of = |v: &ServiceVips| {
+                v.vips
                     .iter()
-                    .find(|v| v.key == key)
-                    .map(|v| {
-                        v.vips
-                            .iter()
-                            .map(|i| i.to_string())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             // The first pass after start is the baseline: BGP advertisements a
             // restarted speaker resumes are not news (10,000 Services would
@@ -597,63 +646,97 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             // ownership, which settles after the first heartbeats, are.
             let baseline = !baseline_taken;
             baseline_taken = true;
-            for (key, r) in &now {
-                if announcing.get(key) != Some(r)
-                    && !(baseline && r.iter().all(|(m, _)| *m == "bgp"))
-                {
+            let mut report_changed = false;
+            for key in &check {
+                let told = index.told(key);
+                let r = told
+                    .map(|v| roles(v, &opts.node, Some(&owned), bgp_peers.as_deref()))
+                    .unwrap_or_default();
+                let before = announcing.get(key).cloned().unwrap_or_default();
+                if before == r {
+                    continue;
+                }
+                report_changed = true;
+                for labels in series.remove(key).unwrap_or_default() {
+                    metrics.vip_announced.remove(&labels);
+                }
+                if let Some(v) = told {
+                    let mut mine = Vec::new();
+                    for (mode, _) in &r {
+                        for vip in &v.vips {
+                            let labels = crate::metrics::AnnouncedLabels {
+                                service: key.clone(),
+                                vip: vip.to_string(),
+                                mode: mode.to_string(),
+                            };
+                            metrics.vip_announced.get_or_create(&labels).set(1);
+                            mine.push(labels);
+                        }
+                    }
+                    if !mine.is_empty() {
+                        series.insert(key.clone(), mine);
+                    }
+                }
+                if !(r.is_empty() || baseline && r.iter().all(|(m, _)| *m == "bgp")) {
                     let how: Vec<&str> = r.iter().map(|(_, d)| d.as_str()).collect();
                     let note = format!(
                         "node {} announces {} {}",
                         opts.node,
-                        vips_of(key),
+                        told.map(|v| vips_of(v)).unwrap_or_default(),
                         how.join(" and ")
                     );
                     tracing::info!(service = %key, "{note}");
                     events.send(service_event(
                         key,
-                        uids.get(key).cloned(),
+                        index.uid(key),
                         "IPAnnounced",
                         "Announce",
                         note,
                     ));
+                } else if r.is_empty() && !baseline {
+                    // Only about Services that still exist and have an address.
+                    if let Some(v) = told {
+                        let note = format!("node {} no longer announces {}", opts.node, vips_of(v));
+                        tracing::info!(service = %key, "{note}");
+                        events.send(service_event(
+                            key,
+                            index.uid(key),
+                            "IPWithdrawn",
+                            "Withdraw",
+                            note,
+                        ));
+                    }
+                }
+                if r.is_empty() {
+                    announcing.remove(key);
+                } else {
+                    announcing.insert(key.clone(), r);
                 }
             }
-            for key in announcing
-                .keys()
-                .filter(|k| !now.contains_key(*k) && !baseline)
-            {
-                // Only about Services that still exist and have an address.
-                if current.iter().any(|v| v.key == *key) {
-                    let note = format!("node {} no longer announces {}", opts.node, vips_of(key));
-                    tracing::info!(service = %key, "{note}");
-                    events.send(service_event(
-                        key,
-                        uids.get(key).cloned(),
-                        "IPWithdrawn",
-                        "Withdraw",
-                        note,
-                    ));
-                }
+            if (report_changed || baseline) && report_at.is_none() {
+                report_at =
+                    Some((report_built + Duration::from_secs(1)).max(tokio::time::Instant::now()));
             }
-            // The durable view (status --api): one write when this node's set changes.
-            let report = report::Report::from_roles(&now, vips_of);
-            let own_pod = pod_list
-                .iter()
-                .find(|p| {
-                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(opts.node.as_str())
-                        && p.metadata.deletion_timestamp.is_none()
-                })
-                .and_then(|p| Some((p.metadata.name.clone()?, p.metadata.uid.clone()?)));
-            report_tx.send_if_modified(|cur| {
-                let new = (report, own_pod);
-                let changed = *cur != new;
-                *cur = new;
-                changed
-            });
-            announcing = now;
             ready.store(stop_at.is_none(), Ordering::Relaxed);
         }
         tokio::select! {
+            ev = api_rx.recv() => {
+                let Some(ev) = ev else {
+                    anyhow::bail!("the Service and EndpointSlice watches ended");
+                };
+                if opts.recompute == Recompute::Full {
+                    // The reference: a burst settles into one recomputation.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                feed(&mut index, ev, &mut listed);
+                // Whatever else is queued goes into the same flush.
+                for _ in 0..10_000 {
+                    match api_rx.try_recv() {
+                        Ok(ev) => feed(&mut index, ev, &mut listed),
+                        Err(_) => break,
+                    }
+                }
+            }
             r = changes.changed() => {
                 if r.is_err() {
                     anyhow::bail!("every watch ended");
@@ -661,25 +744,40 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 // Let a burst of changes settle into one recomputation.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 changes.borrow_and_update();
+                context_changed = true;
             }
+            _ = health.changed() => health_changed = true,
             _ = health_tick.tick() => forwarder.refresh_health(),
             r = async { owned_rx.as_mut().expect("guarded").changed().await }, if owned_rx.is_some() => {
                 // A layer 2 election changed what this node owns.
+                owned_changed = true;
                 if r.is_err() {
                     owned_rx = None;
                 }
+            }
+            _ = async { tokio::time::sleep_until(report_at.expect("guarded")).await }, if report_at.is_some() => {
+                // The durable view (status --api): rebuilt at most once a second.
+                report_at = None;
+                report_built = tokio::time::Instant::now();
+                let report = report::Report::from_roles(&announcing, |key| {
+                    index.told(key).map(|v| {
+                        v.vips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+                    }).unwrap_or_default()
+                });
+                report_tx.send_if_modified(|cur| {
+                    let new = (report, own_pod.clone());
+                    let changed = *cur != new;
+                    *cur = new;
+                    changed
+                });
             }
             r = async { conflicts_rx.as_mut().expect("guarded").recv().await }, if conflicts_rx.is_some() => {
                 match r {
                     Ok((key, vip, mac)) => {
                         if conflict_events.first(&key, mac, std::time::Instant::now()) {
-                            let uid = services.state().iter().find(|s| {
-                                s.metadata.namespace.as_deref().zip(s.metadata.name.as_deref())
-                                    .is_some_and(|(n, m)| key.split_once('/') == Some((n, m)))
-                            }).and_then(|s| s.metadata.uid.clone());
                             let mut ev = service_event(
                                 &key,
-                                uid,
+                                index.uid(&key),
                                 "IPConflict",
                                 "Reassert",
                                 format!("another host (MAC {mac}) answers ARP/NDP for {vip}, which node {} owns; node {} re-asserted it. Find that host: it takes traffic meant for this Service", opts.node, opts.node),

@@ -52,7 +52,7 @@ impl Default for Filter {
 
 /// One endpoint of a Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Endpoint {
+pub struct Endpoint {
     ip: IpAddr,
     node: Option<String>,
     /// Port name -> (protocol, number).
@@ -91,48 +91,57 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
     }
 }
 
-/// The ready endpoints of every Service, by `namespace/name`. Endpoints that
-/// are not ready, or terminating, carry no traffic.
-fn endpoints(slices: &[impl Borrow<EndpointSlice>]) -> BTreeMap<String, Vec<Endpoint>> {
-    let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    for s in slices.iter().map(Borrow::borrow) {
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
+/// The Service an EndpointSlice belongs to (`namespace/name`) and its
+/// ready endpoints. Endpoints that are not ready, or terminating, carry no
+/// traffic. `None`: the slice names no Service.
+pub fn slice_endpoints(s: &EndpointSlice) -> Option<(String, Vec<Endpoint>)> {
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let key = format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or(""), svc);
+    let ports: Vec<(String, Protocol, u16)> = s
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                protocol(p.protocol.as_deref())?,
+                u16::try_from(p.port?).ok()?,
+            ))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for e in &s.endpoints {
+        let c = e.conditions.as_ref();
+        // Per the EndpointSlice API, a missing `ready` means ready.
+        let ready = c.and_then(|c| c.ready).unwrap_or(true)
+            && !c.and_then(|c| c.terminating).unwrap_or(false);
+        if !ready {
             continue;
-        };
-        let key = format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or(""), svc);
-        let ports: Vec<(String, Protocol, u16)> = s
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default(),
-                    protocol(p.protocol.as_deref())?,
-                    u16::try_from(p.port?).ok()?,
-                ))
-            })
-            .collect();
-        for e in &s.endpoints {
-            let c = e.conditions.as_ref();
-            // Per the EndpointSlice API, a missing `ready` means ready.
-            let ready = c.and_then(|c| c.ready).unwrap_or(true)
-                && !c.and_then(|c| c.terminating).unwrap_or(false);
-            if !ready {
-                continue;
+        }
+        for a in &e.addresses {
+            if let Ok(ip) = a.parse::<IpAddr>() {
+                out.push(Endpoint {
+                    ip,
+                    node: e.node_name.clone(),
+                    ports: ports.clone(),
+                });
             }
-            for a in &e.addresses {
-                if let Ok(ip) = a.parse::<IpAddr>() {
-                    out.entry(key.clone()).or_default().push(Endpoint {
-                        ip,
-                        node: e.node_name.clone(),
-                        ports: ports.clone(),
-                    });
-                }
+        }
+    }
+    Some((key, out))
+}
+
+/// The ready endpoints of every Service, by `namespace/name`, slices taken
+/// in the order of their names (so the result does not depend on the order
+/// a cache lists them in).
+fn endpoints(slices: &[impl Borrow<EndpointSlice>]) -> BTreeMap<String, Vec<Endpoint>> {
+    let mut sorted: Vec<&EndpointSlice> = slices.iter().map(Borrow::borrow).collect();
+    sorted.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
+    let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    for s in sorted {
+        if let Some((key, eps)) = slice_endpoints(s) {
+            if !eps.is_empty() {
+                out.entry(key).or_default().extend(eps);
             }
         }
     }
@@ -141,7 +150,7 @@ fn endpoints(slices: &[impl Borrow<EndpointSlice>]) -> BTreeMap<String, Vec<Endp
 
 /// Nodes that may announce at all: live speakers, minus NetworkUnavailable,
 /// minus the exclusion label (unless ignored).
-fn usable_nodes(
+pub fn usable_nodes(
     nodes: &[impl Borrow<Node>],
     speakers: &BTreeSet<String>,
     filter: &Filter,
@@ -185,7 +194,8 @@ fn usable_nodes(
     (usable, excluded)
 }
 
-fn handled(svc: &Service, filter: &Filter) -> bool {
+/// Whether the speaker handles this Service (type and class).
+pub fn handled(svc: &Service, filter: &Filter) -> bool {
     let Some(spec) = svc.spec.as_ref() else {
         return false;
     };
@@ -233,81 +243,117 @@ pub fn desired(
             svc.metadata.namespace.as_deref().unwrap_or(""),
             svc.metadata.name.as_deref().unwrap_or("")
         );
-        let vips: Vec<IpAddr> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_deref()?.parse().ok())
-            .collect();
-        if vips.is_empty() {
-            // Not assigned yet: nothing to announce (the controller's job).
-            continue;
+        let ready = eps.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let e = entry(me, &key, svc, ready, &usable, leaving, config);
+        if let Some(v) = e.vips {
+            out.vips.push(v);
         }
-        let ann = svc.metadata.annotations.clone().unwrap_or_default();
-        let pool = ann.get(POOL_ANNOTATION).cloned().or_else(|| {
-            // Status written by another tool: find the pool holding the address.
-            config
-                .pools
-                .iter()
-                .find(|p| vips.iter().all(|ip| p.addresses.contains(*ip)))
-                .map(|p| p.name.clone())
-        });
-        let Some(pool) = pool.filter(|p| config.pool(p).is_some()) else {
-            out.problems.push((
-                key,
-                format!(
-                    "{} is in no configured pool; not announced",
-                    vips.iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            ));
-            continue;
-        };
-        let spec = svc.spec.clone().unwrap_or_default();
-        let ready = eps.get(&key).cloned().unwrap_or_default();
-        let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
-        let candidates: BTreeSet<String> = if ready.is_empty() {
-            BTreeSet::new()
-        } else if local_only {
-            let with_endpoint: BTreeSet<String> =
-                ready.iter().filter_map(|e| e.node.clone()).collect();
-            usable.intersection(&with_endpoint).cloned().collect()
+        if let Some(p) = e.planned {
+            out.plan.services.push(p);
+        }
+        if let Some(why) = e.problem {
+            out.problems.push((key, why));
+        }
+    }
+    out
+}
+
+/// What one Service means for node `me`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entry {
+    /// Its VIPs and candidate nodes; `None`: nothing to announce.
+    pub vips: Option<ServiceVips>,
+    /// What this node forwards for it.
+    pub planned: Option<PlannedService>,
+    /// Why it cannot be handled as it is.
+    pub problem: Option<String>,
+}
+
+/// One handled Service's entry, from its ready endpoints and the nodes that
+/// may announce: the rule `desired` applies to every Service, and the
+/// incremental index to the Services that changed.
+pub fn entry(
+    me: &str,
+    key: &str,
+    svc: &Service,
+    ready: &[Endpoint],
+    usable: &BTreeSet<String>,
+    leaving: &BTreeSet<String>,
+    config: &Config,
+) -> Entry {
+    let mut out = Entry::default();
+    let key = key.to_string();
+    let vips: Vec<IpAddr> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
+    if vips.is_empty() {
+        // Not assigned yet: nothing to announce (the controller's job).
+        return out;
+    }
+    let ann = svc.metadata.annotations.clone().unwrap_or_default();
+    let pool = ann.get(POOL_ANNOTATION).cloned().or_else(|| {
+        // Status written by another tool: find the pool holding the address.
+        config
+            .pools
+            .iter()
+            .find(|p| vips.iter().all(|ip| p.addresses.contains(*ip)))
+            .map(|p| p.name.clone())
+    });
+    let Some(pool) = pool.filter(|p| config.pool(p).is_some()) else {
+        out.problem = Some(format!(
+            "{} is in no configured pool; not announced",
+            vips.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        return out;
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+    let candidates: BTreeSet<String> = if ready.is_empty() {
+        BTreeSet::new()
+    } else if local_only {
+        let with_endpoint: BTreeSet<String> = ready.iter().filter_map(|e| e.node.clone()).collect();
+        usable.intersection(&with_endpoint).cloned().collect()
+    } else {
+        usable.clone()
+    };
+    let forward = ann
+        .get(FORWARD_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let staying: BTreeSet<String> = candidates.difference(leaving).cloned().collect();
+    out.vips = Some(ServiceVips {
+        key: key.clone(),
+        pool: pool.clone(),
+        vips: vips.clone(),
+        healthy: true,
+        nodes: Some(if staying.is_empty() {
+            candidates.clone()
         } else {
-            usable.clone()
-        };
-        let forward = ann
-            .get(FORWARD_ANNOTATION)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let staying: BTreeSet<String> = candidates.difference(leaving).cloned().collect();
-        out.vips.push(ServiceVips {
-            key: key.clone(),
-            pool: pool.clone(),
-            vips: vips.clone(),
-            healthy: true,
-            nodes: Some(if staying.is_empty() {
-                candidates.clone()
-            } else {
-                staying
-            }),
-        });
-        if !forward || !candidates.contains(me) {
-            continue;
-        }
-        match forward_service(&key, &spec, &ann, &ready, local_only.then_some(me)) {
-            Ok(service) => out.plan.services.push(PlannedService {
+            staying
+        }),
+    });
+    if !forward || !candidates.contains(me) {
+        return out;
+    }
+    match forward_service(&key, &spec, &ann, ready, local_only.then_some(me)) {
+        Ok(service) => {
+            out.planned = Some(PlannedService {
                 service,
                 assignment: Assignment {
                     pool: pool.as_str().into(),
                     ips: vips,
                 },
-            }),
-            Err(why) => out.problems.push((key, why)),
+            })
         }
+        Err(why) => out.problem = Some(why),
     }
     out
 }

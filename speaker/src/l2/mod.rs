@@ -7,7 +7,7 @@
 
 pub mod iface;
 
-use crate::announce::{Announcer, ServiceVips};
+use crate::announce::{self, Announcer, ServiceVips, Table};
 use crate::metrics::{IfaceLabels, Metrics};
 use ferrolb_config::{L2Advertisement, Member};
 use ferrolb_l2::election::{self, Claim};
@@ -111,7 +111,8 @@ type Latest<T> = std::sync::Arc<tokio::sync::watch::Sender<Option<T>>>;
 /// The handle standalone and Kubernetes mode talk to (clones talk to the same runner).
 #[derive(Clone)]
 pub struct L2Announcer {
-    services: Latest<Vec<ServiceVips>>,
+    /// Service changes, in order (the runner keeps the table).
+    services: mpsc::UnboundedSender<Arc<[announce::Change]>>,
     members: Latest<Vec<Member>>,
     owned: tokio::sync::watch::Receiver<BTreeSet<String>>,
     conflicts: tokio::sync::broadcast::Sender<ConflictReport>,
@@ -183,8 +184,10 @@ impl Announcer for L2Announcer {
         "l2"
     }
 
-    fn update(&mut self, services: &[ServiceVips]) {
-        self.services.send_replace(Some(services.to_vec()));
+    fn update(&mut self, changes: &[announce::Change]) {
+        if !changes.is_empty() {
+            let _ = self.services.send(changes.iter().cloned().collect());
+        }
     }
 }
 
@@ -258,7 +261,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
             })
             .inc_by(0);
     }
-    let (services_tx, services_rx) = tokio::sync::watch::channel(None);
+    let (services_tx, services_rx) = mpsc::unbounded_channel();
     let (members_tx, members_rx) = tokio::sync::watch::channel(None);
     let (owned_tx, owned) = tokio::sync::watch::channel(BTreeSet::new());
     let (reports, _) = tokio::sync::broadcast::channel(CONFLICT_REPORTS);
@@ -294,7 +297,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     membership,
                     udp,
                     ifaces: rts,
-                    services: Vec::new(),
+                    services: Table::default(),
                     owned: BTreeMap::new(),
                     epoch: Instant::now(),
                     metrics: thread_metrics,
@@ -315,7 +318,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
             source,
         })?;
     Ok(L2Announcer {
-        services: std::sync::Arc::new(services_tx),
+        services: services_tx,
         members: std::sync::Arc::new(members_tx),
         owned,
         conflicts: reports,
@@ -483,7 +486,7 @@ struct Runner {
     membership: Membership,
     udp: UdpSocket,
     ifaces: Vec<IfaceRt>,
-    services: Vec<ServiceVips>,
+    services: Table,
     owned: BTreeMap<String, Owned>,
     epoch: Instant,
     metrics: Arc<Metrics>,
@@ -511,7 +514,7 @@ impl Runner {
 
     async fn run(
         mut self,
-        mut services: tokio::sync::watch::Receiver<Option<Vec<ServiceVips>>>,
+        mut services: mpsc::UnboundedReceiver<Arc<[announce::Change]>>,
         mut members: tokio::sync::watch::Receiver<Option<Vec<Member>>>,
         mut conflicts: mpsc::Receiver<(IpAddr, ferrolb_l2::wire::Mac)>,
         mut iface_events: mpsc::Receiver<IfaceEvent>,
@@ -565,14 +568,24 @@ impl Runner {
                         self.elect().await;
                     }
                 }
-                changed = services.changed() => {
-                    if changed.is_err() {
-                        return;
+                batch = services.recv() => {
+                    let Some(batch) = batch else { return };
+                    // Everything queued meanwhile, as one batch (so each entry's
+                    // "before" is the one before the first change).
+                    let mut all: Vec<announce::Change> = batch.to_vec();
+                    while let Ok(more) = services.try_recv() {
+                        all.extend(more.iter().cloned());
                     }
-                    let Some(list) = services.borrow_and_update().clone() else { continue };
-                    self.services = list;
-                    self.local.want(self.services.iter().flat_map(|s| s.vips.iter().copied()).collect());
-                    self.elect().await;
+                    let touched = self.services.apply(&all);
+                    let moved = touched.values().any(|(before, after)| {
+                        before.as_ref().map(|s| &s.vips) != after.as_ref().map(|s| &s.vips)
+                    });
+                    if moved {
+                        self.local.want(self.services.iter().flat_map(|s| s.vips.iter().copied()).collect());
+                    }
+                    if !touched.is_empty() {
+                        self.elect().await;
+                    }
                 }
                 Some((vip, mac)) = conflicts.recv() => self.on_conflict(vip, mac),
                 Some(ev) = iface_events.recv() => self.on_iface(ev),
@@ -687,11 +700,11 @@ impl Runner {
         self.announce_due().await;
     }
 
-    /// Eligible live members for a service: node selectors of the
-    /// advertisements covering its pool, and the service's own candidates.
-    fn eligible(&self, s: &ServiceVips) -> Vec<String> {
-        let pool = s.pool.as_str();
-        let live = self.membership.live();
+    /// The live members that may announce services of `pool`: node
+    /// selectors of the advertisements covering it, and this node only with
+    /// a link up. The same for every service of the pool, so it is computed
+    /// once per pool and election pass.
+    fn eligible_for_pool(&self, pool: &str, live: &[&str]) -> Vec<String> {
         let ads: Vec<&L2Advertisement> = self
             .opts
             .advertisements
@@ -702,11 +715,10 @@ impl Runner {
             return Vec::new();
         }
         let me_ok = self.can_announce();
-        live.into_iter()
-            .filter(|name| *name != self.me || me_ok)
-            .filter(|name| s.eligible(name))
+        live.iter()
+            .filter(|name| **name != self.me || me_ok)
             .filter(|name| {
-                let Some(m) = self.opts.members.iter().find(|m| m.name == *name) else {
+                let Some(m) = self.opts.members.iter().find(|m| m.name == **name) else {
                     return false;
                 };
                 let mut labels = m.labels.clone();
@@ -714,7 +726,7 @@ impl Runner {
                 ads.iter()
                     .any(|a| a.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
             })
-            .map(str::to_string)
+            .map(|n| n.to_string())
             .collect()
     }
 
@@ -722,25 +734,46 @@ impl Runner {
         if !self.membership.settled(self.now_ms()) {
             return;
         }
-        let peer_claims: Vec<(String, String, u64)> = self
+        let now = self.now_ms();
+        // Indexed once per pass: the claims by service, the candidates by pool.
+        let mut peer_claims: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for (n, k, h) in self.membership.peer_claims(now) {
+            peer_claims
+                .entry(k.to_string())
+                .or_default()
+                .push((n.to_string(), h));
+        }
+        let mine: BTreeMap<String, u64> = self.claims().into_iter().collect();
+        let live: Vec<String> = self
             .membership
-            .peer_claims(self.now_ms())
-            .map(|(n, k, h)| (n.to_string(), k.to_string(), h))
+            .live()
+            .into_iter()
+            .map(str::to_string)
             .collect();
-        let mine = self.claims();
+        let live_refs: Vec<&str> = live.iter().map(String::as_str).collect();
+        let mut by_pool: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut changed = false;
-        for s in self.services.clone() {
-            let eligible = self.eligible(&s);
-            let refs: Vec<&str> = eligible.iter().map(|s| s.as_str()).collect();
-            let mut claims: Vec<Claim<'_>> = peer_claims
+        let services: Vec<Arc<ServiceVips>> = self.services.iter().cloned().collect();
+        for s in services {
+            if !by_pool.contains_key(&s.pool) {
+                let e = self.eligible_for_pool(&s.pool, &live_refs);
+                by_pool.insert(s.pool.clone(), e);
+            }
+            let refs: Vec<&str> = by_pool[&s.pool]
                 .iter()
-                .filter(|(_, k, _)| *k == s.key)
-                .map(|(n, _, h)| Claim {
+                .filter(|n| s.eligible(n))
+                .map(String::as_str)
+                .collect();
+            let mut claims: Vec<Claim<'_>> = peer_claims
+                .get(&s.key)
+                .into_iter()
+                .flatten()
+                .map(|(n, h)| Claim {
                     node: n.as_str(),
                     held_ms: *h,
                 })
                 .collect();
-            if let Some((_, h)) = mine.iter().find(|(k, _)| *k == s.key) {
+            if let Some(h) = mine.get(&s.key) {
                 claims.push(Claim {
                     node: &self.me,
                     held_ms: *h,
@@ -771,9 +804,9 @@ impl Runner {
             }
         }
         // Services that left the configuration are given up too.
-        let keys: BTreeSet<String> = self.services.iter().map(|s| s.key.clone()).collect();
         let before = self.owned.len();
-        self.owned.retain(|k, _| keys.contains(k));
+        let services = &self.services;
+        self.owned.retain(|k, _| services.get(k).is_some());
         changed |= before != self.owned.len();
         if changed {
             self.apply_owned();

@@ -1,14 +1,20 @@
 //! BGP mode: one task per peer owns the TCP connection and the timers, runs
 //! the pure session state machine (`ferrolb_bgp::fsm`), and advertises the
 //! healthy services' VIPs as the `advertisements` describe, sending only
-//! differences after the initial table and End-of-RIB.
+//! differences after the initial table and End-of-RIB. What a peer should
+//! have is decided in `policy` (pure); this module does the sockets.
 
-use crate::announce::{Announcer, ServiceVips};
+pub mod policy;
+
+pub use policy::{desired, NextHops};
+
+use crate::announce::{Announcer, Change, Table};
 use crate::metrics::{Metrics, PeerLabels};
 use ferrolb_bgp::codec::{self, Session as Wire};
 use ferrolb_bgp::fsm::{self, Event, Output, Session, Timer};
 use ferrolb_bgp::message::*;
 use ferrolb_config::{BgpAdvertisement, Peer, PeerPassword};
+use policy::Rib;
 use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -37,7 +43,10 @@ pub struct Options {
 
 /// The handle standalone mode talks to.
 pub struct BgpAnnouncer {
-    services: watch::Sender<Vec<ServiceVips>>,
+    /// One channel per peer task: each keeps its own table of the services.
+    peers: Vec<mpsc::UnboundedSender<Arc<[Change]>>>,
+    /// The services this node may advertise (eligible), as last told.
+    mine: Table,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// VIPs made local so traffic the routers send here is accepted.
@@ -50,22 +59,46 @@ impl Announcer for BgpAnnouncer {
         "bgp"
     }
 
-    fn update(&mut self, services: &[ServiceVips]) {
+    fn update(&mut self, changes: &[Change]) {
         // Every node that may announce a service advertises it (ECMP); the others do not.
-        let mine: Vec<ServiceVips> = services
+        let mine: Vec<Change> = changes
             .iter()
-            .filter(|s| s.eligible(&self.node))
-            .cloned()
+            .map(|c| match c {
+                Change::Put(s) if !s.eligible(&self.node) => Change::Remove(s.key.clone()),
+                c => c.clone(),
+            })
             .collect();
+        let touched = self.mine.apply(&mine);
+        if touched.is_empty() {
+            return;
+        }
         // Local before advertised, so the first packet a router sends is accepted.
-        let advertised = mine
-            .iter()
-            .filter(|s| s.healthy)
-            .flat_map(|s| s.vips.iter().copied());
-        if let Err(e) = self.local.ensure(advertised) {
+        let advertised = |s: &Option<Arc<crate::announce::ServiceVips>>| -> Vec<IpAddr> {
+            s.as_ref()
+                .filter(|s| s.healthy)
+                .map(|s| s.vips.clone())
+                .unwrap_or_default()
+        };
+        let gone = touched.values().flat_map(|(before, after)| {
+            let now = advertised(after);
+            advertised(before)
+                .into_iter()
+                .filter(move |v| !now.contains(v))
+        });
+        let wanted = touched.values().flat_map(|(_, after)| advertised(after));
+        if let Err(e) = self.local.change(gone.collect::<Vec<_>>(), wanted) {
             tracing::error!(error = %e, "VIP traffic routed to this node will be dropped");
         }
-        self.services.send_replace(mine);
+        let batch: Arc<[Change]> = touched
+            .into_iter()
+            .map(|(key, (_, after))| match after {
+                Some(s) => Change::Put(s),
+                None => Change::Remove(key),
+            })
+            .collect();
+        for p in &self.peers {
+            let _ = p.send(Arc::clone(&batch));
+        }
     }
 
     fn stop(&mut self) -> Vec<JoinHandle<()>> {
@@ -82,8 +115,8 @@ const CANDIDATES: usize = 4;
 
 /// Starts one session task per peer (and BFD for the peers that ask for it).
 pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpAnnouncer> {
-    let (services, rx) = watch::channel(Vec::new());
     let (stop, stop_rx) = watch::channel(false);
+    let mut senders = Vec::new();
     let hub = if opts.peers.iter().any(|p| p.bfd.is_some()) {
         Some(crate::bfd::Hub::start(Arc::clone(&metrics)).await?)
     } else {
@@ -119,15 +152,18 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpA
             ads: opts.advertisements.clone(),
             metrics: Arc::clone(&metrics),
         };
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
         tasks.push(tokio::spawn(peer.run(
-            rx.clone(),
+            rx,
             stop_rx.clone(),
             bfd,
             inboxes.remove(&p.address),
         )));
     }
     Ok(BgpAnnouncer {
-        services,
+        peers: senders,
+        mine: Table::default(),
         stop,
         local: crate::host::LocalRoutes::default(),
         tasks,
@@ -268,44 +304,6 @@ fn password(peer: &Peer) -> std::io::Result<Option<Vec<u8>>> {
     })
 }
 
-/// The next hop a session gives its routes, per family; a family without
-/// one is not sent on that session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct NextHops {
-    /// For IPv4 routes.
-    pub v4: Option<Ipv4Addr>,
-    /// For IPv6 routes.
-    pub v6: Option<std::net::Ipv6Addr>,
-}
-
-impl NextHops {
-    /// A session's next hops: its local address for its own family; for the
-    /// other family the configured `nextHopIPv4`/`nextHopIPv6`, else `other`
-    /// (the node's address of that family on the session's interface).
-    pub fn for_session(peer: &Peer, local: IpAddr, other: Option<IpAddr>) -> NextHops {
-        let mut hops = NextHops {
-            v4: peer.next_hop_v4,
-            v6: peer.next_hop_v6,
-        };
-        match local {
-            IpAddr::V4(a) => hops.v4 = hops.v4.or(Some(a)),
-            IpAddr::V6(a) => {
-                // An IPv4-mapped local address means an IPv4 session on a dual-stack socket.
-                match a.to_ipv4_mapped() {
-                    Some(v4) => hops.v4 = hops.v4.or(Some(v4)),
-                    None => hops.v6 = hops.v6.or(Some(a)),
-                }
-            }
-        }
-        match other {
-            Some(IpAddr::V4(a)) => hops.v4 = hops.v4.or(Some(a)),
-            Some(IpAddr::V6(a)) => hops.v6 = hops.v6.or(Some(a)),
-            None => {}
-        }
-        hops
-    }
-}
-
 /// The first usable address of the other family on the interface holding
 /// `local`: global IPv6 (not link-local), or IPv4 outside 169.254/16. This is
 /// what lets one node config (a DaemonSet's) send IPv6 routes over an IPv4
@@ -339,66 +337,6 @@ pub fn other_family_address(local: IpAddr) -> Option<IpAddr> {
             (IpAddr::V6(_), IpAddr::V4(a)) => !a.is_loopback() && !a.is_link_local(),
             _ => false,
         })
-}
-
-/// Routes this node wants a peer to have: prefix -> attributes. With no
-/// advertisements configured, every healthy VIP goes to every peer.
-pub fn desired(
-    services: &[ServiceVips],
-    ads: &[BgpAdvertisement],
-    peer: &Peer,
-    hops: NextHops,
-) -> BTreeMap<Prefix, Attrs> {
-    let fallback = [BgpAdvertisement::default()];
-    let ads = if ads.is_empty() { &fallback[..] } else { ads };
-    let mut out = BTreeMap::new();
-    for s in services.iter().filter(|s| s.healthy) {
-        for ad in ads {
-            if !(ad.pools.is_empty() || ad.pools.contains(&s.pool))
-                || !(ad.peers.is_empty() || ad.peers.contains(&peer.name))
-            {
-                continue;
-            }
-            for vip in &s.vips {
-                // A route needs a next hop of its family (IPv6 routes over an IPv4 session too).
-                let next_hop = match vip {
-                    IpAddr::V4(_) => hops.v4.map(IpAddr::V4),
-                    IpAddr::V6(_) => hops.v6.map(IpAddr::V6),
-                };
-                if next_hop.is_none() {
-                    continue;
-                }
-                let len = if vip.is_ipv4() {
-                    ad.aggregation_length
-                } else {
-                    ad.aggregation_length_v6
-                };
-                let Some(prefix) = Prefix::new(*vip, len) else {
-                    continue;
-                };
-                let attrs = Attrs {
-                    origin: Some(Origin::Igp),
-                    as_path: Some(if peer.is_ebgp() {
-                        vec![Segment::Sequence(vec![peer.my_asn])]
-                    } else {
-                        vec![]
-                    }),
-                    // IPv6 next hops travel in MP_REACH_NLRI (see `sync`).
-                    next_hop: if vip.is_ipv4() { hops.v4 } else { None },
-                    local_pref: if peer.is_ebgp() { None } else { ad.local_pref },
-                    communities: ad.communities.iter().map(|c| c.0).collect(),
-                    large_communities: ad
-                        .large_communities
-                        .iter()
-                        .map(|c| (c.0, c.1, c.2))
-                        .collect(),
-                    ..Attrs::default()
-                };
-                out.entry(prefix).or_insert(attrs);
-            }
-        }
-    }
-    out
 }
 
 type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
@@ -486,7 +424,7 @@ impl PeerTask {
 
     async fn run(
         self,
-        mut services: watch::Receiver<Vec<ServiceVips>>,
+        mut changes: mpsc::UnboundedReceiver<Arc<[Change]>>,
         mut stop: watch::Receiver<bool>,
         mut bfd: Option<watch::Receiver<bool>>,
         mut inbox: Option<mpsc::Receiver<TcpStream>>,
@@ -524,12 +462,12 @@ impl PeerTask {
             pending: Vec::new(),
             hops: None,
             outgoing: false,
+            rib: None,
         };
+        // The services as this peer's task knows them; shared entries, never copied.
+        let mut table = Table::default();
         let out = st.fsm.handle(Event::Start);
-        {
-            let current = services.borrow().clone();
-            self.apply(&mut st, out, &current).await;
-        }
+        self.apply(&mut st, out, &table).await;
         let mut buf = vec![0u8; 65_536];
         // Connections the router opened while ours exists, with their OPEN read.
         // At most CANDIDATES read their OPEN at once; more are closed and counted.
@@ -541,8 +479,7 @@ impl PeerTask {
                     // The path failed: do not wait for the hold timer (RFC 5882).
                     tracing::warn!(peer = %self.peer.name, "BFD declared the path down; closing the session");
                     let out = st.fsm.handle(Event::TcpFailed);
-                    let current = services.borrow().clone();
-                    self.apply(&mut st, out, &current).await;
+                    self.apply(&mut st, out, &table).await;
                 }
                 incoming = async { inbox.as_mut().expect("guarded").recv().await }, if inbox.is_some() => {
                     match incoming {
@@ -565,7 +502,6 @@ impl PeerTask {
                             });
                         }
                         Some(stream) => {
-                            let current = services.borrow().clone();
                             if st.conn.is_some() {
                                 // Only the router connects to a passive peer, so a second
                                 // connection means it restarted and our old session is dead
@@ -573,21 +509,20 @@ impl PeerTask {
                                 // as a graceful-restart helper does (RFC 4724 4.2).
                                 tracing::info!(peer = %self.peer.name, "the router opened a new connection: replacing the old session");
                                 let out = st.fsm.handle(Event::TcpFailed);
-                                self.apply(&mut st, out, &current).await;
+                                self.apply(&mut st, out, &table).await;
                                 let out = st.fsm.handle(Event::Start);
-                                self.apply(&mut st, out, &current).await;
+                                self.apply(&mut st, out, &table).await;
                             }
                             tracing::info!(peer = %self.peer.name, "accepted a connection");
                             st.conn = Some(stream);
                             st.outgoing = false;
                             let out = st.fsm.handle(Event::TcpConnected);
-                            self.apply(&mut st, out, &current).await;
+                            self.apply(&mut st, out, &table).await;
                         }
                         None => inbox = None,
                     }
                 }
                 Some((mut stream, open, rest)) = candidates.recv() => {
-                    let current = services.borrow().clone();
                     match st.fsm.collision_with(open.router_id, st.outgoing) {
                         fsm::Collision::KeepCurrent => {
                             tracing::info!(peer = %self.peer.name, state = ?st.fsm.state(), router_id = %open.router_id, "connection collision: keeping the current connection, closing the router's new one");
@@ -597,31 +532,31 @@ impl PeerTask {
                         }
                         fsm::Collision::TakeIncoming(out) => {
                             tracing::info!(peer = %self.peer.name, router_id = %open.router_id, "connection collision: taking the router's connection");
-                            self.apply(&mut st, out, &current).await;
+                            self.apply(&mut st, out, &table).await;
                             st.conn = Some(stream);
                             st.rbuf = rest;
                             st.outgoing = false;
                             let out = st.fsm.handle(Event::TcpConnected);
-                            self.apply(&mut st, out, &current).await;
+                            self.apply(&mut st, out, &table).await;
                             let out = st.fsm.handle(Event::Message(Message::Open(open)));
-                            self.apply(&mut st, out, &current).await;
+                            self.apply(&mut st, out, &table).await;
                         }
                     }
                 }
                 _ = crate::forwarder::until_set(&mut stop) => {
                     let out = st.fsm.handle(Event::Stop("ferrolb speaker shutting down".into()));
-                    {
-                        let current = services.borrow().clone();
-                        self.apply(&mut st, out, &current).await;
-                    }
+                    self.apply(&mut st, out, &table).await;
                     return;
                 }
-                changed = services.changed() => {
-                    if changed.is_err() {
-                        return;
+                batch = changes.recv() => {
+                    let Some(batch) = batch else { return };
+                    // Everything queued meanwhile, as one batch.
+                    let mut all: Vec<Change> = batch.to_vec();
+                    while let Ok(more) = changes.try_recv() {
+                        all.extend(more.iter().cloned());
                     }
-                    let current = services.borrow_and_update().clone();
-                    self.sync(&mut st, &current).await;
+                    let touched = table.apply(&all);
+                    self.sync_services(&mut st, &touched).await;
                 }
                 result = async { st.connecting.as_mut().expect("guarded").await }, if st.connecting.is_some() => {
                     st.connecting = None;
@@ -650,10 +585,7 @@ impl PeerTask {
                         }
                     };
                     let out = st.fsm.handle(ev);
-                    {
-                        let current = services.borrow().clone();
-                        self.apply(&mut st, out, &current).await;
-                    }
+                    self.apply(&mut st, out, &table).await;
                 }
                 read = async { st.conn.as_mut().expect("guarded").read(&mut buf).await }, if st.conn.is_some() => {
                     let events = match read {
@@ -696,10 +628,7 @@ impl PeerTask {
                             _ => {}
                         }
                         let out = st.fsm.handle(ev);
-                        {
-                        let current = services.borrow().clone();
-                        self.apply(&mut st, out, &current).await;
-                    }
+                        self.apply(&mut st, out, &table).await;
                     }
                 }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
@@ -708,10 +637,7 @@ impl PeerTask {
                         if st.timers[timer_index(t)].is_some_and(|d| d <= now) {
                             st.timers[timer_index(t)] = None;
                             let out = st.fsm.handle(Event::Expired(t));
-                            {
-                        let current = services.borrow().clone();
-                        self.apply(&mut st, out, &current).await;
-                    }
+                            self.apply(&mut st, out, &table).await;
                         }
                     }
                 }
@@ -746,7 +672,7 @@ impl PeerTask {
     }
 
     /// Carries out the state machine's outputs, then any events they caused.
-    async fn apply(&self, st: &mut State, mut out: Vec<Output>, services: &[ServiceVips]) {
+    async fn apply(&self, st: &mut State, mut out: Vec<Output>, services: &Table) {
         loop {
             for o in out {
                 match o {
@@ -758,6 +684,7 @@ impl PeerTask {
                         st.rbuf.clear();
                         st.advertised.clear();
                         st.hops = None;
+                        st.rib = None;
                         st.connecting = None;
                     }
                     Output::Send(m) => {
@@ -829,6 +756,7 @@ impl PeerTask {
                         // Re-send everything the peer should have.
                         st.advertised.clear();
                         st.hops = None;
+                        st.rib = None;
                         self.sync(st, services).await;
                     }
                 }
@@ -841,20 +769,63 @@ impl PeerTask {
         }
     }
 
-    /// Sends the difference between what the peer has and what it should have.
-    async fn sync(&self, st: &mut State, services: &[ServiceVips]) {
-        if st.fsm.state() != fsm::State::Established {
+    /// Sends the difference between what the peer has and what it should
+    /// have, over every route (a new session, a route refresh).
+    async fn sync(&self, st: &mut State, services: &Table) {
+        let Some(hops) = self.session_hops(st) else {
+            return;
+        };
+        let mut rib = Rib::default();
+        for s in services.iter() {
+            rib.set(&s.key, policy::routes(s, &self.ads, &self.peer, hops));
+        }
+        let touched: BTreeSet<Prefix> = rib
+            .routes()
+            .map(|(p, _)| *p)
+            .chain(st.advertised.keys().copied())
+            .collect();
+        st.rib = Some(rib);
+        self.send_differences(st, &touched, hops).await;
+    }
+
+    /// Sends what changed for the services that changed: work in proportion
+    /// to them, not to the table.
+    async fn sync_services(
+        &self,
+        st: &mut State,
+        touched: &BTreeMap<String, crate::announce::Touched>,
+    ) {
+        if touched.is_empty() {
             return;
         }
-        let Some(local) = st
+        let Some(hops) = self.session_hops(st) else {
+            return;
+        };
+        let Some(rib) = st.rib.as_mut() else {
+            return;
+        };
+        let mut prefixes = BTreeSet::new();
+        for (key, (_, after)) in touched {
+            let routes = after
+                .as_ref()
+                .map(|s| policy::routes(s, &self.ads, &self.peer, hops))
+                .unwrap_or_default();
+            prefixes.extend(rib.set(key, routes));
+        }
+        self.send_differences(st, &prefixes, hops).await;
+    }
+
+    /// The next hops of the established session (found once per session).
+    fn session_hops(&self, st: &mut State) -> Option<NextHops> {
+        if st.fsm.state() != fsm::State::Established {
+            return None;
+        }
+        let local = st
             .conn
             .as_ref()
             .and_then(|c| c.local_addr().ok())
-            .map(|a| a.ip())
-        else {
-            return;
-        };
-        let hops = *st.hops.get_or_insert_with(|| {
+            .map(|a| a.ip())?;
+        Some(*st.hops.get_or_insert_with(|| {
             let other = if self.peer.next_hop_v4.is_some() && self.peer.next_hop_v6.is_some() {
                 None
             } else {
@@ -866,26 +837,39 @@ impl PeerTask {
                 tracing::info!(peer = %self.peer.name, %local, "no {missing} next hop on this session's interface: those routes are not sent to this peer");
             }
             hops
-        });
-        let want: BTreeMap<Prefix, Attrs> = desired(services, &self.ads, &self.peer, hops)
-            .into_iter()
-            .filter(|(p, _)| st.families.contains(&p.afi()))
-            .collect();
-        let gone: Vec<Prefix> = st
-            .advertised
-            .keys()
-            .filter(|p| !want.contains_key(p))
-            .copied()
-            .collect();
+        }))
+    }
+
+    /// Withdraws and announces what differs, among `touched`, between the
+    /// wanted routes and what the peer has.
+    async fn send_differences(&self, st: &mut State, touched: &BTreeSet<Prefix>, hops: NextHops) {
+        let Some(rib) = st.rib.as_ref() else {
+            return;
+        };
+        let mut gone: Vec<Prefix> = Vec::new();
         let mut by_attrs: Vec<(Attrs, Vec<Prefix>)> = Vec::new();
-        for (p, a) in &want {
-            if st.advertised.get(p) == Some(a) {
-                continue;
+        let mut now: Vec<(Prefix, Option<Attrs>)> = Vec::new();
+        for p in touched {
+            let want = rib.want(p).filter(|_| st.families.contains(&p.afi()));
+            let have = st.advertised.get(p);
+            match (want, have) {
+                (None, None) => {}
+                (None, Some(_)) => {
+                    gone.push(*p);
+                    now.push((*p, None));
+                }
+                (Some(a), h) if h != Some(a) => {
+                    match by_attrs.iter_mut().find(|(x, _)| x == a) {
+                        Some((_, list)) => list.push(*p),
+                        None => by_attrs.push((a.clone(), vec![*p])),
+                    }
+                    now.push((*p, Some(a.clone())));
+                }
+                _ => {}
             }
-            match by_attrs.iter_mut().find(|(x, _)| x == a) {
-                Some((_, list)) => list.push(*p),
-                None => by_attrs.push((a.clone(), vec![*p])),
-            }
+        }
+        if now.is_empty() {
+            return;
         }
         let nh6 = hops.v6;
         let mut messages = codec::pack_withdrawals(&gone, &st.wire);
@@ -899,15 +883,18 @@ impl PeerTask {
                 .get_or_create(&self.dir("sent"))
                 .inc();
         }
-        let changed: BTreeSet<Prefix> = gone
-            .iter()
-            .copied()
-            .chain(by_attrs.iter().flat_map(|(_, p)| p.iter().copied()))
-            .collect();
-        if !changed.is_empty() {
-            tracing::info!(peer = %self.peer.name, announced = want.len(), withdrawn = gone.len(), "routes updated");
+        for (p, a) in now {
+            match a {
+                Some(a) => st.advertised.insert(p, a),
+                None => st.advertised.remove(&p),
+            };
         }
-        st.advertised = want;
+        let announced = by_attrs.iter().map(|(_, p)| p.len()).sum::<usize>();
+        if touched.len() > 16 {
+            tracing::info!(peer = %self.peer.name, announced, withdrawn = gone.len(), advertised = st.advertised.len(), "routes updated");
+        } else {
+            tracing::debug!(peer = %self.peer.name, announced, withdrawn = gone.len(), advertised = st.advertised.len(), "routes updated");
+        }
         self.metrics
             .bgp_prefixes
             .get_or_create(&self.labels())
@@ -929,157 +916,6 @@ struct State {
     hops: Option<NextHops>,
     /// Whether the current connection is the one we opened.
     outgoing: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn setup(ads: &str) -> (Vec<ServiceVips>, ferrolb_config::Bgp) {
-        let cfg = ferrolb_config::Config::from_yaml(&format!(
-            "pools: [{{name: a, addresses: [203.0.113.0/28]}}, {{name: b, addresses: [198.51.100.0/28]}}]
-bgp:
-  peers:
-    - {{name: r1, address: 192.0.2.1, asn: 65000, myAsn: 65001}}
-    - {{name: r2, address: 192.0.2.2, asn: 65001, myAsn: 65001}}
-{ads}"
-        ))
-        .expect("valid config");
-        let vips = |key: &str, pool: &str, ip: &str, healthy| ServiceVips {
-            key: key.into(),
-            pool: pool.into(),
-            vips: vec![ip.parse().unwrap()],
-            healthy,
-            nodes: None,
-        };
-        let services = vec![
-            vips("web", "a", "203.0.113.1", true),
-            vips("api", "b", "198.51.100.1", true),
-            vips("down", "a", "203.0.113.2", false),
-        ];
-        (services, cfg.bgp.expect("bgp section"))
-    }
-
-    fn v4_session(peer: &Peer) -> NextHops {
-        NextHops::for_session(peer, "192.0.2.11".parse().unwrap(), None)
-    }
-
-    #[test]
-    fn next_hops_per_family() {
-        let (_, bgp) = setup("");
-        let peer = &bgp.peers[0];
-        let v4: IpAddr = "192.0.2.11".parse().unwrap();
-        let v6: IpAddr = "2001:db8::11".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.11".parse().unwrap();
-        assert_eq!(
-            NextHops::for_session(peer, v4, None),
-            NextHops {
-                v4: Some("192.0.2.11".parse().unwrap()),
-                v6: None
-            }
-        );
-        assert_eq!(
-            NextHops::for_session(peer, mapped, None).v4,
-            Some("192.0.2.11".parse().unwrap())
-        );
-        let both = NextHops::for_session(peer, v4, Some(v6));
-        assert_eq!(both.v6, Some("2001:db8::11".parse().unwrap()));
-        assert_eq!(
-            NextHops::for_session(peer, v6, Some(v4)).v4,
-            Some("192.0.2.11".parse().unwrap())
-        );
-        // Configured next hops win over what the interface offers.
-        let mut p = peer.clone();
-        p.next_hop_v6 = Some("2001:db8::99".parse().unwrap());
-        assert_eq!(
-            NextHops::for_session(&p, v4, Some(v6)).v6,
-            Some("2001:db8::99".parse().unwrap())
-        );
-        // Loopback has ::1 beside 127.0.0.1, but that is not a usable next hop.
-        assert_eq!(other_family_address("127.0.0.1".parse().unwrap()), None);
-    }
-
-    #[test]
-    fn ipv6_routes_travel_over_an_ipv4_session_only_with_a_next_hop() {
-        let cfg = ferrolb_config::Config::from_yaml(
-            "pools: [{name: a, addresses: [203.0.113.0/28, \"2001:db8:100::/120\"]}]
-bgp:
-  peers: [{name: r1, address: 192.0.2.1, asn: 65000, myAsn: 65001}]",
-        )
-        .unwrap();
-        let bgp = cfg.bgp.unwrap();
-        let services = vec![ServiceVips {
-            key: "web".into(),
-            pool: "a".into(),
-            vips: vec![
-                "203.0.113.1".parse().unwrap(),
-                "2001:db8:100::1".parse().unwrap(),
-            ],
-            healthy: true,
-            nodes: None,
-        }];
-        let peer = &bgp.peers[0];
-        let only_v4 = desired(&services, &bgp.advertisements, peer, v4_session(peer));
-        assert_eq!(only_v4.len(), 1);
-        let hops = NextHops::for_session(
-            peer,
-            "192.0.2.11".parse().unwrap(),
-            Some("2001:db8::11".parse().unwrap()),
-        );
-        let both = desired(&services, &bgp.advertisements, peer, hops);
-        assert_eq!(both.len(), 2);
-        let v6 = both.iter().find(|(p, _)| p.afi() == Afi::Ipv6).unwrap();
-        assert_eq!(
-            v6.1.next_hop, None,
-            "the IPv6 next hop goes into MP_REACH_NLRI"
-        );
-    }
-
-    fn prefixes(routes: &BTreeMap<Prefix, Attrs>) -> Vec<String> {
-        routes.keys().map(|p| format!("{p:?}")).collect()
-    }
-
-    #[test]
-    fn without_advertisements_every_healthy_vip_goes_to_every_peer() {
-        let (services, bgp) = setup("");
-        for peer in &bgp.peers {
-            let routes = desired(&services, &bgp.advertisements, peer, v4_session(peer));
-            assert_eq!(routes.len(), 2, "{peer:?}: {:?}", prefixes(&routes));
-            assert!(routes
-                .values()
-                .all(|a| a.communities.is_empty() && a.local_pref.is_none()));
-        }
-    }
-
-    #[test]
-    fn advertisements_select_pools_and_peers_and_local_pref_is_ibgp_only() {
-        let (services, bgp) = setup(
-            "  advertisements: [{pools: [a], peers: [r1, r2], localPref: 200}, {pools: [b], peers: [r2]}]",
-        );
-        let r1 = desired(
-            &services,
-            &bgp.advertisements,
-            &bgp.peers[0],
-            v4_session(&bgp.peers[0]),
-        );
-        let r2 = desired(
-            &services,
-            &bgp.advertisements,
-            &bgp.peers[1],
-            v4_session(&bgp.peers[1]),
-        );
-        assert_eq!(r1.len(), 1, "{:?}", prefixes(&r1));
-        assert_eq!(
-            r1.values().next().unwrap().local_pref,
-            None,
-            "eBGP: no LOCAL_PREF"
-        );
-        assert_eq!(r2.len(), 2, "{:?}", prefixes(&r2));
-        let web = r2
-            .iter()
-            .find(|(p, _)| format!("{p:?}").contains("203.0.113.1"))
-            .expect("web to r2");
-        assert_eq!(web.1.local_pref, Some(200), "iBGP carries LOCAL_PREF");
-        assert_eq!(web.1.as_path, Some(vec![]), "iBGP: empty AS path");
-    }
+    /// The routes this peer should have (per service), while established.
+    rib: Option<Rib>,
 }
