@@ -112,7 +112,11 @@ fn watch_events<K>(
 fn feed(index: &mut Index, ev: ApiEvent, listed: &mut [bool; 2]) {
     match ev {
         ApiEvent::Service(e) => match *e {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+            watcher::Event::Apply(mut s) | watcher::Event::InitApply(mut s) => {
+                // Kept for as long as the Service exists: without the field
+                // ownership records, which the speaker never reads (a third
+                // of a typical object).
+                s.metadata.managed_fields = None;
                 index.apply_service(Arc::new(s))
             }
             watcher::Event::Delete(s) => index.delete_service(&s),
@@ -454,8 +458,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut bgp_peers: Option<Vec<String>> = None;
     let mut baseline_taken = false;
     let mut own_pod: Option<(String, String)> = None;
-    // The durable view is rebuilt at most once a second (the writer writes
-    // no more often): building it is the one step that reads every Service.
+    // The durable view is rebuilt at most once a second, less often when it
+    // is large (`report::interval`): building and writing it is the one step
+    // whose cost grows with every Service this node announces.
     let mut report_at: Option<tokio::time::Instant> = None;
     let mut report_built = tokio::time::Instant::now() - Duration::from_secs(1);
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -714,8 +719,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
             }
             if (report_changed || baseline) && report_at.is_none() {
-                report_at =
-                    Some((report_built + Duration::from_secs(1)).max(tokio::time::Instant::now()));
+                report_at = Some(
+                    (report_built + report::interval(announcing.len()))
+                        .max(tokio::time::Instant::now()),
+                );
             }
             ready.store(stop_at.is_none(), Ordering::Relaxed);
         }
@@ -756,7 +763,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
             }
             _ = async { tokio::time::sleep_until(report_at.expect("guarded")).await }, if report_at.is_some() => {
-                // The durable view (status --api): rebuilt at most once a second.
+                // The durable view (status --api), at most once per `report::interval`.
                 report_at = None;
                 report_built = tokio::time::Instant::now();
                 let report = report::Report::from_roles(&announcing, |key| {

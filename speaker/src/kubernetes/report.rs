@@ -121,6 +121,15 @@ pub fn api_resource() -> kube::core::ApiResource {
 /// Where the writer's result is counted.
 pub type Outcome = Box<dyn Fn(bool) + Send + Sync>;
 
+/// How often the NodeAnnouncement of a node announcing `entries` Services
+/// may be rebuilt and written: once a second up to 1,000 entries, then one
+/// more second per 1,000, at most 10 s. Under churn at 10,000 Services the
+/// object (about 300 KB) is then written every 10 s, not every second; a
+/// small cluster's view stays as fresh as before.
+pub fn interval(entries: usize) -> std::time::Duration {
+    std::time::Duration::from_secs((entries as u64 / 1000).clamp(1, 10))
+}
+
 /// Starts the writer: send the newest [`Report`] (and this node's speaker
 /// Pod, for the owner reference) on the returned channel; it is applied at
 /// once, then at most once a second while it changes. A failed write is
@@ -204,6 +213,16 @@ pub async fn clear(client: kube::Client, namespace: &str, node: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_views_are_written_less_often_never_rarer_than_every_ten_seconds() {
+        let secs = |n| interval(n).as_secs();
+        assert_eq!([secs(0), secs(20), secs(1_999)], [1, 1, 1]);
+        assert_eq!(
+            [secs(2_000), secs(5_500), secs(10_000), secs(1_000_000)],
+            [2, 5, 10, 10]
+        );
+    }
 
     fn roles() -> BTreeMap<String, Vec<(&'static str, String)>> {
         BTreeMap::from([
