@@ -104,6 +104,9 @@ step "install nextest" install_nextest
 step "install cargo-deny" install_deny
 step "install python tools" install_python_tools
 step "format" cargo fmt --all -- --check
+# cargo-deny reads the metadata of every crate in Cargo.lock, other
+# platforms' included, which a build never downloads: fetch them first.
+step "fetch crates" cargo fetch --locked
 # Licences (no GPL), banned crates and sources (deny.toml); advisories need a
 # database these machines cannot fetch, so they are not checked here.
 step "supply chain" cargo deny --offline check licenses bans sources
