@@ -53,6 +53,25 @@ impl Change {
 /// One service's entry before and after a batch of changes.
 pub type Touched = (Option<Arc<ServiceVips>>, Option<Arc<ServiceVips>>);
 
+/// Whether a batch changed any service's addresses (new, gone or moved),
+/// as opposed to only its health or candidates: what local routes and the
+/// route janitor care about.
+pub fn addresses_moved(touched: &BTreeMap<String, Touched>) -> bool {
+    touched
+        .values()
+        .any(|(before, after)| before.as_ref().map(|s| &s.vips) != after.as_ref().map(|s| &s.vips))
+}
+
+/// The addresses of a service as a comma-separated list (logs, Events,
+/// NodeAnnouncements).
+pub fn vip_list(s: &ServiceVips) -> String {
+    s.vips
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The services as one holder (an announcer, a BGP peer task) keeps them,
 /// current through [`Change`]s; entries are shared, never copied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,7 +81,8 @@ pub struct Table {
 
 impl Table {
     /// Applies `changes`; returns, per service whose entry really changed,
-    /// its entry before and after (in key order).
+    /// its entry before and after (in key order). Apply everything queued
+    /// as one batch: the "before" of two merged results is not the first one.
     pub fn apply(&mut self, changes: &[Change]) -> BTreeMap<String, Touched> {
         let mut touched: BTreeMap<String, Touched> = BTreeMap::new();
         for c in changes {

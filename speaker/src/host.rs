@@ -350,10 +350,7 @@ impl crate::announce::Announcer for RouteJanitor {
         // Health and eligibility changes leave the VIPs as they are: only a
         // change of addresses (rare) rebuilds the set.
         let first = self.handled.borrow().is_none();
-        let moved = touched.values().any(|(before, after)| {
-            before.as_ref().map(|s| &s.vips) != after.as_ref().map(|s| &s.vips)
-        });
-        if first || moved {
+        if first || crate::announce::addresses_moved(&touched) {
             let handled = self
                 .services
                 .iter()

@@ -153,10 +153,14 @@ impl Index {
 
     /// The forwarder's health per Service; marks those whose health changed.
     pub fn set_health(&mut self, health: &BTreeMap<String, bool>) {
-        for (k, d) in &self.derived {
-            if d.entry.planned.is_some()
-                && health.get(k).copied().unwrap_or(false)
-                    != self.health.get(k).copied().unwrap_or(false)
+        // Only forwarded Services have health: look at those, not at every Service.
+        let up = |m: &BTreeMap<String, bool>, k: &str| m.get(k).copied().unwrap_or(false);
+        for k in health.keys().chain(self.health.keys()) {
+            if up(health, k) != up(&self.health, k)
+                && self
+                    .derived
+                    .get(k)
+                    .is_some_and(|d| d.entry.planned.is_some())
             {
                 self.dirty.insert(k.clone());
             }
@@ -341,9 +345,8 @@ impl Index {
             let old_told = old.as_ref().and_then(|d| d.told.clone());
             let told = match (old_told, told) {
                 (Some(o), Some(n)) if *o == n => Some(o),
-                (o, Some(n)) => {
+                (_, Some(n)) => {
                     let n = Arc::new(n);
-                    let _ = o;
                     delta.changes.push(Change::Put(Arc::clone(&n)));
                     Some(n)
                 }

@@ -13,7 +13,7 @@ pub mod index;
 pub mod model;
 pub mod report;
 
-use crate::announce::{Announcer, ServiceVips};
+use crate::announce::{vip_list, Announcer, ServiceVips};
 use crate::forwarder::Forwarder;
 use crate::metrics::{Metrics, ResultLabels};
 use anyhow::Context;
@@ -638,13 +638,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 check.extend(now.symmetric_difference(&owned).cloned());
                 owned = now;
             }
-            let vips_of = |v: &ServiceVips| {
-                v.vips
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
             // The first pass after start is the baseline: BGP advertisements a
             // restarted speaker resumes are not news (10,000 Services would
             // mean 10,000 Events per node). Later changes, and layer 2
@@ -687,7 +680,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     let note = format!(
                         "node {} announces {} {}",
                         opts.node,
-                        told.map(|v| vips_of(v)).unwrap_or_default(),
+                        told.map(|v| vip_list(v)).unwrap_or_default(),
                         how.join(" and ")
                     );
                     tracing::info!(service = %key, "{note}");
@@ -701,7 +694,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 } else if r.is_empty() && !baseline {
                     // Only about Services that still exist and have an address.
                     if let Some(v) = told {
-                        let note = format!("node {} no longer announces {}", opts.node, vips_of(v));
+                        let note =
+                            format!("node {} no longer announces {}", opts.node, vip_list(v));
                         tracing::info!(service = %key, "{note}");
                         events.send(service_event(
                             key,
@@ -767,9 +761,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 report_at = None;
                 report_built = tokio::time::Instant::now();
                 let report = report::Report::from_roles(&announcing, |key| {
-                    index.told(key).map(|v| {
-                        v.vips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
-                    }).unwrap_or_default()
+                    index.told(key).map(|v| vip_list(v)).unwrap_or_default()
                 });
                 report_tx.send_if_modified(|cur| {
                     let new = (report, own_pod.clone());

@@ -577,10 +577,7 @@ impl Runner {
                         all.extend(more.iter().cloned());
                     }
                     let touched = self.services.apply(&all);
-                    let moved = touched.values().any(|(before, after)| {
-                        before.as_ref().map(|s| &s.vips) != after.as_ref().map(|s| &s.vips)
-                    });
-                    if moved {
+                    if announce::addresses_moved(&touched) {
                         self.local.want(self.services.iter().flat_map(|s| s.vips.iter().copied()).collect());
                     }
                     if !touched.is_empty() {
