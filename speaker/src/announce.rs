@@ -151,52 +151,6 @@ pub trait Announcer: Send {
     }
 }
 
-/// Several announcers at once (layer 2 and BGP).
-pub struct Many(pub Vec<Box<dyn Announcer>>);
-
-impl Announcer for Many {
-    fn name(&self) -> &'static str {
-        match self.0.len() {
-            0 => "none",
-            1 => self.0[0].name(),
-            _ => "l2+bgp",
-        }
-    }
-
-    fn update(&mut self, changes: &[Change]) {
-        for a in &mut self.0 {
-            a.update(changes);
-        }
-    }
-
-    fn stop(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.0.iter_mut().flat_map(|a| a.stop()).collect()
-    }
-}
-
-/// Announces nothing: the VIPs are reachable already (loopback, or routed
-/// to the host by other means).
-pub struct NoAnnouncer;
-
-impl Announcer for NoAnnouncer {
-    fn name(&self) -> &'static str {
-        "none"
-    }
-
-    fn update(&mut self, changes: &[Change]) {
-        for c in changes {
-            match c {
-                Change::Put(s) => {
-                    tracing::debug!(service = %s.key, vips = ?s.vips, healthy = s.healthy, "announcement: none (VIP reachable without announcing)")
-                }
-                Change::Remove(k) => {
-                    tracing::debug!(service = %k, "service gone (nothing was announced)")
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,17 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Ends the sessions of every peer not in `peers` (a reconfiguration
+    /// removed them or their BFD): their tasks see their queue close.
+    pub fn retain(&self, peers: &std::collections::BTreeSet<IpAddr>) {
+        self.routes
+            .lock()
+            .expect("lock poisoned")
+            .retain(|a, _| peers.contains(a));
+    }
+}
+
 /// The TTL every single-hop BFD packet is sent and must arrive with.
 pub const GTSM_TTL: i32 = 255;
 

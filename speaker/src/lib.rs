@@ -2,6 +2,7 @@
 //! metrics, the announcement seam with layer 2 and BGP, and Kubernetes mode.
 
 pub mod announce;
+pub mod announcers;
 pub mod bfd;
 pub mod bgp;
 pub mod forwarder;

@@ -195,6 +195,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a configuration change taken (`ok`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
     /// Counts an item a full queue had to drop.
     pub fn dropped(&self, queue: &str) {
         self.queue_dropped

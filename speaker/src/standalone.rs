@@ -2,9 +2,10 @@
 //! YAML file, allocates VIPs, forwards traffic, and reloads on SIGHUP or
 //! when the file changes, with no Kubernetes involved.
 
-use crate::announce::{Announcer, NoAnnouncer, ServiceVips};
+use crate::announce::{Announcer, ServiceVips};
+use crate::announcers::{Announcers, HostSettings, NodeView};
 use crate::forwarder::Forwarder;
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::Metrics;
 use crate::plan::{self, Plan};
 use anyhow::{bail, Context};
 use ferrolb_config::Config;
@@ -99,115 +100,20 @@ fn log_plan(plan: &Plan) {
     }
 }
 
-/// The announcers a configuration asks for, running.
-pub struct Started {
-    /// Layer 2 and/or BGP (or nothing).
-    pub announcer: Box<dyn Announcer>,
-    /// The layer 2 handle, to update its member list.
-    pub l2: Option<crate::l2::L2Announcer>,
-}
-
-/// What the host gives the announcers beside the configuration.
-#[derive(Debug, Clone)]
-pub struct HostSettings {
-    /// How long a VIP no Service uses keeps its local route.
-    pub route_linger: Duration,
-    /// Heartbeat keys from a file that may be absent (Kubernetes: an
-    /// optional Secret volume); `failover.keyFile` takes precedence and must exist.
-    pub member_keys_file: Option<PathBuf>,
-}
-
-/// The heartbeat keys: `failover.keyFile` (must be readable), else the
-/// host's optional file, else none.
-fn member_keys(config: &Config, host: &HostSettings) -> anyhow::Result<ferrolb_l2::auth::Keys> {
-    let (path, required) = match (&config.failover.key_file, &host.member_keys_file) {
-        (Some(p), _) => (p, true),
-        (None, Some(p)) => (p, false),
-        (None, None) => return Ok(ferrolb_l2::auth::Keys::none()),
-    };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ferrolb_l2::auth::Keys::none())
-        }
-        Err(e) => anyhow::bail!("cannot read the heartbeat keys {}: {e}", path.display()),
-    };
-    let keys = ferrolb_l2::auth::Keys::from_text(&text)
-        .with_context(|| format!("heartbeat keys {}", path.display()))?;
-    if keys.enabled() {
-        tracing::info!(file = %path.display(), keys = ?keys, "layer 2 heartbeats are signed (HMAC-SHA256)");
+/// Who this node is in `config`: its member entry's labels and address.
+fn node_view(config: &Config, node: &str) -> NodeView {
+    let me = config.members.iter().find(|m| m.name == node);
+    let mut labels = me.map(|m| m.labels.clone()).unwrap_or_default();
+    labels.insert("kubernetes.io/hostname".into(), node.to_string());
+    NodeView {
+        node: node.to_string(),
+        members: config.members.clone(),
+        labels,
+        fallback_id: me.and_then(|m| match m.address.ip() {
+            std::net::IpAddr::V4(a) => Some(a),
+            _ => None,
+        }),
     }
-    Ok(keys)
-}
-
-/// Starts layer 2 mode when the config has `l2` advertisements and members,
-/// and BGP mode when it has peers (those whose node selector matches
-/// `labels`). `fallback_id` is the BGP router ID when the config sets none.
-pub async fn start_announcers(
-    config: &Config,
-    node: &str,
-    members: Vec<ferrolb_config::Member>,
-    labels: &BTreeMap<String, String>,
-    fallback_id: Option<std::net::Ipv4Addr>,
-    metrics: &Arc<Metrics>,
-    host: &HostSettings,
-) -> anyhow::Result<Started> {
-    let mut announcers: Vec<Box<dyn Announcer>> = Vec::new();
-    let mut l2_handle = None;
-    if !members.is_empty() && !config.l2.is_empty() {
-        let l2 = crate::l2::Options {
-            node: node.to_string(),
-            members,
-            advertisements: config.l2.clone(),
-            timing: ferrolb_l2::membership::Timing {
-                interval_ms: config.failover.heartbeat_interval.as_millis() as u64,
-                dead_after_ms: config.failover.dead_after.as_millis() as u64,
-            },
-            refresh: config.failover.refresh_interval,
-            repeats: config.failover.announce_repeats.clone(),
-            keys: member_keys(config, host)?,
-        };
-        let l2 = crate::l2::start(l2, Arc::clone(metrics))
-            .await
-            .context("layer 2 mode cannot start")?;
-        l2_handle = Some(l2.clone());
-        announcers.push(Box::new(l2));
-    }
-    if let Some(bgp) = config.bgp.as_ref().filter(|b| !b.peers.is_empty()) {
-        let router_id = bgp.router_id.or(fallback_id).context(
-            "BGP needs a router ID: set bgp.routerId, or give this node an IPv4 address",
-        )?;
-        let peers = bgp
-            .peers
-            .iter()
-            .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(labels)))
-            .cloned()
-            .collect();
-        let opts = crate::bgp::Options {
-            node: node.to_string(),
-            router_id,
-            peers,
-            advertisements: bgp.advertisements.clone(),
-        };
-        let bgp = crate::bgp::start(opts, Arc::clone(metrics))
-            .await
-            .context("BGP mode cannot start (BFD needs UDP port 3784)")?;
-        announcers.push(Box::new(bgp));
-    }
-    let announcer: Box<dyn Announcer> = match announcers.len() {
-        0 => Box::new(NoAnnouncer),
-        _ => {
-            // Announcers make VIPs local; the janitor removes what no Service uses any more.
-            announcers.push(Box::new(crate::host::RouteJanitor::start(
-                host.route_linger,
-            )));
-            Box::new(crate::announce::Many(announcers))
-        }
-    };
-    Ok(Started {
-        announcer,
-        l2: l2_handle,
-    })
 }
 
 /// Runs until SIGTERM or SIGINT, then drains.
@@ -233,19 +139,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.metrics_access.clone(),
     )
     .await?;
-    let me = config.members.iter().find(|m| m.name == opts.node);
-    let mut labels = me.map(|m| m.labels.clone()).unwrap_or_default();
-    labels.insert("kubernetes.io/hostname".into(), opts.node.clone());
-    let fallback_id = me.and_then(|m| match m.address.ip() {
-        std::net::IpAddr::V4(a) => Some(a),
-        _ => None,
-    });
-    let started = start_announcers(
+    let mut announcer = Announcers::start(
         &config,
-        &opts.node,
-        config.members.clone(),
-        &labels,
-        fallback_id,
+        node_view(&config, &opts.node),
         &metrics,
         &HostSettings {
             route_linger: opts.route_linger,
@@ -253,7 +149,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut announcer = started.announcer;
     tracing::info!(
         node = %opts.node,
         config = %opts.config.display(),
@@ -278,6 +173,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let reason = tokio::select! {
             _ = hup.recv() => Some("SIGHUP"),
             _ = poll.tick() => {
+                announcer.refresh_keys();
                 let now = stamp(&opts.config);
                 if now != last_stamp {
                     last_stamp = now;
@@ -294,19 +190,32 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = int.recv() => break,
         };
         if let Some(reason) = reason {
-            match load(&opts.config) {
+            // Announcers first: a change they refuse refuses the whole file,
+            // so what runs always comes from one configuration.
+            let loaded = match load(&opts.config) {
+                Ok((config, new_plan)) => {
+                    match announcer
+                        .reconfigure(&config, node_view(&config, &opts.node))
+                        .await
+                    {
+                        Ok(done) => {
+                            for line in done {
+                                tracing::info!(reason, "reconfigured: {line}");
+                            }
+                            Ok((config, new_plan))
+                        }
+                        Err(e) => Err(format!("{e:#}")),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
                 Ok((config, new_plan)) => {
                     let errors = forwarder.apply(&new_plan, &config.forwarder);
                     for e in &errors {
                         tracing::error!(error = %e, "reload: listener not opened");
                     }
-                    let result = if errors.is_empty() { "ok" } else { "error" };
-                    metrics
-                        .config_reloads
-                        .get_or_create(&ResultLabels {
-                            result: result.into(),
-                        })
-                        .inc();
+                    metrics.reloaded(errors.is_empty());
                     plan = new_plan;
                     log_plan(&plan);
                     tracing::info!(
@@ -316,12 +225,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     );
                 }
                 Err(e) => {
-                    metrics
-                        .config_reloads
-                        .get_or_create(&ResultLabels {
-                            result: "error".into(),
-                        })
-                        .inc();
+                    metrics.reloaded(false);
                     tracing::error!(
                         reason,
                         "reload refused, the running configuration stays in force:\n{e}"

@@ -236,6 +236,23 @@ impl Cluster {
         std::fs::write(self.dir.join(format!("{node}-keys")), keys).unwrap();
     }
 
+    /// Rewrites the configuration every node shares (not the per-node
+    /// files of a cluster started with keys); each speaker sees the change
+    /// within its `--reload-poll` (1 s).
+    pub fn set_config(&self, text: &str) {
+        std::fs::write(self.dir.join("config.yaml"), text).unwrap();
+    }
+
+    /// `name`'s value in `node`'s `/metrics` (0 when absent), e.g.
+    /// `ferrolb_config_reloads_total{result="ok"}`.
+    pub fn counter(&self, node: &str, name: &str) -> u64 {
+        let prefix = format!("{name} ");
+        self.metrics(node)
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Starts (or restarts) the speaker of `node`.
     pub fn start_speaker(&mut self, node: &str) {
         let log = self.dir.join(format!("{node}-speaker.log"));

@@ -983,3 +983,185 @@ fn exabgp_with_the_wrong_md5_password_never_establishes() {
     let log = std::fs::read_to_string(exa.dir.join("speaker.log")).unwrap_or_default();
     assert!(!log.contains("session established"), "{log}");
 }
+
+/// BIRD's view of one protocol: its line of `show protocols`, whose "since"
+/// column (milliseconds, `timeformat protocol iso long ms`) changes exactly
+/// when the session goes down or comes up.
+fn session_line(rig: &Rig, proto: &str) -> String {
+    rig.birdc(&format!("show protocols {proto}"))
+        .lines()
+        .find(|l| l.starts_with(proto))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The speaker's `config_reloads_total{result}` counter.
+fn reloads(rig: &Rig, result: &str) -> u64 {
+    let line = format!("ferrolb_config_reloads_total{{result=\"{result}\"}} ");
+    rig.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn peers_and_advertisements_change_live_and_untouched_sessions_stay_up() {
+    if !require(
+        "bgp live reconfiguration",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let bird = format!(
+        "timeformat protocol iso long ms;\n{}",
+        bird_conf(Path::new("DIR"), None)
+    );
+    let services = "  - {name: web, ip: 203.0.113.10}\n  - {name: web6, ip: \"2001:db8:100::10\"}";
+    let rig = Rig::custom("lr", &bird, &speaker_conf(services, None));
+    rig.wait_for("both sessions and routes", Duration::from_secs(20), |r| {
+        r.has_route("203.0.113.10") && r.has_route("2001:db8:100::10")
+    });
+    let v4 = session_line(&rig, "ferrolb");
+    let v6 = session_line(&rig, "ferrolb6");
+    assert!(
+        v4.contains("Established") && v6.contains("Established"),
+        "{v4}\n{v6}"
+    );
+    eprintln!("before:\n  {v4}\n  {v6}");
+    let write = |text: String| std::fs::write(rig.dir.join("speaker.yaml"), text).unwrap();
+
+    // 1. New communities for every peer, and a new hold time for the IPv4
+    // peer only: the IPv6 session stays up and learns the new community as
+    // an UPDATE; the IPv4 one is reset alone.
+    let changed = speaker_conf(services, None)
+        .replace("65000:100", "65000:200")
+        .replacen("holdTime: 9s", "holdTime: 12s", 1);
+    write(changed.clone());
+    rig.wait_for(
+        "the new community on both routes",
+        Duration::from_secs(20),
+        |r| {
+            ["203.0.113.10", "2001:db8:100::10"].iter().all(|p| {
+                r.birdc(&format!("show route for {p} all"))
+                    .contains("(65000,200)")
+            })
+        },
+    );
+    rig.wait_for("the IPv4 session back", Duration::from_secs(20), |r| {
+        let l = session_line(r, "ferrolb");
+        l.contains("Established") && l != v4
+    });
+    assert_eq!(
+        session_line(&rig, "ferrolb6"),
+        v6,
+        "the untouched IPv6 session stayed up; logs:\n{}",
+        rig.logs()
+    );
+    assert!(!rig
+        .birdc("show route for 2001:db8:100::10 all")
+        .contains("(65000,100)"));
+    let v4 = session_line(&rig, "ferrolb");
+    eprintln!(
+        "after the change:\n  {v4}\n  {}",
+        session_line(&rig, "ferrolb6")
+    );
+
+    // 2. An invalid change (hold time 2 s) is refused: nothing moves.
+    let errors = reloads(&rig, "error");
+    write(changed.replace("holdTime: 9s", "holdTime: 2s"));
+    rig.wait_for("the refusal", Duration::from_secs(10), |r| {
+        reloads(r, "error") > errors
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(session_line(&rig, "ferrolb"), v4);
+    assert_eq!(session_line(&rig, "ferrolb6"), v6);
+    assert!(rig.has_route("203.0.113.10") && rig.has_route("2001:db8:100::10"));
+
+    // 3. The IPv6 peer removed: its session ends with a Cease and its
+    // series go; the IPv4 session is untouched.
+    let without6: String = changed
+        .lines()
+        .filter(|l| !l.contains("name: bird6"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write(without6);
+    rig.wait_for("the IPv6 session ended", Duration::from_secs(10), |r| {
+        !session_line(r, "ferrolb6").contains("Established") && !r.has_route("2001:db8:100::10")
+    });
+    let proto = rig.birdc("show protocols all ferrolb6");
+    assert!(
+        proto.contains("Administrative shutdown") || proto.contains("removed"),
+        "a Cease told BIRD why: {proto}"
+    );
+    assert_eq!(session_line(&rig, "ferrolb"), v4);
+    assert!(rig.has_route("203.0.113.10"));
+    rig.wait_for(
+        "the removed peer's series gone",
+        Duration::from_secs(5),
+        |r| !r.metrics().contains("peer=\"bird6\""),
+    );
+
+    // 4. Added back: a new session, the route again; IPv4 still untouched.
+    write(changed);
+    rig.wait_for(
+        "the IPv6 session and route back",
+        Duration::from_secs(20),
+        |r| session_line(r, "ferrolb6").contains("Established") && r.has_route("2001:db8:100::10"),
+    );
+    assert_eq!(session_line(&rig, "ferrolb"), v4);
+    let log = std::fs::read_to_string(rig.dir.join("speaker.log")).unwrap_or_default();
+    assert!(
+        log.contains("BGP peers reset: bird") && log.contains("BGP peers removed: bird6"),
+        "the log says what changed:\n{log}"
+    );
+}
+
+#[test]
+fn a_changed_password_applies_live_to_that_peer_alone() {
+    if !require(
+        "bgp live password change",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    // The IPv4 peer is passive (BIRD connects through the listening socket,
+    // whose key is changed in place); the IPv6 peer connects out.
+    let mut rig = Rig::start_with("lp", Some("first-key"), false, true);
+    rig.wait_for("both sessions", Duration::from_secs(20), |r| {
+        r.has_route("203.0.113.10") && r.has_route("2001:db8:100::10")
+    });
+    let v6 = session_line(&rig, "ferrolb6");
+    let conf = std::fs::read_to_string(rig.dir.join("speaker.yaml")).unwrap();
+    let v4_line = conf.lines().find(|l| l.contains("name: bird,")).unwrap();
+    // A key BIRD does not have, for the IPv4 peer only.
+    let wrong = conf.replace(v4_line, &v4_line.replace("first-key", "other-key"));
+    std::fs::write(rig.dir.join("speaker.yaml"), &wrong).unwrap();
+    rig.wait_for("the IPv4 session reset", Duration::from_secs(10), |r| {
+        !session_line(r, "ferrolb").contains("Established")
+    });
+    // BIRD's reconnects are refused for their signature: the new key is in force.
+    rig.lab.wait_md5_refused("node", Duration::from_secs(15));
+    assert!(!session_line(&rig, "ferrolb").contains("Established"));
+    assert_eq!(
+        session_line(&rig, "ferrolb6"),
+        v6,
+        "the IPv6 session was not touched"
+    );
+    // The right key again: BIRD gets in.
+    std::fs::write(rig.dir.join("speaker.yaml"), &conf).unwrap();
+    rig.wait_for("the IPv4 session back", Duration::from_secs(20), |r| {
+        session_line(r, "ferrolb").contains("Established") && r.has_route("203.0.113.10")
+    });
+    assert_eq!(session_line(&rig, "ferrolb6"), v6);
+    rig.speaker.take();
+}

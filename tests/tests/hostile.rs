@@ -195,6 +195,63 @@ fn a_rolling_key_rotation_never_splits_the_members() {
     );
 }
 
+/// The same rotation without restarts: each speaker notices its key file
+/// changed and applies the keys at once. No heartbeat is refused, the owner
+/// never changes, and the new key alone still carries a failover.
+#[test]
+fn a_live_key_rotation_moves_nothing() {
+    if !require(
+        "live heartbeat key rotation",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    const NEW: &str = "a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796";
+    let mut c = Cluster::start_with_key("hl", Some(KEY));
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let changes = |c: &Cluster| -> u64 {
+        NODES
+            .iter()
+            .map(|(n, ..)| c.counter(n, "ferrolb_l2_ownership_changes_total"))
+            .sum()
+    };
+    let settled = changes(&c);
+    let mut applied = 0;
+    for step in [
+        format!("{KEY}\n{NEW}"),
+        format!("{NEW}\n{KEY}"),
+        NEW.to_string(),
+    ] {
+        for (n, ..) in NODES {
+            c.set_keys(n, &step);
+            // The positive sign: this speaker logged that it took the keys.
+            applied += 1;
+            ferrolb_tests::routers::wait_for(
+                &format!("{n} applying its new key file"),
+                Duration::from_secs(10),
+                || c.logs().matches("heartbeat keys changed").count() >= applied,
+                || c.logs(),
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let refused: f64 = NODES.iter().map(|(n, ..)| refusals(&c, n)).sum();
+    assert_eq!(refused, 0.0, "a heartbeat was refused\n{}", c.logs());
+    assert_eq!(changes(&c), settled, "no ownership moved\n{}", c.logs());
+    assert_eq!(c.get(url, 1.0).as_deref(), Some(owner.as_str()));
+    let pid = c.speaker_pid(&owner).unwrap();
+    let probe = probe_failover(&c.lab, pid, "192.0.2.100", 8080, &owner);
+    c.reap_speaker(&owner);
+    assert!(
+        probe.served_ms.is_some(),
+        "no failover with the new key: {}\n{}",
+        probe.raw,
+        c.logs()
+    );
+}
+
 /// Heartbeats `node` refused for a key or MAC problem.
 fn refusals(c: &Cluster, node: &str) -> f64 {
     let m = c.metrics(node);

@@ -538,3 +538,134 @@ async fn status_from_the_api_outlives_the_events_and_costs_one_write_per_change(
             .output();
     }
 }
+
+/// A router that only listens: each connection the speaker makes, with the
+/// OPEN it sent first.
+struct Router {
+    listener: tokio::net::TcpListener,
+}
+
+impl Router {
+    async fn start() -> (Router, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (Router { listener }, port)
+    }
+
+    /// The next connection and the hold time of its OPEN.
+    async fn session(&self, speaker: &KubeSpeaker) -> (tokio::net::TcpStream, u16) {
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(15), self.listener.accept())
+            .await
+            .unwrap_or_else(|_| panic!("no connection from the speaker\n{}", speaker.log()))
+            .unwrap();
+        // Marker (16), length (2), type (1), version (1), AS (2), hold time (2).
+        let mut head = [0u8; 24];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut head)
+            .await
+            .unwrap();
+        assert_eq!(head[18], 1, "an OPEN");
+        let len = u16::from_be_bytes([head[16], head[17]]) as usize;
+        let mut rest = vec![0u8; len - head.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut rest)
+            .await
+            .unwrap();
+        (conn, u16::from_be_bytes([head[22], head[23]]))
+    }
+}
+
+/// Bytes the speaker sends on `conn` within `within`: a NOTIFICATION then
+/// end of stream for a session it ended, nothing for one it left alone.
+async fn sent_within(conn: &mut tokio::net::TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(conn, &mut buf)).await
+        {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A changed ConfigMap `bgp` section applies without a restart in
+/// Kubernetes mode: a new peer gets a session while the other's stays as it
+/// is; a peer whose settings change is reset alone (Cease, then a new OPEN
+/// with the new hold time); a removed peer gets a Cease; an invalid
+/// ConfigMap touches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgp_peers_change_live_from_the_configmap() {
+    let (r1, p1) = Router::start().await;
+    let (r2, p2) = Router::start().await;
+    let config = |peers: &str| {
+        format!(
+            "pools: [{{name: loopback, addresses: [127.0.52.0/28]}}]\nbgp:\n  routerId: 192.0.2.11\n  peers:\n{peers}"
+        )
+    };
+    let one = format!("    - {{name: tor1, address: 127.0.0.1, port: {p1}, asn: 65000, myAsn: 65001, holdTime: 90s}}\n");
+    let two = format!("    - {{name: tor2, address: 127.0.0.1, port: {p2}, asn: 65000, myAsn: 65001, holdTime: 90s}}\n");
+    let c = Cluster::start().await;
+    c.set_config(&config(&one)).await;
+    c.create_node("node1", "127.0.0.1", json!({}));
+    c.create_speaker_pod("node1", "127.0.0.1");
+    let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
+    let (mut s1, hold) = r1.session(&speaker).await;
+    assert_eq!(hold, 90);
+
+    // Added: tor2 gets a session; tor1's connection sees nothing.
+    c.set_config(&config(&format!("{one}{two}"))).await;
+    let (mut s2, _) = r2.session(&speaker).await;
+    let (bytes, closed) = sent_within(&mut s1, Duration::from_millis(500)).await;
+    assert!(
+        bytes.is_empty() && !closed,
+        "tor1 untouched: {bytes:?} closed={closed}"
+    );
+
+    // Changed: tor1 is reset alone, and its new OPEN carries the new hold time.
+    c.set_config(&config(&format!("{}{two}", one.replace("90s", "30s"))))
+        .await;
+    let (bytes, closed) = sent_within(&mut s1, Duration::from_secs(10)).await;
+    assert!(closed, "tor1's old session ended\n{}", speaker.log());
+    assert_eq!(bytes.get(18), Some(&3), "a NOTIFICATION first: {bytes:?}");
+    assert_eq!(bytes.get(19), Some(&6), "a Cease: {bytes:?}");
+    let (mut s1, hold) = r1.session(&speaker).await;
+    assert_eq!(hold, 30);
+    let (bytes, closed) = sent_within(&mut s2, Duration::from_millis(300)).await;
+    assert!(bytes.is_empty() && !closed, "tor2 untouched");
+
+    // Invalid (hold time 1 s): refused, nothing sent anywhere.
+    c.set_config(&config(&format!("{}{two}", one.replace("90s", "1s"))))
+        .await;
+    let t = Instant::now();
+    while !speaker.log().contains("the ConfigMap is invalid") {
+        assert!(t.elapsed() < T, "{}", speaker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in [&mut s1, &mut s2] {
+        let (bytes, closed) = sent_within(s, Duration::from_millis(300)).await;
+        assert!(
+            bytes.is_empty() && !closed,
+            "an invalid ConfigMap touched a session"
+        );
+    }
+
+    // Removed: tor2 gets a Cease; tor1 stays.
+    c.set_config(&config(&one.replace("90s", "30s"))).await;
+    let (bytes, closed) = sent_within(&mut s2, Duration::from_secs(10)).await;
+    assert!(
+        closed && bytes.get(19) == Some(&6),
+        "tor2 ended with a Cease: {bytes:?}"
+    );
+    let (bytes, closed) = sent_within(&mut s1, Duration::from_millis(300)).await;
+    assert!(bytes.is_empty() && !closed, "tor1 untouched");
+    let log = speaker.log();
+    assert!(
+        log.contains("BGP peers added: tor2")
+            && log.contains("BGP peers reset: tor1")
+            && log.contains("BGP peers removed: tor2"),
+        "{log}"
+    );
+    let metrics = speaker.metrics_text().await;
+    assert!(!metrics.contains("peer=\"tor2\""), "{metrics}");
+}

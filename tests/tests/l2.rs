@@ -356,3 +356,128 @@ fn local_routes_are_removed_when_their_vip_leaves_for_good() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{name}");
     }
 }
+
+/// Timing, advertisements and a refused change, applied to running speakers
+/// through their configuration file: untouched VIPs keep their owner; a new
+/// node selector moves the VIP at once; an invalid file (a bad value, or an
+/// interface no node has) changes nothing.
+#[test]
+fn layer2_settings_change_live_and_a_refused_change_moves_nothing() {
+    use ferrolb_tests::l2lab::{config, NODES};
+    if !require(
+        "layer2_settings_change_live",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let c = Cluster::start("lv");
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    // Settled: one owner answers, and the ownership counters are the baseline.
+    std::thread::sleep(Duration::from_secs(1));
+    let changes = |c: &Cluster| -> u64 {
+        NODES
+            .iter()
+            .map(|(n, _, _)| c.counter(n, "ferrolb_l2_ownership_changes_total"))
+            .sum()
+    };
+    let reloads = |c: &Cluster, result: &str| -> Vec<u64> {
+        NODES
+            .iter()
+            .map(|(n, _, _)| {
+                c.counter(
+                    n,
+                    &format!("ferrolb_config_reloads_total{{result=\"{result}\"}}"),
+                )
+            })
+            .collect()
+    };
+    // Every node took the new file (its counter moved past `before`).
+    let wait_all = |c: &Cluster, result: &str, before: &[u64]| {
+        ferrolb_tests::routers::wait_for(
+            &format!("every speaker's reload ({result})"),
+            Duration::from_secs(10),
+            || reloads(c, result).iter().zip(before).all(|(a, b)| a > b),
+            || c.logs(),
+        );
+    };
+    let settled = changes(&c);
+    let ok = reloads(&c, "ok");
+
+    // 1. Faster heartbeats and another refresh: the owner stays.
+    let fast = format!(
+        "{}failover: {{heartbeatInterval: 50ms, deadAfter: 250ms, refreshInterval: 5s}}\n",
+        config()
+    );
+    c.set_config(&fast);
+    wait_all(&c, "ok", &ok);
+    assert!(
+        c.logs().matches("failure detector timing changed").count() >= NODES.len(),
+        "every node applied the timing; logs:\n{}",
+        c.logs()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        changes(&c),
+        settled,
+        "no ownership moved; logs:\n{}",
+        c.logs()
+    );
+    assert_eq!(c.get(url, 1.0).as_deref(), Some(owner.as_str()));
+    assert_eq!(
+        c.arp_answers("192.0.2.100"),
+        BTreeSet::from([c.lab.mac(&owner)])
+    );
+
+    // 2. A node selector that leaves the owner out: the VIP moves now.
+    let ok = reloads(&c, "ok");
+    let without_owner = fast.replace(
+        "l2: [{pools: [vips], interfaces: [eth0]}]",
+        &format!("l2: [{{pools: [vips], interfaces: [eth0], nodeSelector: {{matchExpressions: [{{key: kubernetes.io/hostname, operator: NotIn, values: [{owner}]}}]}}}}]"),
+    );
+    assert_ne!(without_owner, fast);
+    c.set_config(&without_owner);
+    wait_all(&c, "ok", &ok);
+    let t = Instant::now();
+    let next = loop {
+        match c.get(url, 0.5) {
+            Some(n) if n != owner => break n,
+            _ => {}
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the VIP did not leave {owner}; logs:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.arp_answers("192.0.2.100"),
+        BTreeSet::from([c.lab.mac(&next)])
+    );
+    let settled = changes(&c);
+
+    // 3. Refused: a heartbeat interval below the minimum, then an interface
+    // that does not exist. Each is counted as an error; nothing moves.
+    for bad in [
+        without_owner.replace("heartbeatInterval: 50ms", "heartbeatInterval: 5ms"),
+        without_owner.replace("interfaces: [eth0]", "interfaces: [eth9]"),
+    ] {
+        let errors = reloads(&c, "error");
+        c.set_config(&bad);
+        wait_all(&c, "error", &errors);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(changes(&c), settled, "{bad}\nlogs:\n{}", c.logs());
+        assert_eq!(c.get(url, 1.0).as_deref(), Some(next.as_str()));
+        assert_eq!(
+            c.arp_answers("192.0.2.100"),
+            BTreeSet::from([c.lab.mac(&next)])
+        );
+    }
+    assert!(
+        c.logs().contains("eth9"),
+        "the refusal names the interface; logs:\n{}",
+        c.logs()
+    );
+}

@@ -115,6 +115,12 @@ impl Keys {
         Ok(Keys { keys })
     }
 
+    /// The ids of the keys, the signing one first (two sets with the same
+    /// ids hold the same keys: an id is a digest of the key).
+    pub fn ids(&self) -> Vec<u32> {
+        self.keys.iter().map(|k| k.id).collect()
+    }
+
     /// Whether heartbeats are signed and checked.
     pub fn enabled(&self) -> bool {
         !self.keys.is_empty()

@@ -310,6 +310,19 @@ impl Membership {
         self.run = run;
     }
 
+    /// Changes the heartbeat interval and the silence that means down,
+    /// keeping every member's state. The next heartbeat is due no later than
+    /// one new interval from `now`, so a shorter interval applies at once.
+    pub fn set_timing(&mut self, now: u64, timing: Timing) {
+        self.next_send = self.next_send.min(now + timing.interval_ms);
+        self.timing = timing;
+    }
+
+    /// The heartbeat interval and dead-after silence in force.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
     /// Replaces the member list (Kubernetes: speaker Pods come and go).
     /// Members that stay keep their state; new ones start down until heard;
     /// removed ones that were up are reported down.
@@ -652,6 +665,43 @@ mod tests {
         assert_eq!(a.receive(1_400, addr(2), &s3[0].1), Ok(None));
         let (s4, _) = b.tick(1_500, &[]);
         assert_eq!(a.receive(1_500, addr(2), &s4[0].1), Err(Refusal::Replay));
+    }
+
+    #[test]
+    fn new_timing_applies_at_once_and_keeps_members_up() {
+        let (mut a, mut b) = pair(KEY);
+        let (s, _) = b.tick(0, &[]);
+        a.receive(0, addr(2), &s[0].1).unwrap();
+        assert_eq!(a.tick(0, &[]).0.len(), 1);
+        // Default 100 ms: nothing due at 50 ms.
+        assert!(a.tick(50, &[]).0.is_empty());
+        // 20 ms heartbeats, down after 80 ms: due at once, b still up.
+        let fast = Timing {
+            interval_ms: 20,
+            dead_after_ms: 80,
+        };
+        a.set_timing(50, fast);
+        assert_eq!(a.timing(), fast);
+        let (sends, changes) = a.tick(70, &[]);
+        assert_eq!(sends.len(), 1);
+        assert!(changes.is_empty());
+        assert_eq!(a.live(), ["a", "b"]);
+        // b silent for 80 ms is now down (it was 400 ms before).
+        let (_, changes) = a.tick(81, &[]);
+        assert_eq!(changes, vec![Change::Down("b".into())]);
+        // A longer interval never delays the heartbeat already due.
+        let slow = Timing {
+            interval_ms: 1_000,
+            dead_after_ms: 4_000,
+        };
+        let (_, _) = a.tick(100, &[]);
+        a.set_timing(100, slow);
+        assert_eq!(
+            a.tick(120, &[]).0.len(),
+            1,
+            "due at 120 under the old timing"
+        );
+        assert!(a.tick(500, &[]).0.is_empty());
     }
 
     #[test]

@@ -41,17 +41,70 @@ pub struct Options {
     pub advertisements: Vec<BgpAdvertisement>,
 }
 
-/// The handle standalone mode talks to.
+/// What one peer's task is told, in order.
+enum PeerInput {
+    /// This node's eligible services changed.
+    Changes(Arc<[Change]>),
+    /// The advertisements changed: every route is recomputed and only the
+    /// differences are sent; the session stays up.
+    Advertisements(Arc<[BgpAdvertisement]>),
+    /// End the session with a Cease carrying `reason`. With `forget` the
+    /// peer left the configuration and its metric series go too, so no
+    /// "session down" alert fires for a peer nobody wants.
+    Stop {
+        /// The RFC 9003 shutdown message.
+        reason: &'static str,
+        /// Remove the peer's series.
+        forget: bool,
+    },
+}
+
+/// A running peer: its configuration and its task.
+struct PeerHandle {
+    peer: Peer,
+    inputs: mpsc::UnboundedSender<PeerInput>,
+    task: JoinHandle<()>,
+}
+
+/// One listening socket (a local address and port) and the TCP-MD5 keys
+/// set on it, so a reconfiguration changes keys in place instead of
+/// closing a socket routers connect to.
+struct Listener {
+    socket: Arc<tokio::net::TcpListener>,
+    keys: BTreeMap<IpAddr, Vec<u8>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where each peer's incoming connections go: its task's inbox, by address.
+type Inboxes = Arc<std::sync::Mutex<HashMap<IpAddr, mpsc::Sender<TcpStream>>>>;
+
+/// The handle standalone and Kubernetes mode talk to.
 pub struct BgpAnnouncer {
-    /// One channel per peer task: each keeps its own table of the services.
-    peers: Vec<mpsc::UnboundedSender<Arc<[Change]>>>,
+    node: String,
+    /// The router ID the running sessions use (none before the first configuration).
+    router_id: Option<Ipv4Addr>,
+    ads: Arc<[BgpAdvertisement]>,
+    /// Running peers, by name.
+    peers: BTreeMap<String, PeerHandle>,
     /// The services this node may advertise (eligible), as last told.
     mine: Table,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
     /// VIPs made local so traffic the routers send here is accepted.
     local: crate::host::LocalRoutes,
-    node: String,
+    metrics: Arc<Metrics>,
+    /// BFD, started when some peer first asks for it.
+    hub: Option<crate::bfd::Hub>,
+    listeners: BTreeMap<SocketAddr, Listener>,
+    inboxes: Inboxes,
+    /// BFD discriminators are never reused within a run.
+    next_disc: u32,
+    /// Tasks of peers a reconfiguration ended, sending their Cease.
+    ending: Vec<JoinHandle<()>>,
 }
 
 impl Announcer for BgpAnnouncer {
@@ -96,14 +149,22 @@ impl Announcer for BgpAnnouncer {
                 None => Change::Remove(key),
             })
             .collect();
-        for p in &self.peers {
-            let _ = p.send(Arc::clone(&batch));
+        for p in self.peers.values() {
+            let _ = p.inputs.send(PeerInput::Changes(Arc::clone(&batch)));
         }
     }
 
     fn stop(&mut self) -> Vec<JoinHandle<()>> {
-        self.stop.send_replace(true);
-        std::mem::take(&mut self.tasks)
+        self.listeners.clear();
+        let mut tasks = std::mem::take(&mut self.ending);
+        for (_, p) in std::mem::take(&mut self.peers) {
+            let _ = p.inputs.send(PeerInput::Stop {
+                reason: "ferrolb speaker shutting down",
+                forget: false,
+            });
+            tasks.push(p.task);
+        }
+        tasks
     }
 }
 
@@ -113,145 +174,331 @@ const INBOX: usize = 4;
 /// Incoming connections of one peer reading their OPEN at once.
 const CANDIDATES: usize = 4;
 
+/// How long a reset peer's new task waits for the old one's Cease, so the
+/// router never sees the new connection while the old session is up.
+const RESET_WAIT: Duration = Duration::from_secs(2);
+
+/// A peer as it matters to its session: the node selector only decides
+/// whether this node has the peer at all.
+fn session_config(p: &Peer) -> Peer {
+    Peer {
+        node_selector: None,
+        ..p.clone()
+    }
+}
+
+/// The local address and port a peer's router connects to.
+fn listen_address(p: &Peer) -> SocketAddr {
+    let ip = p.source_address.unwrap_or(if p.address.is_ipv6() {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    });
+    SocketAddr::new(ip, p.port)
+}
+
 /// Starts one session task per peer (and BFD for the peers that ask for it).
 pub async fn start(opts: Options, metrics: Arc<Metrics>) -> std::io::Result<BgpAnnouncer> {
-    let (stop, stop_rx) = watch::channel(false);
-    let mut senders = Vec::new();
-    let hub = if opts.peers.iter().any(|p| p.bfd.is_some()) {
-        Some(crate::bfd::Hub::start(Arc::clone(&metrics)).await?)
-    } else {
-        None
-    };
-    // Every peer may be connected to by its router: passive peers only that
-    // way, active ones when both sides connect at once (a collision, RFC 4271
-    // 6.8). Listeners on the peers' port hand each connection to its peer's task.
-    let mut inboxes: HashMap<IpAddr, mpsc::Receiver<TcpStream>> = HashMap::new();
-    let mut routes = HashMap::new();
-    for p in &opts.peers {
-        // A router opens one connection at a time; a few more wait, the rest are closed.
-        let (tx, rx) = mpsc::channel(INBOX);
-        routes.insert(p.address, tx);
-        inboxes.insert(p.address, rx);
-    }
-    let peers: Vec<&Peer> = opts.peers.iter().collect();
-    listen(&peers, routes, Arc::clone(&metrics))?;
-    let mut tasks = Vec::new();
-    for (i, p) in opts.peers.iter().enumerate() {
-        let bfd = match (&hub, &p.bfd) {
-            (Some(h), Some(b)) => Some(h.session(
-                p.address,
-                &p.name,
-                crate::bfd::config(b, i as u32 + 1),
-                Arc::clone(&metrics),
-            )),
-            _ => None,
-        };
-        let peer = PeerTask {
-            peer: p.clone(),
-            router_id: opts.router_id,
-            ads: opts.advertisements.clone(),
-            metrics: Arc::clone(&metrics),
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        senders.push(tx);
-        tasks.push(tokio::spawn(peer.run(
-            rx,
-            stop_rx.clone(),
-            bfd,
-            inboxes.remove(&p.address),
-        )));
-    }
-    Ok(BgpAnnouncer {
-        peers: senders,
+    let mut bgp = BgpAnnouncer {
+        node: opts.node.clone(),
+        router_id: None,
+        ads: Arc::from(Vec::new()),
+        peers: BTreeMap::new(),
         mine: Table::default(),
-        stop,
         local: crate::host::LocalRoutes::default(),
-        tasks,
-        node: opts.node,
-    })
+        metrics,
+        hub: None,
+        listeners: BTreeMap::new(),
+        inboxes: Arc::default(),
+        next_disc: 1,
+        ending: Vec::new(),
+    };
+    bgp.reconfigure(opts).await?;
+    Ok(bgp)
 }
 
-/// Listens for the routers' connections: one socket per (local address,
-/// port), the local address being the peers' `sourceAddress` or any, with
-/// each peer's TCP-MD5 key set on it. A socket that cannot be opened is an
-/// error for passive peers (they have no other way to connect) and a warning
-/// for active ones (their collisions then cannot happen).
-fn listen(
-    peers: &[&Peer],
-    routes: HashMap<IpAddr, mpsc::Sender<TcpStream>>,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
-    let routes = Arc::new(routes);
-    let mut groups: BTreeMap<SocketAddr, Vec<&Peer>> = BTreeMap::new();
-    for p in peers {
-        let ip = p.source_address.unwrap_or(if p.address.is_ipv6() {
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        });
-        groups
-            .entry(SocketAddr::new(ip, p.port))
-            .or_default()
-            .push(p);
+/// What a reconfiguration did, per peer, for the log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Peers that started.
+    pub added: Vec<String>,
+    /// Peers whose session was reset (their configuration, or the router ID, changed).
+    pub reset: Vec<String>,
+    /// Peers whose session ended.
+    pub removed: Vec<String>,
+    /// Whether the advertisements changed (sent to the untouched sessions as differences).
+    pub advertisements: bool,
+}
+
+impl Reconfigured {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.reset.is_empty()
+            && self.removed.is_empty()
+            && !self.advertisements
     }
-    for (addr, group) in groups {
-        let listener = match listener(addr, &group) {
-            Ok(l) => l,
-            Err(e) if group.iter().all(|p| !p.passive) => {
-                let names: Vec<&str> = group.iter().map(|p| p.name.as_str()).collect();
-                tracing::warn!(%addr, peers = ?names, error = %e, "cannot accept connections from these (active) peers; only outgoing sessions");
+}
+
+impl BgpAnnouncer {
+    /// The peers this node has sessions with (configured; up or not).
+    pub fn peer_names(&self) -> Vec<String> {
+        self.peers.keys().cloned().collect()
+    }
+
+    /// Applies a new BGP configuration without touching what did not change:
+    /// sessions of unchanged peers stay up (new advertisements reach them as
+    /// differences), a changed peer is reset alone, a removed one gets a
+    /// Cease. Listening sockets that must be opened are opened first: if
+    /// that fails nothing changes and the error says why.
+    pub async fn reconfigure(&mut self, opts: Options) -> std::io::Result<Reconfigured> {
+        // Prepare everything that can fail.
+        let mut groups: BTreeMap<SocketAddr, Vec<&Peer>> = BTreeMap::new();
+        for p in &opts.peers {
+            groups.entry(listen_address(p)).or_default().push(p);
+        }
+        let mut opened: BTreeMap<SocketAddr, (tokio::net::TcpListener, BTreeMap<IpAddr, Vec<u8>>)> =
+            BTreeMap::new();
+        for (addr, group) in &groups {
+            if self.listeners.contains_key(addr) {
                 continue;
             }
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on {addr} for passive BGP peers: {e}"),
-                ));
-            }
-        };
-        let routes = Arc::clone(&routes);
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let mut refused_warn = ferrolb_ops::RateLimit::new(Duration::from_secs(60));
-            let mut backoff = Duration::from_millis(10);
-            loop {
-                let (stream, from) = match listener.accept().await {
-                    Ok(a) => {
-                        backoff = Duration::from_millis(10);
-                        a
-                    }
-                    Err(e) => {
-                        // EMFILE and the like: wait instead of spinning.
-                        tracing::debug!(error = %e, "BGP accept failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                };
-                let from_ip = match from.ip() {
-                    IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)),
-                    v4 => v4,
-                };
-                match routes.get(&from_ip) {
-                    Some(tx) => {
-                        let _ = stream.set_nodelay(true);
-                        if tx.try_send(stream).is_err() {
-                            metrics.dropped("bgp_inbox");
-                        }
-                    }
-                    None => {
-                        if let Some(held) = refused_warn.allow(std::time::Instant::now()) {
-                            tracing::warn!(%from, repeats_not_logged = held, "refused a BGP connection from an address that is no configured peer (bgp.peers[].address)");
-                        }
-                    }
+            let keys = listener_keys(group)?;
+            match bind_listener(*addr, &keys) {
+                Ok(l) => {
+                    opened.insert(*addr, (l, keys));
+                }
+                Err(e) if group.iter().all(|p| !p.passive) => {
+                    let names: Vec<&str> = group.iter().map(|p| p.name.as_str()).collect();
+                    tracing::warn!(%addr, peers = ?names, error = %e, "cannot accept connections from these (active) peers; only outgoing sessions");
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} for passive BGP peers: {e}"),
+                    ));
                 }
             }
-        });
+        }
+        if self.hub.is_none() && opts.peers.iter().any(|p| p.bfd.is_some()) {
+            self.hub = Some(crate::bfd::Hub::start(Arc::clone(&self.metrics)).await?);
+        }
+
+        // Commit.
+        let mut done = Reconfigured::default();
+        let router_changed = self.router_id.is_some_and(|r| r != opts.router_id);
+        self.router_id = Some(opts.router_id);
+        self.node = opts.node;
+        done.advertisements = *self.ads != *opts.advertisements;
+        self.ads = Arc::from(opts.advertisements);
+        // Listeners: gone groups close, kept ones get their keys in place, new ones start.
+        self.listeners.retain(|addr, _| groups.contains_key(addr));
+        for (addr, l) in self.listeners.iter_mut() {
+            let want = listener_keys(&groups[addr])?;
+            for (ip, key) in &want {
+                if l.keys.get(ip) != Some(key) {
+                    ferrolb_sys::set_tcp_md5(&*l.socket, *ip, key)?;
+                }
+            }
+            for ip in l.keys.keys().filter(|ip| !want.contains_key(ip)) {
+                ferrolb_sys::set_tcp_md5(&*l.socket, *ip, &[])?;
+            }
+            l.keys = want;
+        }
+        for (addr, (socket, keys)) in opened {
+            let socket = Arc::new(socket);
+            let task = tokio::spawn(accept(
+                Arc::clone(&socket),
+                Arc::clone(&self.inboxes),
+                Arc::clone(&self.metrics),
+            ));
+            self.listeners.insert(addr, Listener { socket, keys, task });
+        }
+        let wanted: BTreeMap<String, Peer> = opts
+            .peers
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect();
+        let gone: Vec<String> = self
+            .peers
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            let h = self.peers.remove(&name).expect("listed above");
+            let _ = h.inputs.send(PeerInput::Stop {
+                reason: "peer removed from the ferrolb configuration",
+                forget: true,
+            });
+            self.ending.push(h.task);
+            done.removed.push(name);
+        }
+        for (name, p) in wanted {
+            let previous = match self.peers.remove(&name) {
+                Some(h) if session_config(&h.peer) == session_config(&p) && !router_changed => {
+                    if done.advertisements {
+                        let _ = h
+                            .inputs
+                            .send(PeerInput::Advertisements(Arc::clone(&self.ads)));
+                    }
+                    self.peers.insert(name, h);
+                    continue;
+                }
+                Some(h) => {
+                    let _ = h.inputs.send(PeerInput::Stop {
+                        reason: "ferrolb configuration of this peer changed; reconnecting",
+                        forget: false,
+                    });
+                    done.reset.push(name.clone());
+                    Some(h.task)
+                }
+                None => {
+                    done.added.push(name.clone());
+                    None
+                }
+            };
+            let h = self.spawn_peer(p, previous);
+            self.peers.insert(name, h);
+        }
+        // Inboxes and BFD sessions of addresses no peer has any more.
+        let addresses: BTreeSet<IpAddr> = self.peers.values().map(|h| h.peer.address).collect();
+        self.inboxes
+            .lock()
+            .expect("lock poisoned")
+            .retain(|a, _| addresses.contains(a));
+        if let Some(hub) = &self.hub {
+            let bfd: BTreeSet<IpAddr> = self
+                .peers
+                .values()
+                .filter(|h| h.peer.bfd.is_some())
+                .map(|h| h.peer.address)
+                .collect();
+            hub.retain(&bfd);
+        }
+        self.ending.retain(|t| !t.is_finished());
+        Ok(done)
     }
-    Ok(())
+
+    /// Starts a peer's task (after `previous`, the task it replaces, ended)
+    /// and hands it every service this node may advertise.
+    fn spawn_peer(&mut self, p: Peer, previous: Option<JoinHandle<()>>) -> PeerHandle {
+        let (tx, rx) = mpsc::channel(INBOX);
+        self.inboxes
+            .lock()
+            .expect("lock poisoned")
+            .insert(p.address, tx);
+        let bfd = match (&self.hub, &p.bfd) {
+            (Some(h), Some(b)) => {
+                let disc = self.next_disc;
+                self.next_disc += 1;
+                Some(h.session(
+                    p.address,
+                    &p.name,
+                    crate::bfd::config(b, disc),
+                    Arc::clone(&self.metrics),
+                ))
+            }
+            _ => None,
+        };
+        let task = PeerTask {
+            peer: p.clone(),
+            router_id: self.router_id.expect("set before peers start"),
+            ads: Arc::clone(&self.ads),
+            metrics: Arc::clone(&self.metrics),
+        };
+        let (inputs, inputs_rx) = mpsc::unbounded_channel();
+        let all: Arc<[Change]> = self.mine.iter().cloned().map(Change::Put).collect();
+        if !all.is_empty() {
+            let _ = inputs.send(PeerInput::Changes(all));
+        }
+        let task = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = tokio::time::timeout(RESET_WAIT, previous).await;
+            }
+            task.run(inputs_rx, bfd, Some(rx)).await;
+        });
+        PeerHandle {
+            peer: p,
+            inputs,
+            task,
+        }
+    }
 }
 
-fn listener(addr: SocketAddr, peers: &[&Peer]) -> std::io::Result<tokio::net::TcpListener> {
+/// The TCP-MD5 keys a listening socket needs for `peers`. A key that cannot
+/// be read fails closed: a random key nobody knows, so the kernel lets no
+/// connection from that peer through, keyed or not.
+fn listener_keys(peers: &[&Peer]) -> std::io::Result<BTreeMap<IpAddr, Vec<u8>>> {
+    let mut keys = BTreeMap::new();
+    for p in peers {
+        let key = match password(p) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(peer = %p.name, error = %e, "no TCP-MD5 key for this peer: refusing its connections");
+                let mut k = vec![0u8; ferrolb_sys::TCP_MD5_MAX_KEY];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                    .map_err(|_| std::io::Error::other("no randomness for a TCP-MD5 key"))?;
+                Some(k)
+            }
+        };
+        if let Some(key) = key {
+            keys.insert(p.address, key);
+        }
+    }
+    Ok(keys)
+}
+
+/// Accepts the routers' connections on one socket and hands each to its
+/// peer's task; connections from addresses that are no peer are closed.
+async fn accept(listener: Arc<tokio::net::TcpListener>, inboxes: Inboxes, metrics: Arc<Metrics>) {
+    let mut refused_warn = ferrolb_ops::RateLimit::new(Duration::from_secs(60));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(a) => {
+                backoff = Duration::from_millis(10);
+                a
+            }
+            Err(e) => {
+                // EMFILE and the like: wait instead of spinning.
+                tracing::debug!(error = %e, "BGP accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let from_ip = match from.ip() {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)),
+            v4 => v4,
+        };
+        let inbox = inboxes
+            .lock()
+            .expect("lock poisoned")
+            .get(&from_ip)
+            .cloned();
+        match inbox {
+            Some(tx) => {
+                let _ = stream.set_nodelay(true);
+                if tx.try_send(stream).is_err() {
+                    metrics.dropped("bgp_inbox");
+                }
+            }
+            None => {
+                if let Some(held) = refused_warn.allow(std::time::Instant::now()) {
+                    tracing::warn!(%from, repeats_not_logged = held, "refused a BGP connection from an address that is no configured peer (bgp.peers[].address)");
+                }
+            }
+        }
+    }
+}
+
+/// Listens for the routers' connections on `addr` (the peers'
+/// `sourceAddress`, or any), with each peer's TCP-MD5 key set on it.
+fn bind_listener(
+    addr: SocketAddr,
+    keys: &BTreeMap<IpAddr, Vec<u8>>,
+) -> std::io::Result<tokio::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -261,22 +508,8 @@ fn listener(addr: SocketAddr, peers: &[&Peer]) -> std::io::Result<tokio::net::Tc
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
-    for p in peers {
-        let key = match password(p) {
-            Ok(k) => k,
-            Err(e) => {
-                // Fail closed: a key nobody knows, so the kernel lets no
-                // connection from this peer through, keyed or not.
-                tracing::error!(peer = %p.name, error = %e, "no TCP-MD5 key for this peer: refusing its connections");
-                let mut k = vec![0u8; ferrolb_sys::TCP_MD5_MAX_KEY];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
-                    .map_err(|_| std::io::Error::other("no randomness for a TCP-MD5 key"))?;
-                Some(k)
-            }
-        };
-        if let Some(key) = key {
-            ferrolb_sys::set_tcp_md5(&socket, p.address, &key)?;
-        }
+    for (ip, key) in keys {
+        ferrolb_sys::set_tcp_md5(&socket, *ip, key)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(64)?;
@@ -378,7 +611,7 @@ async fn read_open(mut stream: TcpStream) -> std::io::Result<(TcpStream, Open, V
 struct PeerTask {
     peer: Peer,
     router_id: Ipv4Addr,
-    ads: Vec<BgpAdvertisement>,
+    ads: Arc<[BgpAdvertisement]>,
     metrics: Arc<Metrics>,
 }
 
@@ -423,9 +656,8 @@ impl PeerTask {
     }
 
     async fn run(
-        self,
-        mut changes: mpsc::UnboundedReceiver<Arc<[Change]>>,
-        mut stop: watch::Receiver<bool>,
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<PeerInput>,
         mut bfd: Option<watch::Receiver<bool>>,
         mut inbox: Option<mpsc::Receiver<TcpStream>>,
     ) {
@@ -543,19 +775,42 @@ impl PeerTask {
                         }
                     }
                 }
-                _ = crate::forwarder::until_set(&mut stop) => {
-                    let out = st.fsm.handle(Event::Stop("ferrolb speaker shutting down".into()));
-                    self.apply(&mut st, out, &table).await;
-                    return;
-                }
-                batch = changes.recv() => {
-                    let Some(batch) = batch else { return };
-                    // Everything queued meanwhile, as one batch.
-                    let mut all: Vec<Change> = batch.to_vec();
-                    while let Ok(more) = changes.try_recv() {
-                        all.extend(more.iter().cloned());
+                input = inputs.recv() => {
+                    let Some(first) = input else { return };
+                    // Everything queued meanwhile: consecutive service changes as one batch.
+                    let mut queue = vec![first];
+                    while let Ok(more) = inputs.try_recv() {
+                        queue.push(more);
                     }
-                    let touched = table.apply(&all);
+                    let mut batch: Vec<Change> = Vec::new();
+                    for input in queue {
+                        let input = match input {
+                            PeerInput::Changes(c) => {
+                                batch.extend(c.iter().cloned());
+                                continue;
+                            }
+                            other => other,
+                        };
+                        let touched = table.apply(&std::mem::take(&mut batch));
+                        self.sync_services(&mut st, &touched).await;
+                        match input {
+                            PeerInput::Advertisements(ads) => {
+                                tracing::info!(peer = %self.peer.name, "advertisements changed: sending the differences");
+                                self.ads = ads;
+                                self.sync(&mut st, &table).await;
+                            }
+                            PeerInput::Stop { reason, forget } => {
+                                let out = st.fsm.handle(Event::Stop(reason.into()));
+                                self.apply(&mut st, out, &table).await;
+                                if forget {
+                                    self.forget();
+                                }
+                                return;
+                            }
+                            PeerInput::Changes(_) => {}
+                        }
+                    }
+                    let touched = table.apply(&batch);
                     self.sync_services(&mut st, &touched).await;
                 }
                 result = async { st.connecting.as_mut().expect("guarded").await }, if st.connecting.is_some() => {
@@ -642,6 +897,19 @@ impl PeerTask {
                     }
                 }
             }
+        }
+    }
+
+    /// Removes this peer's series: it left the configuration.
+    fn forget(&self) {
+        let labels = self.labels();
+        self.metrics.bgp_session_up.remove(&labels);
+        self.metrics.bgp_prefixes.remove(&labels);
+        self.metrics.bgp_last_change.remove(&labels);
+        self.metrics.bfd_session_up.remove(&labels);
+        for direction in ["sent", "received"] {
+            self.metrics.bgp_updates.remove(&self.dir(direction));
+            self.metrics.bgp_notifications.remove(&self.dir(direction));
         }
     }
 

@@ -14,6 +14,7 @@ pub mod model;
 pub mod report;
 
 use crate::announce::{vip_list, Announcer, ServiceVips};
+use crate::announcers::{Announcers, HostSettings, NodeView};
 use crate::forwarder::Forwarder;
 use crate::metrics::{Metrics, ResultLabels};
 use anyhow::Context;
@@ -442,7 +443,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut forwarder = Forwarder::new(Arc::clone(&metrics));
     let mut health = forwarder.service_health();
     let mut config_text: Option<String> = None;
-    let mut announcer: Option<(Box<dyn Announcer>, Option<crate::l2::L2Announcer>)> = None;
+    let mut announcers: Option<Announcers> = None;
+    // The configuration and node view the announcers run with.
+    let mut applied: Option<(Arc<Config>, NodeView)> = None;
+    let host = HostSettings {
+        route_linger: opts.route_linger,
+        member_keys_file: opts.member_keys_file.clone(),
+    };
+    // Every Service's roles are checked again on the next pass.
+    let mut recheck_all = false;
     let mut told_announcers = false;
     let mut last_members: Vec<Member> = Vec::new();
     let mut last_excluded = Vec::new();
@@ -466,6 +475,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
+    // The heartbeat key file (a Secret volume the kubelet updates) is checked this often.
+    let mut keys_tick = tokio::time::interval(Duration::from_secs(2));
     // Since when this node hands over (its Pod's deletion seen, or SIGTERM),
     // and when it stops.
     let mut leaving_since: Option<tokio::time::Instant> = None;
@@ -488,28 +499,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 config_text = text;
                 match cm.as_deref().map(|c| parse_config(c, &opts)) {
                     Some(Ok(c)) => {
-                        if announcer.is_some()
-                            && index.config().is_some_and(|old| {
-                                old.l2 != c.l2 || old.bgp != c.bgp || old.failover != c.failover
-                            })
-                        {
-                            tracing::warn!("the l2, bgp or failover sections changed: restart the speakers to apply them (pools and services apply at once)");
-                        }
-                        metrics
-                            .config_reloads
-                            .get_or_create(&ResultLabels {
-                                result: "ok".into(),
-                            })
-                            .inc();
+                        metrics.reloaded(true);
                         index.set_config(Arc::new(c));
                     }
                     Some(Err(e)) => {
-                        metrics
-                            .config_reloads
-                            .get_or_create(&ResultLabels {
-                                result: "error".into(),
-                            })
-                            .inc();
+                        metrics.reloaded(false);
                         tracing::error!("the ConfigMap is invalid; the last valid configuration stays in force:\n{e}");
                     }
                     None => {
@@ -545,55 +539,69 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 })
                 .and_then(|p| Some((p.metadata.name.clone()?, p.metadata.uid.clone()?)));
             if let Some(cfg) = index.config().cloned() {
-                if announcer.is_none() {
-                    let labels: BTreeMap<String, String> = me_node
-                        .as_ref()
-                        .and_then(|n| n.metadata.labels.clone())
-                        .unwrap_or_default();
-                    if member_list.iter().all(|m| m.name != opts.node) {
+                let labels: BTreeMap<String, String> = me_node
+                    .as_ref()
+                    .and_then(|n| n.metadata.labels.clone())
+                    .unwrap_or_default();
+                if member_list.iter().all(|m| m.name != opts.node) {
+                    match (&announcers, me_node.as_deref().and_then(node_ipv4)) {
                         // Our own Pod may not be listed yet: this node is a member anyway.
-                        if let Some(ip) = me_node.as_deref().and_then(node_ipv4) {
-                            member_list.push(Member {
-                                name: opts.node.clone(),
-                                address: SocketAddr::new(IpAddr::V4(ip), opts.member_port),
-                                labels: labels.clone(),
-                            });
+                        (None, Some(ip)) => member_list.push(Member {
+                            name: opts.node.clone(),
+                            address: SocketAddr::new(IpAddr::V4(ip), opts.member_port),
+                            labels: labels.clone(),
+                        }),
+                        // Without this node the list is not one to run on: keep the last.
+                        _ => member_list = last_members.clone(),
+                    }
+                }
+                let view = NodeView {
+                    node: opts.node.clone(),
+                    members: member_list,
+                    labels,
+                    fallback_id: me_node.as_deref().and_then(node_ipv4),
+                };
+                let stale = applied
+                    .as_ref()
+                    .is_none_or(|(c, v)| !Arc::ptr_eq(c, &cfg) || *v != view);
+                if stale {
+                    let resolved = with_secret_passwords(&client, &opts.namespace, &cfg).await;
+                    match announcers.as_mut() {
+                        None => {
+                            let a =
+                                Announcers::start(&resolved, view.clone(), &metrics, &host).await?;
+                            tracing::info!(node = %opts.node, announcer = a.name(), members = view.members.len(), "kubernetes speaker announcing");
+                            announcers = Some(a);
+                        }
+                        Some(a) => match a.reconfigure(&resolved, view.clone()).await {
+                            Ok(done) => {
+                                for line in done {
+                                    tracing::info!("reconfigured: {line}");
+                                }
+                            }
+                            Err(e) => {
+                                metrics.reloaded(false);
+                                tracing::error!("the announcers cannot take the new configuration; they keep running as they were (pools and Services apply): {e:#}");
+                            }
+                        },
+                    }
+                    last_members = view.members.clone();
+                    applied = Some((cfg, view));
+                    if let Some(a) = &announcers {
+                        // Layer 2 started or stopped, or the BGP peers changed:
+                        // what this node does for every Service may differ.
+                        let peers = a.bgp_peers();
+                        if a.l2().is_some() != owned_rx.is_some() || peers != bgp_peers {
+                            owned_rx = a.l2().map(|l2| l2.owned());
+                            conflicts_rx = a.l2().map(|l2| l2.conflicts());
+                            if owned_rx.is_none() {
+                                owned.clear();
+                            }
+                            bgp_peers = peers;
+                            owned_changed = true;
+                            recheck_all = true;
                         }
                     }
-                    let fallback = me_node.as_deref().and_then(node_ipv4);
-                    let cfg = &with_secret_passwords(&client, &opts.namespace, &cfg).await;
-                    let started = crate::standalone::start_announcers(
-                        cfg,
-                        &opts.node,
-                        member_list.clone(),
-                        &labels,
-                        fallback,
-                        &metrics,
-                        &crate::standalone::HostSettings {
-                            route_linger: opts.route_linger,
-                            member_keys_file: opts.member_keys_file.clone(),
-                        },
-                    )
-                    .await?;
-                    tracing::info!(node = %opts.node, announcer = started.announcer.name(), members = member_list.len(), "kubernetes speaker announcing");
-                    last_members = member_list.clone();
-                    owned_rx = started.l2.as_ref().map(|l2| l2.owned());
-                    conflicts_rx = started.l2.as_ref().map(|l2| l2.conflicts());
-                    bgp_peers = cfg.bgp.as_ref().filter(|b| !b.peers.is_empty()).map(|b| {
-                        b.peers
-                            .iter()
-                            .filter(|p| p.node_selector.as_ref().is_none_or(|s| s.matches(&labels)))
-                            .map(|p| p.name.clone())
-                            .collect()
-                    });
-                    announcer = Some((started.announcer, started.l2));
-                } else if member_list != last_members
-                    && member_list.iter().any(|m| m.name == opts.node)
-                {
-                    if let Some((_, Some(l2))) = &announcer {
-                        l2.set_members(member_list.clone());
-                    }
-                    last_members = member_list;
                 }
             }
             let speakers: BTreeSet<String> = last_members
@@ -609,7 +617,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 last_excluded = index.excluded().to_vec();
             }
         }
-        if let (Some(cfg), Some((a, _))) = (index.config().cloned(), announcer.as_mut()) {
+        if let (Some(cfg), Some(a)) = (index.config().cloned(), announcers.as_mut()) {
             if health_changed {
                 health_changed = false;
                 let h = health.borrow_and_update().clone();
@@ -632,6 +640,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             // and those whose layer 2 ownership moved: metrics, and an Event
             // on each change.
             let mut check = delta.touched;
+            let rechecking = recheck_all;
+            if recheck_all {
+                recheck_all = false;
+                check.extend(index.keys().cloned());
+                check.extend(announcing.keys().cloned());
+            }
             if let Some(rx) = owned_rx.as_mut().filter(|_| owned_changed) {
                 owned_changed = false;
                 let now = rx.borrow_and_update().clone();
@@ -641,8 +655,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             // The first pass after start is the baseline: BGP advertisements a
             // restarted speaker resumes are not news (10,000 Services would
             // mean 10,000 Events per node). Later changes, and layer 2
-            // ownership, which settles after the first heartbeats, are.
-            let baseline = !baseline_taken;
+            // ownership, which settles after the first heartbeats, are. A
+            // reconfiguration that changes the BGP peers or starts or stops
+            // layer 2 changes every Service's roles: a baseline too (the log
+            // says what changed; the metrics and NodeAnnouncement follow).
+            let baseline = !baseline_taken || rechecking;
             baseline_taken = true;
             let mut report_changed = false;
             for key in &check {
@@ -749,6 +766,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             _ = health.changed() => health_changed = true,
             _ = health_tick.tick() => forwarder.refresh_health(),
+            _ = keys_tick.tick() => {
+                if let Some(a) = announcers.as_mut() {
+                    a.refresh_keys();
+                }
+            }
             r = async { owned_rx.as_mut().expect("guarded").changed().await }, if owned_rx.is_some() => {
                 // A layer 2 election changed what this node owns.
                 owned_changed = true;
@@ -818,7 +840,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: withdrawing, then draining");
     ready.store(false, Ordering::Relaxed);
-    if let Some((mut a, _)) = announcer {
+    if let Some(mut a) = announcers {
         for task in a.stop() {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }

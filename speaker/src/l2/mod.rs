@@ -55,6 +55,42 @@ pub struct Options {
     pub keys: ferrolb_l2::auth::Keys,
 }
 
+/// What a running layer 2 announcer can change without a restart.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `l2` advertisements (pools, node selectors, interfaces).
+    pub advertisements: Vec<L2Advertisement>,
+    /// Failure detector timing.
+    pub timing: Timing,
+    /// Periodic re-announcement of owned VIPs; zero disables it.
+    pub refresh: Duration,
+    /// Announcement repeats after a takeover.
+    pub repeats: Vec<Duration>,
+    /// Heartbeat keys.
+    pub keys: ferrolb_l2::auth::Keys,
+}
+
+impl Options {
+    /// The part of these options a reconfiguration may change.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            advertisements: self.advertisements.clone(),
+            timing: self.timing,
+            refresh: self.refresh,
+            repeats: self.repeats.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// The interfaces the advertisements name (empty: any suitable one).
+fn named_interfaces(ads: &[L2Advertisement]) -> Vec<String> {
+    let mut named: Vec<String> = ads.iter().flat_map(|a| a.interfaces.clone()).collect();
+    named.sort();
+    named.dedup();
+    named
+}
+
 /// Why layer 2 mode cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum L2Error {
@@ -116,6 +152,7 @@ pub struct L2Announcer {
     members: Latest<Vec<Member>>,
     owned: tokio::sync::watch::Receiver<BTreeSet<String>>,
     conflicts: tokio::sync::broadcast::Sender<ConflictReport>,
+    settings: Latest<Settings>,
 }
 
 impl L2Announcer {
@@ -129,6 +166,29 @@ impl L2Announcer {
     /// nodes' labels). Members that stay keep their state.
     pub fn set_members(&self, members: Vec<Member>) {
         self.members.send_replace(Some(members));
+    }
+
+    /// Applies new advertisements, timing, announcement schedule and keys
+    /// without a restart: members keep their state and services their
+    /// owner unless the new advertisements move them. Refused (nothing
+    /// changes) when no interface the new advertisements name exists.
+    pub fn reconfigure(&self, settings: Settings) -> Result<(), L2Error> {
+        self.check(&settings)?;
+        self.settings.send_replace(Some(settings));
+        Ok(())
+    }
+
+    /// Whether `settings` can apply here: some interface they name exists.
+    pub fn check(&self, settings: &Settings) -> Result<(), L2Error> {
+        let named = named_interfaces(&settings.advertisements);
+        if iface::announcing(&named).is_empty() {
+            return Err(L2Error::NoInterface(if named.is_empty() {
+                "any".into()
+            } else {
+                named.join(",")
+            }));
+        }
+        Ok(())
     }
 
     /// The services this node owns (announces) now; changes as elections go.
@@ -200,11 +260,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         .find(|m| m.name == opts.node)
         .cloned()
         .ok_or_else(|| L2Error::NotAMember(opts.node.clone()))?;
-    let named: Vec<String> = opts
-        .advertisements
-        .iter()
-        .flat_map(|a| a.interfaces.clone())
-        .collect();
+    let named = named_interfaces(&opts.advertisements);
     let ifaces = iface::announcing(&named);
     if ifaces.is_empty() {
         return Err(L2Error::NoInterface(if named.is_empty() {
@@ -230,8 +286,9 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
             source,
         })?;
     let (iface_tx, iface_rx) = mpsc::channel(IFACE_EVENTS);
+    let (names_tx, names_rx) = tokio::sync::watch::channel(named.clone());
     tokio::spawn(watch_interfaces(
-        named,
+        names_rx,
         ifaces
             .iter()
             .map(|i| (i.name.clone(), i.index, i.carrier))
@@ -263,6 +320,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
     }
     let (services_tx, services_rx) = mpsc::unbounded_channel();
     let (members_tx, members_rx) = tokio::sync::watch::channel(None);
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(None);
     let (owned_tx, owned) = tokio::sync::watch::channel(BTreeSet::new());
     let (reports, _) = tokio::sync::broadcast::channel(CONFLICT_REPORTS);
     let reports2 = reports.clone();
@@ -309,8 +367,12 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     refused_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
                     conflict_reports: reports2,
                     main,
+                    run,
+                    names: names_tx,
                 };
-                runner.run(services_rx, members_rx, conflict_rx, iface_rx).await;
+                runner
+                    .run(services_rx, members_rx, settings_rx, conflict_rx, iface_rx)
+                    .await;
             });
         })
         .map_err(|source| L2Error::Socket {
@@ -322,6 +384,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         members: std::sync::Arc::new(members_tx),
         owned,
         conflicts: reports,
+        settings: std::sync::Arc::new(settings_tx),
     })
 }
 
@@ -417,10 +480,11 @@ const IFACE_EVENTS: usize = 16;
 /// on the main runtime: /sys reads and sysctl writes never hold up a
 /// heartbeat.
 async fn watch_interfaces(
-    named: Vec<String>,
+    mut names: tokio::sync::watch::Receiver<Vec<String>>,
     start: Vec<(String, u32, bool)>,
     events: mpsc::Sender<IfaceEvent>,
 ) {
+    let mut named = names.borrow_and_update().clone();
     // name -> (index, link)
     let mut known: BTreeMap<String, (u32, bool)> =
         start.into_iter().map(|(n, i, c)| (n, (i, c))).collect();
@@ -428,7 +492,18 @@ async fn watch_interfaces(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks: u64 = 0;
     loop {
-        tick.tick().await;
+        // A reconfiguration that names other interfaces is applied at once.
+        let mut renamed = false;
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = names.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                named = names.borrow_and_update().clone();
+                renamed = true;
+            }
+        }
         ticks += 1;
         for (name, (_, link)) in known.iter_mut() {
             let now = iface::read_iface(name).is_some_and(|x| x.up && x.carrier);
@@ -448,7 +523,7 @@ async fn watch_interfaces(
                 }
             }
         }
-        if !ticks.is_multiple_of(10) {
+        if !renamed && !ticks.is_multiple_of(10) {
             continue;
         }
         let now: Vec<iface::Iface> = iface::announcing(&named);
@@ -458,7 +533,7 @@ async fn watch_interfaces(
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            tracing::warn!(interface = %name, "interface gone; no longer answering on it");
+            tracing::warn!(interface = %name, "interface gone or no longer named by `l2[].interfaces`; no longer answering on it");
             known.remove(&name);
             if events.send(IfaceEvent::Gone(name)).await.is_err() {
                 return;
@@ -505,6 +580,10 @@ struct Runner {
     refused_warn: ferrolb_ops::RateLimit,
     /// Re-assertions after a conflict, for whoever reports them (Kubernetes Events).
     conflict_reports: tokio::sync::broadcast::Sender<ConflictReport>,
+    /// This run's id in signed heartbeats (kept when the keys change).
+    run: u64,
+    /// The interfaces the advertisements name, for the interface watcher.
+    names: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Runner {
@@ -516,6 +595,7 @@ impl Runner {
         mut self,
         mut services: mpsc::UnboundedReceiver<Arc<[announce::Change]>>,
         mut members: tokio::sync::watch::Receiver<Option<Vec<Member>>>,
+        mut settings: tokio::sync::watch::Receiver<Option<Settings>>,
         mut conflicts: mpsc::Receiver<(IpAddr, ferrolb_l2::wire::Mac)>,
         mut iface_events: mpsc::Receiver<IfaceEvent>,
     ) {
@@ -568,6 +648,13 @@ impl Runner {
                         self.elect().await;
                     }
                 }
+                changed = settings.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let Some(s) = settings.borrow_and_update().clone() else { continue };
+                    self.on_settings(s).await;
+                }
                 batch = services.recv() => {
                     let Some(batch) = batch else { return };
                     // Everything queued meanwhile, as one batch (so each entry's
@@ -614,6 +701,53 @@ impl Runner {
         tracing::warn!(%vip, other = %mac, service = %key, "another MAC answers for a VIP this node owns; re-asserting");
         // Kubernetes mode turns this into a Warning Event; without a subscriber it goes nowhere.
         let _ = self.conflict_reports.send((key.clone(), vip, mac));
+    }
+
+    /// A reconfiguration: new advertisements, timing, schedule or keys.
+    /// Owned services stay owned unless the new advertisements make another
+    /// node their owner (the election decides, as for any change).
+    async fn on_settings(&mut self, s: Settings) {
+        let named = named_interfaces(&s.advertisements);
+        let mut what: Vec<&str> = Vec::new();
+        self.names.send_if_modified(|n| {
+            let changed = *n != named;
+            *n = named;
+            changed
+        });
+        if s.timing != self.membership.timing() {
+            tracing::info!(
+                heartbeat_ms = s.timing.interval_ms,
+                dead_after_ms = s.timing.dead_after_ms,
+                "failure detector timing changed"
+            );
+            self.membership.set_timing(self.now_ms(), s.timing);
+            what.push("timing");
+        }
+        if s.keys.ids() != self.opts.keys.ids() {
+            if s.keys.enabled() {
+                tracing::info!(keys = ?s.keys, "heartbeat keys changed");
+            } else {
+                tracing::warn!("layer 2 heartbeats are no longer authenticated: any host that can send UDP to the membership port can prevent a failover or claim VIPs");
+            }
+            self.membership.set_auth(s.keys.clone(), self.run);
+            what.push("keys");
+        }
+        if s.advertisements != self.opts.advertisements {
+            what.push("advertisements");
+        }
+        if s.refresh != self.opts.refresh || s.repeats != self.opts.repeats {
+            what.push("announcement schedule");
+        }
+        if what.is_empty() {
+            return;
+        }
+        self.opts.keys = s.keys;
+        self.opts.timing = s.timing;
+        self.opts.refresh = s.refresh;
+        self.opts.repeats = s.repeats;
+        self.opts.advertisements = s.advertisements;
+        tracing::info!(changed = ?what, "layer 2 settings applied");
+        self.elect().await;
     }
 
     fn claims(&self) -> Vec<(String, u64)> {
