@@ -41,18 +41,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// A kubeconfig file; default: in-cluster, then $KUBECONFIG, then ~/.kube/config.
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
-    /// Namespace of the configuration ConfigMap and of the leader Lease.
-    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "ferrolb-system")]
-    namespace: String,
-    /// Name of the configuration ConfigMap.
-    #[arg(long, default_value = "ferrolb-config")]
-    config_map: String,
-    /// Key of the ConfigMap holding the YAML.
-    #[arg(long, default_value = "config.yaml")]
-    config_key: String,
+    #[command(flatten)]
+    cluster: ferrolb_kube::ClusterArgs,
     /// The spec.loadBalancerClass handled (besides Services without a class).
     #[arg(long, default_value = DEFAULT_CLASS)]
     load_balancer_class: String,
@@ -124,9 +114,7 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let settings = Settings {
-        config_namespace: args.namespace,
-        config_name: args.config_map,
-        config_key: args.config_key,
+        config: args.cluster.config_source(),
         classes: ClassFilter {
             class: args.load_balancer_class,
             ignore_classless: args.ignore_classless,
@@ -148,7 +136,7 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
     // The identity in the User-Agent: an API server's audit log then says
     // which replica made each request.
     let client = ferrolb_kube::client(
-        args.kubeconfig.as_deref(),
+        args.cluster.kubeconfig.as_deref(),
         &format!(
             "ferrolb-controller/{} ({})",
             env!("CARGO_PKG_VERSION"),
@@ -158,7 +146,7 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
     .await?;
     tracing::info!(
         identity = %settings.identity,
-        config = %format!("{}/{}", settings.config_namespace, settings.config_name),
+        config = %settings.config.display(),
         class = %settings.classes.class,
         metrics = %args.metrics_address,
         "ferrolb-controller starting"

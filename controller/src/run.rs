@@ -26,12 +26,8 @@ pub const FIELD_MANAGER: &str = "ferrolb-controller";
 /// Settings from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Namespace of the configuration ConfigMap (and of the Lease).
-    pub config_namespace: String,
-    /// Name of the configuration ConfigMap.
-    pub config_name: String,
-    /// Key of the ConfigMap holding the YAML.
-    pub config_key: String,
+    /// The configuration ConfigMap (its namespace is the Lease's too).
+    pub config: ferrolb_kube::ConfigSource,
     /// Which Services are handled.
     pub classes: ClassFilter,
     /// Name of the leader Lease.
@@ -64,7 +60,7 @@ pub async fn run(
     let (mut fence, stop_lease, lease_task) = lease::spawn(
         client.clone(),
         lease::LeaseConfig {
-            namespace: settings.config_namespace.clone(),
+            namespace: settings.config.namespace.clone(),
             name: settings.lease_name.clone(),
             identity: settings.identity.clone(),
             field_manager: ferrolb_kube::bounded(
@@ -175,8 +171,8 @@ fn reference(
         Regarding::Config => ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("ConfigMap".into()),
-            namespace: Some(settings.config_namespace.clone()),
-            name: Some(settings.config_name.clone()),
+            namespace: Some(settings.config.namespace.clone()),
+            name: Some(settings.config.name.clone()),
             uid: config_uid.clone(),
             ..ObjectReference::default()
         },
@@ -257,21 +253,6 @@ async fn write_status(
         rv = written.metadata.resource_version;
     }
     Ok(rv)
-}
-
-fn parse_config(cm: &ConfigMap, settings: &Settings) -> Result<ferrolb_config::Config, String> {
-    let name = format!(
-        "ConfigMap {}/{}",
-        settings.config_namespace, settings.config_name
-    );
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get(&settings.config_key)) else {
-        return Err(format!(
-            "{name} has no key {:?}; put the configuration under it",
-            settings.config_key
-        ));
-    };
-    ferrolb_config::Config::from_yaml(text)
-        .map_err(|e| format!("{name} key {:?} is invalid:\n{e}", settings.config_key))
 }
 
 /// Retries of failed status writes, with a per-Service backoff.
@@ -461,8 +442,8 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
     )
     .default_backoff();
     let config = watcher::watcher(
-        Api::<ConfigMap>::namespaced(client.clone(), &settings.config_namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", settings.config_name)),
+        Api::<ConfigMap>::namespaced(client.clone(), &settings.config.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.config.name)),
     )
     .default_backoff();
     let mut services = services.boxed();
@@ -527,14 +508,14 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
                 Ok(Some(Event::InitApply(cm) | Event::Apply(cm))) => {
                     cfg_seen = true;
                     lp.config_uid = cm.metadata.uid.clone();
-                    lp.core.config_changed(parse_config(&cm, &lp.settings))
+                    lp.core.config_changed(lp.settings.config.read(&cm))
                 }
                 Ok(Some(Event::InitDone)) => {
                     let mut out = Vec::new();
                     if !cfg_seen {
                         out.extend(lp.core.config_changed(Err(format!(
-                            "ConfigMap {}/{} not found; create it with the pools under key {:?}",
-                            lp.settings.config_namespace, lp.settings.config_name, lp.settings.config_key
+                            "ConfigMap {} not found; create it with the pools under key {:?}",
+                            lp.settings.config.display(), lp.settings.config.key
                         ))));
                     }
                     if !cfg_synced {
@@ -544,8 +525,8 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
                     out
                 }
                 Ok(Some(Event::Delete(_))) => lp.core.config_changed(Err(format!(
-                    "ConfigMap {}/{} was deleted",
-                    lp.settings.config_namespace, lp.settings.config_name
+                    "ConfigMap {} was deleted",
+                    lp.settings.config.display()
                 ))),
                 Ok(None) => anyhow::bail!("the ConfigMap watch ended"),
                 Err(e) => { tracing::warn!(error = %e, "ConfigMap watch error; retrying"); Vec::new() }

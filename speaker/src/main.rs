@@ -107,18 +107,8 @@ struct KubeArgs {
     /// This node's name (downward API: spec.nodeName).
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     node: String,
-    /// A kubeconfig file; default: in-cluster, then $KUBECONFIG.
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
-    /// Namespace of the ConfigMap and of the speaker Pods.
-    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "ferrolb-system")]
-    namespace: String,
-    /// Name of the configuration ConfigMap.
-    #[arg(long, default_value = "ferrolb-config")]
-    config_map: String,
-    /// Key of the ConfigMap holding the YAML.
-    #[arg(long, default_value = "config.yaml")]
-    config_key: String,
+    #[command(flatten)]
+    cluster: ferrolb_kube::ClusterArgs,
     /// Label selector of the speaker Pods, whose nodes are the failover members.
     #[arg(
         long,
@@ -460,10 +450,9 @@ fn main() -> ExitCode {
                 rt.block_on(ferrolb_speaker::kubernetes::run(
                     ferrolb_speaker::kubernetes::Options {
                         node: a.node,
-                        kubeconfig: a.kubeconfig,
-                        namespace: a.namespace,
-                        config_map: a.config_map,
-                        config_key: a.config_key,
+                        config: a.cluster.config_source(),
+                        kubeconfig: a.cluster.kubeconfig,
+                        namespace: a.cluster.namespace,
                         speaker_selector: a.speaker_selector,
                         member_port: a.member_port,
                         route_linger: a.local_route_linger,

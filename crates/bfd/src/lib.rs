@@ -3,6 +3,10 @@
 //! the session state machine, free of sockets and clocks. The caller gives
 //! received packets and the time, and sends what comes back.
 
+// This crate decodes bytes from the network: a panic here is a remote crash,
+// so nothing may unwrap, expect or panic (tests may: clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 /// Session states (RFC 5880 4.1).

@@ -628,7 +628,7 @@ fn decode_capability(code: u8, v: &[u8]) -> Option<Capability> {
             Capability::Multiprotocol(Afi::from_code(u16::from_be_bytes([v[0], v[1]])), v[3])
         }
         2 if v.is_empty() => Capability::RouteRefresh,
-        64 if v.len() >= 2 && (v.len() - 2) % 4 == 0 => {
+        64 if v.len() >= 2 && (v.len() - 2).is_multiple_of(4) => {
             let head = u16::from_be_bytes([v[0], v[1]]);
             let families = v[2..]
                 .chunks(4)
@@ -866,10 +866,9 @@ fn decode_update(body: &[u8], s: &Session) -> Result<Update, DecodeError> {
                 m.u8().ok_or_else(bad)?;
                 let next_hops = match (afi, nhl) {
                     (Afi::Ipv6, 16 | 32) => nh
-                        .chunks(16)
-                        .map(|c| {
-                            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(c).expect("16 bytes")))
-                        })
+                        .chunks_exact(16)
+                        .filter_map(|c| <[u8; 16]>::try_from(c).ok())
+                        .map(|a| IpAddr::V6(Ipv6Addr::from(a)))
                         .collect(),
                     (Afi::Ipv4, 4) => vec![IpAddr::V4(Ipv4Addr::new(nh[0], nh[1], nh[2], nh[3]))],
                     (Afi::Other(_), _) => Vec::new(),

@@ -529,12 +529,17 @@ impl Session {
                 Err(notify) => self.go_down(&mut out, "unacceptable OPEN".into(), Some(notify)),
             },
             (State::OpenConfirm, Event::Message(Message::Keepalive)) => {
-                self.restart_hold(&mut out);
-                self.state = State::Established;
-                self.failures = 0;
-                out.push(Output::Established(
-                    self.negotiated.clone().expect("negotiated in OpenSent"),
-                ));
+                // OpenConfirm is only entered with the OPEN negotiated; were it
+                // not, the session ends with an FSM error rather than a panic.
+                match self.negotiated.clone() {
+                    Some(n) => {
+                        self.restart_hold(&mut out);
+                        self.state = State::Established;
+                        self.failures = 0;
+                        out.push(Output::Established(n));
+                    }
+                    None => self.fsm_error(&mut out, "KEEPALIVE in OpenConfirm without an OPEN"),
+                }
             }
             (State::OpenConfirm | State::Established, Event::Expired(Timer::Keepalive)) => {
                 out.push(Output::Send(Message::Keepalive));

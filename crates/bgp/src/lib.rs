@@ -3,6 +3,10 @@
 //! taken from bgp-rs (GPL-3.0, unmaintained, wrong AS_PATH width under
 //! RFC 6793); see docs/decisions.md.
 
+// This crate decodes bytes from the network: a panic here is a remote crash,
+// so nothing may unwrap, expect or panic (tests may: clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod codec;
 pub mod fsm;
 pub mod message;

@@ -1,7 +1,8 @@
-//! What both binaries need from the Kubernetes API beyond kube itself: a
-//! client that names its component (User-Agent, seen in the API server's
-//! audit log and used by the test suite's RBAC check), and an Event
-//! publisher that never slows the caller down.
+//! What both binaries need from the Kubernetes API beyond kube itself: the
+//! flags that say where the API server and the ferrolb ConfigMap are, one
+//! reader of that ConfigMap, a client that names its component (User-Agent,
+//! seen in the API server's audit log and used by the test suite's RBAC
+//! check), and an Event publisher that never slows the caller down.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -14,6 +15,82 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// The flags both binaries take to reach the cluster and find the ferrolb
+/// ConfigMap (flattened into each one's command line, so they cannot drift).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// A kubeconfig file; default: $KUBECONFIG or ~/.kube/config, then the
+    /// in-cluster service account.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the configuration ConfigMap (and of the controller's
+    /// Lease and the speaker Pods).
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "ferrolb-system")]
+    pub namespace: String,
+    /// Name of the configuration ConfigMap.
+    #[arg(long, default_value = "ferrolb-config")]
+    pub config_map: String,
+    /// Key of the ConfigMap holding the YAML.
+    #[arg(long, default_value = "config.yaml")]
+    pub config_key: String,
+}
+
+impl ClusterArgs {
+    /// Where the configuration is.
+    pub fn config_source(&self) -> ConfigSource {
+        ConfigSource {
+            namespace: self.namespace.clone(),
+            name: self.config_map.clone(),
+            key: self.config_key.clone(),
+        }
+    }
+}
+
+/// The ferrolb ConfigMap: where it is, and how it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The key holding the YAML.
+    pub key: String,
+}
+
+impl ConfigSource {
+    /// `namespace/name`, for logs.
+    pub fn display(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The configuration in `cm`, validated; the error names the ConfigMap
+    /// and key and lists every problem.
+    pub fn read(
+        &self,
+        cm: &k8s_openapi::api::core::v1::ConfigMap,
+    ) -> Result<ferrolb_config::Config, String> {
+        let Some(text) = cm.data.as_ref().and_then(|d| d.get(&self.key)) else {
+            return Err(format!(
+                "ConfigMap {} has no key {:?}; put the configuration under it",
+                self.display(),
+                self.key
+            ));
+        };
+        ferrolb_config::Config::from_yaml(text).map_err(|e| {
+            format!(
+                "ConfigMap {} key {:?} is invalid:\n{e}",
+                self.display(),
+                self.key
+            )
+        })
+    }
+
+    /// The raw text under the key, if any (to notice a change before parsing).
+    pub fn text(&self, cm: &k8s_openapi::api::core::v1::ConfigMap) -> Option<String> {
+        cm.data.as_ref()?.get(&self.key).cloned()
+    }
+}
 
 /// Why no client could be made.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +308,40 @@ pub fn service_ref(namespace: &str, name: &str, uid: Option<String>) -> ObjectRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_binaries_take_the_same_flags_and_read_the_configmap_alike() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            cluster: ClusterArgs,
+        }
+        let cli =
+            Cli::try_parse_from(["x", "--config-map", "lb", "--config-key", "c.yaml"]).unwrap();
+        let src = cli.cluster.config_source();
+        assert_eq!(src.display(), "ferrolb-system/lb");
+        let cm = |data: &[(&str, &str)]| k8s_openapi::api::core::v1::ConfigMap {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let good = cm(&[("c.yaml", "pools: [{name: a, addresses: [192.0.2.0/28]}]")]);
+        assert_eq!(src.read(&good).unwrap().pools.len(), 1);
+        assert!(src.text(&good).is_some());
+        let missing = src.read(&cm(&[("config.yaml", "pools: []")])).unwrap_err();
+        assert!(
+            missing.contains("ferrolb-system/lb has no key \"c.yaml\""),
+            "{missing}"
+        );
+        let bad = src
+            .read(&cm(&[("c.yaml", "pools: [{name: a}]")]))
+            .unwrap_err();
+        assert!(bad.contains("key \"c.yaml\" is invalid"), "{bad}");
+    }
 
     #[test]
     fn truncate_keeps_short_notes_and_cuts_on_a_boundary() {

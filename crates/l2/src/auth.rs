@@ -75,7 +75,9 @@ impl Clone for Keys {
 /// The id a datagram names its key by.
 pub fn key_id(material: &[u8]) -> u32 {
     let d = ring::digest::digest(&ring::digest::SHA256, material);
-    u32::from_be_bytes(d.as_ref()[..4].try_into().expect("4 bytes"))
+    let b = d.as_ref();
+    // A SHA-256 digest is 32 bytes.
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 impl Keys {
@@ -135,7 +137,8 @@ impl Keys {
     pub fn sign(&self, data: &[u8]) -> Option<[u8; MAC_LEN]> {
         let k = self.keys.first()?;
         let tag = hmac::sign(&k.key, data);
-        Some(tag.as_ref().try_into().expect("SHA-256 is 32 bytes"))
+        // HMAC-SHA256 tags are 32 bytes; anything else would be ring's bug, and no signature.
+        tag.as_ref().try_into().ok()
     }
 
     /// Checks `mac` over `data` with key `id`, in constant time.

@@ -8,6 +8,10 @@
 //! - [`election`]: one owner per service, sticky, identical on every node.
 //! - [`membership`]: the UDP heartbeat failure detector.
 
+// This crate decodes bytes from the network: a panic here is a remote crash,
+// so nothing may unwrap, expect or panic (tests may: clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod auth;
 pub mod election;
 pub mod limit;

@@ -127,7 +127,7 @@ impl Heartbeat {
             return Err(Refusal::Malformed);
         }
         let flags = bytes[4];
-        let key = u32::from_be_bytes(bytes[5..9].try_into().expect("4 bytes"));
+        let key = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
         let body_end = if flags & SIGNED != 0 {
             let end = bytes
                 .len()
@@ -189,7 +189,7 @@ fn take_u16(b: &mut &[u8]) -> Result<u16, Refusal> {
 
 fn take_u64(b: &mut &[u8]) -> Result<u64, Refusal> {
     let v = b.get(..8).ok_or(Refusal::Malformed)?;
-    let r = u64::from_be_bytes(v.try_into().expect("8 bytes"));
+    let r = u64::from_be_bytes(v.try_into().map_err(|_| Refusal::Malformed)?);
     *b = &b[8..];
     Ok(r)
 }
@@ -387,10 +387,11 @@ impl Membership {
             .map(|(name, _)| name.clone())
             .collect();
         for name in down {
-            let p = self.peers.get_mut(&name).expect("listed above");
-            p.up = false;
-            p.claims.clear();
-            changes.push(Change::Down(name));
+            if let Some(p) = self.peers.get_mut(&name) {
+                p.up = false;
+                p.claims.clear();
+                changes.push(Change::Down(name));
+            }
         }
         let mut sends = Vec::new();
         if now >= self.next_send {

@@ -9,6 +9,10 @@
 //! restarted speaker and `ferrolb-speaker cleanup-node` find exactly the
 //! routes ferrolb made and nothing else.
 
+// This crate decodes bytes from the network: a panic here is a remote crash,
+// so nothing may unwrap, expect or panic (tests may: clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -38,7 +42,7 @@ fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(payload);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -129,17 +133,29 @@ impl Route {
     }
 }
 
+/// The native-endian `u32` at `at`, if the buffer holds it.
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The native-endian `u16` at `at`, if the buffer holds it.
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
 /// The host routes in a dump datagram, and whether it ended the dump
 /// (`NLMSG_DONE`). Anything malformed is skipped, never trusted.
 pub fn parse_routes(mut buf: &[u8]) -> (Vec<Route>, bool) {
     let mut out = Vec::new();
     let mut done = false;
     while buf.len() >= 16 {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let (Some(len), Some(kind)) = (u32_at(buf, 0), u16_at(buf, 4)) else {
+            break;
+        };
+        let len = len as usize;
         if len < 16 || len > buf.len() {
             break;
         }
-        let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
         if kind == NLMSG_DONE || kind == NLMSG_ERROR {
             done = true;
         }
@@ -156,14 +172,20 @@ pub fn parse_routes(mut buf: &[u8]) -> (Vec<Route>, bool) {
                     break;
                 }
                 let payload = &attrs[4..alen];
-                match (akind, family, payload.len()) {
-                    (RTA_DST, AF_INET, 4) => {
-                        dst = Some(IpAddr::from(<[u8; 4]>::try_from(payload).expect("4")))
+                match (akind, family) {
+                    (RTA_DST, AF_INET) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(payload) {
+                            dst = Some(IpAddr::from(a));
+                        }
                     }
-                    (RTA_DST, AF_INET6, 16) => {
-                        dst = Some(IpAddr::from(<[u8; 16]>::try_from(payload).expect("16")))
+                    (RTA_DST, AF_INET6) => {
+                        if let Ok(a) = <[u8; 16]>::try_from(payload) {
+                            dst = Some(IpAddr::from(a));
+                        }
                     }
-                    (RTA_TABLE, _, 4) => table = u32::from_ne_bytes(payload.try_into().expect("4")),
+                    (RTA_TABLE, _) if payload.len() == 4 => {
+                        table = u32_at(payload, 0).unwrap_or(table);
+                    }
                     _ => {}
                 }
                 attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
@@ -190,14 +212,16 @@ pub fn parse_routes(mut buf: &[u8]) -> (Vec<Route>, bool) {
 pub fn parse_acks(mut buf: &[u8]) -> BTreeMap<u32, i32> {
     let mut out = BTreeMap::new();
     while buf.len() >= 16 {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let (Some(len), Some(kind), Some(seq)) = (u32_at(buf, 0), u16_at(buf, 4), u32_at(buf, 8))
+        else {
+            break;
+        };
+        let len = len as usize;
         if len < 16 || len > buf.len() {
             break;
         }
-        let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
-        let seq = u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes"));
-        if kind == NLMSG_ERROR && len >= 20 {
-            let err = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
+        if let (NLMSG_ERROR, Some(err)) = (kind, u32_at(buf, 16).filter(|_| len >= 20)) {
+            let err = err as i32;
             // A kernel errno is small and negative; anything else on the socket
             // (i32::MIN would overflow a plain negation) is reported, not a panic.
             out.insert(seq, err.saturating_neg());

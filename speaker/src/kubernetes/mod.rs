@@ -41,14 +41,12 @@ use tokio::sync::watch;
 pub struct Options {
     /// This node's name (from the downward API).
     pub node: String,
-    /// A kubeconfig; default: in-cluster, then KUBECONFIG.
+    /// A kubeconfig; default: KUBECONFIG or ~/.kube/config, then in-cluster.
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the ConfigMap and of the speaker Pods.
+    /// Namespace of the speaker Pods, Secrets and NodeAnnouncements.
     pub namespace: String,
-    /// Name of the configuration ConfigMap.
-    pub config_map: String,
-    /// Key holding the YAML.
-    pub config_key: String,
+    /// The configuration ConfigMap.
+    pub config: ferrolb_kube::ConfigSource,
     /// Label selector of the speaker Pods (the members of layer 2 failover).
     pub speaker_selector: String,
     /// UDP port of the membership heartbeats.
@@ -334,20 +332,6 @@ fn service_event(
     }
 }
 
-fn parse_config(cm: &ConfigMap, opts: &Options) -> Result<Config, String> {
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&opts.config_key))
-        .ok_or_else(|| {
-            format!(
-                "ConfigMap {}/{} has no key {:?}",
-                opts.namespace, opts.config_map, opts.config_key
-            )
-        })?;
-    Config::from_yaml(text).map_err(|e| e.to_string())
-}
-
 /// What this node does for one service: "layer 2 owner", "BGP to peers a, b".
 fn roles(
     v: &ServiceVips,
@@ -418,8 +402,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         changed.clone(),
     );
     let config_maps = reflect(
-        Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", opts.config_map)),
+        Api::<ConfigMap>::namespaced(client.clone(), &opts.config.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", opts.config.name)),
         changed.clone(),
     );
     tracing::info!(node = %opts.node, namespace = %opts.namespace, "waiting for the first list of every watched resource");
@@ -492,12 +476,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             context_changed = false;
             // Configuration: applied when it changes and is valid; otherwise the last valid one stays.
             let cm = config_maps.state().into_iter().next();
-            let text = cm
-                .as_ref()
-                .and_then(|c| c.data.as_ref()?.get(&opts.config_key).cloned());
+            let text = cm.as_ref().and_then(|c| opts.config.text(c));
             if text != config_text {
                 config_text = text;
-                match cm.as_deref().map(|c| parse_config(c, &opts)) {
+                match cm.as_deref().map(|c| opts.config.read(c)) {
                     Some(Ok(c)) => {
                         metrics.reloaded(true);
                         index.set_config(Arc::new(c));
@@ -507,7 +489,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         tracing::error!("the ConfigMap is invalid; the last valid configuration stays in force:\n{e}");
                     }
                     None => {
-                        tracing::error!(configmap = %format!("{}/{}", opts.namespace, opts.config_map), "no configuration yet; announcing nothing")
+                        tracing::error!(configmap = %opts.config.display(), "no configuration yet; announcing nothing")
                     }
                 }
             }
