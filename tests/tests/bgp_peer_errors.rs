@@ -452,8 +452,15 @@ async fn a_bgp_password_appears_in_no_log_and_no_metric() {
         "pools: [{{name: p, addresses: [127.0.47.0/28]}}]\nbgp:\n  routerId: 192.0.2.11\n  peers: [{{name: keyed, address: 127.0.0.2, port: {port}, asn: 65000, myAsn: 65001, password: {SECRET}}}]\n"
     ))
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // First the positive sign that the key was in use: a connect attempt failed
+    // (nothing listens there) and was logged, with the peer's name.
+    let t = std::time::Instant::now();
+    while !s.log().contains("cannot connect to the BGP peer") {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", s.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = s.log();
+    assert!(log.contains("keyed"), "{log}");
     assert!(!log.contains(SECRET), "{log}");
     let metrics = s.http("/metrics").await.unwrap().1;
     assert!(metrics.contains("keyed"), "{metrics}");

