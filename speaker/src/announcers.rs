@@ -147,6 +147,9 @@ pub struct Announcers {
     l2_settings: Option<crate::l2::Settings>,
     key_file: Option<PathBuf>,
     keys_stamp: Option<(std::time::SystemTime, u64)>,
+    /// The key file's stamp at the last check: a change is read once it
+    /// held for one check, never mid-write (half a key can be a valid key).
+    keys_seen: Option<(std::time::SystemTime, u64)>,
     keys_warn: ferrolb_ops::RateLimit,
 }
 
@@ -170,6 +173,7 @@ impl Announcers {
             l2_settings: None,
             key_file: None,
             keys_stamp: None,
+            keys_seen: None,
             keys_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
         };
         a.reconfigure(config, view).await?;
@@ -309,6 +313,7 @@ impl Announcers {
         self.l2_settings = self.l2.as_ref().and(l2_settings);
         self.key_file = key_file;
         self.keys_stamp = keys_stamp;
+        self.keys_seen = keys_stamp;
         self.ending.retain(|t| !t.is_finished());
         Ok(done)
     }
@@ -322,7 +327,9 @@ impl Announcers {
             return;
         };
         let now = stamp(keys_path(self.key_file.as_ref(), &self.host));
-        if now == self.keys_stamp {
+        let settled = now == self.keys_seen;
+        self.keys_seen = now;
+        if now == self.keys_stamp || !settled {
             return;
         }
         match member_keys(self.key_file.as_ref(), &self.host) {

@@ -162,7 +162,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut last_stamp = stamp(&opts.config);
+    // The file's stamp as loaded, and as last seen: a change is loaded once
+    // it has stayed the same for one poll, so a file caught mid-write
+    // (truncated, half written: possibly valid YAML that says "nothing") is
+    // never applied. SIGHUP loads at once.
+    let mut loaded_stamp = stamp(&opts.config);
+    let mut seen_stamp = loaded_stamp;
     let mut poll = tokio::time::interval(opts.poll);
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
     let mut health = forwarder.service_health();
@@ -175,12 +180,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = poll.tick() => {
                 announcer.refresh_keys();
                 let now = stamp(&opts.config);
-                if now != last_stamp {
-                    last_stamp = now;
-                    Some("file changed")
-                } else {
-                    None
-                }
+                let settled = now == seen_stamp;
+                seen_stamp = now;
+                (settled && now != loaded_stamp).then_some("file changed")
             }
             _ = health_tick.tick() => {
                 forwarder.refresh_health();
@@ -190,9 +192,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = int.recv() => break,
         };
         if let Some(reason) = reason {
+            let before = stamp(&opts.config);
+            let read = load(&opts.config);
+            if stamp(&opts.config) != before {
+                // Written while read: the next settled poll loads it whole.
+                tracing::debug!(
+                    reason,
+                    "the file changed while it was read; reading it again"
+                );
+                seen_stamp = None;
+                continue;
+            }
+            loaded_stamp = before;
+            seen_stamp = before;
             // Announcers first: a change they refuse refuses the whole file,
             // so what runs always comes from one configuration.
-            let loaded = match load(&opts.config) {
+            let loaded = match read {
                 Ok((config, new_plan)) => {
                     match announcer
                         .reconfigure(&config, node_view(&config, &opts.node))

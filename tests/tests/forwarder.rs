@@ -8,6 +8,8 @@ use ferrolb_tests::client::{self, KeepAlive};
 use ferrolb_tests::speaker::Speaker;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -696,4 +698,69 @@ async fn removed_backend_drains_then_closes() {
         "closed before the drain timeout: {:?}",
         removed_at.elapsed()
     );
+}
+
+/// An editor that writes the file in place (truncate, then the text in
+/// pieces) shows the speaker an empty and a half file between polls. Both
+/// can be valid YAML ("nothing", or no services); the speaker applies a
+/// change only once the file held still for one poll, so it never runs a
+/// configuration nobody wrote: a client polling throughout is never refused,
+/// and only finished writes are counted as reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_caught_mid_write_is_never_applied() {
+    use std::io::Write;
+    let a = backend::http("a", any(), Proxy::None).await.unwrap();
+    let text = tcp_config("127.77.16.1", 8000, &[&a], "", "");
+    let s = Speaker::start(&text).await;
+    let vip: SocketAddr = "127.77.16.1:8000".parse().unwrap();
+    assert_eq!(client::get(vip, "/", None).await.unwrap(), "a\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                match client::get(vip, "/", None).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+    let (head, tail) = text.split_at(text.find("services:").unwrap());
+    // Ten in-place writes; each intermediate state lasts 40 ms, the poll is 100 ms.
+    for i in 0..10 {
+        let mut f = std::fs::File::create(&s.config).unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        f.write_all(head.as_bytes()).unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        // The same file, a comment telling the writes apart.
+        writeln!(f, "{tail}# write {i}").unwrap();
+        drop(f);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = prober.await.unwrap();
+    assert!(ok > 100, "the prober ran: {ok} answers");
+    // The positive sign: the finished writes were read.
+    s.wait_metric(
+        "ferrolb_config_reloads_total",
+        &["result=\"ok\""],
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        failed,
+        0,
+        "refused {failed} times while the file was written\n{}",
+        s.log()
+    );
+    let reloads = s
+        .metric("ferrolb_config_reloads_total", &["result=\"ok\""])
+        .await;
+    assert!(reloads <= 10.0, "{reloads} reloads for 10 finished writes");
 }
