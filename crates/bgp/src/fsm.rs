@@ -578,7 +578,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{decode, encode, Session as Wire};
+    use crate::codec::{decode, encode, Wire};
 
     fn cfg(passive: bool) -> Config {
         Config {

@@ -11,5 +11,5 @@ pub mod codec;
 pub mod fsm;
 pub mod message;
 
-pub use codec::{decode, encode, pack, pack_withdrawals, Action, DecodeError, Session, MAX_LEN};
+pub use codec::{decode, encode, pack, pack_withdrawals, Action, DecodeError, Wire, MAX_LEN};
 pub use message::*;

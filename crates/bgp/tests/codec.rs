@@ -13,15 +13,15 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 const MARKER: &str = "ffffffffffffffffffffffffffffffff";
-const FOUR: Session = Session { four_octet: true };
-const TWO: Session = Session { four_octet: false };
+const FOUR: Wire = Wire { four_octet: true };
+const TWO: Wire = Wire { four_octet: false };
 
 fn p(s: &str) -> Prefix {
     let (a, l) = s.split_once('/').unwrap();
     Prefix::new(a.parse().unwrap(), l.parse().unwrap()).unwrap()
 }
 
-fn round_trip(m: &Message, s: &Session) -> Message {
+fn round_trip(m: &Message, s: &Wire) -> Message {
     let bytes = encode(m, s);
     let (back, used) = decode(&bytes, s).unwrap().unwrap();
     assert_eq!(used, bytes.len());
@@ -224,7 +224,7 @@ fn partial_input_asks_for_more() {
     assert_eq!(used, 19);
 }
 
-fn err(bytes: &[u8], s: &Session) -> DecodeError {
+fn err(bytes: &[u8], s: &Wire) -> DecodeError {
     decode(bytes, s).expect_err("must be refused")
 }
 
@@ -404,7 +404,7 @@ fn update_errors_follow_rfc7606() {
     assert_eq!(u.attrs.origin, Some(Origin::Igp));
 }
 
-fn decode_all(msgs: &[Vec<u8>], s: &Session) -> (Vec<Prefix>, Vec<Prefix>) {
+fn decode_all(msgs: &[Vec<u8>], s: &Wire) -> (Vec<Prefix>, Vec<Prefix>) {
     let mut ann = Vec::new();
     let mut wd = Vec::new();
     for m in msgs {
@@ -469,14 +469,14 @@ proptest! {
         b.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
         b.push(kind);
         b.extend_from_slice(&body);
-        let _ = decode(&b, &Session { four_octet: four });
+        let _ = decode(&b, &Wire { four_octet: four });
     }
 
     #[test]
     fn updates_round_trip(v4 in prop::collection::vec((any::<u32>(), 0u8..=32), 0..20),
                           v6 in prop::collection::vec((any::<u128>(), 0u8..=128), 0..20),
                           asns in prop::collection::vec(1u32..u32::MAX, 1..8), med in any::<Option<u32>>(), four in any::<bool>()) {
-        let s = Session { four_octet: four };
+        let s = Wire { four_octet: four };
         let nlri: Vec<Prefix> = v4.iter().map(|(a, l)| Prefix::new(IpAddr::V4((*a).into()), *l).unwrap()).collect();
         let v6: Vec<Prefix> = v6.iter().map(|(a, l)| Prefix::new(IpAddr::V6((*a).into()), *l).unwrap()).collect();
         let u = Update {

@@ -16,11 +16,11 @@ use netgauze_parse_utils::traits::ParseFromWithOneInput;
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr};
 
-const FOUR: Session = Session { four_octet: true };
-const TWO: Session = Session { four_octet: false };
+const FOUR: Wire = Wire { four_octet: true };
+const TWO: Wire = Wire { four_octet: false };
 
 /// Parses `bytes` with netgauze; the whole buffer must be one message.
-fn ng(bytes: &[u8], s: &Session) -> BgpMessage {
+fn ng(bytes: &[u8], s: &Wire) -> BgpMessage {
     let mut ctx = BgpParsingContext::default();
     ctx.set_asn4(s.four_octet);
     let mut cur = SliceReader::new(bytes);
@@ -344,7 +344,7 @@ proptest! {
         large in prop::collection::vec(any::<(u32, u32, u32)>(), 0..4),
         four in any::<bool>(),
     ) {
-        let s = Session { four_octet: four };
+        let s = Wire { four_octet: four };
         let u = Update {
             withdrawn,
             attrs: Attrs {

@@ -10,7 +10,7 @@ pub use policy::{desired, NextHops};
 
 use crate::announce::{Announcer, Change, Table};
 use crate::metrics::{Metrics, PeerLabels};
-use ferrolb_bgp::codec::{self, Session as Wire};
+use ferrolb_bgp::codec::{self, Wire};
 use ferrolb_bgp::fsm::{self, Event, Output, Session, Timer};
 use ferrolb_bgp::message::*;
 use ferrolb_config::{BgpAdvertisement, Peer, PeerPassword};

@@ -1,12 +1,12 @@
 //! The property the decoder fuzz target checks, shared with the stable test
 //! that replays the committed corpus (`tests/fuzz_corpus.rs`).
 
-use ferrolb_bgp::{decode, encode, Session, MAX_LEN};
+use ferrolb_bgp::{decode, encode, Wire, MAX_LEN};
 
 /// Decodes `data` on a 4-octet and a 2-octet session: never a panic, and
 /// whatever is accepted survives encode and decode unchanged.
 pub fn check(data: &[u8]) {
-    for s in [Session { four_octet: true }, Session { four_octet: false }] {
+    for s in [Wire { four_octet: true }, Wire { four_octet: false }] {
         let Ok(Some((msg, used))) = decode(data, &s) else {
             continue;
         };

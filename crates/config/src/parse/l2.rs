@@ -1,0 +1,76 @@
+//! The `l2` advertisements and the standalone `members`.
+
+use super::*;
+
+pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
+    let obj = ctx.object(f, &["pools", "interfaces", "nodeSelector"])?;
+    let pools = obj.get("pools").map(|f| ctx.strings(f)).unwrap_or_default();
+    let interfaces = obj
+        .get("interfaces")
+        .map(|f| {
+            ctx.list(f, |ctx, f| {
+                let name = ctx.string(f)?;
+                // Linux limits names to IFNAMSIZ-1 and forbids '/' and whitespace.
+                let valid = !name.is_empty()
+                    && name.len() <= 15
+                    && !name.contains(['/', ':'])
+                    && !name.chars().any(char::is_whitespace);
+                if !valid {
+                    ctx.error(f.path, format!("{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"));
+                    return None;
+                }
+                Some(name)
+            })
+        })
+        .unwrap_or_default();
+    let node_selector = obj.get("nodeSelector").and_then(|f| selector(ctx, f));
+    Some(L2Advertisement {
+        pools,
+        interfaces,
+        node_selector,
+    })
+}
+
+pub(super) fn member(ctx: &mut Ctx, f: Field<'_>) -> Option<Member> {
+    let obj = ctx.object(f, &["name", "address", "labels"])?;
+    let name = obj
+        .require(ctx, "name", "give the node name the host runs with")
+        .and_then(|f| {
+            let n = ctx.string(f)?;
+            if n.is_empty() || n.len() > 253 {
+                ctx.error(f.path, "must be 1-253 characters");
+                return None;
+            }
+            Some(n)
+        });
+    let address = obj
+        .require(
+            ctx,
+            "address",
+            "give the host's IP (port 7946 by default) or IP:port",
+        )
+        .and_then(|f| {
+            let text = ctx.string(f)?;
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, DEFAULT_MEMBER_PORT))
+            });
+            if parsed.is_none() {
+                ctx.error(
+                    f.path,
+                    format!("{text:?} is not an IP address or IP:port ([v6]:port for IPv6)"),
+                );
+            }
+            parsed
+        });
+    let labels = obj
+        .get("labels")
+        .and_then(|f| labels(ctx, f))
+        .unwrap_or_default();
+    Some(Member {
+        name: name?,
+        address: address?,
+        labels,
+    })
+}
