@@ -12,8 +12,9 @@
 pub mod index;
 pub mod model;
 pub mod report;
+pub mod roles;
 
-use crate::announce::{vip_list, Announcer, ServiceVips};
+use crate::announce::{vip_list, Announcer};
 use crate::announcers::{Announcers, HostSettings, NodeView};
 use crate::forwarder::Forwarder;
 use crate::metrics::{Metrics, ResultLabels};
@@ -332,25 +333,6 @@ fn service_event(
     }
 }
 
-/// What this node does for one service: "layer 2 owner", "BGP to peers a, b".
-fn roles(
-    v: &ServiceVips,
-    me: &str,
-    owned: Option<&BTreeSet<String>>,
-    bgp_peers: Option<&[String]>,
-) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if owned.is_some_and(|o| o.contains(&v.key)) {
-        out.push(("l2", "as its layer 2 owner".to_string()));
-    }
-    if let Some(peers) = bgp_peers {
-        if v.eligible(me) && v.healthy {
-            out.push(("bgp", format!("over BGP to {}", peers.join(", "))));
-        }
-    }
-    out
-}
-
 /// Runs until SIGTERM or SIGINT, then withdraws and drains.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics = Metrics::new();
@@ -439,8 +421,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut told_announcers = false;
     let mut last_members: Vec<Member> = Vec::new();
     let mut last_excluded = Vec::new();
-    // What this node announces, per service: (mode, description) pairs.
-    let mut announcing: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
+    // What this node announces, per service, and which changes are news.
+    let mut announcing = roles::Roles::default();
     // The `vip_announced` series set per service, so a change removes its own.
     let mut series: BTreeMap<String, Vec<crate::metrics::AnnouncedLabels>> = BTreeMap::new();
     let mut owned_rx: Option<watch::Receiver<BTreeSet<String>>> = None;
@@ -626,7 +608,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             if recheck_all {
                 recheck_all = false;
                 check.extend(index.keys().cloned());
-                check.extend(announcing.keys().cloned());
+                check.extend(announcing.announcing().keys().cloned());
             }
             if let Some(rx) = owned_rx.as_mut().filter(|_| owned_changed) {
                 owned_changed = false;
@@ -634,35 +616,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 check.extend(now.symmetric_difference(&owned).cloned());
                 owned = now;
             }
-            // The first pass after start is the baseline: BGP advertisements a
-            // restarted speaker resumes are not news (10,000 Services would
-            // mean 10,000 Events per node). Later changes, and layer 2
-            // ownership, which settles after the first heartbeats, are. A
-            // reconfiguration that changes the BGP peers or starts or stops
-            // layer 2 changes every Service's roles: a baseline too (the log
-            // says what changed; the metrics and NodeAnnouncement follow).
             let baseline = !baseline_taken || rechecking;
             baseline_taken = true;
-            let mut report_changed = false;
-            for key in &check {
-                let told = index.told(key);
-                let r = told
-                    .map(|v| roles(v, &opts.node, Some(&owned), bgp_peers.as_deref()))
-                    .unwrap_or_default();
-                let before = announcing.get(key).cloned().unwrap_or_default();
-                if before == r {
-                    continue;
-                }
-                report_changed = true;
-                for labels in series.remove(key).unwrap_or_default() {
+            let view = roles::View {
+                me: &opts.node,
+                owned: &owned,
+                bgp_peers: bgp_peers.as_deref(),
+                recheck: rechecking,
+            };
+            let changed = announcing.pass(&check, |k| index.told(k), &view);
+            let report_changed = !changed.is_empty();
+            for c in changed {
+                for labels in series.remove(&c.key).unwrap_or_default() {
                     metrics.vip_announced.remove(&labels);
                 }
-                if let Some(v) = told {
+                if let Some(v) = index.told(&c.key) {
                     let mut mine = Vec::new();
-                    for (mode, _) in &r {
+                    for (mode, _) in &c.now {
                         for vip in &v.vips {
                             let labels = crate::metrics::AnnouncedLabels {
-                                service: key.clone(),
+                                service: c.key.clone(),
                                 vip: vip.to_string(),
                                 mode: mode.to_string(),
                             };
@@ -671,49 +644,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         }
                     }
                     if !mine.is_empty() {
-                        series.insert(key.clone(), mine);
+                        series.insert(c.key.clone(), mine);
                     }
                 }
-                if !(r.is_empty() || baseline && r.iter().all(|(m, _)| *m == "bgp")) {
-                    let how: Vec<&str> = r.iter().map(|(_, d)| d.as_str()).collect();
-                    let note = format!(
-                        "node {} announces {} {}",
-                        opts.node,
-                        told.map(|v| vip_list(v)).unwrap_or_default(),
-                        how.join(" and ")
-                    );
-                    tracing::info!(service = %key, "{note}");
-                    events.send(service_event(
-                        key,
-                        index.uid(key),
-                        "IPAnnounced",
-                        "Announce",
-                        note,
-                    ));
-                } else if r.is_empty() && !baseline {
-                    // Only about Services that still exist and have an address.
-                    if let Some(v) = told {
-                        let note =
-                            format!("node {} no longer announces {}", opts.node, vip_list(v));
-                        tracing::info!(service = %key, "{note}");
-                        events.send(service_event(
-                            key,
-                            index.uid(key),
-                            "IPWithdrawn",
-                            "Withdraw",
-                            note,
-                        ));
-                    }
-                }
-                if r.is_empty() {
-                    announcing.remove(key);
-                } else {
-                    announcing.insert(key.clone(), r);
-                }
+                let (reason, action, note) = match c.note {
+                    Some(roles::Note::Announced(n)) => ("IPAnnounced", "Announce", n),
+                    Some(roles::Note::Withdrawn(n)) => ("IPWithdrawn", "Withdraw", n),
+                    None => continue,
+                };
+                tracing::info!(service = %c.key, "{note}");
+                events.send(service_event(
+                    &c.key,
+                    index.uid(&c.key),
+                    reason,
+                    action,
+                    note,
+                ));
             }
             if (report_changed || baseline) && report_at.is_none() {
                 report_at = Some(
-                    (report_built + report::interval(announcing.len()))
+                    (report_built + report::interval(announcing.announcing().len()))
                         .max(tokio::time::Instant::now()),
                 );
             }
@@ -764,7 +714,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 // The durable view (status --api), at most once per `report::interval`.
                 report_at = None;
                 report_built = tokio::time::Instant::now();
-                let report = report::Report::from_roles(&announcing, |key| {
+                let report = report::Report::from_roles(announcing.announcing(), |key| {
                     index.told(key).map(|v| vip_list(v)).unwrap_or_default()
                 });
                 report_tx.send_if_modified(|cur| {
