@@ -608,6 +608,13 @@ async fn read_open(mut stream: TcpStream) -> std::io::Result<(TcpStream, Open, V
     }
 }
 
+/// Whether a peer's task goes on after an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
 struct PeerTask {
     peer: Peer,
     router_id: Ipv4Addr,
@@ -699,8 +706,7 @@ impl PeerTask {
         };
         // The services as this peer's task knows them; shared entries, never copied.
         let mut table = Table::default();
-        let out = st.fsm.handle(Event::Start);
-        self.apply(&mut st, out, &table).await;
+        self.feed(&mut st, &table, Event::Start).await;
         let mut buf = vec![0u8; 65_536];
         // Connections the router opened while ours exists, with their OPEN read.
         // At most CANDIDATES read their OPEN at once; more are closed and counted.
@@ -709,72 +715,16 @@ impl PeerTask {
             let deadline = st.timers.iter().flatten().min().copied();
             tokio::select! {
                 _ = async { crate::bfd::down(bfd.as_mut().expect("guarded")).await }, if bfd.is_some() => {
-                    // The path failed: do not wait for the hold timer (RFC 5882).
-                    tracing::warn!(peer = %self.peer.name, "BFD declared the path down; closing the session");
-                    let out = st.fsm.handle(Event::TcpFailed);
-                    self.apply(&mut st, out, &table).await;
+                    self.on_bfd_down(&mut st, &table).await;
                 }
                 incoming = async { inbox.as_mut().expect("guarded").recv().await }, if inbox.is_some() => {
                     match incoming {
-                        Some(stream) if !self.peer.passive => {
-                            // Both sides connected: read the router's OPEN, then keep one
-                            // connection (RFC 4271 6.8) in the `candidates` branch.
-                            let Ok(permit) = cand_tx.clone().try_reserve_owned() else {
-                                self.metrics.dropped("bgp_candidates");
-                                continue;
-                            };
-                            let name = self.peer.name.clone();
-                            tokio::spawn(async move {
-                                match tokio::time::timeout(Duration::from_secs(10), read_open(stream)).await {
-                                    Ok(Ok(c)) => {
-                                        permit.send(c);
-                                    }
-                                    Ok(Err(e)) => tracing::debug!(peer = %name, error = %e, "incoming connection closed before a valid OPEN"),
-                                    Err(_) => tracing::debug!(peer = %name, "incoming connection sent no OPEN within 10 s; closed"),
-                                }
-                            });
-                        }
-                        Some(stream) => {
-                            if st.conn.is_some() {
-                                // Only the router connects to a passive peer, so a second
-                                // connection means it restarted and our old session is dead
-                                // (we would otherwise wait out the hold timer). Replace it,
-                                // as a graceful-restart helper does (RFC 4724 4.2).
-                                tracing::info!(peer = %self.peer.name, "the router opened a new connection: replacing the old session");
-                                let out = st.fsm.handle(Event::TcpFailed);
-                                self.apply(&mut st, out, &table).await;
-                                let out = st.fsm.handle(Event::Start);
-                                self.apply(&mut st, out, &table).await;
-                            }
-                            tracing::info!(peer = %self.peer.name, "accepted a connection");
-                            st.conn = Some(stream);
-                            st.outgoing = false;
-                            let out = st.fsm.handle(Event::TcpConnected);
-                            self.apply(&mut st, out, &table).await;
-                        }
+                        Some(stream) => self.on_incoming(&mut st, &table, stream, &cand_tx).await,
                         None => inbox = None,
                     }
                 }
-                Some((mut stream, open, rest)) = candidates.recv() => {
-                    match st.fsm.collision_with(open.router_id, st.outgoing) {
-                        fsm::Collision::KeepCurrent => {
-                            tracing::info!(peer = %self.peer.name, state = ?st.fsm.state(), router_id = %open.router_id, "connection collision: keeping the current connection, closing the router's new one");
-                            let bytes = codec::encode(&Message::Notification(Notification::collision()), &Wire::default());
-                            let _ = stream.write_all(&bytes).await;
-                            let _ = stream.shutdown().await;
-                        }
-                        fsm::Collision::TakeIncoming(out) => {
-                            tracing::info!(peer = %self.peer.name, router_id = %open.router_id, "connection collision: taking the router's connection");
-                            self.apply(&mut st, out, &table).await;
-                            st.conn = Some(stream);
-                            st.rbuf = rest;
-                            st.outgoing = false;
-                            let out = st.fsm.handle(Event::TcpConnected);
-                            self.apply(&mut st, out, &table).await;
-                            let out = st.fsm.handle(Event::Message(Message::Open(open)));
-                            self.apply(&mut st, out, &table).await;
-                        }
-                    }
+                Some((stream, open, rest)) = candidates.recv() => {
+                    self.on_candidate(&mut st, &table, stream, open, rest).await;
                 }
                 input = inputs.recv() => {
                     let Some(first) = input else { return };
@@ -783,108 +733,238 @@ impl PeerTask {
                     while let Ok(more) = inputs.try_recv() {
                         queue.push(more);
                     }
-                    let mut batch: Vec<Change> = Vec::new();
-                    for input in queue {
-                        let input = match input {
-                            PeerInput::Changes(c) => {
-                                batch.extend(c.iter().cloned());
-                                continue;
-                            }
-                            other => other,
-                        };
-                        let touched = table.apply(&std::mem::take(&mut batch));
-                        self.sync_services(&mut st, &touched).await;
-                        match input {
-                            PeerInput::Advertisements(ads) => {
-                                tracing::info!(peer = %self.peer.name, "advertisements changed: sending the differences");
-                                self.ads = ads;
-                                self.sync(&mut st, &table).await;
-                            }
-                            PeerInput::Stop { reason, forget } => {
-                                let out = st.fsm.handle(Event::Stop(reason.into()));
-                                self.apply(&mut st, out, &table).await;
-                                if forget {
-                                    self.forget();
-                                }
-                                return;
-                            }
-                            PeerInput::Changes(_) => {}
-                        }
+                    if self.on_inputs(&mut st, &mut table, queue).await == Flow::Stop {
+                        return;
                     }
-                    let touched = table.apply(&batch);
-                    self.sync_services(&mut st, &touched).await;
                 }
                 result = async { st.connecting.as_mut().expect("guarded").await }, if st.connecting.is_some() => {
-                    st.connecting = None;
-                    let ev = match result {
-                        Ok(stream) => {
-                            tracing::info!(peer = %self.peer.name, address = %self.peer.address, "connected");
-                            st.conn = Some(stream);
-                            st.outgoing = true;
-                            Event::TcpConnected
-                        }
-                        Err(e) => {
-                            self.connect_failed(&mut st, &e);
-                            Event::TcpFailed
-                        }
-                    };
-                    let out = st.fsm.handle(ev);
-                    self.apply(&mut st, out, &table).await;
+                    self.on_connected(&mut st, &table, result).await;
                 }
                 read = async { st.conn.as_mut().expect("guarded").read(&mut buf).await }, if st.conn.is_some() => {
-                    let events = match read {
-                        Ok(0) | Err(_) => vec![Event::TcpFailed],
-                        Ok(n) => {
-                            st.rbuf.extend_from_slice(&buf[..n]);
-                            let mut evs = Vec::new();
-                            loop {
-                                match codec::decode(&st.rbuf, &st.wire) {
-                                    Ok(Some((m, used))) => {
-                                        st.rbuf.drain(..used);
-                                        evs.push(Event::Message(m));
-                                    }
-                                    Ok(None) => break,
-                                    Err(e) if e.action == codec::Action::TreatAsWithdraw => {
-                                        // Only that UPDATE is bad; its header's length was checked,
-                                        // and the messages after it are read as usual.
-                                        let used = u16::from_be_bytes([st.rbuf[16], st.rbuf[17]]) as usize;
-                                        st.rbuf.drain(..used.min(st.rbuf.len()));
-                                        evs.push(Event::Malformed(e));
-                                    }
-                                    Err(e) => {
-                                        st.rbuf.clear();
-                                        evs.push(Event::Malformed(e));
-                                        break;
-                                    }
-                                }
-                            }
-                            evs
-                        }
+                    let got = match read {
+                        Ok(n) if n > 0 => Some(&buf[..n]),
+                        _ => None,
                     };
-                    for ev in events {
-                        match &ev {
-                            Event::Message(Message::Update(_)) => {
-                                self.metrics.bgp_updates.get_or_create(&self.dir("received")).inc();
-                            }
-                            Event::Message(Message::Notification(_)) => {
-                                self.metrics.bgp_notifications.get_or_create(&self.dir("received")).inc();
-                            }
-                            _ => {}
-                        }
-                        let out = st.fsm.handle(ev);
-                        self.apply(&mut st, out, &table).await;
-                    }
+                    self.on_read(&mut st, &table, got).await;
                 }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                    let now = Instant::now();
-                    for t in [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive] {
-                        if st.timers[timer_index(t)].is_some_and(|d| d <= now) {
-                            st.timers[timer_index(t)] = None;
-                            let out = st.fsm.handle(Event::Expired(t));
-                            self.apply(&mut st, out, &table).await;
-                        }
+                    self.on_timers(&mut st, &table).await;
+                }
+            }
+        }
+    }
+
+    /// Hands `ev` to the state machine and carries out what it says.
+    async fn feed(&self, st: &mut State, table: &Table, ev: Event) {
+        let out = st.fsm.handle(ev);
+        self.apply(st, out, table).await;
+    }
+
+    /// BFD declared the path down: do not wait for the hold timer (RFC 5882).
+    async fn on_bfd_down(&self, st: &mut State, table: &Table) {
+        tracing::warn!(peer = %self.peer.name, "BFD declared the path down; closing the session");
+        self.feed(st, table, Event::TcpFailed).await;
+    }
+
+    /// The router connected to us.
+    async fn on_incoming(
+        &self,
+        st: &mut State,
+        table: &Table,
+        stream: TcpStream,
+        candidates: &mpsc::Sender<(TcpStream, Open, Vec<u8>)>,
+    ) {
+        if !self.peer.passive {
+            // Both sides connected: read the router's OPEN, then keep one
+            // connection (RFC 4271 6.8) in `on_candidate`.
+            let Ok(permit) = candidates.clone().try_reserve_owned() else {
+                self.metrics.dropped("bgp_candidates");
+                return;
+            };
+            let name = self.peer.name.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), read_open(stream)).await {
+                    Ok(Ok(c)) => {
+                        permit.send(c);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %name, error = %e, "incoming connection closed before a valid OPEN")
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %name, "incoming connection sent no OPEN within 10 s; closed")
                     }
                 }
+            });
+            return;
+        }
+        if st.conn.is_some() {
+            // Only the router connects to a passive peer, so a second
+            // connection means it restarted and our old session is dead
+            // (we would otherwise wait out the hold timer). Replace it,
+            // as a graceful-restart helper does (RFC 4724 4.2).
+            tracing::info!(peer = %self.peer.name, "the router opened a new connection: replacing the old session");
+            self.feed(st, table, Event::TcpFailed).await;
+            self.feed(st, table, Event::Start).await;
+        }
+        tracing::info!(peer = %self.peer.name, "accepted a connection");
+        st.conn = Some(stream);
+        st.outgoing = false;
+        self.feed(st, table, Event::TcpConnected).await;
+    }
+
+    /// A connection the router opened while ours existed, with its OPEN:
+    /// the collision rule keeps one.
+    async fn on_candidate(
+        &self,
+        st: &mut State,
+        table: &Table,
+        mut stream: TcpStream,
+        open: Open,
+        rest: Vec<u8>,
+    ) {
+        match st.fsm.collision_with(open.router_id, st.outgoing) {
+            fsm::Collision::KeepCurrent => {
+                tracing::info!(peer = %self.peer.name, state = ?st.fsm.state(), router_id = %open.router_id, "connection collision: keeping the current connection, closing the router's new one");
+                let bytes = codec::encode(
+                    &Message::Notification(Notification::collision()),
+                    &Wire::default(),
+                );
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+            }
+            fsm::Collision::TakeIncoming(out) => {
+                tracing::info!(peer = %self.peer.name, router_id = %open.router_id, "connection collision: taking the router's connection");
+                self.apply(st, out, table).await;
+                st.conn = Some(stream);
+                st.rbuf = rest;
+                st.outgoing = false;
+                self.feed(st, table, Event::TcpConnected).await;
+                self.feed(st, table, Event::Message(Message::Open(open)))
+                    .await;
+            }
+        }
+    }
+
+    /// What the announcer told this peer, in order: service changes (merged
+    /// while consecutive), new advertisements, or the end.
+    async fn on_inputs(
+        &mut self,
+        st: &mut State,
+        table: &mut Table,
+        queue: Vec<PeerInput>,
+    ) -> Flow {
+        let mut batch: Vec<Change> = Vec::new();
+        for input in queue {
+            let input = match input {
+                PeerInput::Changes(c) => {
+                    batch.extend(c.iter().cloned());
+                    continue;
+                }
+                other => other,
+            };
+            let touched = table.apply(&std::mem::take(&mut batch));
+            self.sync_services(st, &touched).await;
+            match input {
+                PeerInput::Advertisements(ads) => {
+                    tracing::info!(peer = %self.peer.name, "advertisements changed: sending the differences");
+                    self.ads = ads;
+                    self.sync(st, table).await;
+                }
+                PeerInput::Stop { reason, forget } => {
+                    self.feed(st, table, Event::Stop(reason.into())).await;
+                    if forget {
+                        self.forget();
+                    }
+                    return Flow::Stop;
+                }
+                PeerInput::Changes(_) => {}
+            }
+        }
+        let touched = table.apply(&batch);
+        self.sync_services(st, &touched).await;
+        Flow::Continue
+    }
+
+    /// Our connect finished.
+    async fn on_connected(
+        &self,
+        st: &mut State,
+        table: &Table,
+        result: std::io::Result<TcpStream>,
+    ) {
+        st.connecting = None;
+        let ev = match result {
+            Ok(stream) => {
+                tracing::info!(peer = %self.peer.name, address = %self.peer.address, "connected");
+                st.conn = Some(stream);
+                st.outgoing = true;
+                Event::TcpConnected
+            }
+            Err(e) => {
+                self.connect_failed(st, &e);
+                Event::TcpFailed
+            }
+        };
+        self.feed(st, table, ev).await;
+    }
+
+    /// Bytes from the router (`None`: the connection ended or failed):
+    /// every whole message in the buffer goes to the state machine.
+    async fn on_read(&self, st: &mut State, table: &Table, got: Option<&[u8]>) {
+        let Some(bytes) = got else {
+            self.feed(st, table, Event::TcpFailed).await;
+            return;
+        };
+        st.rbuf.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        loop {
+            match codec::decode(&st.rbuf, &st.wire) {
+                Ok(Some((m, used))) => {
+                    st.rbuf.drain(..used);
+                    events.push(Event::Message(m));
+                }
+                Ok(None) => break,
+                Err(e) if e.action == codec::Action::TreatAsWithdraw => {
+                    // Only that UPDATE is bad; its header's length was checked,
+                    // and the messages after it are read as usual.
+                    let used = u16::from_be_bytes([st.rbuf[16], st.rbuf[17]]) as usize;
+                    st.rbuf.drain(..used.min(st.rbuf.len()));
+                    events.push(Event::Malformed(e));
+                }
+                Err(e) => {
+                    st.rbuf.clear();
+                    events.push(Event::Malformed(e));
+                    break;
+                }
+            }
+        }
+        for ev in events {
+            match &ev {
+                Event::Message(Message::Update(_)) => {
+                    self.metrics
+                        .bgp_updates
+                        .get_or_create(&self.dir("received"))
+                        .inc();
+                }
+                Event::Message(Message::Notification(_)) => {
+                    self.metrics
+                        .bgp_notifications
+                        .get_or_create(&self.dir("received"))
+                        .inc();
+                }
+                _ => {}
+            }
+            self.feed(st, table, ev).await;
+        }
+    }
+
+    /// Timers that are due, in a fixed order.
+    async fn on_timers(&self, st: &mut State, table: &Table) {
+        let now = Instant::now();
+        for t in [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive] {
+            if st.timers[timer_index(t)].is_some_and(|d| d <= now) {
+                st.timers[timer_index(t)] = None;
+                self.feed(st, table, Event::Expired(t)).await;
             }
         }
     }
