@@ -154,6 +154,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     /// Writes of this node's NodeAnnouncement (Kubernetes mode) by result.
     pub announcement_writes: Family<ResultLabels, Counter>,
+    /// Role Events (announced, withdrawn) held back by the per-Service budget.
+    pub events_held_back: Counter,
     /// ARP requests and neighbour solicitations received for owned VIPs.
     pub l2_requests: Family<IfaceLabels, Counter>,
     /// Answers sent.
@@ -230,6 +232,7 @@ impl Metrics {
             udp_packets: Family::default(),
             config_reloads: Family::default(),
             announcement_writes: Family::default(),
+            events_held_back: Counter::default(),
             l2_requests: Family::default(),
             l2_answers: Family::default(),
             l2_gratuitous: Family::default(),
@@ -312,6 +315,11 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads by result",
             m.config_reloads.clone(),
+        );
+        registry.register(
+            "events_held_back",
+            "Role Events (IPAnnounced, IPWithdrawn) a flapping Service did not get: after 5, one per 30 s per Service",
+            m.events_held_back.clone(),
         );
         registry.register(
             "node_announcement_writes",
@@ -487,6 +495,7 @@ mod tests {
                 result: "ok".into(),
             })
             .inc();
+        m.events_held_back.inc();
         m.l2_requests.get_or_create(&iface).inc();
         m.l2_answers.get_or_create(&iface).inc();
         m.l2_gratuitous.get_or_create(&iface).inc();

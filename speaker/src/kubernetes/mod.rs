@@ -423,6 +423,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut last_excluded = Vec::new();
     // What this node announces, per service, and which changes are news.
     let mut announcing = roles::Roles::default();
+    // Role Events per Service: a burst, then one per 30 s.
+    let mut event_budget = roles::EventBudget::default();
     // The `vip_announced` series set per service, so a change removes its own.
     let mut series: BTreeMap<String, Vec<crate::metrics::AnnouncedLabels>> = BTreeMap::new();
     let mut owned_rx: Option<watch::Receiver<BTreeSet<String>>> = None;
@@ -652,6 +654,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     Some(roles::Note::Withdrawn(n)) => ("IPWithdrawn", "Withdraw", n),
                     None => continue,
                 };
+                let note = match event_budget.allow(&c.key, std::time::Instant::now()) {
+                    None => {
+                        metrics.events_held_back.inc();
+                        tracing::debug!(service = %c.key, "{note} (no Event: this Service's budget is spent)");
+                        continue;
+                    }
+                    Some(0) => note,
+                    Some(held) => {
+                        format!("{note} ({held} earlier changes got no Event: the Service flaps)")
+                    }
+                };
                 tracing::info!(service = %c.key, "{note}");
                 events.send(service_event(
                     &c.key,
@@ -702,6 +715,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 if let Some(a) = announcers.as_mut() {
                     a.refresh_keys();
                 }
+                event_budget.prune(std::time::Instant::now());
             }
             r = async { owned_rx.as_mut().expect("guarded").changed().await }, if owned_rx.is_some() => {
                 // A layer 2 election changed what this node owns.

@@ -139,9 +139,91 @@ impl Roles {
     }
 }
 
+/// Role Events a Service may get in a burst.
+pub const EVENT_BURST: u32 = 5;
+/// After a burst, one role Event per Service this often.
+pub const EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A per-Service budget for role Events, as the Kubernetes event recorder's
+/// spam filter has: a Service whose endpoints flap every second would
+/// otherwise get an Event a second from every node, costing the API server
+/// writes and this speaker CPU. A burst of [`EVENT_BURST`] passes, then one
+/// per [`EVENT_EVERY`]; the next Event that passes says how many were held
+/// back, and the metrics and NodeAnnouncement always show the current state.
+#[derive(Debug, Default)]
+pub struct EventBudget {
+    /// Per Service: tokens left, when they were last counted, Events held back.
+    per: BTreeMap<String, (u32, std::time::Instant, u32)>,
+}
+
+impl EventBudget {
+    /// Whether an Event about `key` may go now; `Some(n)`: yes, with `n`
+    /// held back since the last one.
+    pub fn allow(&mut self, key: &str, now: std::time::Instant) -> Option<u32> {
+        let (tokens, at, held) = self
+            .per
+            .entry(key.to_string())
+            .or_insert((EVENT_BURST, now, 0));
+        let earned = (now.duration_since(*at).as_secs_f64() / EVENT_EVERY.as_secs_f64()) as u32;
+        if earned > 0 {
+            *tokens = (*tokens + earned).min(EVENT_BURST);
+            *at += EVENT_EVERY * earned;
+        }
+        if *tokens == 0 {
+            *held += 1;
+            return None;
+        }
+        *tokens -= 1;
+        Some(std::mem::take(held))
+    }
+
+    /// Forgets Services whose budget is full again and nothing held back
+    /// (keeps the map as small as the Services that flap).
+    pub fn prune(&mut self, now: std::time::Instant) {
+        self.per.retain(|_, (tokens, at, held)| {
+            *held > 0 || now.duration_since(*at) < EVENT_EVERY * (EVENT_BURST - *tokens)
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flapping_service_gets_a_burst_then_one_event_per_period() {
+        let t0 = std::time::Instant::now();
+        let mut b = EventBudget::default();
+        let sec = std::time::Duration::from_secs(1);
+        // Flapping every second for two minutes: 5 at once, then one per 30 s.
+        let mut sent = Vec::new();
+        for i in 0..120u32 {
+            if let Some(held) = b.allow("shop/web", t0 + sec * i) {
+                sent.push((i, held));
+            }
+        }
+        assert_eq!(
+            sent,
+            vec![
+                (0, 0),
+                (1, 0),
+                (2, 0),
+                (3, 0),
+                (4, 0),
+                (30, 25),
+                (60, 29),
+                (90, 29)
+            ]
+        );
+        // Another Service has its own budget.
+        assert_eq!(b.allow("shop/api", t0 + sec * 120), Some(0));
+        // Quiet for long enough: the budget refills, and the entry can go.
+        b.prune(t0 + sec * 1000);
+        assert_eq!(b.per.len(), 1, "shop/web still holds back 29 changes");
+        assert_eq!(b.allow("shop/web", t0 + sec * 1000), Some(29));
+        b.prune(t0 + sec * 2000);
+        assert!(b.per.is_empty());
+    }
 
     fn svc(key: &str, healthy: bool) -> Arc<ServiceVips> {
         Arc::new(ServiceVips {
