@@ -1,5 +1,6 @@
-//! ferrolb's native BGP speaker, the pure parts: messages and their codec
-//! (the session state machine joins later). Written in-project rather than
+//! ferrolb's native BGP speaker, the pure parts: messages, their codec
+//! (`codec`: encode, pack, decode) and the session state machine (`fsm`);
+//! the speaker's `bgp` module drives them with sockets. Written in-project rather than
 //! taken from bgp-rs (GPL-3.0, unmaintained, wrong AS_PATH width under
 //! RFC 6793); see docs/decisions.md.
 
