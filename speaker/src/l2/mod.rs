@@ -365,6 +365,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     local,
                     owned_tx,
                     refused_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
+                    send_warn: ferrolb_ops::RateLimit::new(Duration::from_secs(60)),
                     conflict_reports: reports2,
                     main,
                     run,
@@ -578,6 +579,8 @@ struct Runner {
     owned_tx: tokio::sync::watch::Sender<BTreeSet<String>>,
     /// One warning a minute about refused datagrams, naming the source.
     refused_warn: ferrolb_ops::RateLimit,
+    /// One error a minute about heartbeats that could not be sent.
+    send_warn: ferrolb_ops::RateLimit,
     /// Re-assertions after a conflict, for whoever reports them (Kubernetes Events).
     conflict_reports: tokio::sync::broadcast::Sender<ConflictReport>,
     /// This run's id in signed heartbeats (kept when the keys change).
@@ -815,7 +818,14 @@ impl Runner {
         let claims = self.claims();
         let (sends, changes) = self.membership.tick(now, &claims);
         for (to, bytes) in sends {
-            let _ = self.udp.send_to(&bytes, to).await;
+            if let Err(e) = self.udp.send_to(&bytes, to).await {
+                // Unsent heartbeats make the peers declare this node down:
+                // say so (a heartbeat is one datagram, so a node claiming
+                // thousands of Services cannot send it: docs/l2.md).
+                if let Some(held) = self.send_warn.allow(std::time::Instant::now()) {
+                    tracing::error!(%to, bytes = bytes.len(), claims = claims.len(), error = %e, repeats_not_logged = held, "cannot send a heartbeat; the other members will declare this node down");
+                }
+            }
         }
         let mut any = false;
         for c in changes {
