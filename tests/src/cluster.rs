@@ -465,6 +465,16 @@ impl KubeSpeaker {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Kept when the test failed (its logs explain it); gone otherwise:
+        // the product tests put two Pod images (~400 MB) in it.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 impl Drop for KubeSpeaker {
     fn drop(&mut self) {
         let _ = self.child.kill();
