@@ -253,6 +253,15 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Ownership changes counted by every node's speaker, summed: unchanged
+    /// while no VIP moves.
+    pub fn ownership_changes(&self) -> u64 {
+        NODES
+            .iter()
+            .map(|(n, _, _)| self.counter(n, "ferrolb_l2_ownership_changes_total"))
+            .sum()
+    }
+
     /// Starts (or restarts) the speaker of `node`.
     pub fn start_speaker(&mut self, node: &str) {
         let log = self.dir.join(format!("{node}-speaker.log"));

@@ -211,12 +211,7 @@ fn a_live_key_rotation_moves_nothing() {
     let url = "http://192.0.2.100:8080/";
     let owner = c.wait_served(url, Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    let changes = |c: &Cluster| -> u64 {
-        NODES
-            .iter()
-            .map(|(n, ..)| c.counter(n, "ferrolb_l2_ownership_changes_total"))
-            .sum()
-    };
+    let changes = |c: &Cluster| c.ownership_changes();
     let settled = changes(&c);
     let mut applied = 0;
     for step in [

@@ -372,12 +372,7 @@ fn layer2_settings_change_live_and_a_refused_change_moves_nothing() {
     let owner = c.wait_served(url, Duration::from_secs(10));
     // Settled: one owner answers, and the ownership counters are the baseline.
     std::thread::sleep(Duration::from_secs(1));
-    let changes = |c: &Cluster| -> u64 {
-        NODES
-            .iter()
-            .map(|(n, _, _)| c.counter(n, "ferrolb_l2_ownership_changes_total"))
-            .sum()
-    };
+    let changes = |c: &Cluster| c.ownership_changes();
     let reloads = |c: &Cluster, result: &str| -> Vec<u64> {
         NODES
             .iter()
