@@ -1,20 +1,24 @@
 //! Standalone mode: the speaker reads pools, services and backends from a
 //! YAML file, allocates VIPs, forwards traffic, and reloads on SIGHUP or
-//! when the file changes, with no Kubernetes involved.
+//! when the file changes, with no Kubernetes involved. `core` decides (when
+//! a file is read, what is applied, what the announcers are told); the
+//! runner here is its shell.
 
-use crate::announce::{Announcer, ServiceVips};
-use crate::announcers::{Announcers, HostSettings, NodeView};
+pub mod core;
+
+use self::core::{Core, Output, Stamp};
+use crate::announce::Announcer;
+use crate::announcers::{Announcers, HostSettings};
 use crate::forwarder::Forwarder;
 use crate::metrics::Metrics;
 use crate::plan::{self, Plan};
 use anyhow::{bail, Context};
 use ferrolb_config::Config;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How standalone mode runs.
@@ -64,23 +68,9 @@ pub fn load(path: &Path) -> Result<(Config, Plan), String> {
 }
 
 /// Modification time and size: a change in either triggers a reload.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
-}
-
-fn vips(plan: &Plan, health: &BTreeMap<String, bool>) -> Vec<ServiceVips> {
-    plan.services
-        .iter()
-        .map(|s| ServiceVips {
-            key: s.service.name.clone(),
-            pool: s.assignment.pool.to_string(),
-            vips: s.assignment.ips.clone(),
-            healthy: s.service.ports.is_empty()
-                || health.get(&s.service.name).copied().unwrap_or(false),
-            nodes: None,
-        })
-        .collect()
 }
 
 /// Describes where to reach each forwarded port.
@@ -100,26 +90,12 @@ fn log_plan(plan: &Plan) {
     }
 }
 
-/// Who this node is in `config`: its member entry's labels and address.
-fn node_view(config: &Config, node: &str) -> NodeView {
-    let me = config.members.iter().find(|m| m.name == node);
-    let mut labels = me.map(|m| m.labels.clone()).unwrap_or_default();
-    labels.insert("kubernetes.io/hostname".into(), node.to_string());
-    NodeView {
-        node: node.to_string(),
-        members: config.members.clone(),
-        labels,
-        fallback_id: me.and_then(|m| match m.address.ip() {
-            std::net::IpAddr::V4(a) => Some(a),
-            _ => None,
-        }),
-    }
-}
-
-/// Runs until SIGTERM or SIGINT, then drains.
+/// Runs until SIGTERM or SIGINT, then drains: signals, polls and health
+/// feed the [`Core`], and this loop carries out its outputs.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let (config, mut plan) = match load(&opts.config) {
+    let first_stamp = stamp(&opts.config);
+    let (config, plan) = match load(&opts.config) {
         Ok(x) => x,
         Err(e) => bail!("{e}"),
     };
@@ -141,7 +117,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     .await?;
     let mut announcer = Announcers::start(
         &config,
-        node_view(&config, &opts.node),
+        core::node_view(&config, &opts.node),
         &metrics,
         &HostSettings {
             route_linger: opts.route_linger,
@@ -158,80 +134,37 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "standalone speaker ready"
     );
     ready.store(true, Ordering::Relaxed);
-
+    let mut core = Core::new(&opts.node, plan, first_stamp);
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    // The file's stamp as loaded, and as last seen: a change is loaded once
-    // it has stayed the same for one poll, so a file caught mid-write
-    // (truncated, half written: possibly valid YAML that says "nothing") is
-    // never applied. SIGHUP loads at once.
-    let mut loaded_stamp = stamp(&opts.config);
-    let mut seen_stamp = loaded_stamp;
     let mut poll = tokio::time::interval(opts.poll);
     let mut health_tick = tokio::time::interval(Duration::from_millis(100));
     let mut health = forwarder.service_health();
-    // What the announcers were told: they receive only what changes.
-    let mut announced = crate::announce::Table::default();
-    let mut told = false;
+    let mut queue = std::collections::VecDeque::new();
     loop {
-        let reason = tokio::select! {
-            _ = hup.recv() => Some("SIGHUP"),
-            _ = poll.tick() => {
-                announcer.refresh_keys();
-                let now = stamp(&opts.config);
-                let settled = now == seen_stamp;
-                seen_stamp = now;
-                (settled && now != loaded_stamp).then_some("file changed")
-            }
-            _ = health_tick.tick() => {
-                forwarder.refresh_health();
-                None
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        if let Some(reason) = reason {
-            let before = stamp(&opts.config);
-            let read = load(&opts.config);
-            if stamp(&opts.config) != before {
-                // Written while read: the next settled poll loads it whole.
-                tracing::debug!(
-                    reason,
-                    "the file changed while it was read; reading it again"
-                );
-                seen_stamp = None;
-                continue;
-            }
-            loaded_stamp = before;
-            seen_stamp = before;
-            // Announcers first: a change they refuse refuses the whole file,
-            // so what runs always comes from one configuration.
-            let loaded = match read {
-                Ok((config, new_plan)) => {
-                    match announcer
-                        .reconfigure(&config, node_view(&config, &opts.node))
+        core.health(health.borrow_and_update().clone());
+        queue.extend(core.step());
+        while let Some(o) = queue.pop_front() {
+            match o {
+                Output::Configure { config, view } => {
+                    let answer = announcer
+                        .reconfigure(&config, view)
                         .await
-                    {
-                        Ok(done) => {
-                            for line in done {
-                                tracing::info!(reason, "reconfigured: {line}");
-                            }
-                            Ok((config, new_plan))
-                        }
-                        Err(e) => Err(format!("{e:#}")),
-                    }
+                        .map_err(|e| format!("{e:#}"));
+                    queue.extend(core.configured(answer));
+                    queue.extend(core.step());
                 }
-                Err(e) => Err(e),
-            };
-            match loaded {
-                Ok((config, new_plan)) => {
-                    let errors = forwarder.apply(&new_plan, &config.forwarder);
+                Output::Forward {
+                    plan,
+                    config,
+                    reason,
+                } => {
+                    let errors = forwarder.apply(&plan, &config.forwarder);
                     for e in &errors {
                         tracing::error!(error = %e, "reload: listener not opened");
                     }
                     metrics.reloaded(errors.is_empty());
-                    plan = new_plan;
                     log_plan(&plan);
                     tracing::info!(
                         reason,
@@ -239,22 +172,35 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         "configuration reloaded"
                     );
                 }
-                Err(e) => {
+                Output::Announce(changes) => announcer.update(&changes),
+                Output::Refused { reason, error } => {
                     metrics.reloaded(false);
                     tracing::error!(
                         reason,
-                        "reload refused, the running configuration stays in force:\n{e}"
+                        "reload refused, the running configuration stays in force:\n{error}"
                     );
                 }
             }
         }
-        let current = vips(&plan, &health.borrow_and_update());
-        let changes = announced.diff(&current);
-        if !changes.is_empty() || !told {
-            announced.apply(&changes);
-            announcer.update(&changes);
-            told = true;
-        }
+        let reason = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                announcer.refresh_keys();
+                if !core.poll(stamp(&opts.config)) {
+                    continue;
+                }
+                "file changed"
+            }
+            _ = health_tick.tick() => {
+                forwarder.refresh_health();
+                continue;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let before = stamp(&opts.config);
+        let read = load(&opts.config);
+        queue.extend(core.read(reason, before, stamp(&opts.config), read));
     }
     tracing::info!("shutting down: no new connections");
     ready.store(false, Ordering::Relaxed);
