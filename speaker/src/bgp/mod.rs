@@ -1218,8 +1218,8 @@ impl PeerTask {
             return;
         };
         let mut gone: Vec<Prefix> = Vec::new();
-        let mut by_attrs: Vec<(Attrs, Vec<Prefix>)> = Vec::new();
-        let mut now: Vec<(Prefix, Option<Attrs>)> = Vec::new();
+        let mut by_attrs: Vec<(Arc<Attrs>, Vec<Prefix>)> = Vec::new();
+        let mut now: Vec<(Prefix, Option<Arc<Attrs>>)> = Vec::new();
         for p in touched {
             let want = rib.want(p).filter(|_| st.families.contains(&p.afi()));
             let have = st.advertised.get(p);
@@ -1232,9 +1232,9 @@ impl PeerTask {
                 (Some(a), h) if h != Some(a) => {
                     match by_attrs.iter_mut().find(|(x, _)| x == a) {
                         Some((_, list)) => list.push(*p),
-                        None => by_attrs.push((a.clone(), vec![*p])),
+                        None => by_attrs.push((Arc::clone(a), vec![*p])),
                     }
-                    now.push((*p, Some(a.clone())));
+                    now.push((*p, Some(Arc::clone(a))));
                 }
                 _ => {}
             }
@@ -1280,7 +1280,8 @@ struct State {
     timers: [Option<Instant>; 3],
     connecting: Option<Connecting>,
     wire: Wire,
-    advertised: BTreeMap<Prefix, Attrs>,
+    /// What the peer has: attributes shared with the [`Rib`] they came from.
+    advertised: BTreeMap<Prefix, Arc<Attrs>>,
     families: Vec<Afi>,
     pending: Vec<Event>,
     /// Next hops of the current session, found when it is established.

@@ -9,6 +9,7 @@ use ferrolb_bgp::message::*;
 use ferrolb_config::{BgpAdvertisement, Peer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 /// The next hop a session gives its routes, per family; a family without
 /// one is not sent on that session.
@@ -116,51 +117,79 @@ pub fn routes(
 /// services share (an aggregate, a shared VIP) carries the attributes of
 /// the first of them by key, so every node and every order of changes gives
 /// the same answer.
+///
+/// Sized for 10,000 services: attributes are shared (`Arc`, one per
+/// distinct set: in practice one per advertisement and family), and each
+/// prefix keeps its few claimants in a sorted `Vec` (a `BTreeMap` per
+/// prefix would allocate a node for eleven entries to hold one).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rib {
-    by_service: BTreeMap<String, Vec<(Prefix, Attrs)>>,
-    by_prefix: BTreeMap<Prefix, BTreeMap<String, Attrs>>,
+    by_service: BTreeMap<String, Vec<Prefix>>,
+    /// Per prefix: the services that want it, sorted by key, with their attributes.
+    by_prefix: BTreeMap<Prefix, Vec<(String, Arc<Attrs>)>>,
+    /// The distinct attribute sets in use (see [`Rib::intern`]).
+    interned: Vec<Arc<Attrs>>,
 }
 
+/// Distinct attribute sets kept before the unused ones are dropped.
+const INTERNED_KEPT: usize = 64;
+
 impl Rib {
+    /// The shared copy of `attrs`: routes with the same attributes hold
+    /// one allocation, and the peer task compares them by pointer first.
+    fn intern(&mut self, attrs: Attrs) -> Arc<Attrs> {
+        if let Some(a) = self.interned.iter().find(|a| ***a == attrs) {
+            return Arc::clone(a);
+        }
+        if self.interned.len() >= INTERNED_KEPT {
+            // Only this list holds them: no route uses them any more.
+            self.interned.retain(|a| Arc::strong_count(a) > 1);
+        }
+        let a = Arc::new(attrs);
+        if self.interned.len() < INTERNED_KEPT {
+            self.interned.push(Arc::clone(&a));
+        }
+        a
+    }
+
     /// Sets service `key`'s routes (empty: it has none); returns the
     /// prefixes whose wanted route may have changed.
     pub fn set(&mut self, key: &str, routes: Vec<(Prefix, Attrs)>) -> BTreeSet<Prefix> {
         let mut touched = BTreeSet::new();
-        if let Some(old) = self.by_service.remove(key) {
-            for (p, _) in old {
-                touched.insert(p);
-                if let Some(c) = self.by_prefix.get_mut(&p) {
-                    c.remove(key);
-                    if c.is_empty() {
-                        self.by_prefix.remove(&p);
-                    }
+        for p in self.by_service.remove(key).unwrap_or_default() {
+            touched.insert(p);
+            if let Some(c) = self.by_prefix.get_mut(&p) {
+                c.retain(|(k, _)| k != key);
+                if c.is_empty() {
+                    self.by_prefix.remove(&p);
                 }
             }
         }
-        for (p, a) in &routes {
-            touched.insert(*p);
-            self.by_prefix
-                .entry(*p)
-                .or_default()
-                .insert(key.to_string(), a.clone());
+        let mut prefixes = Vec::with_capacity(routes.len());
+        for (p, a) in routes {
+            touched.insert(p);
+            prefixes.push(p);
+            let a = self.intern(a);
+            let c = self.by_prefix.entry(p).or_default();
+            let at = c.partition_point(|(k, _)| k.as_str() < key);
+            c.insert(at, (key.to_string(), a));
         }
-        if !routes.is_empty() {
-            self.by_service.insert(key.to_string(), routes);
+        if !prefixes.is_empty() {
+            self.by_service.insert(key.to_string(), prefixes);
         }
         touched
     }
 
     /// The route wanted for `prefix`, if any.
-    pub fn want(&self, prefix: &Prefix) -> Option<&Attrs> {
-        self.by_prefix.get(prefix)?.values().next()
+    pub fn want(&self, prefix: &Prefix) -> Option<&Arc<Attrs>> {
+        Some(&self.by_prefix.get(prefix)?.first()?.1)
     }
 
     /// Every wanted route, in prefix order.
-    pub fn routes(&self) -> impl Iterator<Item = (&Prefix, &Attrs)> {
+    pub fn routes(&self) -> impl Iterator<Item = (&Prefix, &Arc<Attrs>)> {
         self.by_prefix
             .iter()
-            .filter_map(|(p, c)| Some((p, c.values().next()?)))
+            .filter_map(|(p, c)| Some((p, &c.first()?.1)))
     }
 
     /// How many prefixes are wanted.
@@ -186,7 +215,7 @@ pub fn desired<'a>(
     for s in services {
         rib.set(&s.key, routes(s, ads, peer, hops));
     }
-    rib.routes().map(|(p, a)| (*p, a.clone())).collect()
+    rib.routes().map(|(p, a)| (*p, Attrs::clone(a))).collect()
 }
 
 #[cfg(test)]
@@ -391,8 +420,52 @@ bgp:
                 }
             }
             let have: BTreeMap<Prefix, Attrs> =
-                rib.routes().map(|(p, a)| (*p, a.clone())).collect();
+                rib.routes().map(|(p, a)| (*p, Attrs::clone(a))).collect();
             assert_eq!(have, want);
         }
+    }
+
+    #[test]
+    fn routes_with_the_same_attributes_share_one_copy_and_unused_ones_go() {
+        let (_, bgp) = setup("");
+        let peer = &bgp.peers[0];
+        let hops = v4_session(peer);
+        let mut rib = Rib::default();
+        for i in 0..1_000u32 {
+            let s = ServiceVips {
+                key: format!("ns/s{i}"),
+                pool: "a".into(),
+                vips: vec![IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + (i % 16)))],
+                healthy: true,
+                nodes: None,
+            };
+            rib.set(&s.key, routes(&s, &bgp.advertisements, peer, hops));
+        }
+        let all: Vec<&Arc<Attrs>> = rib.routes().map(|(_, a)| a).collect();
+        assert_eq!(all.len(), 16);
+        assert!(
+            all.iter().all(|a| Arc::ptr_eq(a, all[0])),
+            "one shared copy"
+        );
+        assert_eq!(rib.interned.len(), 1);
+        // Attributes that keep changing (a MED per change) cannot grow the
+        // list past its bound: sets no route uses any more are dropped.
+        let mut a = Attrs::clone(all[0]);
+        for med in 0..500 {
+            a.med = Some(med);
+            let p = *rib.routes().next().map(|(p, _)| p).expect("a route");
+            rib.set("ns/s0", vec![(p, a.clone())]);
+        }
+        assert!(
+            rib.interned.len() <= INTERNED_KEPT,
+            "{}",
+            rib.interned.len()
+        );
+        assert_eq!(
+            rib.want(&rib.routes().next().map(|(p, _)| *p).expect("a route"))
+                .and_then(|a| a.med),
+            Some(499),
+            "ns/s0 is its prefix's first claimant by key"
+        );
     }
 }

@@ -347,13 +347,7 @@ impl Core {
         let index = &mut self.index;
         match ev {
             ApiEvent::Service(e) => match *e {
-                watcher::Event::Apply(mut s) | watcher::Event::InitApply(mut s) => {
-                    // Kept for as long as the Service exists: without the
-                    // field ownership records, which the speaker never
-                    // reads (a third of a typical object).
-                    s.metadata.managed_fields = None;
-                    index.apply_service(Arc::new(s))
-                }
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => index.apply_service(&s),
                 watcher::Event::Delete(s) => index.delete_service(&s),
                 watcher::Event::Init => index.relist(Kind::Service),
                 watcher::Event::InitDone => {

@@ -59,7 +59,8 @@ pub struct Index {
     filter: Filter,
     mode: Recompute,
     config: Option<Arc<Config>>,
-    services: BTreeMap<String, Arc<Service>>,
+    /// What each Service says that the speaker reads.
+    services: BTreeMap<String, model::Facts>,
     /// Slice (`namespace/name`) -> its Service and ready endpoints.
     slices: BTreeMap<String, (String, Vec<Endpoint>)>,
     /// Service -> its slices.
@@ -206,14 +207,16 @@ impl Index {
         }
     }
 
-    /// A Service was created or changed.
-    pub fn apply_service(&mut self, svc: Arc<Service>) {
+    /// A Service was created or changed: only its [`model::Facts`] are
+    /// kept, and a change to nothing they hold re-derives nothing.
+    pub fn apply_service(&mut self, svc: &Service) {
         let key = key_of(&svc.metadata);
         self.seen(Kind::Service, &key);
-        if self.services.get(&key).is_some_and(|old| **old == *svc) {
+        let facts = model::Facts::of(svc);
+        if self.services.get(&key) == Some(&facts) {
             return;
         }
-        self.services.insert(key.clone(), svc);
+        self.services.insert(key.clone(), facts);
         self.dirty.insert(key);
     }
 
@@ -270,7 +273,7 @@ impl Index {
 
     /// A Service's uid (for Events about it).
     pub fn uid(&self, key: &str) -> Option<String> {
-        self.services.get(key)?.metadata.uid.clone()
+        self.services.get(key)?.uid.clone()
     }
 
     /// What the announcers were last told about a Service.
@@ -518,7 +521,7 @@ mod tests {
                     0 => {
                         let s = service(i, next(2) == 0, next(2) == 0);
                         services.insert(key_of(&s.metadata), s.clone());
-                        index.apply_service(Arc::new(s));
+                        index.apply_service(&s);
                         true
                     }
                     1 => {
@@ -596,7 +599,7 @@ mod tests {
             BTreeSet::new(),
         );
         for i in 0..3 {
-            index.apply_service(Arc::new(service(i, false, false)));
+            index.apply_service(&service(i, false, false));
             index.apply_slice(&slice(i, 0, &[(1, "n1", true)]));
         }
         assert_eq!(index.flush().changes.len(), 3);
@@ -604,7 +607,7 @@ mod tests {
         index.relist(Kind::Service);
         index.relist(Kind::Slice);
         for i in [0, 2] {
-            index.apply_service(Arc::new(service(i, false, false)));
+            index.apply_service(&service(i, false, false));
             index.apply_slice(&slice(i, 0, &[(1, "n1", true)]));
         }
         index.relist_done(Kind::Service);
@@ -622,7 +625,7 @@ mod tests {
             &["n1".to_string()].into(),
             BTreeSet::new(),
         );
-        index.apply_service(Arc::new(service(7, false, false)));
+        index.apply_service(&service(7, false, false));
         index.apply_slice(&slice(7, 0, &[(1, "n1", true)]));
         assert_eq!(index.flush(), Delta::default());
         index.set_config(config());

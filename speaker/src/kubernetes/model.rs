@@ -55,8 +55,8 @@ impl Default for Filter {
 pub struct Endpoint {
     ip: IpAddr,
     node: Option<String>,
-    /// Port name -> (protocol, number).
-    ports: Vec<(String, Protocol, u16)>,
+    /// Port name -> (protocol, number): the slice's, shared by its endpoints.
+    ports: std::sync::Arc<[(String, Protocol, u16)]>,
 }
 
 /// Why a node cannot announce anything.
@@ -97,7 +97,7 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
 pub fn slice_endpoints(s: &EndpointSlice) -> Option<(String, Vec<Endpoint>)> {
     let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
     let key = format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or(""), svc);
-    let ports: Vec<(String, Protocol, u16)> = s
+    let ports: std::sync::Arc<[(String, Protocol, u16)]> = s
         .ports
         .iter()
         .flatten()
@@ -123,7 +123,7 @@ pub fn slice_endpoints(s: &EndpointSlice) -> Option<(String, Vec<Endpoint>)> {
                 out.push(Endpoint {
                     ip,
                     node: e.node_name.clone(),
-                    ports: ports.clone(),
+                    ports: std::sync::Arc::clone(&ports),
                 });
             }
         }
@@ -194,15 +194,90 @@ pub fn usable_nodes(
     (usable, excluded)
 }
 
+/// What the speaker reads of a Service, and nothing else: it keeps one for
+/// every Service for as long as the Service exists, and 10,000 of them as
+/// whole API objects (824 bytes inline before any string, map or list; a
+/// one-entry annotation map alone allocates a node for eleven) were the
+/// largest part of its memory. A change to anything else (managed fields,
+/// `kubectl apply`'s copy of the object, selector, cluster addresses,
+/// resourceVersion) gives equal facts, so it re-derives nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `metadata.uid`, for Events.
+    pub uid: Option<String>,
+    /// `spec.type` is `LoadBalancer`.
+    pub load_balancer: bool,
+    /// `spec.loadBalancerClass`.
+    pub class: Option<String>,
+    /// `spec.externalTrafficPolicy` is `Local`.
+    pub local: bool,
+    /// `status.loadBalancer.ingress[].ip`, those that parse.
+    pub vips: Vec<IpAddr>,
+    /// The pool annotation the controller writes.
+    pub pool: Option<String>,
+    /// The forward annotation is `true`.
+    pub forward: bool,
+    /// `spec.loadBalancerSourceRanges`, blank entries dropped.
+    pub source_ranges: Vec<String>,
+    /// The source-ranges annotation, read when the field is empty.
+    pub source_ranges_annotation: Option<String>,
+    /// `spec.ports` with a protocol the forwarder knows: (name, protocol, port).
+    pub ports: Vec<(String, Protocol, i32)>,
+}
+
+impl Facts {
+    /// The facts of `svc`.
+    pub fn of(svc: &Service) -> Facts {
+        let ann = svc.metadata.annotations.as_ref();
+        let spec = svc.spec.as_ref();
+        Facts {
+            uid: svc.metadata.uid.clone(),
+            load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
+            class: spec.and_then(|s| s.load_balancer_class.clone()),
+            local: spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
+            vips: svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect(),
+            pool: ann.and_then(|a| a.get(POOL_ANNOTATION)).cloned(),
+            forward: ann
+                .and_then(|a| a.get(FORWARD_ANNOTATION))
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            source_ranges: spec
+                .and_then(|s| s.load_balancer_source_ranges.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|r| !r.trim().is_empty())
+                .cloned()
+                .collect(),
+            source_ranges_annotation: ann.and_then(|a| a.get(SOURCE_RANGES_ANNOTATION)).cloned(),
+            ports: spec
+                .and_then(|s| s.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((
+                        p.name.clone().unwrap_or_default(),
+                        protocol(p.protocol.as_deref())?,
+                        p.port,
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Whether the speaker handles this Service (type and class).
-pub fn handled(svc: &Service, filter: &Filter) -> bool {
-    let Some(spec) = svc.spec.as_ref() else {
-        return false;
-    };
-    if spec.type_.as_deref() != Some("LoadBalancer") {
+pub fn handled(svc: &Facts, filter: &Filter) -> bool {
+    if !svc.load_balancer {
         return false;
     }
-    match spec.load_balancer_class.as_deref() {
+    match svc.class.as_deref() {
         Some(c) => c == filter.class,
         None => !filter.ignore_classless,
     }
@@ -231,20 +306,23 @@ pub fn desired(
         excluded,
         ..Desired::default()
     };
-    let mut sorted: Vec<&Service> = services
+    let mut sorted: Vec<(String, Facts)> = services
         .iter()
         .map(Borrow::borrow)
-        .filter(|s| handled(s, filter))
+        .map(|s| {
+            let key = format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or("")
+            );
+            (key, Facts::of(s))
+        })
+        .filter(|(_, f)| handled(f, filter))
         .collect();
-    sorted.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
-    for svc in sorted {
-        let key = format!(
-            "{}/{}",
-            svc.metadata.namespace.as_deref().unwrap_or(""),
-            svc.metadata.name.as_deref().unwrap_or("")
-        );
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, svc) in sorted {
         let ready = eps.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        let e = entry(me, &key, svc, ready, &usable, leaving, config);
+        let e = entry(me, &key, &svc, ready, &usable, leaving, config);
         if let Some(v) = e.vips {
             out.vips.push(v);
         }
@@ -275,7 +353,7 @@ pub struct Entry {
 pub fn entry(
     me: &str,
     key: &str,
-    svc: &Service,
+    svc: &Facts,
     ready: &[Endpoint],
     usable: &BTreeSet<String>,
     leaving: &BTreeSet<String>,
@@ -283,21 +361,12 @@ pub fn entry(
 ) -> Entry {
     let mut out = Entry::default();
     let key = key.to_string();
-    let vips: Vec<IpAddr> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
+    let vips = svc.vips.clone();
     if vips.is_empty() {
         // Not assigned yet: nothing to announce (the controller's job).
         return out;
     }
-    let ann = svc.metadata.annotations.clone().unwrap_or_default();
-    let pool = ann.get(POOL_ANNOTATION).cloned().or_else(|| {
+    let pool = svc.pool.clone().or_else(|| {
         // Status written by another tool: find the pool holding the address.
         config
             .pools
@@ -315,8 +384,7 @@ pub fn entry(
         ));
         return out;
     };
-    let spec = svc.spec.clone().unwrap_or_default();
-    let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+    let local_only = svc.local;
     let candidates: BTreeSet<String> = if ready.is_empty() {
         BTreeSet::new()
     } else if local_only {
@@ -325,9 +393,7 @@ pub fn entry(
     } else {
         usable.clone()
     };
-    let forward = ann
-        .get(FORWARD_ANNOTATION)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let forward = svc.forward;
     let staying: BTreeSet<String> = candidates.difference(leaving).cloned().collect();
     out.vips = Some(ServiceVips {
         key: key.clone(),
@@ -343,7 +409,7 @@ pub fn entry(
     if !forward || !candidates.contains(me) {
         return out;
     }
-    match forward_service(&key, &spec, &ann, ready, local_only.then_some(me)) {
+    match forward_service(&key, svc, ready, local_only.then_some(me)) {
         Ok(service) => {
             out.planned = Some(PlannedService {
                 service,
@@ -375,20 +441,15 @@ pub fn lenient_cidr(text: &str) -> Option<Cidr> {
 /// or, when that is empty, the `service.beta.kubernetes.io/load-balancer-source-ranges`
 /// annotation (comma-separated), as kube-proxy reads them. A range that
 /// cannot be read is an error: it must not silently open the Service to everyone.
-pub fn source_ranges(
-    spec: &k8s_openapi::api::core::v1::ServiceSpec,
-    annotations: &BTreeMap<String, String>,
-) -> Result<Vec<Cidr>, String> {
-    let field: Vec<String> = spec
-        .load_balancer_source_ranges
+pub fn source_ranges(field: &[String], annotation: Option<&str>) -> Result<Vec<Cidr>, String> {
+    let field: Vec<String> = field
         .iter()
-        .flatten()
         .filter(|r| !r.trim().is_empty())
         .cloned()
         .collect();
     let (ranges, whence): (Vec<String>, &str) = if !field.is_empty() {
         (field, "loadBalancerSourceRanges")
-    } else if let Some(a) = annotations.get(SOURCE_RANGES_ANNOTATION) {
+    } else if let Some(a) = annotation {
         (
             a.split(',')
                 .map(str::trim)
@@ -414,24 +475,20 @@ pub fn source_ranges(
 /// target ports (only this node's endpoints with `externalTrafficPolicy: Local`).
 fn forward_service(
     key: &str,
-    spec: &k8s_openapi::api::core::v1::ServiceSpec,
-    annotations: &BTreeMap<String, String>,
+    svc: &Facts,
     ready: &[Endpoint],
     only_node: Option<&str>,
 ) -> Result<PlanService, String> {
-    let source_ranges = source_ranges(spec, annotations)?;
+    let source_ranges = source_ranges(&svc.source_ranges, svc.source_ranges_annotation.as_deref())?;
     let mut ports = Vec::new();
-    for p in spec.ports.iter().flatten() {
-        let Some(proto) = protocol(p.protocol.as_deref()) else {
-            continue;
-        };
+    for (name, proto, port) in &svc.ports {
+        let proto = *proto;
         if proto == Protocol::Sctp {
             continue;
         }
-        let Ok(port) = u16::try_from(p.port) else {
+        let Ok(port) = u16::try_from(*port) else {
             continue;
         };
-        let name = p.name.clone().unwrap_or_default();
         let mut backends: Vec<Backend> = ready
             .iter()
             .filter(|e| only_node.is_none_or(|n| e.node.as_deref() == Some(n)))
@@ -439,7 +496,7 @@ fn forward_service(
                 let (_, _, target) = e
                     .ports
                     .iter()
-                    .find(|(n, pr, _)| *n == name && *pr == proto)?;
+                    .find(|(n, pr, _)| n == name && *pr == proto)?;
                 Some(Backend {
                     address: SocketAddr::new(e.ip, *target),
                     weight: 1,
@@ -471,18 +528,14 @@ fn forward_service(
 mod source_range_tests {
     use super::*;
 
-    fn spec(ranges: &[&str]) -> k8s_openapi::api::core::v1::ServiceSpec {
-        k8s_openapi::api::core::v1::ServiceSpec {
-            load_balancer_source_ranges: (!ranges.is_empty())
-                .then(|| ranges.iter().map(|r| r.to_string()).collect()),
-            ..Default::default()
-        }
+    fn spec(ranges: &[&str]) -> Vec<String> {
+        ranges.iter().map(|r| r.to_string()).collect()
     }
 
     #[test]
     fn ranges_as_the_api_server_accepts_and_kube_proxy_reads_them() {
-        let ann = |v: &str| BTreeMap::from([(SOURCE_RANGES_ANNOTATION.to_string(), v.to_string())]);
-        let none = BTreeMap::new();
+        let ann = |v: &'static str| Some(v);
+        let none = None;
         let show = |r: Result<Vec<Cidr>, String>| {
             r.map(|v| v.iter().map(|c| c.to_string()).collect::<Vec<_>>())
         };
@@ -490,7 +543,7 @@ mod source_range_tests {
         assert_eq!(
             show(source_ranges(
                 &spec(&[" 10.0.0.1/8 ", "2001:db8::1/32"]),
-                &none
+                none
             )),
             Ok(vec!["10.0.0.0/8".into(), "2001:db8::/32".into()])
         );
@@ -498,20 +551,20 @@ mod source_range_tests {
         assert_eq!(
             show(source_ranges(
                 &spec(&[]),
-                &ann(" 192.0.2.0/24 ,198.51.100.7/32,")
+                ann(" 192.0.2.0/24 ,198.51.100.7/32,")
             )),
             Ok(vec!["192.0.2.0/24".into(), "198.51.100.7/32".into()])
         );
         assert_eq!(
-            show(source_ranges(&spec(&["10.0.0.0/8"]), &ann("192.0.2.0/24"))),
+            show(source_ranges(&spec(&["10.0.0.0/8"]), ann("192.0.2.0/24"))),
             Ok(vec!["10.0.0.0/8".into()])
         );
         // Nothing: open to all (an empty list).
-        assert_eq!(show(source_ranges(&spec(&[]), &none)), Ok(vec![]));
+        assert_eq!(show(source_ranges(&spec(&[]), none)), Ok(vec![]));
         // Unreadable entries are errors, never an open Service.
         for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "2001:db8::/129"] {
-            assert!(source_ranges(&spec(&[bad]), &none).is_err(), "{bad}");
-            assert!(source_ranges(&spec(&[]), &ann(bad)).is_err(), "{bad}");
+            assert!(source_ranges(&spec(&[bad]), none).is_err(), "{bad}");
+            assert!(source_ranges(&spec(&[]), Some(bad)).is_err(), "{bad}");
         }
     }
 }
@@ -609,5 +662,155 @@ mod leaving_tests {
             .find(|v| v.key == "shop/web")
             .unwrap()
             .eligible("node1"));
+    }
+}
+
+#[cfg(test)]
+mod facts_tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A Service as `kubectl apply` and the API server leave it: managed
+    /// fields, the last-applied copy, selector, cluster addresses, owners.
+    fn full() -> Value {
+        let spec = json!({
+            "type": "LoadBalancer",
+            "loadBalancerClass": "ferrolb.io/lb",
+            "selector": {"app": "web", "tier": "front"},
+            "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"],
+            "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack",
+            "externalTrafficPolicy": "Local",
+            "sessionAffinity": "ClientIP",
+            "loadBalancerSourceRanges": ["192.0.2.0/24", " "],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080},
+                      {"name": "dns", "port": 53, "protocol": "UDP"},
+                      {"name": "odd", "port": 9, "protocol": "QUIC"}]
+        });
+        let applied = json!({"kind": "Service", "spec": spec}).to_string();
+        json!({
+            "metadata": {
+                "namespace": "shop", "name": "web", "uid": "u-1", "resourceVersion": "41",
+                "labels": {"app": "web"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": applied,
+                    "ferrolb.io/forward": " True ",
+                    "ferrolb.io/allocated-from-pool": "vips",
+                    "service.beta.kubernetes.io/load-balancer-source-ranges": "198.51.100.0/24"
+                },
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u-2"}],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                                   "fieldsV1": {"f:spec": {"f:ports": {}}}}]
+            },
+            "spec": spec,
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10", "ipMode": "Proxy"}, {"hostname": "lb.example"}]},
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "x", "message": "y",
+                                       "lastTransitionTime": "2026-12-02T00:00:00Z"}]}
+        })
+    }
+
+    fn facts(v: &Value) -> Facts {
+        Facts::of(&serde_json::from_value(v.clone()).expect("valid Service"))
+    }
+
+    /// Sets the field at `path` (object keys, or array indexes) to `to`.
+    fn with(mut v: Value, path: &[&str], to: Value) -> Value {
+        let mut at = &mut v;
+        for p in path {
+            at = match p.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*p],
+            };
+        }
+        *at = to;
+        v
+    }
+
+    #[test]
+    fn the_facts_of_a_kubectl_applied_service() {
+        assert_eq!(
+            facts(&full()),
+            Facts {
+                uid: Some("u-1".into()),
+                load_balancer: true,
+                class: Some("ferrolb.io/lb".into()),
+                local: true,
+                vips: vec!["203.0.113.10".parse().expect("ip")],
+                pool: Some("vips".into()),
+                forward: true,
+                source_ranges: vec!["192.0.2.0/24".into()],
+                source_ranges_annotation: Some("198.51.100.0/24".into()),
+                ports: vec![
+                    ("http".into(), Protocol::Tcp, 80),
+                    ("dns".into(), Protocol::Udp, 53)
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn fields_the_speaker_never_reads_give_equal_facts() {
+        let base = facts(&full());
+        for (path, to) in [
+            (&["metadata", "resourceVersion"][..], json!("42")),
+            (&["metadata", "managedFields"], json!([])),
+            (
+                &[
+                    "metadata",
+                    "annotations",
+                    "kubectl.kubernetes.io/last-applied-configuration",
+                ],
+                json!("{}"),
+            ),
+            (&["metadata", "labels"], json!({"app": "web2"})),
+            (&["metadata", "ownerReferences"], json!([])),
+            (&["spec", "selector"], json!({"app": "other"})),
+            (&["spec", "clusterIPs"], json!(["10.96.0.11"])),
+            (&["spec", "sessionAffinity"], json!("None")),
+            (&["spec", "ports", "0", "nodePort"], json!(30081)),
+            (&["status", "conditions"], json!([])),
+        ] {
+            assert_eq!(facts(&with(full(), path, to)), base, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn every_field_the_speaker_reads_changes_the_facts() {
+        let base = facts(&full());
+        for (path, to) in [
+            (&["metadata", "uid"][..], json!("u-9")),
+            (&["spec", "type"], json!("NodePort")),
+            (&["spec", "loadBalancerClass"], json!("other")),
+            (&["spec", "externalTrafficPolicy"], json!("Cluster")),
+            (
+                &["status", "loadBalancer", "ingress", "0", "ip"],
+                json!("203.0.113.11"),
+            ),
+            (
+                &["metadata", "annotations", "ferrolb.io/allocated-from-pool"],
+                json!("other"),
+            ),
+            (
+                &["metadata", "annotations", "ferrolb.io/forward"],
+                json!("false"),
+            ),
+            (
+                &[
+                    "metadata",
+                    "annotations",
+                    "service.beta.kubernetes.io/load-balancer-source-ranges",
+                ],
+                json!("10.0.0.0/8"),
+            ),
+            (&["spec", "loadBalancerSourceRanges"], json!(["10.0.0.0/8"])),
+            (&["spec", "ports", "0", "name"], json!("https")),
+            (&["spec", "ports", "0", "port"], json!(443)),
+            (&["spec", "ports", "1", "protocol"], json!("TCP")),
+        ] {
+            assert_ne!(
+                facts(&with(full(), path, to.clone())),
+                base,
+                "{path:?} = {to}"
+            );
+        }
     }
 }
