@@ -473,3 +473,52 @@ fn layer2_settings_change_live_and_a_refused_change_moves_nothing() {
         c.logs()
     );
 }
+
+/// Two Services on one address (a sharing key, the same `ip:` on distinct
+/// ports) have one owner: layer 2 elects them as a group, keyed by the
+/// first by name. The second Service's name is chosen so that, elected on
+/// its own, it would land on another node than the first's owner (as it
+/// did before groups): two nodes answering ARP for one address.
+#[test]
+fn services_sharing_an_address_have_one_owner() {
+    use ferrolb_tests::l2lab::{config, NODES};
+    if !require(
+        "services_sharing_an_address_have_one_owner",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let best = |key: &str| {
+        NODES
+            .iter()
+            .map(|(n, _, _)| *n)
+            .max_by_key(|n| ferrolb_l2::election::score(n, key))
+            .expect("nodes")
+    };
+    let c = Cluster::start("sh");
+    let owner = c.wait_served("http://192.0.2.100:8080/", Duration::from_secs(10));
+    // A name no claim holds yet, whose rendezvous winner is another node.
+    let alt = (0..50)
+        .map(|i| format!("web-alt{i}"))
+        .find(|k| best(k) != owner)
+        .expect("some name elects another node");
+    let shared = config().replace(
+        "  - name: web6\n",
+        &format!("  - name: {alt}\n    ip: 192.0.2.100\n    ports: [{{port: 8081, backends: [\"127.0.0.1:9000\"], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms}}}}]\n  - name: web6\n"),
+    );
+    assert_ne!(shared, config());
+    c.set_config(&shared);
+    let alt_url = "http://192.0.2.100:8081/";
+    assert_eq!(c.wait_served(alt_url, Duration::from_secs(10)), owner);
+    // Every node runs the new file: one MAC answers, again and again.
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..5 {
+        let answers = c.arp_answers("192.0.2.100");
+        assert_eq!(answers.len(), 1, "answers {answers:?}; logs:\n{}", c.logs());
+        assert_eq!(c.get(alt_url, 1.0).as_deref(), Some(owner.as_str()));
+        assert_eq!(
+            c.get("http://192.0.2.100:8080/", 1.0).as_deref(),
+            Some(owner.as_str())
+        );
+    }
+}

@@ -5,9 +5,10 @@
 //! The decisions are pure code in `ferrolb-l2` (codec, responder, election,
 //! failure detector); this module owns sockets, timers and host settings.
 
+pub mod groups;
 pub mod iface;
 
-use crate::announce::{self, Announcer, ServiceVips, Table};
+use crate::announce::{self, Announcer, Table};
 use crate::metrics::{IfaceLabels, Metrics};
 use ferrolb_config::{L2Advertisement, Member};
 use ferrolb_l2::election::{self, Claim};
@@ -356,6 +357,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     udp,
                     ifaces: rts,
                     services: Table::default(),
+                    groups: Arc::new(Vec::new()),
                     owned: BTreeMap::new(),
                     epoch: Instant::now(),
                     metrics: thread_metrics,
@@ -563,6 +565,8 @@ struct Runner {
     udp: UdpSocket,
     ifaces: Vec<IfaceRt>,
     services: Table,
+    /// The services as election groups (recomputed when they change).
+    groups: Arc<Vec<groups::Group>>,
     owned: BTreeMap<String, Owned>,
     epoch: Instant,
     metrics: Arc<Metrics>,
@@ -667,6 +671,9 @@ impl Runner {
                         all.extend(more.iter().cloned());
                     }
                     let touched = self.services.apply(&all);
+                    if !touched.is_empty() {
+                        self.groups = Arc::new(groups::groups(self.services.iter()));
+                    }
                     if announce::addresses_moved(&touched) {
                         self.local.want(self.services.iter().flat_map(|s| s.vips.iter().copied()).collect());
                     }
@@ -894,54 +901,61 @@ impl Runner {
         let live_refs: Vec<&str> = live.iter().map(String::as_str).collect();
         let mut by_pool: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut changed = false;
-        let services: Vec<Arc<ServiceVips>> = self.services.iter().cloned().collect();
-        for s in services {
-            if !by_pool.contains_key(&s.pool) {
-                let e = self.eligible_for_pool(&s.pool, &live_refs);
-                by_pool.insert(s.pool.clone(), e);
+        let groups = Arc::clone(&self.groups);
+        for g in groups.iter() {
+            // Members share addresses, so they share a pool (the allocator's rule).
+            let pool = &g.services[0].pool;
+            if !by_pool.contains_key(pool) {
+                let e = self.eligible_for_pool(pool, &live_refs);
+                by_pool.insert(pool.clone(), e);
             }
-            let refs: Vec<&str> = by_pool[&s.pool]
+            let pool_refs: Vec<&str> = by_pool[pool].iter().map(String::as_str).collect();
+            let refs = g.eligible(&pool_refs);
+            // A node's claim on the group: its longest-held claim on a member
+            // (every member's, for a group of one: the claim as before).
+            let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+            for s in &g.services {
+                for (n, h) in peer_claims.get(&s.key).into_iter().flatten() {
+                    let e = held.entry(n.as_str()).or_insert(0);
+                    *e = (*e).max(*h);
+                }
+                if let Some(h) = mine.get(&s.key) {
+                    let e = held.entry(self.me.as_str()).or_insert(0);
+                    *e = (*e).max(*h);
+                }
+            }
+            let claims: Vec<Claim<'_>> = held
                 .iter()
-                .filter(|n| s.eligible(n))
-                .map(String::as_str)
-                .collect();
-            let mut claims: Vec<Claim<'_>> = peer_claims
-                .get(&s.key)
-                .into_iter()
-                .flatten()
                 .map(|(n, h)| Claim {
-                    node: n.as_str(),
+                    node: n,
                     held_ms: *h,
                 })
                 .collect();
-            if let Some(h) = mine.get(&s.key) {
-                claims.push(Claim {
-                    node: &self.me,
-                    held_ms: *h,
-                });
-            }
-            let owner = election::owner(&s.key, &refs, &claims);
-            let i_own = self.owned.contains_key(&s.key);
-            if owner == Some(self.me.as_str()) && !i_own {
-                tracing::info!(service = %s.key, vips = ?s.vips, "taking over: announcing");
-                self.owned.insert(
-                    s.key.clone(),
-                    Owned {
-                        since: Instant::now(),
-                        taken: Instant::now(),
-                        vips: s.vips.clone(),
-                        next: Instant::now(),
-                        sent: 0,
-                        reasserted: None,
-                    },
-                );
-                self.metrics.l2_ownership_changes.inc();
-                changed = true;
-            } else if owner != Some(self.me.as_str()) && i_own {
-                tracing::info!(service = %s.key, new_owner = ?owner, "giving up: no longer answering");
-                self.owned.remove(&s.key);
-                self.metrics.l2_ownership_changes.inc();
-                changed = true;
+            let owner = election::owner(&g.key, &refs, &claims).map(str::to_string);
+            let mine_now = owner.as_deref() == Some(self.me.as_str());
+            for s in &g.services {
+                let i_own = self.owned.contains_key(&s.key);
+                if mine_now && !i_own {
+                    tracing::info!(service = %s.key, vips = ?s.vips, group = %g.key, "taking over: announcing");
+                    self.owned.insert(
+                        s.key.clone(),
+                        Owned {
+                            since: Instant::now(),
+                            taken: Instant::now(),
+                            vips: s.vips.clone(),
+                            next: Instant::now(),
+                            sent: 0,
+                            reasserted: None,
+                        },
+                    );
+                    self.metrics.l2_ownership_changes.inc();
+                    changed = true;
+                } else if !mine_now && i_own {
+                    tracing::info!(service = %s.key, new_owner = ?owner, group = %g.key, "giving up: no longer answering");
+                    self.owned.remove(&s.key);
+                    self.metrics.l2_ownership_changes.inc();
+                    changed = true;
+                }
             }
         }
         // Services that left the configuration are given up too.
