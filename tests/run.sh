@@ -14,7 +14,7 @@ ROOT=$(pwd)
 
 # Debian packages the suites need. Suites that drive namespaces and router
 # daemons add theirs here. iproute2: the namespace suites; bird2, gobgpd, exabgp: the BGP suite's routers.
-APT_PACKAGES=(iproute2 bird2 gobgpd exabgp frr faketime)
+APT_PACKAGES=(iproute2 bird2 gobgpd exabgp frr faketime nftables)
 
 LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-tests.XXXXXX")
 export FERROLB_SKIP_LOG="$LOG_DIR/skipped.txt"

@@ -320,6 +320,9 @@ async fn cluster_status(
 fn cleanup_node(keep_arp_sysctls: bool, wait: bool) -> Result<ExitCode> {
     let removed = ferrolb_speaker::host::remove_all_local_routes()?;
     outln!("removed {} local route(s) of ferrolb's VIPs", removed.len());
+    let links = ferrolb_speaker::l2::vmac::remove_all()
+        .context("cannot list or remove the virtual MAC links")?;
+    outln!("removed {} virtual MAC link(s)", links.len());
     if !keep_arp_sysctls {
         ferrolb_speaker::host::reset_arp()?;
         outln!("net.ipv4.conf.all.arp_ignore=0 net.ipv4.conf.all.arp_announce=0 (the kernel's defaults)");

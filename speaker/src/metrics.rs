@@ -174,6 +174,10 @@ pub struct Metrics {
     pub queue_dropped: Family<QueueLabels, Counter>,
     /// Services taken or given up by this node.
     pub l2_ownership_changes: Counter,
+    /// Virtual-MAC links this node holds now.
+    pub l2_virtual_macs: Gauge,
+    /// Virtual-MAC links that could not be made (the group answered with the node MAC).
+    pub l2_virtual_mac_fallbacks: Counter,
     /// From a member declared down to this node's first announcement.
     pub l2_failover_seconds: Histogram,
     /// 1 while the BGP session is established.
@@ -242,6 +246,8 @@ impl Metrics {
             l2_heartbeats_refused: Family::default(),
             queue_dropped: Family::default(),
             l2_ownership_changes: Counter::default(),
+            l2_virtual_macs: Gauge::default(),
+            l2_virtual_mac_fallbacks: Counter::default(),
             l2_failover_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
@@ -370,6 +376,16 @@ impl Metrics {
             "l2_ownership_changes",
             "Services this node took or gave up",
             m.l2_ownership_changes.clone(),
+        );
+        registry.register(
+            "l2_virtual_macs",
+            "Virtual-MAC links (one per owned VIP group with virtualMac, per interface) this node holds",
+            m.l2_virtual_macs.clone(),
+        );
+        registry.register(
+            "l2_virtual_mac_fallbacks",
+            "Virtual-MAC links that could not be made, so the group answered with the node MAC",
+            m.l2_virtual_mac_fallbacks.clone(),
         );
         registry.register(
             "l2_failover_seconds",

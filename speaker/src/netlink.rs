@@ -74,12 +74,13 @@ fn change_local_routes(vips: &[IpAddr], op: Op) -> std::io::Result<Vec<(IpAddr, 
     Ok(refused)
 }
 
-/// The VIPs of every local route ferrolb made ([`RTPROT_FERROLB`] in table local).
-pub fn ferrolb_local_routes() -> std::io::Result<Vec<IpAddr>> {
+/// Sends dump request `msg` and collects what `parse` reads from every
+/// answer datagram until the dump ends.
+fn dump<T>(msg: &[u8], parse: fn(&[u8]) -> (Vec<T>, bool)) -> std::io::Result<Vec<T>> {
     use nix::sys::socket::{recv, send, MsgFlags};
     use std::os::fd::AsRawFd;
     let fd = route_socket()?;
-    send(fd.as_raw_fd(), &encode_dump(1), MsgFlags::empty())?;
+    send(fd.as_raw_fd(), msg, MsgFlags::empty())?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut out = Vec::new();
     loop {
@@ -87,18 +88,125 @@ pub fn ferrolb_local_routes() -> std::io::Result<Vec<IpAddr>> {
         if n == 0 {
             break;
         }
-        let (routes, done) = parse_routes(&buf[..n]);
-        out.extend(
-            routes
-                .into_iter()
-                .filter(Route::is_ferrolb_local)
-                .map(|r| r.dst),
-        );
+        let (items, done) = parse(&buf[..n]);
+        out.extend(items);
         if done {
             break;
         }
     }
+    Ok(out)
+}
+
+/// The VIPs of every local route ferrolb made ([`RTPROT_FERROLB`] in table local).
+pub fn ferrolb_local_routes() -> std::io::Result<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = dump(&encode_dump(1), parse_routes)?
+        .into_iter()
+        .filter(Route::is_ferrolb_local)
+        .map(|r| r.dst)
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// Sends one request and waits for its acknowledgement; a refusal is the
+/// kernel's errno as an error.
+fn request(fd: &std::os::fd::OwnedFd, seq: u32, msg: &[u8]) -> std::io::Result<()> {
+    use nix::sys::socket::{recv, send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    send(fd.as_raw_fd(), msg, MsgFlags::empty())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        if n == 0 {
+            return Err(std::io::Error::other("netlink socket closed"));
+        }
+        if let Some(&errno) = parse_acks(&buf[..n]).get(&seq) {
+            return if errno == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(errno))
+            };
+        }
+    }
+}
+
+/// The link named `name`, if there is one.
+pub fn link_by_name(name: &str) -> std::io::Result<Option<link::Link>> {
+    use nix::sys::socket::{recv, send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fd = route_socket()?;
+    send(
+        fd.as_raw_fd(),
+        &link::encode_get_link(1, name),
+        MsgFlags::empty(),
+    )?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    let (links, _) = link::parse_links(&buf[..n]);
+    if let Some(l) = links.into_iter().find(|l| l.name == name) {
+        return Ok(Some(l));
+    }
+    match parse_acks(&buf[..n]).get(&1) {
+        // ENODEV: no such link.
+        Some(19) | None => Ok(None),
+        Some(&errno) => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Every link on this host.
+pub fn links() -> std::io::Result<Vec<link::Link>> {
+    dump(&link::encode_link_dump(1), link::parse_links)
+}
+
+/// Creates macvlan `name` on `parent` with `mac` and `alias`, gives it its
+/// host settings ([`link::encode_link_settings`]) while down, brings it up,
+/// and returns its index. A link of that name already there is adopted if
+/// it is exactly this one (a run that stopped before removing it), refused
+/// otherwise.
+pub fn create_macvlan(name: &str, parent: u32, mac: [u8; 6], alias: &str) -> std::io::Result<u32> {
+    let fd = route_socket()?;
+    match request(&fd, 1, &link::encode_new_macvlan(1, name, parent, mac)) {
+        Ok(()) => {}
+        // EEXIST
+        Err(e) if e.raw_os_error() == Some(17) => {
+            let theirs = link_by_name(name)?;
+            let ours = theirs.as_ref().is_some_and(|l| {
+                l.kind.as_deref() == Some("macvlan")
+                    && l.parent == Some(parent)
+                    && l.mac == Some(mac)
+                    && l.alias.as_deref() == Some(alias)
+            });
+            if !ours {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "a link named {name} exists and is not this virtual MAC's ({theirs:?})"
+                    ),
+                ));
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let index = link_by_name(name)?
+        .map(|l| l.index)
+        .ok_or_else(|| std::io::Error::other(format!("link {name} vanished after creation")))?;
+    let configured = request(&fd, 2, &link::encode_link_settings(2, index, alias))
+        .and_then(|()| request(&fd, 3, &link::encode_link_up(3, index)));
+    if let Err(e) = configured {
+        // Half made is not kept: without its settings the kernel could speak from the virtual MAC.
+        let _ = request(&fd, 4, &link::encode_del_link(4, index));
+        return Err(e);
+    }
+    Ok(index)
+}
+
+/// Deletes link `index`; one already gone is not an error.
+pub fn delete_link(index: u32) -> std::io::Result<()> {
+    let fd = route_socket()?;
+    match request(&fd, 1, &link::encode_del_link(1, index)) {
+        // ENODEV
+        Err(e) if e.raw_os_error() == Some(19) => Ok(()),
+        r => r,
+    }
 }

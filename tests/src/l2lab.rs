@@ -185,7 +185,12 @@ impl Cluster {
     /// As [`Cluster::start_with_key`], with `extra` top-level YAML sections
     /// appended to every node's configuration.
     pub fn start_with(tag: &str, keys: Option<&str>, extra: &str) -> Cluster {
-        let config = || format!("{}{extra}", config());
+        Cluster::start_with_config(tag, keys, &format!("{}{extra}", config()))
+    }
+
+    /// As [`Cluster::start_with_key`], every node running `text`.
+    pub fn start_with_config(tag: &str, keys: Option<&str>, text: &str) -> Cluster {
+        let config = || text.to_string();
         let mut lab = Lab::new(tag);
         let dir = std::env::temp_dir().join(format!("ferrolb-l2-{}", lab.name("x")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -354,6 +359,21 @@ print(" ".join(sorted(seen)))
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .map(str::to_string)
+            .collect()
+    }
+
+    /// The nodes with a link whose address is `mac` (a virtual MAC's
+    /// macvlan), in node order.
+    pub fn holders(&self, mac: &str) -> Vec<String> {
+        NODES
+            .iter()
+            .filter(|(n, _, _)| {
+                let out = self.lab.exec_ok(n, &["ip", "-o", "link", "show"]);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.contains(&format!("link/ether {mac} ")))
+            })
+            .map(|(n, _, _)| n.to_string())
             .collect()
     }
 

@@ -335,6 +335,28 @@ impl Lab {
         run(&["ip", "-n", &self.name(short), "link", "set", "eth0", "up"]);
     }
 
+    /// The host whose bridge port the switch's forwarding database sends
+    /// `mac` to now (`bridge fdb show`), if it has learned it.
+    pub fn fdb_host(&self, mac: &str) -> Option<String> {
+        let out = self.exec_ok("switch", &["bridge", "fdb", "show", "br", "br0"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let port = text.lines().find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.first() == Some(&mac) && !l.contains("permanent"))
+                .then(|| {
+                    w.iter()
+                        .skip_while(|x| **x != "dev")
+                        .nth(1)
+                        .map(|p| p.to_string())
+                })
+                .flatten()
+        })?;
+        self.ports
+            .iter()
+            .find(|(_, p)| *p == port)
+            .map(|(h, _)| h.clone())
+    }
+
     /// The MAC address of `eth0` in host `short`.
     pub fn mac(&self, short: &str) -> String {
         let out = self.exec_ok(short, &["cat", "/sys/class/net/eth0/address"]);

@@ -163,6 +163,9 @@ pub struct L2Advertisement {
     pub interfaces: Vec<String>,
     /// Nodes allowed to announce; `None` means all.
     pub node_selector: Option<LabelSelector>,
+    /// Answer with a MAC that belongs to the VIP group, not the node, so a
+    /// failover needs no client to update its neighbour cache (docs/l2.md).
+    pub virtual_mac: bool,
 }
 
 /// BGP settings.

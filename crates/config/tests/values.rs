@@ -31,6 +31,16 @@ fn pools_are_normalised_and_counted() {
 }
 
 #[test]
+fn l2_virtual_mac_is_read_and_off_by_default() {
+    let c = full();
+    assert!(c.l2[0].virtual_mac);
+    let plain =
+        Config::from_yaml("pools: [{name: p, addresses: [192.0.2.1]}]\nl2: [{pools: [p]}]\n")
+            .unwrap();
+    assert!(!plain.l2[0].virtual_mac);
+}
+
+#[test]
 fn bgp_values_and_defaults() {
     let c = full();
     let bgp = c.bgp.unwrap();

@@ -7,6 +7,7 @@
 //! - [`limit`]: per-source answer limits, so a flood cannot starve other askers.
 //! - [`election`]: one owner per service, sticky, identical on every node.
 //! - [`membership`]: the UDP heartbeat failure detector.
+//! - [`vmac`]: the virtual MAC of a VIP group, and collisions between them.
 
 // This crate decodes bytes from the network: a panic here is a remote crash,
 // so nothing may unwrap, expect or panic (tests may: clippy.toml).
@@ -17,4 +18,5 @@ pub mod election;
 pub mod limit;
 pub mod membership;
 pub mod respond;
+pub mod vmac;
 pub mod wire;

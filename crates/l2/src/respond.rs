@@ -1,9 +1,10 @@
 //! What to do with a received ARP/NDP frame, and the frames to announce a
 //! VIP with. Pure: the caller gives the bytes and the set of VIPs this node
-//! owns on the interface, and sends what comes back.
+//! owns on the interface (each with the MAC it answers with: the
+//! interface's, or its group's virtual MAC), and sends what comes back.
 
 use crate::wire::{self, Arp, ArpOp, Frame, FrameBuf, Mac, Ndp, Packet, WireError, ALL_NODES};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The outcome of one received frame.
@@ -23,8 +24,9 @@ pub struct Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct Responder {
     mac: Mac,
-    v4: BTreeSet<Ipv4Addr>,
-    v6: BTreeSet<Ipv6Addr>,
+    /// Owned VIPs and the MAC each answers with.
+    v4: BTreeMap<Ipv4Addr, Mac>,
+    v6: BTreeMap<Ipv6Addr, Mac>,
 }
 
 impl Responder {
@@ -32,8 +34,8 @@ impl Responder {
     pub fn new(mac: Mac) -> Responder {
         Responder {
             mac,
-            v4: BTreeSet::new(),
-            v6: BTreeSet::new(),
+            v4: BTreeMap::new(),
+            v6: BTreeMap::new(),
         }
     }
 
@@ -42,17 +44,25 @@ impl Responder {
         self.mac
     }
 
-    /// Replaces the owned VIPs; answering stops at once for VIPs not in `vips`.
+    /// Replaces the owned VIPs, answered with the interface's MAC;
+    /// answering stops at once for VIPs not in `vips`.
     pub fn set_owned(&mut self, vips: impl IntoIterator<Item = IpAddr>) {
+        let mac = self.mac;
+        self.set_owned_as(vips.into_iter().map(|v| (v, mac)));
+    }
+
+    /// Replaces the owned VIPs, each answered and announced with its own
+    /// MAC (a virtual MAC, or the interface's).
+    pub fn set_owned_as(&mut self, vips: impl IntoIterator<Item = (IpAddr, Mac)>) {
         self.v4.clear();
         self.v6.clear();
-        for ip in vips {
+        for (ip, mac) in vips {
             match ip {
                 IpAddr::V4(a) => {
-                    self.v4.insert(a);
+                    self.v4.insert(a, mac);
                 }
                 IpAddr::V6(a) => {
-                    self.v6.insert(a);
+                    self.v6.insert(a, mac);
                 }
             }
         }
@@ -60,9 +70,14 @@ impl Responder {
 
     /// Whether `ip` is owned.
     pub fn owns(&self, ip: IpAddr) -> bool {
+        self.mac_of(ip).is_some()
+    }
+
+    /// The MAC `ip` is answered with, if owned.
+    pub fn mac_of(&self, ip: IpAddr) -> Option<Mac> {
         match ip {
-            IpAddr::V4(a) => self.v4.contains(&a),
-            IpAddr::V6(a) => self.v6.contains(&a),
+            IpAddr::V4(a) => self.v4.get(&a).copied(),
+            IpAddr::V6(a) => self.v6.get(&a).copied(),
         }
     }
 
@@ -83,11 +98,19 @@ impl Responder {
 
     fn arp(&self, frame: &Frame, a: Arp) -> Outcome {
         let mut out = Outcome::default();
-        // Someone else speaks for a VIP we own: an answer, a gratuitous announcement, or traffic sourced from it.
-        if self.v4.contains(&a.spa) && a.sha != self.mac {
-            out.conflict = Some((IpAddr::V4(a.spa), a.sha));
+        // Someone else speaks for a VIP we own: an answer, a gratuitous
+        // announcement, or traffic sourced from it. With a virtual MAC that
+        // includes our own MAC: this socket never receives what it sent, so
+        // a frame from the virtual MAC comes from another node holding it.
+        if let Some(&ours) = self.v4.get(&a.spa) {
+            if a.sha != ours || ours != self.mac {
+                out.conflict = Some((IpAddr::V4(a.spa), a.sha));
+            }
         }
-        if a.op == ArpOp::Request && self.v4.contains(&a.tpa) && a.spa != a.tpa {
+        if let (ArpOp::Request, Some(&ours)) = (a.op, self.v4.get(&a.tpa)) {
+            if a.spa == a.tpa {
+                return out;
+            }
             out.asked = true;
             // Answer the asker; a probe (sender 0.0.0.0, RFC 5227) is answered too, which defends the VIP.
             let to = if a.sha.is_multicast() || a.sha == Mac::ZERO {
@@ -97,10 +120,10 @@ impl Responder {
             };
             out.reply = Some(wire::emit(&Frame {
                 dst: to,
-                src: self.mac,
+                src: ours,
                 packet: Packet::Arp(Arp {
                     op: ArpOp::Reply,
-                    sha: self.mac,
+                    sha: ours,
                     spa: a.tpa,
                     tha: to,
                     tpa: a.spa,
@@ -113,7 +136,8 @@ impl Responder {
     fn ndp(&self, frame: &Frame, src: Ipv6Addr, msg: Ndp) -> Outcome {
         let mut out = Outcome::default();
         match msg {
-            Ndp::Solicit { target, source_lla } if self.v6.contains(&target) => {
+            Ndp::Solicit { target, source_lla } if self.v6.contains_key(&target) => {
+                let ours = self.v6.get(&target).copied().unwrap_or(self.mac);
                 out.asked = true;
                 // DAD (unspecified source) is answered to all nodes, unsolicited (RFC 4861 7.2.4).
                 let (dst_ip, dst_mac, solicited) = if src.is_unspecified() {
@@ -124,7 +148,7 @@ impl Responder {
                 };
                 out.reply = Some(wire::emit(&Frame {
                     dst: dst_mac,
-                    src: self.mac,
+                    src: ours,
                     packet: Packet::Ndp {
                         src: target,
                         dst: dst_ip,
@@ -133,16 +157,17 @@ impl Responder {
                             router: false,
                             solicited,
                             override_: true,
-                            target_lla: Some(self.mac),
+                            target_lla: Some(ours),
                         },
                     },
                 }));
             }
             Ndp::Advert {
                 target, target_lla, ..
-            } if self.v6.contains(&target) => {
+            } if self.v6.contains_key(&target) => {
+                let ours = self.v6.get(&target).copied().unwrap_or(self.mac);
                 let other = target_lla.unwrap_or(frame.src);
-                if other != self.mac {
+                if other != ours || ours != self.mac {
                     out.conflict = Some((IpAddr::V6(target), other));
                 }
             }
@@ -153,16 +178,23 @@ impl Responder {
 
     /// The frames that announce `vip` as ours: a gratuitous ARP request and
     /// reply (Linux treats both as updates), or an unsolicited NA to all nodes
-    /// with the override flag.
+    /// with the override flag; from the VIP's MAC (so a switch moves its
+    /// forwarding entry for a virtual MAC to this port), the interface's
+    /// for a VIP not owned.
     pub fn announce(&self, vip: IpAddr) -> Vec<FrameBuf> {
+        let mac = self.mac_of(vip).unwrap_or(self.mac);
+        Self::announce_as(vip, mac)
+    }
+
+    fn announce_as(vip: IpAddr, mac: Mac) -> Vec<FrameBuf> {
         match vip {
             IpAddr::V4(v) => vec![
                 wire::emit(&Frame {
                     dst: Mac::BROADCAST,
-                    src: self.mac,
+                    src: mac,
                     packet: Packet::Arp(Arp {
                         op: ArpOp::Request,
-                        sha: self.mac,
+                        sha: mac,
                         spa: v,
                         tha: Mac::ZERO,
                         tpa: v,
@@ -170,19 +202,19 @@ impl Responder {
                 }),
                 wire::emit(&Frame {
                     dst: Mac::BROADCAST,
-                    src: self.mac,
+                    src: mac,
                     packet: Packet::Arp(Arp {
                         op: ArpOp::Reply,
-                        sha: self.mac,
+                        sha: mac,
                         spa: v,
-                        tha: self.mac,
+                        tha: mac,
                         tpa: v,
                     }),
                 }),
             ],
             IpAddr::V6(v) => vec![wire::emit(&Frame {
                 dst: Mac::ipv6_multicast(ALL_NODES),
-                src: self.mac,
+                src: mac,
                 packet: Packet::Ndp {
                     src: v,
                     dst: ALL_NODES,
@@ -191,7 +223,7 @@ impl Responder {
                         router: false,
                         solicited: false,
                         override_: true,
-                        target_lla: Some(self.mac),
+                        target_lla: Some(mac),
                     },
                 },
             })],
@@ -429,5 +461,114 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(r.handle(&bad).is_err(), "checksum");
+    }
+    const VMAC: &str = "02:6d:5c:dc:ef:bd";
+
+    fn virtual_responder() -> Responder {
+        let mut r = Responder::new(mac(US));
+        r.set_owned_as([
+            ("192.0.2.10".parse().unwrap(), mac(VMAC)),
+            ("2001:db8::10".parse().unwrap(), mac(VMAC)),
+            ("192.0.2.20".parse().unwrap(), mac(US)),
+        ]);
+        r
+    }
+
+    #[test]
+    fn a_virtual_mac_answers_and_announces_from_itself() {
+        let r = virtual_responder();
+        // ARP: Ethernet source and sender MAC are the virtual MAC, so the
+        // client caches it and the switch learns it on this port.
+        for dst in [Mac::BROADCAST, mac(VMAC)] {
+            let out = r
+                .handle(&arp(ArpOp::Request, CLIENT, "192.0.2.1", "192.0.2.10", dst))
+                .unwrap();
+            let reply = parse(&out.reply.unwrap()).unwrap();
+            assert_eq!((reply.dst, reply.src), (mac(CLIENT), mac(VMAC)));
+            let Packet::Arp(a) = reply.packet else {
+                panic!()
+            };
+            assert_eq!(a.sha, mac(VMAC));
+        }
+        // A VIP of this interface without one still answers as the node.
+        let out = r
+            .handle(&arp(
+                ArpOp::Request,
+                CLIENT,
+                "192.0.2.1",
+                "192.0.2.20",
+                Mac::BROADCAST,
+            ))
+            .unwrap();
+        assert_eq!(parse(&out.reply.unwrap()).unwrap().src, mac(US));
+        // NDP: the advertisement's source and target LLA.
+        let group = solicited_node("2001:db8::10".parse().unwrap()).to_string();
+        let out = r
+            .handle(&ns("2001:db8::1", &group, CLIENT, Some(mac(CLIENT))))
+            .unwrap();
+        let (f, _, _, _, _, _, lla) = advert(&out.reply.unwrap());
+        assert_eq!((f.src, lla), (mac(VMAC), Some(mac(VMAC))));
+        // Announcements from the virtual MAC.
+        for b in r.announce("192.0.2.10".parse().unwrap()) {
+            let f = parse(&b).unwrap();
+            let Packet::Arp(a) = f.packet else { panic!() };
+            assert_eq!((f.src, a.sha), (mac(VMAC), mac(VMAC)));
+        }
+        let na = r.announce("2001:db8::10".parse().unwrap());
+        let (f, _, _, _, _, _, lla) = advert(&na[0]);
+        assert_eq!((f.src, lla), (mac(VMAC), Some(mac(VMAC))));
+        assert_eq!(
+            parse(&r.announce("192.0.2.20".parse().unwrap())[0])
+                .unwrap()
+                .src,
+            mac(US)
+        );
+    }
+
+    #[test]
+    fn another_node_holding_our_virtual_mac_is_a_conflict() {
+        let r = virtual_responder();
+        // The frame comes in from the wire, so it is not ours: a second holder.
+        let garp = arp(
+            ArpOp::Request,
+            VMAC,
+            "192.0.2.10",
+            "192.0.2.10",
+            Mac::BROADCAST,
+        );
+        assert_eq!(
+            r.handle(&garp).unwrap().conflict,
+            Some(("192.0.2.10".parse().unwrap(), mac(VMAC)))
+        );
+        let other = arp(
+            ArpOp::Reply,
+            "02:00:00:00:00:bb",
+            "192.0.2.10",
+            "192.0.2.1",
+            mac(CLIENT),
+        );
+        assert!(r.handle(&other).unwrap().conflict.is_some());
+        let na = emit(&Frame {
+            dst: Mac::ipv6_multicast(ALL_NODES),
+            src: mac(VMAC),
+            packet: Packet::Ndp {
+                src: "2001:db8::10".parse().unwrap(),
+                dst: ALL_NODES,
+                msg: Ndp::Advert {
+                    target: "2001:db8::10".parse().unwrap(),
+                    router: false,
+                    solicited: false,
+                    override_: true,
+                    target_lla: Some(mac(VMAC)),
+                },
+            },
+        });
+        assert_eq!(
+            r.handle(&na).unwrap().conflict,
+            Some(("2001:db8::10".parse().unwrap(), mac(VMAC)))
+        );
+        // The node-MAC VIP keeps the old rule: our own MAC is no conflict.
+        let mine = arp(ArpOp::Reply, US, "192.0.2.20", "192.0.2.1", mac(CLIENT));
+        assert_eq!(r.handle(&mine).unwrap(), Outcome::default());
     }
 }

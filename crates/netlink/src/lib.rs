@@ -1,5 +1,6 @@
 //! The rtnetlink messages ferrolb sends and reads: local routes to VIPs
-//! (add, replace, delete), route dumps, and the kernel's acknowledgements.
+//! (add, replace, delete), route dumps, the kernel's acknowledgements, and
+//! (in [`link`]) the macvlan links of virtual MACs.
 //! Pure bytes in, bytes out, so every reply the kernel (or anything else on
 //! the socket) could send is tested and fuzzed without a socket; the speaker
 //! does the I/O (`speaker/src/netlink.rs`).
@@ -15,6 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+pub mod link;
 
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
@@ -143,91 +146,95 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
+/// The messages of a datagram from the kernel: (type, sequence number,
+/// the whole message), ending at the first whose length lies.
+fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u32_at(buf, 0)? as usize;
+        let kind = u16_at(buf, 4)?;
+        let seq = u32_at(buf, 8)?;
+        if len < 16 || len > buf.len() {
+            return None;
+        }
+        let msg = &buf[..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, seq, msg))
+    })
+}
+
+/// The attributes in `b`: (type without the nested and byte-order flags,
+/// payload), ending at the first whose length lies.
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let alen = u16_at(b, 0)? as usize;
+        let akind = u16_at(b, 2)? & 0x3fff;
+        if alen < 4 || alen > b.len() {
+            return None;
+        }
+        let payload = &b[4..alen];
+        b = &b[((alen + 3) & !3).min(b.len())..];
+        Some((akind, payload))
+    })
+}
+
 /// The host routes in a dump datagram, and whether it ended the dump
 /// (`NLMSG_DONE`). Anything malformed is skipped, never trusted.
-pub fn parse_routes(mut buf: &[u8]) -> (Vec<Route>, bool) {
+pub fn parse_routes(buf: &[u8]) -> (Vec<Route>, bool) {
     let mut out = Vec::new();
     let mut done = false;
-    while buf.len() >= 16 {
-        let (Some(len), Some(kind)) = (u32_at(buf, 0), u16_at(buf, 4)) else {
-            break;
-        };
-        let len = len as usize;
-        if len < 16 || len > buf.len() {
-            break;
-        }
+    for (kind, _, m) in messages(buf) {
         if kind == NLMSG_DONE || kind == NLMSG_ERROR {
             done = true;
         }
-        if kind == RTM_NEWROUTE && len >= 28 {
-            let rt = &buf[16..28];
-            let (family, dst_len, table8, protocol, rtype) = (rt[0], rt[1], rt[4], rt[5], rt[7]);
-            let mut table = table8 as u32;
-            let mut dst = None;
-            let mut attrs = &buf[28..len];
-            while attrs.len() >= 4 {
-                let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-                let akind = u16::from_ne_bytes([attrs[2], attrs[3]]);
-                if alen < 4 || alen > attrs.len() {
-                    break;
+        if kind != RTM_NEWROUTE || m.len() < 28 {
+            continue;
+        }
+        let rt = &m[16..28];
+        let (family, dst_len, table8, protocol, rtype) = (rt[0], rt[1], rt[4], rt[5], rt[7]);
+        let mut table = table8 as u32;
+        let mut dst = None;
+        for (akind, payload) in attrs(&m[28..]) {
+            match (akind, family) {
+                (RTA_DST, AF_INET) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(payload) {
+                        dst = Some(IpAddr::from(a));
+                    }
                 }
-                let payload = &attrs[4..alen];
-                match (akind, family) {
-                    (RTA_DST, AF_INET) => {
-                        if let Ok(a) = <[u8; 4]>::try_from(payload) {
-                            dst = Some(IpAddr::from(a));
-                        }
+                (RTA_DST, AF_INET6) => {
+                    if let Ok(a) = <[u8; 16]>::try_from(payload) {
+                        dst = Some(IpAddr::from(a));
                     }
-                    (RTA_DST, AF_INET6) => {
-                        if let Ok(a) = <[u8; 16]>::try_from(payload) {
-                            dst = Some(IpAddr::from(a));
-                        }
-                    }
-                    (RTA_TABLE, _) if payload.len() == 4 => {
-                        table = u32_at(payload, 0).unwrap_or(table);
-                    }
-                    _ => {}
                 }
-                attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
-            }
-            let host =
-                (family == AF_INET && dst_len == 32) || (family == AF_INET6 && dst_len == 128);
-            if let (Some(dst), true) = (dst, host) {
-                out.push(Route {
-                    dst,
-                    table,
-                    protocol,
-                    kind: rtype,
-                });
+                (RTA_TABLE, _) if payload.len() == 4 => {
+                    table = u32_at(payload, 0).unwrap_or(table);
+                }
+                _ => {}
             }
         }
-        let step = (len + 3) & !3;
-        buf = &buf[step.min(buf.len())..];
+        let host = (family == AF_INET && dst_len == 32) || (family == AF_INET6 && dst_len == 128);
+        if let (Some(dst), true) = (dst, host) {
+            out.push(Route {
+                dst,
+                table,
+                protocol,
+                kind: rtype,
+            });
+        }
     }
     (out, done)
 }
 
 /// The acknowledgements in a datagram from the kernel: sequence number ->
 /// errno (0 for success). Anything else, or a truncated message, is skipped.
-pub fn parse_acks(mut buf: &[u8]) -> BTreeMap<u32, i32> {
+pub fn parse_acks(buf: &[u8]) -> BTreeMap<u32, i32> {
     let mut out = BTreeMap::new();
-    while buf.len() >= 16 {
-        let (Some(len), Some(kind), Some(seq)) = (u32_at(buf, 0), u16_at(buf, 4), u32_at(buf, 8))
-        else {
-            break;
-        };
-        let len = len as usize;
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        if let (NLMSG_ERROR, Some(err)) = (kind, u32_at(buf, 16).filter(|_| len >= 20)) {
+    for (kind, seq, m) in messages(buf) {
+        if let (NLMSG_ERROR, Some(err)) = (kind, u32_at(m, 16)) {
             let err = err as i32;
             // A kernel errno is small and negative; anything else on the socket
             // (i32::MIN would overflow a plain negation) is reported, not a panic.
             out.insert(seq, err.saturating_neg());
         }
-        let step = (len + 3) & !3;
-        buf = &buf[step.min(buf.len())..];
     }
     out
 }

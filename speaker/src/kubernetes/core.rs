@@ -276,6 +276,8 @@ pub struct Core {
     /// Services to re-check on the next pass (ownership moved).
     check: BTreeSet<String>,
     conflict_events: ConflictEvents,
+    /// Which virtual-MAC fallbacks already had their Warning Event.
+    fallback_events: ConflictEvents,
     /// Forwarder health not yet given to the index.
     health: Option<BTreeMap<String, bool>>,
     baseline_taken: bool,
@@ -319,6 +321,7 @@ impl Core {
             owned: BTreeSet::new(),
             check: BTreeSet::new(),
             conflict_events: ConflictEvents::default(),
+            fallback_events: ConflictEvents::default(),
             health: None,
             baseline_taken: false,
             own_pod: None,
@@ -406,15 +409,28 @@ impl Core {
             return;
         }
         let me = &self.s.node;
-        let mut ev = service_event(
-            &key,
-            self.index.uid(&key),
-            "IPConflict",
-            "Reassert",
-            format!("another host (MAC {mac}) answers ARP/NDP for {vip}, which node {me} owns; node {me} re-asserted it. Find that host: it takes traffic meant for this Service"),
-        );
+        let note = format!("another host (MAC {mac}) answers ARP/NDP for {vip}, which node {me} owns; node {me} re-asserted it. Find that host: it takes traffic meant for this Service");
+        self.warn(&key, "IPConflict", "Reassert", note);
+    }
+
+    /// Queues a Warning Event on Service `key`.
+    fn warn(&mut self, key: &str, reason: &str, action: &str, note: String) {
+        let mut ev = service_event(key, self.index.uid(key), reason, action, note);
         ev.warning = true;
         self.pending.push(Output::Event(ev));
+    }
+
+    /// A virtual MAC could not be made here: the Service answers with the
+    /// node's MAC, so clients that pin or ignore announcements lose it on
+    /// failover. One Warning per (Service, MAC) and 10 minutes.
+    pub fn vmac_fallback(&mut self, report: crate::l2::FallbackReport, now: Instant) {
+        let (key, mac, why) = report;
+        if !self.fallback_events.first(&key, mac, now) {
+            return;
+        }
+        let me = &self.s.node;
+        let note = format!("node {me} cannot hold virtual MAC {mac} ({why}); it answers ARP/NDP with its own MAC instead");
+        self.warn(&key, "VirtualMACUnavailable", "Fallback", note);
     }
 
     /// Time passes: old Event budgets are forgotten.
@@ -1150,6 +1166,33 @@ mod tests {
             warnings[0].note.contains("02:00:00:00:00:66"),
             "{}",
             warnings[0].note
+        );
+    }
+
+    #[test]
+    fn a_virtual_mac_fallback_is_one_warning_per_service_and_mac() {
+        let t = Instant::now();
+        let (mut c, _) = started(t);
+        let vmac = Mac([2, 0xb4, 0x98, 0x1c, 0x29, 0x5f]);
+        for s in 0..5 {
+            c.vmac_fallback(
+                ("shop/web".into(), vmac, "Device or resource busy".into()),
+                t + Duration::from_secs(s),
+            );
+        }
+        let out = c.step(t);
+        let warnings: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(e) if e.warning => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 1, "{out:?}");
+        assert_eq!(warnings[0].reason, "VirtualMACUnavailable");
+        assert_eq!(warnings[0].regarding.uid.as_deref(), Some("u-web"));
+        assert!(
+            warnings[0].note.contains("02:b4:98:1c:29:5f") && warnings[0].note.contains("busy")
         );
     }
 

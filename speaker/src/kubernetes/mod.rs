@@ -212,6 +212,7 @@ struct Shell {
     announcers: Option<Announcers>,
     owned_rx: Option<watch::Receiver<BTreeSet<String>>>,
     conflicts_rx: Option<tokio::sync::broadcast::Receiver<crate::l2::ConflictReport>>,
+    fallbacks_rx: Option<tokio::sync::broadcast::Receiver<crate::l2::FallbackReport>>,
 }
 
 impl Shell {
@@ -302,6 +303,7 @@ impl Shell {
         if a.l2().is_some() != self.owned_rx.is_some() {
             self.owned_rx = a.l2().map(|l2| l2.owned());
             self.conflicts_rx = a.l2().map(|l2| l2.conflicts());
+            self.fallbacks_rx = a.l2().map(|l2| l2.fallbacks());
             if let Some(rx) = self.owned_rx.as_mut() {
                 core.owned(rx.borrow_and_update().clone());
             }
@@ -409,6 +411,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         announcers: None,
         owned_rx: None,
         conflicts_rx: None,
+        fallbacks_rx: None,
     };
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -475,13 +478,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => shell.conflicts_rx = None,
                 }
             }
+            r = async { shell.fallbacks_rx.as_mut().expect("guarded").recv().await }, if shell.fallbacks_rx.is_some() => {
+                match r {
+                    Ok(report) => core.vmac_fallback(report, std::time::Instant::now()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        for _ in 0..n {
+                            metrics.dropped("l2_fallback_reports");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => shell.fallbacks_rx = None,
+                }
+            }
             _ = term.recv() => core.term(std::time::Instant::now()),
             _ = int.recv() => break,
         }
     }
     tracing::info!("shutting down: withdrawing, then draining");
     ready.store(false, Ordering::Relaxed);
-    if let Some(mut a) = shell.announcers.take() {
+    let mut announcers = shell.announcers.take();
+    if let Some(a) = &mut announcers {
         for task in a.stop() {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
@@ -489,6 +504,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     drop(shell.report_tx);
     report::clear(client.clone(), &opts.namespace, &opts.node).await;
     shell.forwarder.shutdown().await;
+    if let Some(l2) = announcers.as_ref().and_then(|a| a.l2()) {
+        l2.remove_virtual_macs().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -21,6 +21,15 @@ pub struct Group {
 }
 
 impl Group {
+    /// The group's identity for its virtual MAC: its lowest address, the
+    /// same on every node and unique on the segment.
+    pub fn identity(&self) -> Option<IpAddr> {
+        self.services
+            .iter()
+            .flat_map(|s| s.vips.iter().copied())
+            .min()
+    }
+
     /// The nodes that may announce the group: those every member allows,
     /// or, when the members allow disjoint sets (two `Local` Services with
     /// endpoints on different nodes sharing one address, which layer 2
@@ -194,5 +203,20 @@ mod tests {
         assert_eq!(disjoint.eligible(&candidates), ["n1", "n3"]);
         let none = g(vec![svc("a", &["192.0.2.1"], Some(&[]))]);
         assert!(none.eligible(&candidates).is_empty());
+    }
+
+    #[test]
+    fn a_group_is_identified_by_its_lowest_address() {
+        let gs = groups(&[
+            svc("a", &["2001:db8::1", "192.0.2.9"], None),
+            svc("b", &["192.0.2.9", "192.0.2.3"], None),
+        ]);
+        assert_eq!(gs.len(), 1);
+        assert_eq!(gs[0].identity(), Some("192.0.2.3".parse().unwrap()));
+        let empty = Group {
+            key: "x".into(),
+            services: vec![],
+        };
+        assert_eq!(empty.identity(), None);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod groups;
 pub mod iface;
+pub mod vmac;
 
 use crate::announce::{self, Announcer, Table};
 use crate::metrics::{IfaceLabels, Metrics};
@@ -34,6 +35,10 @@ const REASSERT_EVERY: Duration = Duration::from_secs(1);
 
 /// A conflict the runner reports: (service key, VIP, the other MAC).
 pub type ConflictReport = (String, IpAddr, ferrolb_l2::wire::Mac);
+
+/// A virtual MAC that could not be made: (service key, the MAC, why); the
+/// Service answers with the node MAC meanwhile.
+pub type FallbackReport = (String, ferrolb_l2::wire::Mac, String);
 
 /// How layer 2 mode runs on this node.
 #[derive(Debug, Clone)]
@@ -129,6 +134,10 @@ struct IfaceRt {
 }
 
 struct Owned {
+    /// The group's virtual MAC, when its advertisement asks for one.
+    mac: Option<ferrolb_l2::wire::Mac>,
+    /// Waiting for the virtual-MAC links: neither answered nor announced yet.
+    pending: bool,
     /// Start of the claim as peers see it (made fresh while isolated).
     since: Instant,
     /// When this node took the service (the announcement schedule's origin).
@@ -153,6 +162,7 @@ pub struct L2Announcer {
     members: Latest<Vec<Member>>,
     owned: tokio::sync::watch::Receiver<BTreeSet<String>>,
     conflicts: tokio::sync::broadcast::Sender<ConflictReport>,
+    fallbacks: tokio::sync::broadcast::Sender<FallbackReport>,
     settings: Latest<Settings>,
 }
 
@@ -161,6 +171,18 @@ impl L2Announcer {
     /// per service); a receiver that falls behind loses the oldest.
     pub fn conflicts(&self) -> tokio::sync::broadcast::Receiver<ConflictReport> {
         self.conflicts.subscribe()
+    }
+
+    /// Removes this node's virtual-MAC links, as the speaker exits after
+    /// draining: none outlives it (a restarted one also removes any a
+    /// killed run left behind).
+    pub async fn remove_virtual_macs(&self) {
+        vmac::remove_all_logged("on the way out").await;
+    }
+
+    /// Virtual MACs that could not be made (once per link and failure).
+    pub fn fallbacks(&self) -> tokio::sync::broadcast::Receiver<FallbackReport> {
+        self.fallbacks.subscribe()
     }
 
     /// Replaces the member list (Kubernetes mode: the speaker Pods, with their
@@ -273,6 +295,10 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     crate::host::prepare_arp(&names)?;
     let main = tokio::runtime::Handle::current();
+    // Links an earlier run left (it was killed) would take in traffic for
+    // groups another node owns now.
+    vmac::remove_all_logged("left by an earlier run").await;
+    let (vmac_worker, vmac_rx) = vmac::Worker::spawn(&main);
     let mut rts = Vec::new();
     // Bounded: a flood of forged answers must not grow memory; one conflict
     // per VIP already makes the owner re-assert.
@@ -325,6 +351,9 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
     let (owned_tx, owned) = tokio::sync::watch::channel(BTreeSet::new());
     let (reports, _) = tokio::sync::broadcast::channel(CONFLICT_REPORTS);
     let reports2 = reports.clone();
+    let (fallbacks, _) = tokio::sync::broadcast::channel(CONFLICT_REPORTS);
+    let fallbacks2 = fallbacks.clone();
+
     let thread_metrics = Arc::clone(&metrics);
     // The failure detector gets an OS thread and runtime of its own: whatever
     // the responders, the forwarder or the API watches do on the main runtime
@@ -358,6 +387,13 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     ifaces: rts,
                     services: Table::default(),
                     groups: Arc::new(Vec::new()),
+                    group_of: BTreeMap::new(),
+                    group_mac: BTreeMap::new(),
+                    collisions: Vec::new(),
+                    vmac: vmac_worker,
+                    vmac_status: vmac::Statuses::new(),
+                    fallback_reports: fallbacks2,
+                    fallen_back: BTreeSet::new(),
                     owned: BTreeMap::new(),
                     epoch: Instant::now(),
                     metrics: thread_metrics,
@@ -374,7 +410,16 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     names: names_tx,
                 };
                 runner
-                    .run(services_rx, members_rx, settings_rx, conflict_rx, iface_rx)
+                    .run(
+                        Inputs {
+                            services: services_rx,
+                            members: members_rx,
+                            settings: settings_rx,
+                            conflicts: conflict_rx,
+                            iface_events: iface_rx,
+                            vmac: vmac_rx,
+                        },
+                    )
                     .await;
             });
         })
@@ -387,6 +432,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         members: std::sync::Arc::new(members_tx),
         owned,
         conflicts: reports,
+        fallbacks,
         settings: std::sync::Arc::new(settings_tx),
     })
 }
@@ -567,6 +613,20 @@ struct Runner {
     services: Table,
     /// The services as election groups (recomputed when they change).
     groups: Arc<Vec<groups::Group>>,
+    /// Service key to its group's key.
+    group_of: BTreeMap<String, String>,
+    /// Group key to its virtual MAC and identity (groups with `virtualMac`).
+    group_mac: BTreeMap<String, (ferrolb_l2::wire::Mac, IpAddr)>,
+    /// Virtual-MAC collisions already warned about.
+    collisions: Vec<ferrolb_l2::vmac::Collision>,
+    /// Makes and removes the virtual-MAC links, off this thread.
+    vmac: vmac::Worker,
+    /// The worker's latest report.
+    vmac_status: vmac::Statuses,
+    /// Virtual MACs that could not be made, for whoever reports them (Kubernetes Events).
+    fallback_reports: tokio::sync::broadcast::Sender<FallbackReport>,
+    /// Links already reported as failed (reported again if they fail anew).
+    fallen_back: BTreeSet<(u32, ferrolb_l2::wire::Mac)>,
     owned: BTreeMap<String, Owned>,
     epoch: Instant,
     metrics: Arc<Metrics>,
@@ -593,19 +653,30 @@ struct Runner {
     names: tokio::sync::watch::Sender<Vec<String>>,
 }
 
+/// What the layer 2 thread listens to.
+struct Inputs {
+    services: mpsc::UnboundedReceiver<Arc<[announce::Change]>>,
+    members: tokio::sync::watch::Receiver<Option<Vec<Member>>>,
+    settings: tokio::sync::watch::Receiver<Option<Settings>>,
+    conflicts: mpsc::Receiver<(IpAddr, ferrolb_l2::wire::Mac)>,
+    iface_events: mpsc::Receiver<IfaceEvent>,
+    vmac: tokio::sync::watch::Receiver<vmac::Statuses>,
+}
+
 impl Runner {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    async fn run(
-        mut self,
-        mut services: mpsc::UnboundedReceiver<Arc<[announce::Change]>>,
-        mut members: tokio::sync::watch::Receiver<Option<Vec<Member>>>,
-        mut settings: tokio::sync::watch::Receiver<Option<Settings>>,
-        mut conflicts: mpsc::Receiver<(IpAddr, ferrolb_l2::wire::Mac)>,
-        mut iface_events: mpsc::Receiver<IfaceEvent>,
-    ) {
+    async fn run(mut self, inputs: Inputs) {
+        let Inputs {
+            mut services,
+            mut members,
+            mut settings,
+            mut conflicts,
+            mut iface_events,
+            vmac: mut vmac_status,
+        } = inputs;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = vec![0u8; 65_536];
@@ -673,6 +744,7 @@ impl Runner {
                     let touched = self.services.apply(&all);
                     if !touched.is_empty() {
                         self.groups = Arc::new(groups::groups(self.services.iter()));
+                        self.assign_vmacs();
                     }
                     if announce::addresses_moved(&touched) {
                         self.local.want(self.services.iter().flat_map(|s| s.vips.iter().copied()).collect());
@@ -683,6 +755,13 @@ impl Runner {
                 }
                 Some((vip, mac)) = conflicts.recv() => self.on_conflict(vip, mac),
                 Some(ev) = iface_events.recv() => self.on_iface(ev),
+                changed = vmac_status.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let st = vmac_status.borrow_and_update().clone();
+                    self.on_vmac_status(st).await;
+                }
             }
         }
     }
@@ -757,6 +836,8 @@ impl Runner {
         self.opts.repeats = s.repeats;
         self.opts.advertisements = s.advertisements;
         tracing::info!(changed = ?what, "layer 2 settings applied");
+        self.assign_vmacs();
+        self.apply_owned();
         self.elect().await;
     }
 
@@ -936,10 +1017,14 @@ impl Runner {
             for s in &g.services {
                 let i_own = self.owned.contains_key(&s.key);
                 if mine_now && !i_own {
-                    tracing::info!(service = %s.key, vips = ?s.vips, group = %g.key, "taking over: announcing");
+                    let mac = self.group_mac.get(&g.key).map(|(m, _)| *m);
+                    tracing::info!(service = %s.key, vips = ?s.vips, group = %g.key, virtual_mac = ?mac, "taking over: announcing");
+                    let pending = self.links_pending(mac);
                     self.owned.insert(
                         s.key.clone(),
                         Owned {
+                            mac,
+                            pending,
                             since: Instant::now(),
                             taken: Instant::now(),
                             vips: s.vips.clone(),
@@ -992,11 +1077,29 @@ impl Runner {
                 }
             })
             .collect();
+        let status = &self.vmac_status;
         for i in &mut self.ifaces {
-            i.responder
-                .lock()
-                .expect("lock poisoned")
-                .set_owned(vips.iter().copied());
+            let mut r = i.responder.lock().expect("lock poisoned");
+            let node_mac = r.mac();
+            // Each VIP with the MAC it answers with here: its virtual MAC once
+            // the link is up, the node's if it failed, not at all while pending.
+            let answered: Vec<(IpAddr, ferrolb_l2::wire::Mac)> = self
+                .owned
+                .values()
+                .flat_map(|o| {
+                    let mac = match o.mac {
+                        None => Some(node_mac),
+                        Some(m) => match status.get(&(i.index, m)) {
+                            Some(vmac::Status::Ready) => Some(m),
+                            Some(vmac::Status::Failed(_)) => Some(node_mac),
+                            None => None,
+                        },
+                    };
+                    o.vips.iter().filter_map(move |v| mac.map(|m| (*v, m)))
+                })
+                .collect();
+            r.set_owned_as(answered);
+            drop(r);
             if let Some(m) = &i.mcast {
                 for g in groups.difference(&i.joined) {
                     if let Err(e) = m.join_multicast_v6(g, i.index) {
@@ -1009,6 +1112,161 @@ impl Runner {
             }
             i.joined = groups.clone();
         }
+        self.want_links();
+    }
+
+    /// Whether the links of virtual MAC `mac` are still being made on some
+    /// interface (never, without one).
+    fn links_pending(&self, mac: Option<ferrolb_l2::wire::Mac>) -> bool {
+        mac.is_some_and(|m| {
+            self.ifaces
+                .iter()
+                .any(|i| !self.vmac_status.contains_key(&(i.index, m)))
+        })
+    }
+
+    /// Tells the worker which virtual-MAC links this node needs: one per
+    /// owned group with a virtual MAC, per announcing interface.
+    fn want_links(&self) {
+        let mut wanted = vmac::Wanted::new();
+        for (key, o) in &self.owned {
+            let Some(m) = o.mac else { continue };
+            let identity = self
+                .group_of
+                .get(key)
+                .and_then(|g| self.group_mac.get(g).map(|(_, id)| (g, *id)));
+            let alias = match identity {
+                Some((g, id)) => ferrolb_l2::vmac::link_alias(id, g),
+                None => ferrolb_l2::vmac::LINK_ALIAS_PREFIX.to_string(),
+            };
+            for i in &self.ifaces {
+                wanted.entry((i.index, m)).or_insert_with(|| vmac::Want {
+                    name: ferrolb_l2::vmac::link_name(m, i.index),
+                    alias: alias.clone(),
+                });
+            }
+        }
+        self.vmac.want(wanted);
+    }
+
+    /// Derives the virtual MACs of the groups whose pool an advertisement
+    /// with `virtualMac` covers, warns about new collisions, and moves owned
+    /// services whose MAC changed (turned on or off live) to the new one.
+    fn assign_vmacs(&mut self) {
+        let ads = &self.opts.advertisements;
+        let wants = |pool: &str| {
+            ads.iter()
+                .any(|a| a.virtual_mac && (a.pools.is_empty() || a.pools.iter().any(|p| p == pool)))
+        };
+        let mut group_of = BTreeMap::new();
+        let mut identities: Vec<(&str, IpAddr)> = Vec::new();
+        for g in self.groups.iter() {
+            for s in &g.services {
+                group_of.insert(s.key.clone(), g.key.clone());
+            }
+            if let (true, Some(id)) = (wants(&g.services[0].pool), g.identity()) {
+                identities.push((g.key.as_str(), id));
+            }
+        }
+        let ids: BTreeMap<&str, IpAddr> = identities.iter().copied().collect();
+        let a = ferrolb_l2::vmac::assign(identities.iter().copied());
+        for c in &a.collisions {
+            if !self.collisions.contains(c) {
+                tracing::warn!(mac = %c.mac, kept = %c.kept, refused = %c.refused, "two VIP groups derive the same virtual MAC; the second answers with the node MAC (change one of their addresses to give it its own)");
+            }
+        }
+        self.collisions = a.collisions;
+        self.group_mac = a
+            .macs
+            .into_iter()
+            .filter_map(|(k, m)| ids.get(k.as_str()).map(|id| (k.clone(), (m, *id))))
+            .collect();
+        self.group_of = group_of;
+        let now = Instant::now();
+        let mut moved = false;
+        let keys: Vec<String> = self.owned.keys().cloned().collect();
+        for k in keys {
+            let mac = self
+                .group_of
+                .get(&k)
+                .and_then(|g| self.group_mac.get(g))
+                .map(|(m, _)| *m);
+            let pending = self.links_pending(mac);
+            if let Some(o) = self.owned.get_mut(&k) {
+                if o.mac != mac {
+                    tracing::info!(service = %k, virtual_mac = ?mac, "the service's MAC changed; announcing it");
+                    o.mac = mac;
+                    o.pending = pending;
+                    o.taken = now;
+                    o.next = now;
+                    o.sent = 0;
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            self.apply_owned();
+        }
+    }
+
+    /// The worker made or failed links: answer and announce the groups that
+    /// were waiting, and report the failures.
+    async fn on_vmac_status(&mut self, status: vmac::Statuses) {
+        self.vmac_status = status;
+        let ready = self
+            .vmac_status
+            .values()
+            .filter(|s| **s == vmac::Status::Ready)
+            .count();
+        self.metrics.l2_virtual_macs.set(ready as i64);
+        let failed: Vec<((u32, ferrolb_l2::wire::Mac), String)> = self
+            .vmac_status
+            .iter()
+            .filter_map(|(k, s)| match s {
+                vmac::Status::Failed(why) => Some((*k, why.clone())),
+                vmac::Status::Ready => None,
+            })
+            .collect();
+        for (k, why) in &failed {
+            if self.fallen_back.contains(k) {
+                continue;
+            }
+            let iface = self
+                .ifaces
+                .iter()
+                .find(|i| i.index == k.0)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| k.0.to_string());
+            let services: Vec<&String> = self
+                .owned
+                .iter()
+                .filter(|(_, o)| o.mac == Some(k.1))
+                .map(|(key, _)| key)
+                .collect();
+            tracing::error!(mac = %k.1, interface = %iface, services = ?services, reason = %why, "cannot hold the virtual MAC; answering with the node MAC, so clients must update their neighbour entry on failover");
+            self.metrics.l2_virtual_mac_fallbacks.inc();
+            for s in services {
+                let _ = self.fallback_reports.send((s.clone(), k.1, why.clone()));
+            }
+        }
+        self.fallen_back = failed.into_iter().map(|(k, _)| k).collect();
+        let now = Instant::now();
+        let macs: Vec<(String, Option<ferrolb_l2::wire::Mac>)> =
+            self.owned.iter().map(|(k, o)| (k.clone(), o.mac)).collect();
+        for (k, mac) in macs {
+            let pending = self.links_pending(mac);
+            if let Some(o) = self.owned.get_mut(&k) {
+                if o.pending && !pending {
+                    // Its links are up (or failed to the node MAC): announce from now.
+                    o.taken = now;
+                    o.next = now;
+                    o.sent = 0;
+                }
+                o.pending = pending;
+            }
+        }
+        self.apply_owned();
+        self.announce_due().await;
     }
 
     /// Sends the announcements that are due.
@@ -1016,7 +1274,7 @@ impl Runner {
         let now = Instant::now();
         let mut frames = Vec::new();
         for o in self.owned.values_mut() {
-            if o.next > now {
+            if o.next > now || o.pending {
                 continue;
             }
             frames.extend(o.vips.iter().copied());

@@ -209,6 +209,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
     forwarder.shutdown().await;
+    if let Some(l2) = announcer.l2() {
+        l2.remove_virtual_macs().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
-    let obj = ctx.object(f, &["pools", "interfaces", "nodeSelector"])?;
+    let obj = ctx.object(f, &["pools", "interfaces", "nodeSelector", "virtualMac"])?;
     let pools = obj.get("pools").map(|f| ctx.strings(f)).unwrap_or_default();
     let interfaces = obj
         .get("interfaces")
@@ -24,10 +24,15 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
         })
         .unwrap_or_default();
     let node_selector = obj.get("nodeSelector").and_then(|f| selector(ctx, f));
+    let virtual_mac = obj
+        .get("virtualMac")
+        .and_then(|f| ctx.boolean(f))
+        .unwrap_or(false);
     Some(L2Advertisement {
         pools,
         interfaces,
         node_selector,
+        virtual_mac,
     })
 }
 

@@ -1,11 +1,12 @@
 //! The property the netlink fuzz target checks, shared with the stable test
 //! that replays the committed corpus (`tests/fuzz_corpus.rs`).
 
+use ferrolb_netlink::link::parse_links;
 use ferrolb_netlink::{encode_local_route, parse_acks, parse_routes};
 use std::net::IpAddr;
 
-/// Whatever the socket delivers: the route and acknowledgement parsers never
-/// panic, and report only host routes. A route message ferrolb itself
+/// Whatever the socket delivers: the route, link and acknowledgement
+/// parsers never panic, report only host routes and only named links. A route message ferrolb itself
 /// writes, for an address taken from the input, parses back to that address
 /// as one of ferrolb's local routes, whatever bytes follow it.
 pub fn replies(data: &[u8]) {
@@ -14,6 +15,9 @@ pub fn replies(data: &[u8]) {
         assert!(matches!(r.dst, IpAddr::V4(_) | IpAddr::V6(_)));
     }
     let _ = parse_acks(data);
+    for l in parse_links(data).0 {
+        assert!(l.index != 0 && !l.name.is_empty(), "{l:?}");
+    }
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
