@@ -96,6 +96,10 @@ fn l2_options(
             interval_ms: config.failover.heartbeat_interval.as_millis() as u64,
             dead_after_ms: config.failover.dead_after.as_millis() as u64,
         },
+        fast: config
+            .failover
+            .fast_detection
+            .then_some(ferrolb_l2::membership::Fast::PROFILE),
         refresh: config.failover.refresh_interval,
         repeats: config.failover.announce_repeats.clone(),
         keys: member_keys(config.failover.key_file.as_ref(), host)?,

@@ -176,6 +176,8 @@ pub struct Metrics {
     pub l2_ownership_changes: Counter,
     /// Virtual-MAC links this node holds now.
     pub l2_virtual_macs: Gauge,
+    /// Members this node took down on their monitors' verdicts (fast profile).
+    pub l2_fast_detections: Counter,
     /// Virtual-MAC links that could not be made (the group answered with the node MAC).
     pub l2_virtual_mac_fallbacks: Counter,
     /// From a member declared down to this node's first announcement.
@@ -247,6 +249,7 @@ impl Metrics {
             queue_dropped: Family::default(),
             l2_ownership_changes: Counter::default(),
             l2_virtual_macs: Gauge::default(),
+            l2_fast_detections: Counter::default(),
             l2_virtual_mac_fallbacks: Counter::default(),
             l2_failover_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -376,6 +379,11 @@ impl Metrics {
             "l2_ownership_changes",
             "Services this node took or gave up",
             m.l2_ownership_changes.clone(),
+        );
+        registry.register(
+            "l2_fast_detections",
+            "Members this node declared down on their monitors' verdicts (failover profile fast), not after the slow silence",
+            m.l2_fast_detections.clone(),
         );
         registry.register(
             "l2_virtual_macs",

@@ -39,7 +39,7 @@ async fn run(trials: usize) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     println!("layer 2 failover in Kubernetes mode: {trials} trials; 3 speakers, heartbeat 100 ms, dead after 400 ms");
-    stats.report("Kubernetes mode", trials);
+    stats.report("Kubernetes mode, owner SIGKILL", trials);
 }
 
 fn main() {

@@ -9,23 +9,27 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Run in the client's namespace with `python3 -c`, arguments PID VIP PORT
-/// OLD: kills the speaker PID (the owner) with SIGKILL, then polls VIP:PORT
+/// Run in the client's namespace with `python3 -c`, arguments ACTION VIP
+/// PORT OLD [LIMIT]: ACTION is the owner speaker's PID, killed with SIGKILL,
+/// or `cut:NAMESPACE`, whose `eth0` is set down; then it polls VIP:PORT
 /// every ~50 ms and watches eth0 for the new owner's gratuitous ARP or
-/// unsolicited NA; prints the seconds from the kill to the first answer from
-/// a node other than OLD, and to the first announcement (`None` if not seen
-/// within 5 s). The old owner's kernel keeps answering for the VIP as long as
+/// unsolicited NA; prints the seconds from the action to the first answer
+/// from a node other than OLD, and to the first announcement (`None` if not
+/// seen within LIMIT seconds, 5 by default). The old owner's kernel keeps answering for the VIP as long as
 /// the client's neighbour entry points at it, so this measures detection plus
 /// announcement, as a client sees them.
 pub const FAILOVER_PROBER: &str = r#"
-import os, signal, socket, sys, time
-pid = int(sys.argv[1]); vip = sys.argv[2]; port = int(sys.argv[3]); old = sys.argv[4]
+import os, signal, socket, subprocess, sys, time
+act = sys.argv[1]; vip = sys.argv[2]; port = int(sys.argv[3]); old = sys.argv[4]
+limit = float(sys.argv[5]) if len(sys.argv) > 5 else 5.0
 fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
 vipb = socket.inet_pton(fam, vip)
 raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)); raw.bind(("eth0", 0)); raw.setblocking(False)
-t0 = time.monotonic(); os.kill(pid, signal.SIGKILL)
+t0 = time.monotonic()
+if act.startswith("cut:"): subprocess.run(["ip", "-n", act[4:], "link", "set", "eth0", "down"], check=True)
+else: os.kill(int(act), signal.SIGKILL)
 garp = None; ok = None
-while time.monotonic() - t0 < 5 and ok is None:
+while time.monotonic() - t0 < limit and ok is None:
     while True:
         try: f = raw.recv(256)
         except BlockingIOError: break
@@ -60,16 +64,30 @@ pub struct Probe {
 /// Runs [`FAILOVER_PROBER`] in `lab`'s client namespace: kills speaker
 /// `pid` (owner `owner` of `vip`) and times the takeover on `port`.
 pub fn probe_failover(lab: &Lab, pid: u32, vip: &str, port: u16, owner: &str) -> Probe {
+    probe_failover_with(lab, &pid.to_string(), vip, port, owner, 5.0)
+}
+
+/// As [`probe_failover`], with ACTION (a PID to SIGKILL, or `cut:NAMESPACE`)
+/// and a limit in seconds.
+pub fn probe_failover_with(
+    lab: &Lab,
+    action: &str,
+    vip: &str,
+    port: u16,
+    owner: &str,
+    limit_s: f64,
+) -> Probe {
     let out = lab.exec_ok(
         "client",
         &[
             "python3",
             "-c",
             FAILOVER_PROBER,
-            &pid.to_string(),
+            action,
             vip,
             &port.to_string(),
             owner,
+            &limit_s.to_string(),
         ],
     );
     let raw = String::from_utf8_lossy(&out.stdout).to_string();
@@ -91,12 +109,12 @@ pub struct FailoverStats {
 }
 
 impl FailoverStats {
-    /// Adds one trial (a trial without service within 5 s is printed as failed).
+    /// Adds one trial (a trial without service within its limit is printed as failed).
     pub fn add(&mut self, p: &Probe) {
         match p.served_ms {
             Some(t) => self.served.push(t),
             None => println!(
-                "  trial failed: no service within 5 s (prober said {:?})",
+                "  trial failed: no service within the limit (prober said {:?})",
                 p.raw
             ),
         }
@@ -117,7 +135,7 @@ impl FailoverStats {
             return;
         }
         println!(
-            "{label}: owner SIGKILL -> first successful request: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} of {trials} trials)",
+            "{label}: -> first successful request: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} of {trials} trials)",
             pct(&self.served, 0.5),
             pct(&self.served, 0.99),
             self.served[self.served.len() - 1],
@@ -125,7 +143,7 @@ impl FailoverStats {
         );
         if !self.announced.is_empty() {
             println!(
-                "{label}: owner SIGKILL -> first announcement from the new owner at the client: p50 {:.0} ms, p99 {:.0} ms",
+                "{label}: -> first announcement from the new owner at the client: p50 {:.0} ms, p99 {:.0} ms",
                 pct(&self.announced, 0.5),
                 pct(&self.announced, 0.99)
             );
@@ -161,6 +179,20 @@ services:
 ",
         members.join("\n")
     )
+}
+
+/// [`config`] with `virtualMac: true` on its `l2` entry.
+pub fn vmac_config() -> String {
+    let c = config().replace(
+        "l2: [{pools: [vips], interfaces: [eth0]}]",
+        "l2: [{pools: [vips], interfaces: [eth0], virtualMac: true}]",
+    );
+    assert_ne!(
+        c,
+        config(),
+        "the lab's l2 entry changed; update vmac_config"
+    );
+    c
 }
 
 /// A running cluster.
@@ -398,6 +430,44 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// Drops, in the client's namespace, gratuitous ARP for the VIP (sender
+    /// and target address equal) and unsolicited NAs (to all nodes), as a host
+    /// or router that ignores announcements does; counted, so the test knows
+    /// they arrived and were dropped.
+    pub fn drop_announcements(&self) {
+        let rules = "table arp flb {
+      chain in {
+        type filter hook input priority 0;
+        arp saddr ip 192.0.2.100 arp daddr ip 192.0.2.100 counter drop
+      }
+    }
+    table ip6 flb {
+      chain in {
+        type filter hook input priority 0;
+        icmpv6 type nd-neighbor-advert ip6 daddr ff02::1 counter drop
+      }
+    }
+    ";
+        let file = std::env::temp_dir().join(format!("ferrolb-nft-{}", self.lab.name("client")));
+        std::fs::write(&file, rules).expect("rules file");
+        self.lab
+            .exec_ok("client", &["nft", "-f", file.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_file(&file);
+    }
+
+    /// Gratuitous ARP frames the client's rule dropped.
+    pub fn dropped_announcements(&self) -> u64 {
+        let out = self
+            .lab
+            .exec_ok("client", &["nft", "list", "table", "arp", "flb"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The speaker process id of `node`.
     pub fn speaker_pid(&self, node: &str) -> Option<u32> {
         self.speakers

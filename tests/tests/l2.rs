@@ -522,3 +522,41 @@ fn services_sharing_an_address_have_one_owner() {
         );
     }
 }
+
+/// The fast profile: the dead owner's monitors give their verdict and the
+/// others take it at once (not after the slow path's 400 ms).
+#[test]
+fn fast_profile_fails_over_on_the_monitors_verdict() {
+    use ferrolb_tests::l2lab::{config, probe_failover};
+    if !require(
+        "fast_profile_fails_over_on_the_monitors_verdict",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut c = Cluster::start_with_config(
+        "fp",
+        None,
+        &format!("{}failover: {{profile: fast}}\n", config()),
+    );
+    let url = "http://192.0.2.100:8080/";
+    let owner = c.wait_served(url, Duration::from_secs(10));
+    let pid = c.speaker_pid(&owner).expect("running");
+    let p = probe_failover(&c.lab, pid, "192.0.2.100", 8080, &owner);
+    c.reap_speaker(&owner);
+    let served = p
+        .served_ms
+        .unwrap_or_else(|| panic!("no takeover ({}); logs:\n{}", p.raw, c.logs()));
+    // A figure, not a limit (tests/bench/l2_failover.sh has percentiles).
+    eprintln!("fast profile: SIGKILL -> served again after {served:.0} ms");
+    // The survivors took it down on the verdicts, not after the slow silence.
+    for (n, _, _) in ferrolb_tests::l2lab::NODES {
+        if n != owner {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while c.counter(n, "ferrolb_l2_fast_detections_total") == 0 {
+                assert!(Instant::now() < deadline, "{n}; logs:\n{}", c.logs());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}

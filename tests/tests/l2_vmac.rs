@@ -5,7 +5,7 @@
 //! ignores gratuitous ARP behaves. Needs root; skips loudly without it (and
 //! fails under CI's no-skip rule).
 
-use ferrolb_tests::l2lab::{config, Cluster, NODES};
+use ferrolb_tests::l2lab::{config, vmac_config, Cluster, NODES};
 use ferrolb_tests::{require, Need};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -23,15 +23,6 @@ fn needs(name: &str) -> bool {
             Need::Program("python3"),
         ],
     )
-}
-
-fn vmac_config() -> String {
-    let c = config().replace(
-        "l2: [{pools: [vips], interfaces: [eth0]}]",
-        "l2: [{pools: [vips], interfaces: [eth0], virtualMac: true}]",
-    );
-    assert_ne!(c, config(), "the lab's l2 entry changed; update this test");
-    c
 }
 
 fn derived(vip: &str) -> String {
@@ -254,44 +245,6 @@ fn a_virtual_mac_that_cannot_be_made_falls_back_to_the_node_mac() {
     assert!(!out.stdout.is_empty());
 }
 
-/// Drops, in the client's namespace, gratuitous ARP for the VIP (sender
-/// and target address equal) and unsolicited NAs (to all nodes), as a host
-/// or router that ignores announcements does; counted, so the test knows
-/// they arrived and were dropped.
-fn drop_announcements(c: &Cluster) {
-    let rules = "table arp flb {
-  chain in {
-    type filter hook input priority 0;
-    arp saddr ip 192.0.2.100 arp daddr ip 192.0.2.100 counter drop
-  }
-}
-table ip6 flb {
-  chain in {
-    type filter hook input priority 0;
-    icmpv6 type nd-neighbor-advert ip6 daddr ff02::1 counter drop
-  }
-}
-";
-    let file = std::env::temp_dir().join(format!("ferrolb-nft-{}", c.lab.name("client")));
-    std::fs::write(&file, rules).expect("rules file");
-    c.lab
-        .exec_ok("client", &["nft", "-f", file.to_str().expect("utf-8 path")]);
-    let _ = std::fs::remove_file(&file);
-}
-
-/// Gratuitous ARP frames the client's rule dropped.
-fn dropped_announcements(c: &Cluster) -> u64 {
-    let out = c
-        .lab
-        .exec_ok("client", &["nft", "list", "table", "arp", "flb"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_client_that_drops_gratuitous_arp_follows_a_virtual_mac_at_once() {
     if !needs("a_client_that_drops_gratuitous_arp_follows_a_virtual_mac_at_once")
@@ -308,9 +261,9 @@ fn a_client_that_drops_gratuitous_arp_follows_a_virtual_mac_at_once() {
         ("node MAC", "gn", config()),
     ] {
         let mut c = Cluster::start_with_config(tag, None, &text);
-        drop_announcements(&c);
+        c.drop_announcements();
         let owner = c.wait_served(URL4, Duration::from_secs(10));
-        let before = dropped_announcements(&c);
+        let before = c.dropped_announcements();
         let t = Instant::now();
         c.kill_speaker(&owner);
         // The kernel's neighbour timers bound the node-MAC case: the entry
@@ -329,7 +282,7 @@ fn a_client_that_drops_gratuitous_arp_follows_a_virtual_mac_at_once() {
         };
         let took = t.elapsed();
         assert!(
-            dropped_announcements(&c) > before,
+            c.dropped_announcements() > before,
             "{mode}: the new owner's gratuitous ARP reached the client and was dropped"
         );
         if mode == "virtual MAC" {

@@ -42,6 +42,9 @@ pub struct FailoverSettings {
     /// The heartbeat keys, one per line (the first signs, all verify);
     /// none: heartbeats go unauthenticated.
     pub key_file: Option<std::path::PathBuf>,
+    /// `profile: fast`: monitors ping their ring neighbours every 20 ms and
+    /// a member is down 80 ms after its pings stop (docs/l2.md).
+    pub fast_detection: bool,
 }
 
 impl Default for FailoverSettings {
@@ -52,6 +55,7 @@ impl Default for FailoverSettings {
             refresh_interval: Duration::from_secs(10),
             announce_repeats: [100, 300, 1_000, 2_000].map(Duration::from_millis).to_vec(),
             key_file: None,
+            fast_detection: false,
         }
     }
 }

@@ -190,6 +190,8 @@ fn failover_settings() {
     assert_eq!(f.heartbeat_interval, Duration::from_millis(50));
     assert_eq!(f.dead_after, Duration::from_millis(200));
     assert!(f.refresh_interval.is_zero());
+    assert!(f.fast_detection, "profile: fast");
+    assert!(!FailoverSettings::default().fast_detection);
     assert_eq!(
         f.announce_repeats,
         [Duration::from_millis(50), Duration::from_millis(200)]

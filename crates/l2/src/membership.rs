@@ -51,6 +51,40 @@ impl Default for Timing {
     }
 }
 
+/// Fast failure detection (the `fast` failover profile). All-to-all
+/// heartbeats at a fast rate cost every node N-1 datagrams per interval
+/// each way, so instead each node also sends a tiny ping every
+/// `interval_ms` to its `monitors` successors on the ring of live members
+/// (sorted by name); a monitor that hears nothing from its predecessor for
+/// `dead_after_ms` tells every member (a verdict), and a member is down as
+/// soon as two of its monitors (one, if it has only one) say so and this
+/// node has not heard it since they did. The full heartbeats go on at the
+/// slow rate and still declare a silent member down after `dead_after`, so
+/// a death the monitors miss (they died too) is still seen. Cost per node:
+/// `monitors` pings per interval out and about as many in, whatever N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fast {
+    /// Time between pings to each successor, in milliseconds.
+    pub interval_ms: u64,
+    /// Silence after which a monitor gives its verdict, in milliseconds.
+    pub dead_after_ms: u64,
+    /// How many successors each node pings (and so how many monitor it).
+    pub monitors: usize,
+}
+
+impl Fast {
+    /// The `fast` profile: pings every 20 ms, a verdict after 80 ms, two monitors.
+    pub const PROFILE: Fast = Fast {
+        interval_ms: 20,
+        dead_after_ms: 80,
+        monitors: 2,
+    };
+}
+
+/// A verdict is taken only if this node heard the suspect no later than
+/// this long after the monitor last did (network jitter, clock steps).
+const VERDICT_SLACK_MS: u64 = 10;
+
 /// One heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -86,6 +120,31 @@ pub const NEVER: u16 = u16::MAX;
 // Version 2 added the roster fingerprint, version 3 the run id and the MAC;
 // older heartbeats are refused.
 const MAGIC: &[u8; 4] = b"FLB3";
+/// A fast-detection ping: a heartbeat with no claims and no ages.
+const MAGIC_PING: &[u8; 4] = b"FLBP";
+/// A monitor's verdict: a heartbeat whose one claim is (suspect, silence ms).
+const MAGIC_VERDICT: &[u8; 4] = b"FLBV";
+
+/// What a datagram on the membership port is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The full heartbeat: claims and ages, to every member.
+    Heartbeat,
+    /// Fast detection: "alive", to a few ring successors.
+    Ping,
+    /// Fast detection: "I, a monitor of the suspect, have not heard it".
+    Verdict,
+}
+
+impl Kind {
+    fn magic(self) -> &'static [u8; 4] {
+        match self {
+            Kind::Heartbeat => MAGIC,
+            Kind::Ping => MAGIC_PING,
+            Kind::Verdict => MAGIC_VERDICT,
+        }
+    }
+}
 const SIGNED: u8 = 1;
 
 /// The old name of [`Refusal`].
@@ -96,8 +155,13 @@ impl Heartbeat {
     /// `FLB3`, flags (1: signed), key id, run, seq, roster, name, claims,
     /// ages, then the 32-byte MAC over everything before it.
     pub fn encode(&self, keys: &Keys) -> Vec<u8> {
+        self.encode_as(Kind::Heartbeat, keys)
+    }
+
+    /// Encodes as `kind`: the same layout under another magic.
+    pub fn encode_as(&self, kind: Kind, keys: &Keys) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.claims.len() * 24);
-        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(kind.magic());
         out.push(if keys.enabled() { SIGNED } else { 0 });
         out.extend_from_slice(&keys.signing_id().unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&self.run.to_be_bytes());
@@ -123,7 +187,21 @@ impl Heartbeat {
     /// unsigned or whose MAC does not verify (checked before the body is
     /// read). Without keys a signed heartbeat is taken unchecked.
     pub fn decode(bytes: &[u8], keys: &Keys) -> Result<Heartbeat, Refusal> {
-        if bytes.len() < 9 || &bytes[..4] != MAGIC {
+        match Heartbeat::decode_any(bytes, keys)? {
+            (Kind::Heartbeat, hb) => Ok(hb),
+            _ => Err(Refusal::Malformed),
+        }
+    }
+
+    /// Decodes a heartbeat, ping or verdict, with the checks of [`Heartbeat::decode`].
+    pub fn decode_any(bytes: &[u8], keys: &Keys) -> Result<(Kind, Heartbeat), Refusal> {
+        let kind = match bytes.get(..4) {
+            Some(m) if m == MAGIC => Kind::Heartbeat,
+            Some(m) if m == MAGIC_PING => Kind::Ping,
+            Some(m) if m == MAGIC_VERDICT => Kind::Verdict,
+            _ => return Err(Refusal::Malformed),
+        };
+        if bytes.len() < 9 {
             return Err(Refusal::Malformed);
         }
         let flags = bytes[4];
@@ -160,17 +238,25 @@ impl Heartbeat {
         for _ in 0..m {
             ages.push(take_u16(&mut b)?);
         }
-        if !b.is_empty() || from.is_empty() {
+        let shape = match kind {
+            Kind::Heartbeat => true,
+            Kind::Ping => claims.is_empty() && ages.is_empty(),
+            Kind::Verdict => claims.len() == 1 && ages.is_empty(),
+        };
+        if !b.is_empty() || from.is_empty() || !shape {
             return Err(Refusal::Malformed);
         }
-        Ok(Heartbeat {
-            from,
-            run,
-            seq,
-            claims,
-            ages,
-            roster,
-        })
+        Ok((
+            kind,
+            Heartbeat {
+                from,
+                run,
+                seq,
+                claims,
+                ages,
+                roster,
+            },
+        ))
     }
 }
 
@@ -217,6 +303,10 @@ pub enum Change {
 struct Peer {
     addr: SocketAddr,
     last_heard: Option<u64>,
+    /// The last fast ping from it (it counts this node among its monitors).
+    last_ping: Option<u64>,
+    /// Monitors' verdicts on it: monitor -> (arrival, silence it reported).
+    verdicts: BTreeMap<String, (u64, u64)>,
     up: bool,
     /// The run heard from and its highest sequence number, with a bitmap of
     /// the 64 numbers below it already taken (bit i: `seq - 1 - i`).
@@ -236,6 +326,8 @@ impl Peer {
         Peer {
             addr,
             last_heard: None,
+            last_ping: None,
+            verdicts: BTreeMap::new(),
             up: false,
             run: 0,
             seq: 0,
@@ -263,6 +355,17 @@ pub struct Membership {
     seq: u64,
     keys: Keys,
     run: u64,
+    /// Fast detection, when on.
+    fast: Option<Fast>,
+    next_ping: u64,
+    /// Verdicts this node gave, by suspect: when last sent.
+    verdicts_sent: BTreeMap<String, u64>,
+    /// Members taken down by their monitors' verdicts (not by silence).
+    fast_downs: u64,
+    /// Members this node just condemned: its own verdict goes to everyone
+    /// with the next tick, so a monitor whose verdict completed this node's
+    /// quorum gets the vote it needs too.
+    condemned_now: Vec<String>,
 }
 
 /// Where a heartbeat falls in a sender's replay window.
@@ -300,7 +403,81 @@ impl Membership {
             seq: 0,
             keys: Keys::none(),
             run: 0,
+            fast: None,
+            next_ping: 0,
+            verdicts_sent: BTreeMap::new(),
+            fast_downs: 0,
+            condemned_now: Vec::new(),
         }
+    }
+
+    /// How many members went down on their monitors' verdicts so far.
+    pub fn fast_downs(&self) -> u64 {
+        self.fast_downs
+    }
+
+    /// Turns fast detection on (or off with `None`), keeping every member's state.
+    pub fn set_fast(&mut self, now: u64, fast: Option<Fast>) {
+        self.fast = fast;
+        self.next_ping = now;
+        self.verdicts_sent.clear();
+        for p in self.peers.values_mut() {
+            p.verdicts.clear();
+            p.last_ping = None;
+        }
+    }
+
+    /// Fast detection in force.
+    pub fn fast(&self) -> Option<Fast> {
+        self.fast
+    }
+
+    /// The `k` live members after `of` on the ring of live members (sorted
+    /// names, this node included), `of` itself excluded.
+    fn successors(&self, of: &str, k: usize) -> Vec<String> {
+        let mut ring: Vec<&str> = self.live();
+        if !ring.contains(&of) {
+            ring.push(of);
+            ring.sort_unstable();
+        }
+        let Some(at) = ring.iter().position(|n| *n == of) else {
+            return Vec::new();
+        };
+        (1..ring.len())
+            .map(|i| ring[(at + i) % ring.len()].to_string())
+            .take(k)
+            .collect()
+    }
+
+    /// Whether enough of `name`'s monitors say it is gone, uncontradicted.
+    fn condemned(&self, name: &str, fast: Fast, now: u64) -> bool {
+        let Some(p) = self.peers.get(name) else {
+            return false;
+        };
+        let monitors = self.successors(name, fast.monitors);
+        let quorum = monitors.len().min(2);
+        if quorum == 0 {
+            return false;
+        }
+        let slow = self.timing.dead_after_ms;
+        let votes = monitors
+            .iter()
+            .filter(|m| {
+                if **m == self.me {
+                    // This node's own evidence: it was pinged, and the pings stopped.
+                    p.last_ping.is_some_and(|t| now.saturating_sub(t) < slow)
+                        && p.last_heard
+                            .is_some_and(|t| now.saturating_sub(t) >= fast.dead_after_ms)
+                } else {
+                    p.verdicts.get(m.as_str()).is_some_and(|&(at, silence)| {
+                        let lost = at.saturating_sub(silence);
+                        now.saturating_sub(at) < slow
+                            && p.last_heard.is_none_or(|t| t <= lost + VERDICT_SLACK_MS)
+                    })
+                }
+            })
+            .count();
+        votes >= quorum
     }
 
     /// Signs and checks heartbeats with `keys`; `run` identifies this run
@@ -386,14 +563,32 @@ impl Membership {
             .filter(|(name, _)| self.heard_age(name, now) >= dead_after)
             .map(|(name, _)| name.clone())
             .collect();
+        let mut down = down;
+        let mut sends = Vec::new();
+        if let Some(fast) = self.fast {
+            let condemned: Vec<String> = self
+                .peers
+                .iter()
+                .filter(|(n, p)| p.up && !down.contains(n))
+                // Cheap first: only a member with verdicts, or pinging this node, can be condemned.
+                .filter(|(_, p)| !p.verdicts.is_empty() || p.last_ping.is_some())
+                .filter(|(n, _)| self.condemned(n, fast, now))
+                .map(|(n, _)| n.clone())
+                .collect();
+            self.fast_downs += condemned.len() as u64;
+            self.condemned_now.extend(condemned.iter().cloned());
+            down.extend(condemned);
+            sends.extend(self.fast_sends(fast, now));
+        }
         for name in down {
             if let Some(p) = self.peers.get_mut(&name) {
                 p.up = false;
                 p.claims.clear();
+                p.verdicts.clear();
+                self.verdicts_sent.remove(&name);
                 changes.push(Change::Down(name));
             }
         }
-        let mut sends = Vec::new();
         if now >= self.next_send {
             self.seq += 1;
             let ages = self.order.iter().map(|n| self.own_age(n, now)).collect();
@@ -406,14 +601,80 @@ impl Membership {
                 roster: self.roster,
             }
             .encode(&self.keys);
-            sends = self
-                .peers
-                .values()
-                .map(|p| (p.addr, bytes.clone()))
-                .collect();
+            sends.extend(self.peers.values().map(|p| (p.addr, bytes.clone())));
             self.next_send = now + self.timing.interval_ms;
         }
         (sends, changes)
+    }
+
+    /// The pings due to this node's successors, and the verdicts due on
+    /// the live members it monitors that went silent.
+    fn fast_sends(&mut self, fast: Fast, now: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        if now >= self.next_ping {
+            self.next_ping = now + fast.interval_ms;
+            self.seq += 1;
+            let ping = Heartbeat {
+                from: self.me.clone(),
+                run: self.run,
+                seq: self.seq,
+                claims: Vec::new(),
+                ages: Vec::new(),
+                roster: self.roster,
+            }
+            .encode_as(Kind::Ping, &self.keys);
+            for s in self.successors(&self.me.clone(), fast.monitors) {
+                if let Some(p) = self.peers.get(&s) {
+                    out.push((p.addr, ping.clone()));
+                }
+            }
+        }
+        let slow = self.timing.dead_after_ms;
+        let silent: Vec<(String, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.up && p.last_ping.is_some_and(|t| now.saturating_sub(t) < slow))
+            .filter_map(|(n, p)| {
+                let silence = now.saturating_sub(p.last_heard?);
+                (silence >= fast.dead_after_ms).then(|| (n.clone(), silence))
+            })
+            .filter(|(n, _)| self.successors(n, fast.monitors).contains(&self.me))
+            .filter(|(n, _)| {
+                self.verdicts_sent
+                    .get(n)
+                    .is_none_or(|t| now.saturating_sub(*t) >= fast.interval_ms)
+            })
+            .collect();
+        let mut silent = silent;
+        for c in std::mem::take(&mut self.condemned_now) {
+            let silence = self
+                .peers
+                .get(&c)
+                .and_then(|p| p.last_heard)
+                .map_or(u64::MAX / 2, |t| now.saturating_sub(t));
+            if !silent.iter().any(|(n, _)| *n == c) {
+                silent.push((c, silence));
+            }
+        }
+        for (suspect, silence) in silent {
+            self.verdicts_sent.insert(suspect.clone(), now);
+            self.seq += 1;
+            let verdict = Heartbeat {
+                from: self.me.clone(),
+                run: self.run,
+                seq: self.seq,
+                claims: vec![(suspect.clone(), silence)],
+                ages: Vec::new(),
+                roster: self.roster,
+            }
+            .encode_as(Kind::Verdict, &self.keys);
+            for (n, p) in &self.peers {
+                if *n != suspect {
+                    out.push((p.addr, verdict.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Takes a datagram received from `from`; returns a change if the sender
@@ -424,7 +685,7 @@ impl Membership {
         from: SocketAddr,
         bytes: &[u8],
     ) -> Result<Option<Change>, Refusal> {
-        let hb = Heartbeat::decode(bytes, &self.keys)?;
+        let (kind, hb) = Heartbeat::decode_any(bytes, &self.keys)?;
         let p = self.peers.get_mut(&hb.from).ok_or(Refusal::UnknownMember)?;
         if from.ip() != p.addr.ip() {
             return Err(Refusal::WrongSource);
@@ -455,6 +716,20 @@ impl Membership {
             Fresh::Late
         };
         p.last_heard = Some(now);
+        // Heard: whatever its monitors said is contradicted.
+        p.verdicts.clear();
+        self.verdicts_sent.remove(&hb.from);
+        match kind {
+            Kind::Heartbeat => {}
+            Kind::Ping => {
+                p.last_ping = Some(now);
+                return Ok(None);
+            }
+            Kind::Verdict => return Ok(self.take_verdict(now, hb)),
+        }
+        let Some(p) = self.peers.get_mut(&hb.from) else {
+            return Err(Refusal::UnknownMember);
+        };
         if fresh == Fresh::Newest {
             p.claims = hb.claims;
             p.claims_at = now;
@@ -471,6 +746,34 @@ impl Membership {
             return Ok(Some(Change::Up(hb.from)));
         }
         Ok(None)
+    }
+
+    /// A monitor's verdict: recorded on the suspect, which goes down at once
+    /// if that makes a quorum. A verdict on this node is answered with a
+    /// full heartbeat to everyone now, which contradicts it everywhere.
+    fn take_verdict(&mut self, now: u64, v: Heartbeat) -> Option<Change> {
+        let fast = self.fast?;
+        let (suspect, silence) = v.claims.into_iter().next()?;
+        if suspect == self.me {
+            self.next_send = now;
+            return None;
+        }
+        let p = self.peers.get_mut(&suspect)?;
+        if !p.up {
+            return None;
+        }
+        p.verdicts.insert(v.from, (now, silence));
+        if !self.condemned(&suspect, fast, now) {
+            return None;
+        }
+        let p = self.peers.get_mut(&suspect)?;
+        p.up = false;
+        p.claims.clear();
+        p.verdicts.clear();
+        self.verdicts_sent.remove(&suspect);
+        self.fast_downs += 1;
+        self.condemned_now.push(suspect.clone());
+        Some(Change::Down(suspect))
     }
 
     /// How long ago this node itself heard `name`, in 10 ms units.
@@ -990,5 +1293,336 @@ mod tests {
             [2_000],
             "a clock read before arrival does not subtract"
         );
+    }
+
+    /// The failure detector's cost per node, from the pure model: N members
+    /// exchanging heartbeats for 2 simulated seconds with 100 VIP groups
+    /// spread over them: the default profile, the fast profile (pings to
+    /// two successors), and what all-to-all heartbeats at the fast rate
+    /// would cost instead. Prints the
+    /// table docs/l2.md quotes (`cargo test --release -p ferrolb-l2 --lib
+    /// cost_per_node -- --nocapture`); asserts the counts the design
+    /// promises (N-1 heartbeats per interval, nobody declared down).
+    #[test]
+    fn cost_per_node_at_3_10_and_100_nodes() {
+        println!("nodes  profile          sent/s  received/s  bytes/s out  bytes/datagram  handling per datagram");
+        for n in [3usize, 10, 100] {
+            for (label, timing, fast) in [
+                ("default", Timing::default(), None),
+                ("fast", Timing::default(), Some(Fast::PROFILE)),
+                (
+                    "all-to-all 20ms",
+                    Timing {
+                        interval_ms: 20,
+                        dead_after_ms: 80,
+                    },
+                    None,
+                ),
+            ] {
+                let names: Vec<String> = (0..n).map(|i| format!("node{i:03}")).collect();
+                let addrs: Vec<SocketAddr> = (0..n as u16).map(addr).collect();
+                let mut nodes: Vec<Membership> = names
+                    .iter()
+                    .map(|me| {
+                        let mut m = Membership::new(
+                            me,
+                            names.iter().cloned().zip(addrs.iter().copied()),
+                            timing,
+                        );
+                        m.set_fast(0, fast);
+                        m
+                    })
+                    .collect();
+                let claims: Vec<Vec<(String, u64)>> = (0..n)
+                    .map(|i| {
+                        (0..100)
+                            .filter(|g| g % n == i)
+                            .map(|g| (format!("default/service-{g:03}"), 60_000))
+                            .collect()
+                    })
+                    .collect();
+                let (mut sent, mut bytes, mut received) =
+                    (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
+                let mut handling = std::time::Duration::ZERO;
+                let mut handled = 0u32;
+                let end_ms = 2_000;
+                let step = 5;
+                let mut now = 0;
+                while now < end_ms {
+                    for i in 0..n {
+                        let (out, changes) = nodes[i].tick(now, &claims[i]);
+                        assert!(
+                            changes.iter().all(|c| !matches!(c, Change::Down(_))),
+                            "{n} nodes, {label}: {changes:?} at {now} ms"
+                        );
+                        for (to, b) in out {
+                            let j = addrs.iter().position(|a| *a == to).expect("a member");
+                            sent[i] += 1;
+                            bytes[i] += b.len() as u64;
+                            received[j] += 1;
+                            let t = std::time::Instant::now();
+                            let _ = nodes[j].receive(now, addrs[i], &b);
+                            handling += t.elapsed();
+                            handled += 1;
+                        }
+                    }
+                    now += step;
+                }
+                let secs = end_ms as f64 / 1000.0;
+                let per_node_sent = sent[0] as f64 / secs;
+                let pings = fast.map_or(0.0, |f| {
+                    f.monitors.min(n - 1) as f64 * 1000.0 / f.interval_ms as f64
+                });
+                let expected = (n as f64 - 1.0) * 1000.0 / timing.interval_ms as f64 + pings;
+                assert!(
+                    (per_node_sent - expected).abs() <= expected * 0.05 + (n as f64),
+                    "{n} nodes, {label}: {per_node_sent} heartbeats/s, expected {expected}"
+                );
+                println!(
+                    "{n:>5}  {label:<15} {:>7.0} {:>11.0} {:>12.0} {:>15.0} {:>15.1?}",
+                    per_node_sent,
+                    received[0] as f64 / secs,
+                    bytes[0] as f64 / secs,
+                    bytes[0] as f64 / sent[0].max(1) as f64,
+                    handling / handled.max(1)
+                );
+            }
+        }
+    }
+
+    /// A simulated segment: members, datagrams in flight with their
+    /// arrival times, and a deterministic generator for delay and loss.
+    struct Segment {
+        names: Vec<String>,
+        nodes: Vec<Membership>,
+        alive: Vec<bool>,
+        flight: Vec<(u64, usize, usize, Vec<u8>)>,
+        rng: u64,
+        /// Largest extra delay (ms) and loss (per mille).
+        jitter_ms: u64,
+        loss: u64,
+        /// (time, observer, member) of every Down seen.
+        downs: Vec<(u64, usize, String)>,
+        sent: Vec<u64>,
+    }
+
+    impl Segment {
+        fn new(n: usize, timing: Timing, fast: Option<Fast>) -> Segment {
+            let names: Vec<String> = (0..n).map(|i| format!("node{i:03}")).collect();
+            let nodes = names
+                .iter()
+                .map(|me| {
+                    let mut m = Membership::new(
+                        me,
+                        names.iter().cloned().zip((0..n as u16).map(addr)),
+                        timing,
+                    );
+                    m.set_fast(0, fast);
+                    m
+                })
+                .collect();
+            Segment {
+                names,
+                nodes,
+                alive: vec![true; n],
+                flight: Vec::new(),
+                rng: 0x9e37_79b9_7f4a_7c15,
+                jitter_ms: 0,
+                loss: 0,
+                downs: Vec::new(),
+                sent: vec![0; n],
+            }
+        }
+
+        fn next(&mut self) -> u64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng
+        }
+
+        /// Runs from `from` to `to` in 1 ms steps.
+        fn run(&mut self, from: u64, to: u64) {
+            for now in from..to {
+                let (due, later): (Vec<_>, Vec<_>) =
+                    self.flight.drain(..).partition(|(t, ..)| *t <= now);
+                self.flight = later;
+                for (_, i, j, b) in due {
+                    if !self.alive[j] {
+                        continue;
+                    }
+                    if let Ok(Some(Change::Down(x))) =
+                        self.nodes[j].receive(now, addr(i as u16), &b)
+                    {
+                        self.downs.push((now, j, x));
+                    }
+                }
+                for i in 0..self.nodes.len() {
+                    if !self.alive[i] {
+                        continue;
+                    }
+                    let (out, changes) = self.nodes[i].tick(now, &[]);
+                    for c in changes {
+                        if let Change::Down(x) = c {
+                            self.downs.push((now, i, x));
+                        }
+                    }
+                    for (to, b) in out {
+                        self.sent[i] += 1;
+                        let j = (to.port() - 7000) as usize;
+                        if self.loss > 0 && self.next() % 1000 < self.loss {
+                            continue;
+                        }
+                        let delay = if self.jitter_ms > 0 {
+                            self.next() % (self.jitter_ms + 1)
+                        } else {
+                            0
+                        };
+                        self.flight.push((now + delay, i, j, b));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_detection_takes_a_dead_member_down_within_its_budget_at_any_size() {
+        for n in [2usize, 3, 10, 100] {
+            let mut sim = Segment::new(n, Timing::default(), Some(Fast::PROFILE));
+            sim.run(0, 1_000);
+            assert!(sim.downs.is_empty(), "{n} nodes: {:?}", sim.downs);
+            // Kill one in the middle of the ring.
+            let victim = n / 2;
+            sim.alive[victim] = false;
+            sim.run(1_000, 1_600);
+            let name = sim.names[victim].clone();
+            for (j, _) in sim.names.iter().enumerate().filter(|(j, _)| *j != victim) {
+                let at = sim
+                    .downs
+                    .iter()
+                    .find(|(_, o, x)| *o == j && *x == name)
+                    .map(|(t, ..)| *t)
+                    .unwrap_or_else(|| panic!("{n} nodes: node {j} never saw {name} down"));
+                // A ping interval, the verdict silence, and a step.
+                assert!(
+                    at - 1_000 <= Fast::PROFILE.interval_ms + Fast::PROFILE.dead_after_ms + 1,
+                    "{n} nodes: node {j} saw it {} ms after",
+                    at - 1_000
+                );
+            }
+            assert!(
+                sim.downs.iter().all(|(_, _, x)| *x == name),
+                "only the dead one: {:?}",
+                sim.downs
+            );
+        }
+    }
+
+    #[test]
+    fn without_fast_detection_the_slow_path_is_what_it_was() {
+        let mut sim = Segment::new(3, Timing::default(), None);
+        sim.run(0, 1_000);
+        sim.alive[1] = false;
+        sim.run(1_000, 2_000);
+        let first = sim.downs.iter().map(|(t, ..)| *t).min().expect("seen down");
+        assert!((1_300..=1_550).contains(&first), "{first}");
+    }
+
+    #[test]
+    fn jitter_and_loss_never_take_a_live_member_down() {
+        for n in [3usize, 10] {
+            let mut sim = Segment::new(n, Timing::default(), Some(Fast::PROFILE));
+            // Up to 30 ms of extra delay on every datagram and 2% loss, for 20 s.
+            sim.jitter_ms = 30;
+            sim.loss = 20;
+            sim.run(0, 20_000);
+            assert!(
+                sim.downs.is_empty(),
+                "{n} nodes: {:?}",
+                &sim.downs[..sim.downs.len().min(5)]
+            );
+        }
+    }
+
+    #[test]
+    fn one_monitors_verdict_alone_condemns_nobody() {
+        let mut sim = Segment::new(4, Timing::default(), Some(Fast::PROFILE));
+        sim.run(0, 1_000);
+        // node001 (a monitor of node000) claims node000 has been silent, twice.
+        for t in [1_000u64, 1_020] {
+            sim.nodes[1].seq += 1;
+            let forged = Heartbeat {
+                from: "node001".into(),
+                run: 0,
+                seq: sim.nodes[1].seq,
+                claims: vec![("node000".into(), 500)],
+                ages: vec![],
+                roster: sim.nodes[1].roster,
+            }
+            .encode_as(Kind::Verdict, &Keys::none());
+            for j in [2usize, 3] {
+                let r = sim.nodes[j].receive(t, addr(1), &forged);
+                assert_eq!(r, Ok(None), "node {j}");
+            }
+        }
+        sim.run(1_000, 2_000);
+        assert!(sim.downs.is_empty(), "{:?}", sim.downs);
+    }
+
+    #[test]
+    fn a_verdict_on_this_node_is_answered_with_a_heartbeat_at_once() {
+        let mut sim = Segment::new(3, Timing::default(), Some(Fast::PROFILE));
+        sim.run(0, 1_000);
+        let v = Heartbeat {
+            from: "node001".into(),
+            run: 0,
+            seq: 10_000,
+            claims: vec![("node000".into(), 90)],
+            ages: vec![],
+            roster: sim.nodes[0].roster,
+        }
+        .encode_as(Kind::Verdict, &Keys::none());
+        assert_eq!(sim.nodes[0].receive(1_000, addr(1), &v), Ok(None));
+        let (out, _) = sim.nodes[0].tick(1_001, &[]);
+        let full = out
+            .iter()
+            .filter(|(_, b)| Heartbeat::decode(b, &Keys::none()).is_ok())
+            .count();
+        assert_eq!(full, 2, "a full heartbeat to both others now");
+    }
+
+    #[test]
+    fn pings_and_verdicts_round_trip_and_are_not_heartbeats() {
+        let hb = Heartbeat {
+            from: "n1".into(),
+            run: 1,
+            seq: 2,
+            claims: vec![("n2".into(), 90)],
+            ages: vec![],
+            roster: 3,
+        };
+        let keys = Keys::from_text(KEY).unwrap();
+        for k in [Keys::none(), keys] {
+            let v = hb.encode_as(Kind::Verdict, &k);
+            assert_eq!(
+                Heartbeat::decode_any(&v, &k),
+                Ok((Kind::Verdict, hb.clone()))
+            );
+            assert_eq!(Heartbeat::decode(&v, &k), Err(Refusal::Malformed));
+            let ping = Heartbeat {
+                claims: vec![],
+                ..hb.clone()
+            };
+            let p = ping.encode_as(Kind::Ping, &k);
+            assert_eq!(
+                Heartbeat::decode_any(&p, &k),
+                Ok((Kind::Ping, ping.clone()))
+            );
+            // A ping with claims is malformed.
+            assert_eq!(
+                Heartbeat::decode_any(&hb.encode_as(Kind::Ping, &k), &k),
+                Err(Refusal::Malformed)
+            );
+        }
     }
 }

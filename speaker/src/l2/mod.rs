@@ -14,7 +14,7 @@ use crate::metrics::{IfaceLabels, Metrics};
 use ferrolb_config::{L2Advertisement, Member};
 use ferrolb_l2::election::{self, Claim};
 use ferrolb_l2::limit::SourceLimiter;
-use ferrolb_l2::membership::{Change, Membership, Timing};
+use ferrolb_l2::membership::{Change, Fast, Membership, Timing};
 use ferrolb_l2::respond::Responder;
 use ferrolb_l2::wire::solicited_node;
 use ferrolb_sys::PacketSocket;
@@ -51,6 +51,8 @@ pub struct Options {
     pub advertisements: Vec<L2Advertisement>,
     /// Failure detector timing.
     pub timing: Timing,
+    /// Fast detection (`failover.profile: fast`), if on.
+    pub fast: Option<Fast>,
     /// Periodic re-announcement of owned VIPs, so that switch FDB and client
     /// ARP ageing never leave a VIP pointing nowhere; zero disables it.
     pub refresh: Duration,
@@ -68,6 +70,8 @@ pub struct Settings {
     pub advertisements: Vec<L2Advertisement>,
     /// Failure detector timing.
     pub timing: Timing,
+    /// Fast detection, if on.
+    pub fast: Option<Fast>,
     /// Periodic re-announcement of owned VIPs; zero disables it.
     pub refresh: Duration,
     /// Announcement repeats after a takeover.
@@ -82,6 +86,7 @@ impl Options {
         Settings {
             advertisements: self.advertisements.clone(),
             timing: self.timing,
+            fast: self.fast,
             refresh: self.refresh,
             repeats: self.repeats.clone(),
             keys: self.keys.clone(),
@@ -337,6 +342,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     membership.set_auth(opts.keys.clone(), run);
+    membership.set_fast(0, opts.fast);
     for r in ferrolb_l2::auth::Refusal::ALL {
         metrics
             .l2_heartbeats_refused
@@ -394,6 +400,7 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     vmac_status: vmac::Statuses::new(),
                     fallback_reports: fallbacks2,
                     fallen_back: BTreeSet::new(),
+                    fast_seen: 0,
                     owned: BTreeMap::new(),
                     epoch: Instant::now(),
                     metrics: thread_metrics,
@@ -627,6 +634,8 @@ struct Runner {
     fallback_reports: tokio::sync::broadcast::Sender<FallbackReport>,
     /// Links already reported as failed (reported again if they fail anew).
     fallen_back: BTreeSet<(u32, ferrolb_l2::wire::Mac)>,
+    /// Tick-path verdict downs already counted in the metric.
+    fast_seen: u64,
     owned: BTreeMap<String, Owned>,
     epoch: Instant,
     metrics: Arc<Metrics>,
@@ -694,6 +703,12 @@ impl Runner {
                         match self.membership.receive(now, from, &buf[..n]) {
                             Ok(Some(Change::Up(name))) => {
                                 tracing::info!(member = %name, "member up");
+                                self.elect().await;
+                            }
+                            Ok(Some(Change::Down(name))) => {
+                                tracing::warn!(member = %name, "member down (its monitors stopped hearing it)");
+                                self.count_fast_detections();
+                                self.lost_owner_at = Some(Instant::now());
                                 self.elect().await;
                             }
                             Ok(_) => {}
@@ -812,6 +827,11 @@ impl Runner {
             self.membership.set_timing(self.now_ms(), s.timing);
             what.push("timing");
         }
+        if s.fast != self.membership.fast() {
+            tracing::info!(fast = ?s.fast, "fast detection changed");
+            self.membership.set_fast(self.now_ms(), s.fast);
+            what.push("fast detection");
+        }
         if s.keys.ids() != self.opts.keys.ids() {
             if s.keys.enabled() {
                 tracing::info!(keys = ?s.keys, "heartbeat keys changed");
@@ -878,6 +898,17 @@ impl Runner {
         }
     }
 
+    /// Moves the detector's count of verdict downs to the metric.
+    fn count_fast_detections(&mut self) {
+        let fast = self.membership.fast_downs();
+        if fast > self.fast_seen {
+            self.metrics
+                .l2_fast_detections
+                .inc_by(fast - self.fast_seen);
+            self.fast_seen = fast;
+        }
+    }
+
     /// Whether this node can announce at all: some announcing interface has a link.
     fn can_announce(&self) -> bool {
         self.ifaces.iter().any(|i| i.carrier)
@@ -916,6 +947,7 @@ impl Runner {
             }
         }
         let mut any = false;
+        self.count_fast_detections();
         for c in changes {
             if let Change::Down(name) = c {
                 tracing::warn!(member = %name, "member down");

@@ -11,9 +11,21 @@ pub(super) fn failover(ctx: &mut Ctx, f: Field<'_>) -> Option<FailoverSettings> 
             "refreshInterval",
             "announceRepeats",
             "keyFile",
+            "profile",
         ],
     )?;
     let mut s = FailoverSettings::default();
+    if let Some(f) = obj.get("profile") {
+        match ctx.string(f).as_deref() {
+            Some("default") => {}
+            Some("fast") => s.fast_detection = true,
+            Some(other) => ctx.error(
+                f.path,
+                format!("{other:?} is not a profile: use default or fast"),
+            ),
+            None => {}
+        }
+    }
     if let Some(f) = obj.get("keyFile") {
         s.key_file = ctx.string(f).map(PathBuf::from);
     }
