@@ -2,6 +2,7 @@
 //!
 //!   cargo bench -p ferrolb-tests --bench l2_failover            # 20 trials each
 //!   cargo bench -p ferrolb-tests --bench l2_failover -- --trials 5
+//!   cargo bench -p ferrolb-tests --bench l2_failover -- --only "fast profile, link"
 //!
 //! Needs root (network namespaces) and nft. Three nodes and a client on one
 //! bridge (`ferrolb_tests::l2lab`). Each trial, a prober inside the client
@@ -37,6 +38,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let trials = arg(&args, "--trials", 20);
     let slow_trials = arg(&args, "--slow-trials", 3);
+    // `--only TEXT`: run the setups and scenarios whose label contains TEXT.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_default();
     if !ferrolb_tests::require(
         "l2_failover benchmark",
         &[
@@ -60,6 +68,10 @@ fn main() {
     ];
     for (n, (setup, text, settle_ms)) in setups.into_iter().enumerate() {
         let virtual_mac = setup.starts_with("virtual");
+        let wanted = |scenario: &str| format!("{setup}, {scenario}").contains(&only);
+        if !["SIGKILL", "link", "drops"].iter().any(|s| wanted(s)) && !setup.contains(&only) {
+            continue;
+        }
         let mut c = Cluster::start_with_config(&format!("m{n}"), None, &text);
         let settle = Duration::from_millis(settle_ms);
         for (scenario, vip, url) in [
@@ -76,6 +88,9 @@ fn main() {
                 "http://192.0.2.100:8080/",
             ),
         ] {
+            if !wanted(scenario) {
+                continue;
+            }
             let drops = scenario.contains("drops");
             if drops {
                 c.drop_announcements();

@@ -86,6 +86,12 @@ pub fn ready_budget(objects: &[serde_json::Value]) -> Duration {
 impl Product {
     /// Builds the lab, starts the API server, the controller and a speaker per node.
     pub async fn start(mode: Mode) -> Product {
+        Product::start_with(mode, None).await
+    }
+
+    /// As [`Product::start`], with `l2` (the ConfigMap's `l2:` line, layer 2
+    /// mode) instead of the default one.
+    pub async fn start_with(mode: Mode, l2: Option<&str>) -> Product {
         let mut lab = Lab::new(if mode == Mode::Layer2 { "pl" } else { "pb" });
         match mode {
             Mode::Layer2 => {
@@ -120,7 +126,10 @@ impl Product {
         .await;
         let (config, bird) = match mode {
             Mode::Layer2 => (
-                "pools: [{name: vips, addresses: [192.0.2.100-192.0.2.110]}]\nl2: [{pools: [vips], interfaces: [eth0]}]\n".to_string(),
+                format!(
+                    "pools: [{{name: vips, addresses: [192.0.2.100-192.0.2.110]}}]\n{}\n",
+                    l2.unwrap_or("l2: [{pools: [vips], interfaces: [eth0]}]")
+                ),
                 None,
             ),
             Mode::Bgp => {

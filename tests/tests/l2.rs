@@ -560,3 +560,40 @@ fn fast_profile_fails_over_on_the_monitors_verdict() {
         }
     }
 }
+
+/// A short flap of the owner's link (down long enough for the fast profile
+/// to move the VIP, back before the slow path would have noticed): the VIP
+/// moves once and stays, because a node whose link returns listens first.
+#[test]
+fn a_short_link_flap_moves_the_vip_once() {
+    use ferrolb_tests::l2lab::config;
+    if !require(
+        "a_short_link_flap_moves_the_vip_once",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let c = Cluster::start_with_config(
+        "lf",
+        None,
+        &format!("{}failover: {{profile: fast}}\n", config()),
+    );
+    let url = "http://192.0.2.100:8080/";
+    for round in 0..5 {
+        let owner = c.wait_served(url, Duration::from_secs(10));
+        c.lab.cut(&owner);
+        let next = c.wait_served(url, Duration::from_secs(5));
+        c.lab.uncut(&owner);
+        assert_ne!(next, owner, "round {round}");
+        // The returned node hears the new claim before it may take anything.
+        std::thread::sleep(Duration::from_millis(800));
+        for _ in 0..5 {
+            assert_eq!(
+                c.get(url, 1.0).as_deref(),
+                Some(next.as_str()),
+                "round {round}: no flap-back to {owner}; logs:\n{}",
+                c.logs()
+            );
+        }
+    }
+}

@@ -384,3 +384,93 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
     );
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
 }
+
+/// Virtual MAC mode in Kubernetes mode, as shipped: the speaker Pods (their
+/// capabilities, read-only `/proc/sys`, seccomp) make the macvlan, answer
+/// with the group's MAC, and a client pinned to it follows a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_mac_in_kubernetes_mode_through_the_kubelet() {
+    if !require(
+        "virtual_mac_in_kubernetes_mode_through_the_kubelet",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("python3"),
+            Need::StaticImages,
+        ],
+    ) {
+        return;
+    }
+    let mut p = Product::start_with(
+        Mode::Layer2,
+        Some("l2: [{pools: [vips], interfaces: [eth0], virtualMac: true}]"),
+    )
+    .await;
+    let vip = p.service("web", 8080, json!({}), &ALL).await;
+    let url = format!("http://{vip}:8080/");
+    let owner = p.wait_get("the VIP", &url, |b| b.starts_with("node"));
+    let vmac = ferrolb_l2::vmac::derive(vip.parse().expect("ip")).to_string();
+    let neigh = |p: &Product| {
+        let out = p.lab.exec_ok("client", &["ip", "neigh", "show", &vip]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(
+        neigh(&p).contains(&vmac),
+        "the client resolved {vip} to {vmac}: {}\n{}",
+        neigh(&p),
+        p.logs()
+    );
+    let holders = |p: &Product| -> Vec<String> {
+        ["node1", "node2", "node3"]
+            .iter()
+            .filter(|n| {
+                let out = p.lab.exec_ok(n, &["ip", "-o", "link", "show"]);
+                String::from_utf8_lossy(&out.stdout).contains(&format!("link/ether {vmac} "))
+            })
+            .map(|n| n.to_string())
+            .collect()
+    };
+    assert_eq!(holders(&p), vec![owner.clone()]);
+    p.lab.exec_ok(
+        "client",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &vip,
+            "lladdr",
+            &vmac,
+            "nud",
+            "permanent",
+            "dev",
+            "eth0",
+        ],
+    );
+    p.hold_speaker(&owner, true);
+    let pid = p.speaker_pid(&owner).expect("owner runs a speaker");
+    let probe = ferrolb_tests::l2lab::probe_failover(&p.lab, pid, &vip, 8080, &owner);
+    let took = probe.served_ms.unwrap_or_else(|| {
+        panic!(
+            "the pinned client was not served again ({})\n{}",
+            probe.raw,
+            p.logs()
+        )
+    });
+    let next = p.wait_get("the new owner", &url, |b| {
+        b.starts_with("node") && b != owner
+    });
+    eprintln!("pinned client served by {next} {took:.0} ms after {owner}'s speaker was killed");
+    assert!(holders(&p).contains(&next));
+    // A new Pod on the old owner's node removes the link its predecessor left.
+    p.replace_speaker(&owner);
+    let t = Instant::now();
+    while holders(&p) != vec![next.clone()] {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "holders {:?}\n{}",
+            holders(&p),
+            p.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -401,6 +401,8 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
                     fallback_reports: fallbacks2,
                     fallen_back: BTreeSet::new(),
                     fast_seen: 0,
+                    listen_until: None,
+                    network_down: false,
                     owned: BTreeMap::new(),
                     epoch: Instant::now(),
                     metrics: thread_metrics,
@@ -636,6 +638,10 @@ struct Runner {
     fallen_back: BTreeSet<(u32, ferrolb_l2::wire::Mac)>,
     /// Tick-path verdict downs already counted in the metric.
     fast_seen: u64,
+    /// Until when this node listens after a link came back.
+    listen_until: Option<Instant>,
+    /// The last heartbeats could not be sent: the network is down here.
+    network_down: bool,
     owned: BTreeMap<String, Owned>,
     epoch: Instant,
     metrics: Arc<Metrics>,
@@ -875,6 +881,9 @@ impl Runner {
                 if let Some(i) = self.ifaces.iter_mut().find(|i| i.name == name) {
                     i.carrier = carrier;
                 }
+                if carrier {
+                    self.relisten();
+                }
             }
             IfaceEvent::Gone(name) => {
                 let before = self.ifaces.len();
@@ -884,6 +893,7 @@ impl Runner {
                 }
             }
             IfaceEvent::New(n) => {
+                self.relisten();
                 self.ifaces.retain(|i| i.name != n.name);
                 match open_iface(&n, &self.conflict_tx, &self.metrics, &self.main) {
                     Ok(rt) => {
@@ -909,9 +919,24 @@ impl Runner {
         }
     }
 
-    /// Whether this node can announce at all: some announcing interface has a link.
+    /// A link came back: this node heard nothing while it was down, so, as
+    /// at start, it listens for `deadAfter` before it may take anything
+    /// (otherwise it takes back, on a stale view, what a peer took over
+    /// while the link was down: a second move for a short link flap).
+    fn relisten(&mut self) {
+        let until = Instant::now() + Duration::from_millis(self.membership.timing().dead_after_ms);
+        self.listen_until = Some(self.listen_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Whether this node can announce at all: some announcing interface has
+    /// a link, it is not listening after a link came back, and its last
+    /// heartbeats did not fail for want of a network (a link that went down
+    /// is seen by the kernel before the watcher's next look).
     fn can_announce(&self) -> bool {
+        let now = Instant::now();
         self.ifaces.iter().any(|i| i.carrier)
+            && self.listen_until.is_none_or(|u| now >= u)
+            && !self.network_down
     }
 
     async fn on_tick(&mut self) {
@@ -936,8 +961,13 @@ impl Runner {
         }
         let claims = self.claims();
         let (sends, changes) = self.membership.tick(now, &claims);
+        let mut sent_any = None;
         for (to, bytes) in sends {
-            if let Err(e) = self.udp.send_to(&bytes, to).await {
+            let r = self.udp.send_to(&bytes, to).await;
+            // ENETDOWN, ENETUNREACH: this node is cut off, whatever the watcher saw yet.
+            let down = matches!(&r, Err(e) if matches!(e.raw_os_error(), Some(100) | Some(101)));
+            sent_any = Some(sent_any.unwrap_or(false) || !down);
+            if let Err(e) = r {
                 // Unsent heartbeats make the peers declare this node down:
                 // say so (a heartbeat is one datagram, so a node claiming
                 // thousands of Services cannot send it: docs/l2.md).
@@ -945,6 +975,16 @@ impl Runner {
                     tracing::error!(%to, bytes = bytes.len(), claims = claims.len(), error = %e, repeats_not_logged = held, "cannot send a heartbeat; the other members will declare this node down");
                 }
             }
+        }
+        if let Some(ok) = sent_any {
+            if !ok && !self.network_down {
+                tracing::warn!("heartbeats fail for want of a network: not taking anything until they go out again");
+            }
+            if ok && self.network_down {
+                // Back: listen first, as after a link change.
+                self.relisten();
+            }
+            self.network_down = !ok;
         }
         let mut any = false;
         self.count_fast_detections();
@@ -1337,7 +1377,14 @@ impl Runner {
                 frames.iter().flat_map(|v| r.announce(*v)).collect()
             };
             for f in out {
-                match i.socket.send(&f).await {
+                let mut r = i.socket.send(&f).await;
+                // A packet socket reports its interface's last going down
+                // once, on the next send: that frame is not lost, only the
+                // stale error; send it again.
+                if matches!(&r, Err(e) if e.raw_os_error() == Some(100)) && i.carrier {
+                    r = i.socket.send(&f).await;
+                }
+                match r {
                     Ok(()) => {
                         self.metrics
                             .l2_gratuitous
