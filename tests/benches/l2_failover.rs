@@ -26,25 +26,14 @@ use std::time::Duration;
 
 const FAST: &str = "failover: {profile: fast}\n";
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use ferrolb_tests::bench_arg as arg;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let trials = arg(&args, "--trials", 20);
     let slow_trials = arg(&args, "--slow-trials", 3);
     // `--only TEXT`: run the setups and scenarios whose label contains TEXT.
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_default();
+    let only: String = arg(&args, "--only", String::new());
     if !ferrolb_tests::require(
         "l2_failover benchmark",
         &[

@@ -16,12 +16,7 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(600);
+    let seconds: u64 = ferrolb_tests::bench_arg(&args, "--seconds", 600);
     if !ferrolb_tests::require(
         "l2_false_failovers benchmark",
         &[

@@ -397,16 +397,8 @@ print(" ".join(sorted(seen)))
     /// The nodes with a link whose address is `mac` (a virtual MAC's
     /// macvlan), in node order.
     pub fn holders(&self, mac: &str) -> Vec<String> {
-        NODES
-            .iter()
-            .filter(|(n, _, _)| {
-                let out = self.lab.exec_ok(n, &["ip", "-o", "link", "show"]);
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .any(|l| l.contains(&format!("link/ether {mac} ")))
-            })
-            .map(|(n, _, _)| n.to_string())
-            .collect()
+        let nodes: Vec<&str> = NODES.iter().map(|(n, _, _)| *n).collect();
+        self.lab.holders(&nodes, mac)
     }
 
     /// The MAC the client's neighbour table holds for `ip`.

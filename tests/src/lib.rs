@@ -6,6 +6,15 @@
 //! returns, but when [`NO_SKIP_ENV`] is set (CI sets it) the same test
 //! fails instead, so CI can never pass by skipping.
 
+/// The value after `--name` among a benchmark's arguments, or `default`.
+pub fn bench_arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub mod backend;
 pub mod client;
 pub mod cluster;

@@ -357,6 +357,20 @@ impl Lab {
             .map(|(h, _)| h.clone())
     }
 
+    /// The hosts among `hosts` with a link whose address is `mac` (a
+    /// virtual MAC's macvlan), in the order given.
+    pub fn holders(&self, hosts: &[&str], mac: &str) -> Vec<String> {
+        let want = format!("link/ether {mac} ");
+        hosts
+            .iter()
+            .filter(|h| {
+                let out = self.exec_ok(h, &["ip", "-o", "link", "show"]);
+                String::from_utf8_lossy(&out.stdout).contains(&want)
+            })
+            .map(|h| h.to_string())
+            .collect()
+    }
+
     /// The MAC address of `eth0` in host `short`.
     pub fn mac(&self, short: &str) -> String {
         let out = self.exec_ok(short, &["cat", "/sys/class/net/eth0/address"]);

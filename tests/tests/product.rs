@@ -420,16 +420,7 @@ async fn virtual_mac_in_kubernetes_mode_through_the_kubelet() {
         neigh(&p),
         p.logs()
     );
-    let holders = |p: &Product| -> Vec<String> {
-        ["node1", "node2", "node3"]
-            .iter()
-            .filter(|n| {
-                let out = p.lab.exec_ok(n, &["ip", "-o", "link", "show"]);
-                String::from_utf8_lossy(&out.stdout).contains(&format!("link/ether {vmac} "))
-            })
-            .map(|n| n.to_string())
-            .collect()
-    };
+    let holders = |p: &Product| p.lab.holders(&["node1", "node2", "node3"], &vmac);
     assert_eq!(holders(&p), vec![owner.clone()]);
     p.lab.exec_ok(
         "client",

@@ -88,12 +88,19 @@ impl PacketSocket {
 
     /// Sends one frame out of the bound interface.
     pub async fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // A packet socket reports its interface's last going down once, on
+        // the next send, even when the interface is up again: that error is
+        // stale, so the frame is tried once more (a second ENETDOWN is real).
+        let mut stale_down = true;
         loop {
             match self.fd.get_ref().send(frame) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut guard = self.fd.writable().await?;
                     guard.clear_ready();
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) && stale_down => {
+                    stale_down = false;
                 }
                 Err(e) => return Err(e),
             }

@@ -1142,6 +1142,16 @@ mod tests {
         assert_eq!(c.next_wake(), None);
     }
 
+    /// The Warning Events among `out`.
+    fn warnings(out: &[Output]) -> Vec<&ferrolb_kube::EventSpec> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Event(e) if e.warning => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn conflicts_are_one_warning_per_service_and_mac() {
         let t = Instant::now();
@@ -1152,13 +1162,7 @@ mod tests {
             c.conflict(("shop/web".into(), vip, rogue), t + Duration::from_secs(s));
         }
         let out = c.step(t);
-        let warnings: Vec<_> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Event(e) if e.warning => Some(e),
-                _ => None,
-            })
-            .collect();
+        let warnings = warnings(&out);
         assert_eq!(warnings.len(), 1, "{out:?}");
         assert_eq!(warnings[0].reason, "IPConflict");
         assert_eq!(warnings[0].regarding.uid.as_deref(), Some("u-web"));
@@ -1181,13 +1185,7 @@ mod tests {
             );
         }
         let out = c.step(t);
-        let warnings: Vec<_> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Event(e) if e.warning => Some(e),
-                _ => None,
-            })
-            .collect();
+        let warnings = warnings(&out);
         assert_eq!(warnings.len(), 1, "{out:?}");
         assert_eq!(warnings[0].reason, "VirtualMACUnavailable");
         assert_eq!(warnings[0].regarding.uid.as_deref(), Some("u-web"));

@@ -138,6 +138,15 @@ struct IfaceRt {
     joined: BTreeSet<Ipv6Addr>,
 }
 
+impl Owned {
+    /// Announces from `now` on, as at a takeover (the MAC it answers with changed).
+    fn announce_from(&mut self, now: Instant) {
+        self.taken = now;
+        self.next = now;
+        self.sent = 0;
+    }
+}
+
 struct Owned {
     /// The group's virtual MAC, when its advertisement asks for one.
     mac: Option<ferrolb_l2::wire::Mac>,
@@ -622,7 +631,7 @@ struct Runner {
     services: Table,
     /// The services as election groups (recomputed when they change).
     groups: Arc<Vec<groups::Group>>,
-    /// Service key to its group's key.
+    /// Service key to its group's key, for groups with a virtual MAC.
     group_of: BTreeMap<String, String>,
     /// Group key to its virtual MAC and identity (groups with `virtualMac`).
     group_mac: BTreeMap<String, (ferrolb_l2::wire::Mac, IpAddr)>,
@@ -1232,11 +1241,13 @@ impl Runner {
         };
         let mut group_of = BTreeMap::new();
         let mut identities: Vec<(&str, IpAddr)> = Vec::new();
+        // Only groups that want a virtual MAC are indexed: with the feature
+        // off (the default), a Service change costs no copy of every key.
         for g in self.groups.iter() {
-            for s in &g.services {
-                group_of.insert(s.key.clone(), g.key.clone());
-            }
             if let (true, Some(id)) = (wants(&g.services[0].pool), g.identity()) {
+                for s in &g.services {
+                    group_of.insert(s.key.clone(), g.key.clone());
+                }
                 identities.push((g.key.as_str(), id));
             }
         }
@@ -1269,9 +1280,7 @@ impl Runner {
                     tracing::info!(service = %k, virtual_mac = ?mac, "the service's MAC changed; announcing it");
                     o.mac = mac;
                     o.pending = pending;
-                    o.taken = now;
-                    o.next = now;
-                    o.sent = 0;
+                    o.announce_from(now);
                     moved = true;
                 }
             }
@@ -1330,9 +1339,7 @@ impl Runner {
             if let Some(o) = self.owned.get_mut(&k) {
                 if o.pending && !pending {
                     // Its links are up (or failed to the node MAC): announce from now.
-                    o.taken = now;
-                    o.next = now;
-                    o.sent = 0;
+                    o.announce_from(now);
                 }
                 o.pending = pending;
             }
@@ -1377,14 +1384,7 @@ impl Runner {
                 frames.iter().flat_map(|v| r.announce(*v)).collect()
             };
             for f in out {
-                let mut r = i.socket.send(&f).await;
-                // A packet socket reports its interface's last going down
-                // once, on the next send: that frame is not lost, only the
-                // stale error; send it again.
-                if matches!(&r, Err(e) if e.raw_os_error() == Some(100)) && i.carrier {
-                    r = i.socket.send(&f).await;
-                }
-                match r {
+                match i.socket.send(&f).await {
                     Ok(()) => {
                         self.metrics
                             .l2_gratuitous
