@@ -65,8 +65,9 @@ enum Command {
     /// /proc/sys is read-only in the unprivileged speaker container.
     PrepareNode,
     /// Undo what the speakers did to this node, after an uninstall: remove
-    /// every local route ferrolb made (protocol 249 in table local) and put
-    /// the ARP sysctls back to the kernel's defaults. Needs root (a
+    /// every local route ferrolb made (protocol 249 in table local) and every
+    /// virtual-MAC link (a killed speaker leaves them), and put the ARP
+    /// sysctls back to the kernel's defaults. Needs root (a
     /// privileged container: deploy/uninstall/cleanup.yaml).
     CleanupNode {
         /// Leave arp_ignore and arp_announce as they are.
