@@ -27,6 +27,7 @@ fn forgeries(owner: &str, replay: &str) -> Vec<String> {
         claims: vec![("web".to_string(), 86_400_000)],
         ages: Vec::new(),
         roster: 0,
+        standby: false,
     };
     let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let wrong = Keys::from_text("a key the rogue made up, 32 bytes").unwrap();

@@ -597,3 +597,68 @@ fn a_short_link_flap_moves_the_vip_once() {
         }
     }
 }
+
+/// A node whose link has just come back listens before it takes anything,
+/// and says so in its heartbeats (standby): if the owner dies meanwhile,
+/// the VIP goes to a node that takes it now, even where the election's
+/// hash prefers the listening node (which, unflagged, its peers would
+/// elect, leaving the VIP unanswered until it finished listening).
+#[test]
+fn a_node_listening_after_its_link_returns_is_passed_over() {
+    use ferrolb_tests::l2lab::{config, NODES};
+    if !require(
+        "a_node_listening_after_its_link_returns_is_passed_over",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut c = Cluster::start_with_config(
+        "sb",
+        None,
+        &format!("{}failover: {{profile: fast}}\n", config()),
+    );
+    let url = "http://192.0.2.100:8080/";
+    // At start the hash's first choice owns the VIP; it is also the first
+    // choice between itself and any other node.
+    let first = c.wait_served(url, Duration::from_secs(10));
+    c.lab.cut(&first);
+    let second = c.wait_served(url, Duration::from_secs(5));
+    assert_ne!(second, first);
+    let third = NODES
+        .iter()
+        .map(|(n, _, _)| n.to_string())
+        .find(|n| *n != first && *n != second)
+        .unwrap();
+    // The link returns; at once (well inside the 400 ms the returning node
+    // listens) the owner dies.
+    c.lab.uncut(&first);
+    c.kill_speaker(&second);
+    let next = c.wait_served(url, Duration::from_secs(5));
+    assert_eq!(
+        next,
+        third,
+        "the VIP went to the listening node's choice; logs:\n{}",
+        c.logs()
+    );
+    // And stays there once the returned node is a candidate again.
+    std::thread::sleep(Duration::from_millis(1_000));
+    for _ in 0..5 {
+        assert_eq!(
+            c.get(url, 1.0).as_deref(),
+            Some(third.as_str()),
+            "logs:\n{}",
+            c.logs()
+        );
+    }
+    // The node whose link flapped answers ARP again once it owns the VIP
+    // (its packet socket saw "network is down" and must not have stopped).
+    c.kill_speaker(&third);
+    assert_eq!(c.wait_served(url, Duration::from_secs(5)), first);
+    let answers = c.arp_answers("192.0.2.100");
+    assert_eq!(
+        answers.len(),
+        1,
+        "one answer to a broadcast ARP request, from {first}: {answers:?}; logs:\n{}",
+        c.logs()
+    );
+}

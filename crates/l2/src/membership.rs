@@ -102,6 +102,11 @@ pub struct Heartbeat {
     /// Fingerprint of the sender's member list ([`roster`]): `ages` is read
     /// only by a node with the same list, since its indexes follow that list.
     pub roster: u64,
+    /// The sender is alive but may not take anything now (no link with a
+    /// carrier, or listening after its link came back): its peers leave it
+    /// out of elections, so a VIP is never left to a node that will not
+    /// take it. Older speakers ignore the flag.
+    pub standby: bool,
 }
 
 /// Fingerprint of a sorted member list.
@@ -146,13 +151,15 @@ impl Kind {
     }
 }
 const SIGNED: u8 = 1;
+/// Flag bit: the sender is in standby ([`Heartbeat::standby`]).
+const STANDBY: u8 = 2;
 
 /// The old name of [`Refusal`].
 pub type DecodeError = Refusal;
 
 impl Heartbeat {
     /// Encodes to bytes, with a MAC when `keys` has a signing key:
-    /// `FLB3`, flags (1: signed), key id, run, seq, roster, name, claims,
+    /// `FLB3`, flags (1: signed, 2: standby), key id, run, seq, roster, name, claims,
     /// ages, then the 32-byte MAC over everything before it.
     pub fn encode(&self, keys: &Keys) -> Vec<u8> {
         self.encode_as(Kind::Heartbeat, keys)
@@ -162,7 +169,8 @@ impl Heartbeat {
     pub fn encode_as(&self, kind: Kind, keys: &Keys) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.claims.len() * 24);
         out.extend_from_slice(kind.magic());
-        out.push(if keys.enabled() { SIGNED } else { 0 });
+        let signed = if keys.enabled() { SIGNED } else { 0 };
+        out.push(signed | if self.standby { STANDBY } else { 0 });
         out.extend_from_slice(&keys.signing_id().unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&self.run.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -255,6 +263,7 @@ impl Heartbeat {
                 claims,
                 ages,
                 roster,
+                standby: flags & STANDBY != 0,
             },
         ))
     }
@@ -319,6 +328,8 @@ struct Peer {
     /// The peer's last report of member ages (10 ms units), and when it arrived.
     ages: Vec<u16>,
     ages_at: u64,
+    /// Its newest datagram said it is in standby.
+    standby: bool,
 }
 
 impl Peer {
@@ -336,6 +347,7 @@ impl Peer {
             claims_at: 0,
             ages: Vec::new(),
             ages_at: 0,
+            standby: false,
         }
     }
 }
@@ -366,7 +378,22 @@ pub struct Membership {
     /// with the next tick, so a monitor whose verdict completed this node's
     /// quorum gets the vote it needs too.
     condemned_now: Vec<String>,
+    /// This node says it is in standby.
+    standby: bool,
+    /// The services this node's last full heartbeat claimed: a heartbeat
+    /// whose claims differ goes out at once, so a takeover or a give-up is
+    /// known everywhere within one tick, not one interval.
+    sent_claims: Vec<String>,
+    /// Leaving standby: this node takes part in elections again from then,
+    /// once its peers have had a heartbeat saying so.
+    ready_at: u64,
 }
+
+/// How long after its heartbeat left standby a node waits before it
+/// counts itself a candidate again: its peers hear the heartbeat well
+/// within this on a LAN, so no node elects it before it elects itself and
+/// no two nodes take the same VIP at the turn.
+pub const READY_MARGIN_MS: u64 = 20;
 
 /// Where a heartbeat falls in a sender's replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,7 +435,41 @@ impl Membership {
             verdicts_sent: BTreeMap::new(),
             fast_downs: 0,
             condemned_now: Vec::new(),
+            standby: false,
+            ready_at: 0,
+            sent_claims: Vec::new(),
         }
+    }
+
+    /// Puts this node in standby (it may not take anything) or out of it.
+    /// A change goes to every member with the next tick, as a full
+    /// heartbeat and a ping; leaving standby counts only
+    /// [`READY_MARGIN_MS`] later ([`Membership::ready`]).
+    pub fn set_standby(&mut self, now: u64, standby: bool) {
+        if standby == self.standby {
+            return;
+        }
+        self.standby = standby;
+        self.next_send = now;
+        self.next_ping = now;
+        if !standby {
+            self.ready_at = now + READY_MARGIN_MS;
+        }
+    }
+
+    /// Whether this node is out of standby and its peers have had time to
+    /// hear so.
+    pub fn ready(&self, now: u64) -> bool {
+        !self.standby && now >= self.ready_at
+    }
+
+    /// Whether the live member `name` said it is in standby (this node: its
+    /// own setting).
+    pub fn in_standby(&self, name: &str) -> bool {
+        if name == self.me {
+            return self.standby;
+        }
+        self.peers.get(name).is_some_and(|p| p.up && p.standby)
     }
 
     /// How many members went down on their monitors' verdicts so far.
@@ -542,7 +603,9 @@ impl Membership {
     }
 
     /// Advances time: returns the heartbeats due (destination and bytes) and
-    /// members that went down. `claims` are this node's current claims.
+    /// members that went down. `claims` are this node's current claims: a
+    /// full heartbeat goes out every interval, and at once when they name
+    /// other services than the last one sent.
     pub fn tick(
         &mut self,
         now: u64,
@@ -589,7 +652,13 @@ impl Membership {
                 changes.push(Change::Down(name));
             }
         }
-        if now >= self.next_send {
+        let claims_changed = claims.len() != self.sent_claims.len()
+            || claims
+                .iter()
+                .zip(&self.sent_claims)
+                .any(|((k, _), s)| k != s);
+        if now >= self.next_send || claims_changed {
+            self.sent_claims = claims.iter().map(|(k, _)| k.clone()).collect();
             self.seq += 1;
             let ages = self.order.iter().map(|n| self.own_age(n, now)).collect();
             let bytes = Heartbeat {
@@ -599,6 +668,7 @@ impl Membership {
                 claims: claims.to_vec(),
                 ages,
                 roster: self.roster,
+                standby: self.standby,
             }
             .encode(&self.keys);
             sends.extend(self.peers.values().map(|p| (p.addr, bytes.clone())));
@@ -621,6 +691,7 @@ impl Membership {
                 claims: Vec::new(),
                 ages: Vec::new(),
                 roster: self.roster,
+                standby: self.standby,
             }
             .encode_as(Kind::Ping, &self.keys);
             for s in self.successors(&self.me.clone(), fast.monitors) {
@@ -666,6 +737,7 @@ impl Membership {
                 claims: vec![(suspect.clone(), silence)],
                 ages: Vec::new(),
                 roster: self.roster,
+                standby: self.standby,
             }
             .encode_as(Kind::Verdict, &self.keys);
             for (n, p) in &self.peers {
@@ -716,6 +788,9 @@ impl Membership {
             Fresh::Late
         };
         p.last_heard = Some(now);
+        if fresh == Fresh::Newest {
+            p.standby = hb.standby;
+        }
         // Heard: whatever its monitors said is contradicted.
         p.verdicts.clear();
         self.verdicts_sent.remove(&hb.from);
@@ -866,6 +941,7 @@ mod tests {
             claims: vec![("svc".into(), 1500)],
             ages: vec![0, 12, NEVER],
             roster: 0x0102_0304_0506_0708,
+            standby: false,
         };
         let none = Keys::none();
         let bytes = hb.encode(&none);
@@ -1558,6 +1634,7 @@ mod tests {
                 claims: vec![("node000".into(), 500)],
                 ages: vec![],
                 roster: sim.nodes[1].roster,
+                standby: false,
             }
             .encode_as(Kind::Verdict, &Keys::none());
             for j in [2usize, 3] {
@@ -1580,6 +1657,7 @@ mod tests {
             claims: vec![("node000".into(), 90)],
             ages: vec![],
             roster: sim.nodes[0].roster,
+            standby: false,
         }
         .encode_as(Kind::Verdict, &Keys::none());
         assert_eq!(sim.nodes[0].receive(1_000, addr(1), &v), Ok(None));
@@ -1592,6 +1670,105 @@ mod tests {
     }
 
     #[test]
+    fn standby_is_flag_bit_two_and_reaches_every_peer_at_once() {
+        let hb = Heartbeat {
+            from: "n1".into(),
+            run: 1,
+            seq: 2,
+            claims: vec![],
+            ages: vec![],
+            roster: 3,
+            standby: true,
+        };
+        let keys = Keys::from_text(KEY).unwrap();
+        assert_eq!(hb.encode(&Keys::none())[4], 2);
+        assert_eq!(hb.encode(&keys)[4], 3);
+        for k in [Keys::none(), keys] {
+            for kind in [Kind::Heartbeat, Kind::Ping] {
+                assert_eq!(
+                    Heartbeat::decode_any(&hb.encode_as(kind, &k), &k),
+                    Ok((kind, hb.clone()))
+                );
+            }
+        }
+        // Peers learn a change with the very next tick, not one interval later.
+        let mut sim = Segment::new(3, Timing::default(), Some(Fast::PROFILE));
+        sim.run(0, 1_000);
+        assert!(!sim.nodes[1].in_standby("node000"));
+        sim.nodes[0].set_standby(1_000, true);
+        assert!(sim.nodes[0].in_standby("node000"));
+        assert!(!sim.nodes[0].ready(1_000));
+        sim.run(1_000, 1_005);
+        for j in [1usize, 2] {
+            assert!(sim.nodes[j].in_standby("node000"), "node {j}");
+            assert_eq!(
+                sim.nodes[j].live().len(),
+                3,
+                "still alive in node {j}'s view"
+            );
+        }
+        // Leaving: peers hear it at once; the node itself counts only after the margin.
+        sim.nodes[0].set_standby(1_005, false);
+        sim.run(1_005, 1_010);
+        for j in [1usize, 2] {
+            assert!(!sim.nodes[j].in_standby("node000"), "node {j}");
+        }
+        assert!(!sim.nodes[0].ready(1_010));
+        assert!(sim.nodes[0].ready(1_005 + READY_MARGIN_MS));
+        assert!(sim.downs.is_empty(), "{:?}", sim.downs);
+    }
+
+    #[test]
+    fn a_changed_claim_goes_out_at_once() {
+        let t = Timing::default();
+        let mut a = Membership::new("a", [("b".to_string(), addr(2))], t);
+        let full = |out: &[(SocketAddr, Vec<u8>)]| {
+            out.iter()
+                .filter_map(|(_, b)| Heartbeat::decode(b, &Keys::none()).ok())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(full(&a.tick(0, &[]).0).len(), 1);
+        assert!(full(&a.tick(10, &[]).0).is_empty(), "not due");
+        // Taken: sent now, not at 100 ms.
+        let took = full(&a.tick(20, &[("web".into(), 0)]).0);
+        assert_eq!(took.len(), 1);
+        assert_eq!(took[0].claims, [("web".to_string(), 0)]);
+        // The same claim held longer is no news.
+        assert!(full(&a.tick(30, &[("web".into(), 10)]).0).is_empty());
+        // Given up: sent now.
+        let gave = full(&a.tick(40, &[]).0);
+        assert_eq!(gave.len(), 1);
+        assert!(gave[0].claims.is_empty());
+        // One claim swapped for another of the same count is news too.
+        a.tick(50, &[("a1".into(), 0)]);
+        assert_eq!(full(&a.tick(60, &[("a2".into(), 0)]).0).len(), 1);
+    }
+
+    #[test]
+    fn a_late_datagram_does_not_bring_back_an_old_standby() {
+        let t = Timing::default();
+        let mut a = Membership::new("a", [("b".to_string(), addr(2))], t);
+        let mut b = Membership::new("b", [("a".to_string(), addr(1))], t);
+        b.set_standby(0, true);
+        let (old, _) = b.tick(0, &[]);
+        b.set_standby(10, false);
+        let (new, _) = b.tick(10, &[]);
+        a.receive(11, addr(2), &new[0].1).unwrap();
+        assert!(!a.in_standby("b"));
+        // The older one arrives late: b is alive, but its standby is news from before.
+        assert_eq!(a.receive(12, addr(2), &old[0].1), Ok(None));
+        assert!(!a.in_standby("b"));
+        // A dead member is in nobody's standby.
+        b.set_standby(20, true);
+        let (s, _) = b.tick(20, &[]);
+        a.receive(21, addr(2), &s[0].1).unwrap();
+        assert!(a.in_standby("b"));
+        let (_, changes) = a.tick(2_000, &[]);
+        assert_eq!(changes, vec![Change::Down("b".into())]);
+        assert!(!a.in_standby("b"));
+    }
+
+    #[test]
     fn pings_and_verdicts_round_trip_and_are_not_heartbeats() {
         let hb = Heartbeat {
             from: "n1".into(),
@@ -1600,6 +1777,7 @@ mod tests {
             claims: vec![("n2".into(), 90)],
             ages: vec![],
             roster: 3,
+            standby: false,
         };
         let keys = Keys::from_text(KEY).unwrap();
         for k in [Keys::none(), keys] {

@@ -80,6 +80,11 @@ impl PacketSocket {
                 let uninit = as_uninit(buf);
                 s.get_ref().recv(uninit)
             }) {
+                // The interface went down: reported once, then the socket,
+                // still bound, receives again when the link returns. Not
+                // an end (a responder that stopped here never answered
+                // again after a link flap).
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }

@@ -63,17 +63,21 @@ pub fn list() -> Vec<Iface> {
     out
 }
 
-/// The interfaces to announce on: those named, or by default every up,
-/// broadcast-capable interface that is not loopback and not enslaved.
+/// Whether `i` is one of the interfaces to announce on, up or not: one
+/// named, or by default a broadcast-capable interface that is neither
+/// loopback nor enslaved.
+pub fn candidate(i: &Iface, named: &[String]) -> bool {
+    if named.is_empty() {
+        i.broadcast && !i.loopback && !i.enslaved
+    } else {
+        named.contains(&i.name)
+    }
+}
+
+/// The interfaces to announce on: the [`candidate`]s that are up.
 pub fn announcing(named: &[String]) -> Vec<Iface> {
     list()
         .into_iter()
-        .filter(|i| {
-            if named.is_empty() {
-                i.up && i.broadcast && !i.loopback && !i.enslaved
-            } else {
-                named.contains(&i.name) && i.up
-            }
-        })
+        .filter(|i| i.up && candidate(i, named))
         .collect()
 }

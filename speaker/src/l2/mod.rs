@@ -542,8 +542,11 @@ enum IfaceEvent {
 /// Interface events waiting for the failure detector.
 const IFACE_EVENTS: usize = 16;
 
-/// Rechecks carrier every 100 ms and the interface list every second, so
-/// interfaces that appear or vanish are picked up without a restart. Runs
+/// Rechecks carrier every 100 ms and the interface list every second (and
+/// at once after a link change), so interfaces that appear or vanish are
+/// picked up without a restart. An interface set down stays in use, its
+/// link down, until it vanishes: its return is then seen within 100 ms,
+/// not at the next look at the list. Runs
 /// on the main runtime: /sys reads and sysctl writes never hold up a
 /// heartbeat.
 async fn watch_interfaces(
@@ -572,6 +575,7 @@ async fn watch_interfaces(
             }
         }
         ticks += 1;
+        let mut flipped = false;
         for (name, (_, link)) in known.iter_mut() {
             let now = iface::read_iface(name).is_some_and(|x| x.up && x.carrier);
             if now != *link {
@@ -581,6 +585,7 @@ async fn watch_interfaces(
                     tracing::warn!(interface = %name, "link down");
                 }
                 *link = now;
+                flipped = true;
                 if events
                     .send(IfaceEvent::Carrier(name.clone(), now))
                     .await
@@ -590,13 +595,20 @@ async fn watch_interfaces(
                 }
             }
         }
-        if !renamed && !ticks.is_multiple_of(10) {
+        if !renamed && !flipped && !ticks.is_multiple_of(10) {
             continue;
         }
-        let now: Vec<iface::Iface> = iface::announcing(&named);
+        let present: Vec<iface::Iface> = iface::list()
+            .into_iter()
+            .filter(|i| iface::candidate(i, &named))
+            .collect();
         let gone: Vec<String> = known
             .iter()
-            .filter(|(name, (index, _))| !now.iter().any(|n| n.name == **name && n.index == *index))
+            .filter(|(name, (index, _))| {
+                !present
+                    .iter()
+                    .any(|n| n.name == **name && n.index == *index)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -606,7 +618,7 @@ async fn watch_interfaces(
                 return;
             }
         }
-        for n in now {
+        for n in present.into_iter().filter(|i| i.up) {
             if known.contains_key(&n.name) {
                 continue;
             }
@@ -968,6 +980,10 @@ impl Runner {
                 o.since = t;
             }
         }
+        // Peers leave a node in standby out of their elections, so a VIP is
+        // never left to a node that would not take it.
+        let standby = !self.can_announce();
+        self.membership.set_standby(now, standby);
         let claims = self.claims();
         let (sends, changes) = self.membership.tick(now, &claims);
         let mut sent_any = None;
@@ -1024,9 +1040,15 @@ impl Runner {
         if ads.is_empty() {
             return Vec::new();
         }
-        let me_ok = self.can_announce();
+        let me_ok = self.can_announce() && self.membership.ready(self.now_ms());
         live.iter()
-            .filter(|name| **name != self.me || me_ok)
+            .filter(|name| {
+                if **name == self.me {
+                    me_ok
+                } else {
+                    !self.membership.in_standby(name)
+                }
+            })
             .filter(|name| {
                 let Some(m) = self.opts.members.iter().find(|m| m.name == **name) else {
                     return false;
