@@ -465,3 +465,76 @@ async fn virtual_mac_in_kubernetes_mode_through_the_kubelet() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A virtual MAC that cannot be made in Kubernetes mode: the VIP is
+/// answered with the node MAC, and the Service gets a Warning Event saying
+/// why (the name of the link the speaker needs is taken on every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_mac_fallback_in_kubernetes_mode_warns_on_the_service() {
+    if !require(
+        "virtual_mac_fallback_in_kubernetes_mode_warns_on_the_service",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("python3"),
+            Need::StaticImages,
+        ],
+    ) {
+        return;
+    }
+    let p = Product::start_with(
+        Mode::Layer2,
+        Some("l2: [{pools: [vips], interfaces: [eth0], virtualMac: true}]"),
+    )
+    .await;
+    let vip = "192.0.2.105";
+    let vmac = ferrolb_l2::vmac::derive(vip.parse().expect("ip"));
+    for n in ["node1", "node2", "node3"] {
+        let out = p.lab.exec_ok(n, &["cat", "/sys/class/net/eth0/ifindex"]);
+        let index: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("ifindex");
+        let name = ferrolb_l2::vmac::link_name(vmac, index);
+        p.lab.exec_ok(
+            n,
+            &[
+                "ip", "link", "add", &name, "type", "veth", "peer", "name", "flbtaken",
+            ],
+        );
+    }
+    let got = p
+        .service(
+            "web",
+            8080,
+            json!({"metadata": {"annotations": {"ferrolb.io/loadBalancerIPs": vip}}}),
+            &ALL,
+        )
+        .await;
+    assert_eq!(got, vip);
+    let url = format!("http://{vip}:8080/");
+    let owner = p.wait_get("the VIP", &url, |b| b.starts_with("node"));
+    let note = p
+        .cluster
+        .wait_event("shop", "web", "VirtualMACUnavailable", T)
+        .await;
+    assert!(
+        note.contains(&vmac.to_string()) && note.contains(&owner),
+        "the Warning names the MAC and the node: {note}"
+    );
+    let warning = p
+        .cluster
+        .events_for("shop", "web")
+        .into_iter()
+        .find(|(_, r, _)| r == "VirtualMACUnavailable")
+        .expect("found above");
+    assert_eq!(warning.0, "Warning");
+    // Answered with the owner's own MAC.
+    let out = p.lab.exec_ok("client", &["ip", "neigh", "show", vip]);
+    let neigh = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        neigh.contains(&p.lab.mac(&owner)) && !neigh.contains(&vmac.to_string()),
+        "{neigh}\n{}",
+        p.logs()
+    );
+}
