@@ -229,6 +229,15 @@ impl Lab {
         run(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
     }
 
+    /// The interface index of `dev` inside namespace `short`.
+    pub fn ifindex(&self, short: &str, dev: &str) -> u32 {
+        let out = self.exec_ok(short, &["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("ifindex")
+    }
+
     /// A point-to-point veth between namespaces `a` and `b`, named `to-B` in `a`
     /// and `to-A` in `b`, with the given addresses (CIDR notation).
     pub fn link(&mut self, a: &str, a_addrs: &[&str], b: &str, b_addrs: &[&str]) {

@@ -205,12 +205,7 @@ fn a_virtual_mac_that_cannot_be_made_falls_back_to_the_node_mac() {
         c.kill_speaker(n);
     }
     for (n, _, _) in NODES {
-        let out = c.lab.exec_ok(n, &["cat", "/sys/class/net/eth0/ifindex"]);
-        let index: u32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("ifindex");
-        let name = ferrolb_l2::vmac::link_name(vmac, index);
+        let name = ferrolb_l2::vmac::link_name(vmac, c.lab.ifindex(n, "eth0"));
         // The link a speaker may have made before it was stopped.
         let _ = c.lab.exec(n, &["ip", "link", "del", &name]);
         c.lab.exec_ok(

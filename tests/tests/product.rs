@@ -490,12 +490,7 @@ async fn virtual_mac_fallback_in_kubernetes_mode_warns_on_the_service() {
     let vip = "192.0.2.105";
     let vmac = ferrolb_l2::vmac::derive(vip.parse().expect("ip"));
     for n in ["node1", "node2", "node3"] {
-        let out = p.lab.exec_ok(n, &["cat", "/sys/class/net/eth0/ifindex"]);
-        let index: u32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("ifindex");
-        let name = ferrolb_l2::vmac::link_name(vmac, index);
+        let name = ferrolb_l2::vmac::link_name(vmac, p.lab.ifindex(n, "eth0"));
         p.lab.exec_ok(
             n,
             &[
