@@ -17,11 +17,13 @@ ARG RUST_VERSION=1.89
 FROM rust:${RUST_VERSION}-bookworm AS build
 # The musl target of the machine building (x86_64, aarch64, ...): static binaries.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
+ && apt-get install -y --no-install-recommends musl-tools clang libbpf-dev \
  && rm -rf /var/lib/apt/lists/* \
  && rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 COPY . .
+# The kernel data path's BPF program must be in the shipped speaker.
+ENV FERROLB_REQUIRE_BPF=1
 RUN target="$(uname -m)-unknown-linux-musl" \
  && cargo build --release --locked --target "$target" \
       -p ferrolb-controller -p ferrolb-speaker --bins \

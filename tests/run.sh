@@ -14,12 +14,15 @@ ROOT=$(pwd)
 
 # Debian packages the suites need. Suites that drive namespaces and router
 # daemons add theirs here. iproute2: the namespace suites; bird2, gobgpd, exabgp: the BGP suite's routers.
-APT_PACKAGES=(iproute2 bird2 gobgpd exabgp frr faketime nftables)
+APT_PACKAGES=(iproute2 bird2 gobgpd exabgp frr faketime nftables clang libbpf-dev)
 
 LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-tests.XXXXXX")
 export FERROLB_SKIP_LOG="$LOG_DIR/skipped.txt"
 : >"$FERROLB_SKIP_LOG"
 export CARGO_TERM_COLOR=never
+# The kernel data path's BPF program must be built in (crates/sys/build.rs):
+# without clang a build would succeed with it left out and its tests skip.
+export FERROLB_REQUIRE_BPF=1
 
 declare -a STEP_NAMES=() STEP_RESULTS=() STEP_SECONDS=()
 failed_steps=0

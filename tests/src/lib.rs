@@ -48,6 +48,9 @@ pub enum Need {
     /// The statically linked binaries the pod runner's images hold
     /// (`tests/run.sh` builds them; [`image::build_command`]).
     StaticImages,
+    /// The kernel data path's BPF program built into the binaries (clang
+    /// and libbpf-dev at build time; `tests/run.sh` installs them).
+    BpfProgram,
 }
 
 /// Whether the machine offers `need`.
@@ -55,6 +58,7 @@ pub fn available(need: Need) -> bool {
     match need {
         Need::Root => is_root(),
         Need::Program(name) => find_program(name).is_some(),
+        Need::BpfProgram => ferrolb_sys::bpf::built(),
         Need::StaticImages => image::static_binaries_built(),
     }
 }
@@ -122,6 +126,10 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
         .map(|n| match n {
             Need::Root => "root".to_string(),
             Need::Program(p) => format!("program `{p}`"),
+            Need::BpfProgram => {
+                "the kernel data path built in (install clang and libbpf-dev, then rebuild)"
+                    .to_string()
+            }
             Need::StaticImages => format!(
                 "the static binaries for the Pod images ({})",
                 image::build_command()

@@ -2,6 +2,8 @@
 //! it is sound. Everything here is a thin wrapper that turns a system call
 //! into a safe, owned Rust value; the logic lives elsewhere.
 
+pub mod bpf;
+
 use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 use std::io;
 use std::mem::size_of;

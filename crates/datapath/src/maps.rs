@@ -1,0 +1,393 @@
+//! Byte layouts of the data path's BPF maps, mirroring
+//! `crates/sys/bpf/maps.h`. Integers the program only compares or indexes
+//! with are in host order (little-endian on every target ferrolb builds
+//! for); ports and addresses are in network order, as in packets.
+
+use std::net::IpAddr;
+
+/// Maglev slots per service: the user-space forwarder's table size, so
+/// both paths (and every node) send a client to the same backend.
+pub const TABLE_SIZE: u32 = ferrolb_balance::maglev::DEFAULT_TABLE_SIZE as u32;
+/// Services the kernel maps hold (the program's compiled-in limit).
+pub const MAX_SERVICES: u32 = 64;
+/// Backends the kernel maps hold, over all services.
+pub const MAX_BACKENDS: u32 = 4096;
+
+/// `svc_val.flags`: the service has source ranges (others are dropped).
+pub const SVC_SOURCE_RANGES: u32 = 1;
+/// `backend.flags`: health checks say it is up.
+pub const BACKEND_UP: u8 = 1;
+
+/// `AF_INET`, `AF_INET6` as the program compares them.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// A transport protocol the program forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// Its IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// An address as `struct addr`: IPv4 in the first four bytes.
+pub fn addr(ip: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out = a.octets(),
+    }
+    out
+}
+
+fn family(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
+    }
+}
+
+/// `struct svc_key`: which packets belong to a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SvcKey {
+    /// The VIP.
+    pub vip: IpAddr,
+    /// The service port.
+    pub port: u16,
+    /// The protocol.
+    pub proto: Proto,
+}
+
+/// Size of `struct svc_key`.
+pub const SVC_KEY_LEN: usize = 20;
+
+impl SvcKey {
+    /// The map key's bytes.
+    pub fn encode(&self) -> [u8; SVC_KEY_LEN] {
+        let mut b = [0u8; SVC_KEY_LEN];
+        b[..16].copy_from_slice(&addr(self.vip));
+        b[16..18].copy_from_slice(&self.port.to_be_bytes());
+        b[18] = self.proto.number();
+        b[19] = family(self.vip);
+        b
+    }
+}
+
+/// `struct svc_val`: how a service is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvcVal {
+    /// Its index in the Maglev array and the statistics.
+    pub id: u32,
+    /// `SVC_*` flags.
+    pub flags: u32,
+    /// First NAT source port.
+    pub nat_lo: u32,
+    /// How many NAT source ports, from `nat_lo`.
+    pub nat_count: u32,
+    /// A flow idle this long (ns) is forgotten.
+    pub idle_ns: u64,
+}
+
+/// Size of `struct svc_val`.
+pub const SVC_VAL_LEN: usize = 24;
+
+impl SvcVal {
+    /// The map value's bytes.
+    pub fn encode(&self) -> [u8; SVC_VAL_LEN] {
+        let mut b = [0u8; SVC_VAL_LEN];
+        b[0..4].copy_from_slice(&self.id.to_le_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..12].copy_from_slice(&self.nat_lo.to_le_bytes());
+        b[12..16].copy_from_slice(&self.nat_count.to_le_bytes());
+        b[16..24].copy_from_slice(&self.idle_ns.to_le_bytes());
+        b
+    }
+}
+
+/// `struct backend`, with the way to it user space resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendVal {
+    /// Its address.
+    pub addr: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// Health checks say it is up.
+    pub up: bool,
+    /// This host's address toward it: the NAT source.
+    pub nat_src: IpAddr,
+    /// The interface toward it (0: the one the client's packet came in on).
+    pub ifindex: u32,
+}
+
+/// Size of `struct backend`.
+pub const BACKEND_LEN: usize = 40;
+
+impl BackendVal {
+    /// The map value's bytes.
+    pub fn encode(&self) -> [u8; BACKEND_LEN] {
+        let mut b = [0u8; BACKEND_LEN];
+        b[..16].copy_from_slice(&addr(self.addr));
+        b[16..32].copy_from_slice(&addr(self.nat_src));
+        b[32..34].copy_from_slice(&self.port.to_be_bytes());
+        b[34] = family(self.addr);
+        b[35] = if self.up { BACKEND_UP } else { 0 };
+        b[36..40].copy_from_slice(&self.ifindex.to_le_bytes());
+        b
+    }
+}
+
+/// `struct range_key`: one allowed source prefix of a service, as the
+/// LPM trie matches it (service id, then address bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RangeKey {
+    /// The service's id.
+    pub svc: u32,
+    /// The prefix's address (host bits zero).
+    pub addr: IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+/// Size of `struct range_key`.
+pub const RANGE_KEY_LEN: usize = 24;
+
+impl RangeKey {
+    /// The map key's bytes.
+    pub fn encode(&self) -> [u8; RANGE_KEY_LEN] {
+        let mut b = [0u8; RANGE_KEY_LEN];
+        b[0..4].copy_from_slice(&(32 + self.prefix as u32).to_le_bytes());
+        b[4..8].copy_from_slice(&self.svc.to_be_bytes());
+        b[8..24].copy_from_slice(&addr(self.addr));
+        b
+    }
+}
+
+/// `struct counters`, one CPU's share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Their bytes (L3).
+    pub bytes: u64,
+    /// New flows.
+    pub flows: u64,
+    /// Packets dropped (source range, no backend, no NAT port).
+    pub dropped: u64,
+}
+
+/// Size of `struct counters`.
+pub const COUNTERS_LEN: usize = 32;
+
+impl Counters {
+    /// Reads one CPU's counters; `None` if the bytes are short.
+    pub fn decode(b: &[u8]) -> Option<Counters> {
+        let u = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
+        };
+        Some(Counters {
+            packets: u(0)?,
+            bytes: u(8)?,
+            flows: u(16)?,
+            dropped: u(24)?,
+        })
+    }
+
+    /// Adds another CPU's share.
+    pub fn add(&mut self, o: &Counters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.flows += o.flows;
+        self.dropped += o.dropped;
+    }
+}
+
+/// Sizes of the structs the program uses but ferrolb never writes (flows
+/// and their reverse entries), for the layout check.
+pub const FLOW_KEY_LEN: usize = 40;
+/// Size of `struct flow_val`.
+pub const FLOW_VAL_LEN: usize = 32;
+/// Size of `struct rev_key`.
+pub const REV_KEY_LEN: usize = 40;
+/// Size of `struct rev_val`.
+pub const REV_VAL_LEN: usize = 56;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_bytes() {
+        let k = SvcKey {
+            vip: "192.0.2.10".parse().unwrap(),
+            port: 8080,
+            proto: Proto::Tcp,
+        };
+        let mut want = [0u8; 20];
+        want[..4].copy_from_slice(&[192, 0, 2, 10]);
+        want[16..].copy_from_slice(&[0x1f, 0x90, 6, 2]);
+        assert_eq!(k.encode(), want);
+        let k6 = SvcKey {
+            vip: "2001:db8::1".parse().unwrap(),
+            port: 53,
+            proto: Proto::Udp,
+        };
+        let b = k6.encode();
+        assert_eq!(&b[..2], &[0x20, 0x01]);
+        assert_eq!(b[15], 1);
+        assert_eq!(&b[16..], &[0, 53, 17, 10]);
+        let v = SvcVal {
+            id: 3,
+            flags: SVC_SOURCE_RANGES,
+            nat_lo: 61000,
+            nat_count: 4535,
+            idle_ns: 300_000_000_000,
+        };
+        let b = v.encode();
+        assert_eq!(&b[..4], &[3, 0, 0, 0]);
+        assert_eq!(&b[8..12], &61000u32.to_le_bytes());
+        assert_eq!(&b[16..], &300_000_000_000u64.to_le_bytes());
+        let bk = BackendVal {
+            addr: "10.0.0.5".parse().unwrap(),
+            port: 80,
+            up: true,
+            nat_src: "10.0.0.1".parse().unwrap(),
+            ifindex: 7,
+        };
+        let b = bk.encode();
+        assert_eq!(&b[..4], &[10, 0, 0, 5]);
+        assert_eq!(&b[16..20], &[10, 0, 0, 1]);
+        assert_eq!(&b[32..40], &[0, 80, 2, 1, 7, 0, 0, 0]);
+        let r = RangeKey {
+            svc: 2,
+            addr: "198.51.100.0".parse().unwrap(),
+            prefix: 24,
+        };
+        let b = r.encode();
+        assert_eq!(&b[..8], &[56, 0, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(&b[8..12], &[198, 51, 100, 0]);
+        let mut c = [0u8; 32];
+        c[0] = 5;
+        c[8] = 0xe8;
+        c[9] = 3;
+        c[16] = 1;
+        c[24] = 2;
+        assert_eq!(
+            Counters::decode(&c),
+            Some(Counters {
+                packets: 5,
+                bytes: 1000,
+                flows: 1,
+                dropped: 2
+            })
+        );
+        assert_eq!(Counters::decode(&c[..31]), None);
+    }
+
+    /// Compiles `maps.h` with the host's C compiler and compares every size
+    /// and the offsets the encoders rely on.
+    #[test]
+    fn layouts_match_the_c_header() {
+        let dir = std::env::temp_dir().join(format!("ferrolb-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("layout.c");
+        let header = concat!(env!("CARGO_MANIFEST_DIR"), "/../sys/bpf/maps.h");
+        std::fs::write(
+            &src,
+            format!(
+                r#"#include <stdio.h>
+#include <stddef.h>
+#include "{header}"
+#define S(t) printf(#t " %zu\n", sizeof(struct t));
+#define O(t, f) printf(#t "." #f " %zu\n", offsetof(struct t, f));
+int main(void) {{
+  S(svc_key) S(svc_val) S(backend) S(range_key) S(counters)
+  S(flow_key) S(flow_val) S(rev_key) S(rev_val)
+  O(svc_key, port) O(svc_key, proto) O(svc_key, family)
+  O(svc_val, flags) O(svc_val, nat_lo) O(svc_val, nat_count) O(svc_val, idle_ns)
+  O(backend, nat_src) O(backend, port) O(backend, family) O(backend, flags) O(backend, ifindex)
+  O(rev_val, client_ifindex)
+  O(range_key, svc) O(range_key, addr)
+  O(counters, bytes) O(counters, flows) O(counters, dropped)
+  printf("TABLE_SIZE %d\nMAX_SERVICES %d\nMAX_BACKENDS %d\n", TABLE_SIZE, MAX_SERVICES, MAX_BACKENDS);
+  printf("SVC_SOURCE_RANGES %d\nBACKEND_UP %d\n", SVC_SOURCE_RANGES, BACKEND_UP);
+  return 0;
+}}
+"#
+            ),
+        )
+        .unwrap();
+        let exe = dir.join("layout");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let out = std::process::Command::new(&cc)
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .unwrap_or_else(|e| panic!("the layout check needs a C compiler ({cc}): {e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = std::process::Command::new(&exe).output().unwrap();
+        let text = String::from_utf8(printed.stdout).unwrap();
+        let got: std::collections::BTreeMap<&str, usize> = text
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap();
+                (k, v.parse().unwrap())
+            })
+            .collect();
+        let want: &[(&str, usize)] = &[
+            ("svc_key", SVC_KEY_LEN),
+            ("svc_val", SVC_VAL_LEN),
+            ("backend", BACKEND_LEN),
+            ("range_key", RANGE_KEY_LEN),
+            ("counters", COUNTERS_LEN),
+            ("flow_key", FLOW_KEY_LEN),
+            ("flow_val", FLOW_VAL_LEN),
+            ("rev_key", REV_KEY_LEN),
+            ("rev_val", REV_VAL_LEN),
+            ("svc_key.port", 16),
+            ("svc_key.proto", 18),
+            ("svc_key.family", 19),
+            ("svc_val.flags", 4),
+            ("svc_val.nat_lo", 8),
+            ("svc_val.nat_count", 12),
+            ("svc_val.idle_ns", 16),
+            ("backend.nat_src", 16),
+            ("backend.port", 32),
+            ("backend.family", 34),
+            ("backend.flags", 35),
+            ("backend.ifindex", 36),
+            ("rev_val.client_ifindex", 44),
+            ("range_key.svc", 4),
+            ("range_key.addr", 8),
+            ("counters.bytes", 8),
+            ("counters.flows", 16),
+            ("counters.dropped", 24),
+            ("TABLE_SIZE", TABLE_SIZE as usize),
+            ("MAX_SERVICES", MAX_SERVICES as usize),
+            ("MAX_BACKENDS", MAX_BACKENDS as usize),
+            ("SVC_SOURCE_RANGES", SVC_SOURCE_RANGES as usize),
+            ("BACKEND_UP", BACKEND_UP as usize),
+        ];
+        for (k, v) in want {
+            assert_eq!(got.get(k), Some(v), "{k}: C says {:?}", got.get(k));
+        }
+        assert_eq!(got.len(), want.len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,280 @@
+//! The kernel data path's BPF program: loaded from the object build.rs
+//! compiled (bpf/forward.bpf.c), attached at tc ingress on interfaces, its
+//! maps written from the planner's writes (`ferrolb_datapath::plan`) and
+//! its counters read back.
+//!
+//! No `unsafe` here: aya does the system calls. It lives in this crate so
+//! that everything that hands memory to the kernel is in one place.
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachType};
+use aya::programs::SchedClassifier;
+use aya::Ebpf;
+use ferrolb_datapath::maps::{
+    Counters, BACKEND_LEN, COUNTERS_LEN, RANGE_KEY_LEN, SVC_KEY_LEN, SVC_VAL_LEN,
+};
+use ferrolb_datapath::plan::Writes;
+use std::collections::BTreeMap;
+
+/// The compiled program (empty when this binary was built without clang).
+const PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forward.bpf.o"));
+/// Its entry point.
+const ENTRY: &str = "ferrolb_forward";
+
+/// Why the kernel data path cannot run (the service then runs in user space).
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// The binary carries no program.
+    #[error("this binary was built without the kernel data path (clang and libbpf-dev were missing when it was built)")]
+    NotBuilt,
+    /// The kernel refused the object or a map.
+    #[error("loading the kernel data path: {0} (it needs root, or CAP_BPF with CAP_NET_ADMIN, and a kernel of 6.7 or later)")]
+    Load(String),
+    /// Attaching to an interface failed.
+    #[error("attaching the kernel data path to {iface}: {error}")]
+    Attach {
+        /// The interface.
+        iface: String,
+        /// What failed.
+        error: String,
+    },
+    /// A map could not be written or read.
+    #[error("kernel data path map {map}: {error}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// Whether this binary carries the program at all.
+pub fn built() -> bool {
+    !PROGRAM.is_empty()
+}
+
+/// The error, with its causes (aya's loader errors carry the verifier's
+/// log in a source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    // A verifier log can be thousands of lines: the end says why.
+    if s.len() > 2000 {
+        s = format!("...{}", &s[s.len() - 2000..]);
+    }
+    s
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
+    move |e| BpfError::Map {
+        map,
+        error: chain(&e),
+    }
+}
+
+/// The loaded program and where it is attached. Dropping it detaches
+/// the program and frees its maps (and so forgets every flow).
+pub struct Datapath {
+    ebpf: Ebpf,
+    links: BTreeMap<String, SchedClassifierLinkId>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("attached", &self.links.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Datapath {
+    /// Loads the program and creates its maps (empty: nothing is forwarded
+    /// until [`Datapath::write`]).
+    pub fn load() -> Result<Datapath, BpfError> {
+        if !built() {
+            return Err(BpfError::NotBuilt);
+        }
+        let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| BpfError::Load(chain(&e)))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(ENTRY)
+            .ok_or_else(|| BpfError::Load(format!("the object has no program {ENTRY}")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| BpfError::Load(chain(&e)))?;
+        prog.load().map_err(|e| BpfError::Load(chain(&e)))?;
+        Ok(Datapath {
+            ebpf,
+            links: BTreeMap::new(),
+        })
+    }
+
+    /// Attaches at `iface`'s tc ingress (adding the clsact qdisc if
+    /// missing). Attaching twice is a no-op.
+    pub fn attach(&mut self, iface: &str) -> Result<(), BpfError> {
+        if self.links.contains_key(iface) {
+            return Ok(());
+        }
+        let attach_err = |error: String| BpfError::Attach {
+            iface: iface.to_string(),
+            error,
+        };
+        // On 6.6 and later aya attaches through a tcx link and needs no
+        // qdisc; before, the clsact qdisc must exist. One that exists
+        // (another tool's, or ours) is fine, so the result only matters if
+        // attaching fails.
+        let qdisc = tc::qdisc_add_clsact(iface).err().map(|e| chain(&e));
+        let prog: &mut SchedClassifier =
+            self.ebpf
+                .program_mut(ENTRY)
+                .expect("loaded")
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| attach_err(chain(&e)))?;
+        let link = prog.attach(iface, TcAttachType::Ingress).map_err(|e| {
+            attach_err(match &qdisc {
+                Some(q) => format!("{} (adding the clsact qdisc: {q})", chain(&e)),
+                None => chain(&e),
+            })
+        })?;
+        self.links.insert(iface.to_string(), link);
+        Ok(())
+    }
+
+    /// Detaches from `iface` (no-op if not attached).
+    pub fn detach(&mut self, iface: &str) -> Result<(), BpfError> {
+        let Some(link) = self.links.remove(iface) else {
+            return Ok(());
+        };
+        let prog: &mut SchedClassifier =
+            self.ebpf
+                .program_mut(ENTRY)
+                .expect("loaded")
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| BpfError::Attach {
+                    iface: iface.to_string(),
+                    error: chain(&e),
+                })?;
+        prog.detach(link).map_err(|e| BpfError::Attach {
+            iface: iface.to_string(),
+            error: chain(&e),
+        })
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn attached(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, BpfError> {
+        self.ebpf.map_mut(name).ok_or(BpfError::Map {
+            map: name,
+            error: "missing from the object".into(),
+        })
+    }
+
+    /// Makes the writes, in their order (see [`Writes`]).
+    pub fn write(&mut self, w: &Writes) -> Result<(), BpfError> {
+        {
+            let mut backends: Array<&mut MapData, [u8; BACKEND_LEN]> =
+                Array::try_from(self.map("backends")?).map_err(map_err("backends"))?;
+            for (id, b) in &w.backends {
+                backends
+                    .set(*id, b.encode(), 0)
+                    .map_err(map_err("backends"))?;
+            }
+        }
+        {
+            let mut maglev: Array<&mut MapData, u32> =
+                Array::try_from(self.map("maglev")?).map_err(map_err("maglev"))?;
+            for (i, b) in &w.slots {
+                maglev.set(*i, *b, 0).map_err(map_err("maglev"))?;
+            }
+        }
+        {
+            let mut ranges: LpmTrie<&mut MapData, [u8; RANGE_KEY_LEN - 4], u8> =
+                LpmTrie::try_from(self.map("ranges")?).map_err(map_err("ranges"))?;
+            for r in &w.ranges_add {
+                ranges
+                    .insert(&range_key(r), 1, 0)
+                    .map_err(map_err("ranges"))?;
+            }
+        }
+        {
+            let mut services: HashMap<&mut MapData, [u8; SVC_KEY_LEN], [u8; SVC_VAL_LEN]> =
+                HashMap::try_from(self.map("services")?).map_err(map_err("services"))?;
+            for (k, v) in &w.services {
+                services
+                    .insert(k.encode(), v.encode(), 0)
+                    .map_err(map_err("services"))?;
+            }
+            for k in &w.services_del {
+                match services.remove(&k.encode()) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err("services")(e)),
+                }
+            }
+        }
+        {
+            let mut ranges: LpmTrie<&mut MapData, [u8; RANGE_KEY_LEN - 4], u8> =
+                LpmTrie::try_from(self.map("ranges")?).map_err(map_err("ranges"))?;
+            for r in &w.ranges_del {
+                match ranges.remove(&range_key(r)) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err("ranges")(e)),
+                }
+            }
+        }
+        {
+            let mut backends: Array<&mut MapData, [u8; BACKEND_LEN]> =
+                Array::try_from(self.map("backends")?).map_err(map_err("backends"))?;
+            for id in &w.backends_del {
+                // Written down (zero: no address, not up), not removed: an
+                // array's entries always exist.
+                backends
+                    .set(*id, [0u8; BACKEND_LEN], 0)
+                    .map_err(map_err("backends"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn counters(&self, map: &'static str, id: u32) -> Result<Counters, BpfError> {
+        let m = self.ebpf.map(map).ok_or(BpfError::Map {
+            map,
+            error: "missing from the object".into(),
+        })?;
+        let arr: PerCpuArray<&MapData, [u8; COUNTERS_LEN]> =
+            PerCpuArray::try_from(m).map_err(map_err(map))?;
+        let per_cpu = arr.get(&id, 0).map_err(map_err(map))?;
+        let mut total = Counters::default();
+        for c in per_cpu.iter() {
+            if let Some(c) = Counters::decode(c) {
+                total.add(&c);
+            }
+        }
+        Ok(total)
+    }
+
+    /// A service's counters, summed over CPUs (by the id the planner gave it).
+    pub fn service_counters(&self, id: u32) -> Result<Counters, BpfError> {
+        self.counters("svc_stats", id)
+    }
+
+    /// A backend's counters, summed over CPUs.
+    pub fn backend_counters(&self, id: u32) -> Result<Counters, BpfError> {
+        self.counters("backend_stats", id)
+    }
+}
+
+/// The LPM trie key: aya adds the prefix length in front of the data.
+fn range_key(r: &ferrolb_datapath::maps::RangeKey) -> Key<[u8; RANGE_KEY_LEN - 4]> {
+    let b = r.encode();
+    let prefix_len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut data = [0u8; RANGE_KEY_LEN - 4];
+    data.copy_from_slice(&b[4..]);
+    Key::new(prefix_len, data)
+}

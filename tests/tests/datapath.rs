@@ -1,0 +1,509 @@
+//! The kernel data path (crates/sys/bpf/forward.bpf.c) against the real
+//! kernel: a client namespace, a load-balancer namespace running the
+//! program (loaded, attached and fed by `ferrolb-datapath-harness`, the
+//! planner and loader the speaker uses), and two backend namespaces. The
+//! client is the kernel's own TCP and UDP stack; every check is what the
+//! client receives.
+
+use ferrolb_balance::hash::client_hash;
+use ferrolb_balance::maglev::{Table, DEFAULT_TABLE_SIZE};
+use ferrolb_tests::netns::{run, Lab};
+use ferrolb_tests::{binary, require, Need};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+const VIP4: &str = "10.99.0.10";
+const VIP6: &str = "fd99::10";
+/// Client source addresses (balancing is per client address).
+const CLIENTS: u8 = 24;
+
+/// One GET per source address in one Python process: "SRC BODY" lines
+/// ("SRC -" when the connection failed).
+const GETS: &str = r#"
+import socket, sys
+vip, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
+for src in sys.argv[4:]:
+    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(timeout)
+    try:
+        s.bind((src, 0)); s.connect((vip, port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"); data = b""
+        while True:
+            c = s.recv(4096)
+            if not c: break
+            data += c
+        print(src, data.split(b"\r\n\r\n", 1)[-1].decode().strip() or "-")
+    except OSError:
+        print(src, "-")
+    finally:
+        s.close()
+"#;
+
+/// One UDP datagram per source, from a connected socket (so only an answer
+/// from the VIP itself is received): "SRC REPLY" lines.
+const UDP: &str = r#"
+import socket, sys
+vip, port = sys.argv[1], int(sys.argv[2])
+fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
+for src in sys.argv[3:]:
+    s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(1.0)
+    try:
+        s.bind((src, 0)); s.connect((vip, port)); s.send(b"ping")
+        print(src, s.recv(2048).decode().strip() or "-")
+    except OSError:
+        print(src, "-")
+    finally:
+        s.close()
+"#;
+
+/// Two requests on one kept-alive connection from SRC, `pause` seconds
+/// apart: prints both bodies.
+const KEEPALIVE: &str = r#"
+import socket, sys, time
+src, vip, port, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+s = socket.create_connection((vip, port), timeout=2.0, source_address=(src, 0))
+def get():
+    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n"); data = b""
+    while b"\r\n\r\n" not in data: data += s.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    n = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0]
+    while len(body) < n: body += s.recv(4096)
+    return body.decode().strip()
+a = get(); time.sleep(pause); b = get()
+print(a, b)
+"#;
+
+struct Harness {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Harness {
+    /// Attached where the lab's client and backends come in, serving `services`.
+    fn start(lab: &Lab, services: &[String]) -> Harness {
+        let mut args: Vec<String> = ["to-client", "to-b1", "to-b2"]
+            .iter()
+            .flat_map(|i| ["--attach".to_string(), i.to_string()])
+            .collect();
+        for s in services {
+            args.push("--service".into());
+            args.push(s.clone());
+        }
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.name("lb")])
+            .arg(binary("ferrolb-datapath-harness"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the harness");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the data path did not load (its error is above)"
+        );
+        Harness {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends a command; returns its answer's lines (up to `end` for stats).
+    fn say(&mut self, cmd: &str) -> Vec<String> {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let mut l = String::new();
+            assert!(self.stdout.read_line(&mut l).unwrap() > 0, "harness exited");
+            let l = l.trim().to_string();
+            if cmd != "stats" || l == "end" {
+                if cmd != "stats" {
+                    lines.push(l);
+                }
+                return lines;
+            }
+            lines.push(l);
+        }
+    }
+
+    /// `service VIP ...` and `backend ADDR ...` counters by name.
+    fn stats(&mut self) -> BTreeMap<String, Vec<u64>> {
+        self.say("stats")
+            .into_iter()
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                assert!(w.len() >= 5, "stats line {l:?}");
+                (
+                    format!("{} {}", w[0], w[1]),
+                    w[2..].iter().map(|n| n.parse().unwrap()).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+/// Client namespace with addresses .2 .. .2+CLIENTS, the load balancer,
+/// and backends b1 and b2 (ferrolb-echo: HTTP on 8080 answering with the
+/// name, UDP echo on 8053).
+fn lab(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    for n in ["client", "lb", "b1", "b2"] {
+        lab.add(n);
+    }
+    lab.link(
+        "client",
+        &["10.10.0.2/24", "fd10::2/64"],
+        "lb",
+        &["10.10.0.1/24", "fd10::1/64"],
+    );
+    for i in 3..(2 + CLIENTS) {
+        let ns = lab.name("client");
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.10.0.{i}/24"),
+            "dev",
+            "to-lb",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("fd10::{i:x}/64"),
+            "dev",
+            "to-lb",
+            "nodad",
+        ]);
+    }
+    let ns = lab.name("client");
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "via",
+        "10.10.0.1",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "-6",
+        "route",
+        "add",
+        "fd99::/64",
+        "via",
+        "fd10::1",
+    ]);
+    for (b, i) in [("b1", 1), ("b2", 2)] {
+        lab.link(
+            b,
+            &[&format!("10.11.{i}.2/24"), &format!("fd11:{i}::2/64")],
+            "lb",
+            &[&format!("10.11.{i}.1/24"), &format!("fd11:{i}::1/64")],
+        );
+        let log = std::env::temp_dir().join(format!("{}-{b}.log", lab.name("x")));
+        let echo = binary("ferrolb-echo");
+        lab.spawn(
+            b,
+            &[
+                echo.to_str().unwrap(),
+                "--http",
+                &format!("{b}@10.11.{i}.2:8080"),
+                "--http",
+                &format!("{b}@[fd11:{i}::2]:8080"),
+                "--udp",
+                &format!("{b}@10.11.{i}.2:8053"),
+            ],
+            &log,
+        );
+    }
+    // The backends listen before the first request.
+    for b in ["b1", "b2"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !lab.listens(b, 8080) {
+            assert!(std::time::Instant::now() < deadline, "{b} never listened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    lab
+}
+
+fn sources(v6: bool) -> Vec<String> {
+    (2..2 + CLIENTS)
+        .map(|i| {
+            if v6 {
+                format!("fd10::{i:x}")
+            } else {
+                format!("10.10.0.{i}")
+            }
+        })
+        .collect()
+}
+
+/// Client address -> what answered (None: nothing).
+fn gets(lab: &Lab, vip: &str, port: u16, srcs: &[String]) -> BTreeMap<String, Option<String>> {
+    gets_within(lab, vip, port, srcs, 3.0)
+}
+
+/// As [`gets`], each connection given `timeout` seconds.
+fn gets_within(
+    lab: &Lab,
+    vip: &str,
+    port: u16,
+    srcs: &[String],
+    timeout: f64,
+) -> BTreeMap<String, Option<String>> {
+    let mut args = vec!["python3", "-c", GETS, vip];
+    let port = port.to_string();
+    args.push(&port);
+    // 3 s by default, not 1: the first SYN-ACK to an IPv6 client the load
+    // balancer has no neighbour entry for is sometimes lost and resent
+    // after 1 s (seen here, cause not yet found: issue 16's notes).
+    let timeout = timeout.to_string();
+    args.push(&timeout);
+    args.extend(srcs.iter().map(String::as_str));
+    let out = lab.exec("client", &args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (s, b) = l.split_once(' ').unwrap();
+            (s.to_string(), (b != "-").then(|| b.to_string()))
+        })
+        .collect()
+}
+
+/// Which backend user space's Maglev gives each client (the kernel must agree).
+fn predicted(backends: &[(&str, &str)], client: &str) -> String {
+    let names: Vec<(&str, u32)> = backends.iter().map(|(addr, _)| (*addr, 1)).collect();
+    let t = Table::build(&names, DEFAULT_TABLE_SIZE).unwrap();
+    let ip: IpAddr = client.parse().unwrap();
+    backends[t.lookup(client_hash(ip))].1.to_string()
+}
+
+fn needs(test: &str) -> bool {
+    require(
+        test,
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("python3"),
+            Need::BpfProgram,
+        ],
+    )
+}
+
+#[test]
+fn tcp_and_udp_over_ipv4_and_ipv6_reach_the_backends_maglev_chooses() {
+    if !needs("tcp_and_udp_over_ipv4_and_ipv6_reach_the_backends_maglev_chooses") {
+        return;
+    }
+    let lab = lab("dpa");
+    let mut h = Harness::start(
+        &lab,
+        &[
+            &format!("tcp:{VIP4}:80=10.11.1.2:8080,10.11.2.2:8080"),
+            &format!("tcp:[{VIP6}]:80=[fd11:1::2]:8080,[fd11:2::2]:8080"),
+            &format!("udp:{VIP4}:53=10.11.1.2:8053,10.11.2.2:8053"),
+        ]
+        .map(String::from),
+    );
+    for (vip, v6, backends) in [
+        (
+            VIP4,
+            false,
+            [("10.11.1.2:8080", "b1"), ("10.11.2.2:8080", "b2")],
+        ),
+        (
+            VIP6,
+            true,
+            [("[fd11:1::2]:8080", "b1"), ("[fd11:2::2]:8080", "b2")],
+        ),
+    ] {
+        let srcs = sources(v6);
+        let got = gets(&lab, vip, 80, &srcs);
+        assert_eq!(got.len(), srcs.len());
+        let mut seen = BTreeSet::new();
+        for (src, body) in &got {
+            let body = body
+                .as_deref()
+                .unwrap_or_else(|| panic!("{src} -> {vip}:80 not served"));
+            assert_eq!(
+                body,
+                predicted(&backends, src),
+                "{src} -> {vip}: the kernel and user space disagree"
+            );
+            seen.insert(body.to_string());
+        }
+        assert_eq!(seen.len(), 2, "{vip}: both backends used: {got:?}");
+        // Again: every client keeps its backend.
+        assert_eq!(
+            gets(&lab, vip, 80, &srcs),
+            got,
+            "{vip}: a client changed backend"
+        );
+    }
+    // UDP, answered from the VIP (the client's socket is connected to it).
+    let mut args = vec!["python3", "-c", UDP, VIP4, "53"];
+    let srcs = sources(false);
+    args.extend(srcs.iter().map(String::as_str));
+    let out = String::from_utf8_lossy(&lab.exec("client", &args).stdout).to_string();
+    let udp_backends = [("10.11.1.2:8053", "b1"), ("10.11.2.2:8053", "b2")];
+    for l in out.lines() {
+        let (src, reply) = l.split_once(' ').unwrap();
+        assert!(
+            reply.contains(&predicted(&udp_backends, src)),
+            "UDP from {src}: {reply:?} (all: {out})"
+        );
+    }
+    assert_eq!(out.lines().count(), srcs.len());
+    // Counters: per service and backend, new flows among them.
+    let stats = h.stats();
+    let svc = &stats[&format!("service {VIP4}:80")];
+    assert!(svc[0] > 0 && svc[2] as usize >= srcs.len(), "{stats:?}");
+    assert_eq!(svc[3], 0, "nothing dropped: {stats:?}");
+    let b1 = &stats["backend 10.11.1.2:8080"];
+    let b2 = &stats["backend 10.11.2.2:8080"];
+    assert!(b1[2] > 0 && b2[2] > 0, "{stats:?}");
+}
+
+#[test]
+fn health_and_changes_rewrite_the_maps_in_place_and_flows_keep_their_backend() {
+    if !needs("health_and_changes_rewrite_the_maps_in_place_and_flows_keep_their_backend") {
+        return;
+    }
+    let lab = lab("dpb");
+    let spec = format!("tcp:{VIP4}:80=10.11.1.2:8080,10.11.2.2:8080");
+    let mut h = Harness::start(&lab, &[&spec].map(String::from));
+    let srcs = sources(false);
+    let before = gets(&lab, VIP4, 80, &srcs);
+    assert!(before.values().all(Option::is_some), "{before:?}");
+    // b1 down: everyone on b2, at once, without reloading anything.
+    assert_eq!(h.say("down 10.11.1.2:8080"), ["ok"]);
+    let down = gets(&lab, VIP4, 80, &srcs);
+    assert!(
+        down.values().all(|b| b.as_deref() == Some("b2")),
+        "{down:?}"
+    );
+    // Back up: everyone back where Maglev puts them.
+    assert_eq!(h.say("up 10.11.1.2:8080"), ["ok"]);
+    assert_eq!(gets(&lab, VIP4, 80, &srcs), before);
+    // A kept-alive connection keeps its backend while the service changes
+    // under it: a third backend (a closed port) takes over about a third
+    // of the slots, this client's among them.
+    let old = [("10.11.1.2:8080", "b1"), ("10.11.2.2:8080", "b2")];
+    let new = [
+        ("10.11.1.2:8080", "b1"),
+        ("10.11.2.2:8080", "b2"),
+        ("10.11.1.2:9999", "closed"),
+    ];
+    let src = srcs
+        .iter()
+        .find(|s| predicted(&new, s) == "closed")
+        .expect("some client's slot moves to the new backend")
+        .clone();
+    let first = predicted(&old, &src);
+    let keep = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.name("client"),
+            "python3",
+            "-c",
+            KEEPALIVE,
+            &src,
+            VIP4,
+            "80",
+            "1.5",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        h.say(&format!(
+            "add tcp:{VIP4}:80=10.11.1.2:8080,10.11.2.2:8080,10.11.1.2:9999"
+        )),
+        ["ok"]
+    );
+    let out = keep.wait_with_output().unwrap();
+    let bodies = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        bodies.split_whitespace().collect::<Vec<_>>(),
+        [first.as_str(), first.as_str()],
+        "the established flow from {src} lost its backend"
+    );
+    // A new connection from the same client goes where the new table says.
+    let fresh = gets(&lab, VIP4, 80, std::slice::from_ref(&src));
+    assert_eq!(
+        fresh[&src], None,
+        "{src}: new flows follow the new table (a closed port)"
+    );
+    // All backends down: dropped and counted, not sent to the stack.
+    for b in ["10.11.1.2:8080", "10.11.2.2:8080", "10.11.1.2:9999"] {
+        assert_eq!(h.say(&format!("down {b}")), ["ok"]);
+    }
+    let none = gets(&lab, VIP4, 80, &srcs[..2]);
+    assert!(none.values().all(Option::is_none), "{none:?}");
+    let stats = h.stats();
+    assert!(stats[&format!("service {VIP4}:80")][3] > 0, "{stats:?}");
+}
+
+#[test]
+fn source_ranges_are_enforced_in_the_program() {
+    if !needs("source_ranges_are_enforced_in_the_program") {
+        return;
+    }
+    let lab = lab("dpc");
+    // 10.10.0.0/29: .2 to .7 allowed, the rest not.
+    let mut h = Harness::start(
+        &lab,
+        &[&format!(
+            "tcp:{VIP4}:80=10.11.1.2:8080,10.11.2.2:8080;ranges=10.10.0.0/29"
+        )]
+        .map(String::from),
+    );
+    // .2 to .11: six allowed, four refused (each refused one waits out 1 s).
+    let srcs: Vec<String> = sources(false).into_iter().take(10).collect();
+    let got = gets_within(&lab, VIP4, 80, &srcs, 1.0);
+    for (src, body) in &got {
+        let last: u8 = src.rsplit('.').next().unwrap().parse().unwrap();
+        assert_eq!(body.is_some(), last < 8, "{src}: {body:?}");
+    }
+    let stats = h.stats();
+    assert!(
+        stats[&format!("service {VIP4}:80")][3] > 0,
+        "drops counted: {stats:?}"
+    );
+    // A bad plan changes nothing that works.
+    let bad = h.say(&format!("add tcp:{VIP4}:80=[fd11:1::2]:8080"));
+    assert!(
+        bad[0].starts_with("error") && bad[0].contains("address family"),
+        "{bad:?}"
+    );
+    assert_eq!(gets_within(&lab, VIP4, 80, &srcs, 1.0), got);
+}
