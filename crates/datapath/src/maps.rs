@@ -129,10 +129,14 @@ pub struct BackendVal {
     pub nat_src: IpAddr,
     /// The interface toward it (0: the one the client's packet came in on).
     pub ifindex: u32,
+    /// The id of its service: the program serves a slot or a flow only from
+    /// a backend of the packet's own service, so a reused id never sends one
+    /// service's clients to another's backends.
+    pub svc: u32,
 }
 
 /// Size of `struct backend`.
-pub const BACKEND_LEN: usize = 40;
+pub const BACKEND_LEN: usize = 44;
 
 impl BackendVal {
     /// The map value's bytes.
@@ -144,6 +148,7 @@ impl BackendVal {
         b[34] = family(self.addr);
         b[35] = if self.up { BACKEND_UP } else { 0 };
         b[36..40].copy_from_slice(&self.ifindex.to_le_bytes());
+        b[40..44].copy_from_slice(&self.svc.to_le_bytes());
         b
     }
 }
@@ -264,11 +269,12 @@ mod tests {
             up: true,
             nat_src: "10.0.0.1".parse().unwrap(),
             ifindex: 7,
+            svc: 3,
         };
         let b = bk.encode();
         assert_eq!(&b[..4], &[10, 0, 0, 5]);
         assert_eq!(&b[16..20], &[10, 0, 0, 1]);
-        assert_eq!(&b[32..40], &[0, 80, 2, 1, 7, 0, 0, 0]);
+        assert_eq!(&b[32..44], &[0, 80, 2, 1, 7, 0, 0, 0, 3, 0, 0, 0]);
         let r = RangeKey {
             svc: 2,
             addr: "198.51.100.0".parse().unwrap(),
@@ -316,7 +322,7 @@ int main(void) {{
   S(flow_key) S(flow_val) S(rev_key) S(rev_val)
   O(svc_key, port) O(svc_key, proto) O(svc_key, family)
   O(svc_val, flags) O(svc_val, nat_lo) O(svc_val, nat_count) O(svc_val, idle_ns)
-  O(backend, nat_src) O(backend, port) O(backend, family) O(backend, flags) O(backend, ifindex)
+  O(backend, nat_src) O(backend, port) O(backend, family) O(backend, flags) O(backend, ifindex) O(backend, svc)
   O(rev_val, client_ifindex)
   O(range_key, svc) O(range_key, addr)
   O(counters, bytes) O(counters, flows) O(counters, dropped)
@@ -372,6 +378,7 @@ int main(void) {{
             ("backend.family", 34),
             ("backend.flags", 35),
             ("backend.ifindex", 36),
+            ("backend.svc", 40),
             ("rev_val.client_ifindex", 44),
             ("range_key.svc", 4),
             ("range_key.addr", 8),

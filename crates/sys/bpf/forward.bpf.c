@@ -346,8 +346,10 @@ int ferrolb_forward(struct __sk_buff *skb)
 	if (fv && now - fv->seen_ns < s.idle_ns) {
 		f = *fv;
 		b = bpf_map_lookup_elem(&backends, &f.backend);
-		if (!b || !(b->flags & BACKEND_UP))
-			b = NULL;  // gone or down: the flow starts over on a live one
+		// Gone, down, or its id now names another service's backend: the
+		// flow starts over on a live one of its own service.
+		if (!b || !(b->flags & BACKEND_UP) || b->svc != s.id)
+			b = NULL;
 		else
 			fv->seen_ns = now;
 	}
@@ -359,7 +361,7 @@ int ferrolb_forward(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		f.backend = *bi;
 		b = bpf_map_lookup_elem(&backends, &f.backend);
-		if (!b || !(b->flags & BACKEND_UP)) {
+		if (!b || !(b->flags & BACKEND_UP) || b->svc != s.id) {
 			count(&svc_stats, s.id, 0, 0, 1);
 			return TC_ACT_SHOT;
 		}

@@ -53,6 +53,7 @@ struct backend {
 	__u8 family;
 	__u8 flags;	  // BACKEND_*
 	__u32 ifindex;	  // out of here to reach it
+	__u32 svc;	  // the id of the service it belongs to
 };
 
 // A client's flow to a service.
