@@ -375,7 +375,55 @@ fn validate(path: &std::path::Path) -> Result<ExitCode> {
     if !config.services.is_empty() {
         out!("{}", plan.describe());
     }
+    out!("{}", kernel_report(&config, &plan));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Which ports ask for the kernel data path and whether this host can
+/// load it (tried: loaded and freed again, attached nowhere), so the
+/// operator learns before starting which mode each port will get here.
+fn kernel_report(config: &Config, plan: &ferrolb_speaker::plan::Plan) -> String {
+    use ferrolb_config::ForwardMode;
+    use std::fmt::Write;
+    let mut kernel = Vec::new();
+    for p in &plan.services {
+        for port in &p.service.ports {
+            if port.effective_mode(config.forwarder.mode) == ForwardMode::Kernel {
+                kernel.push(format!(
+                    "{} {}/{}",
+                    p.service.name, port.port, port.protocol
+                ));
+            }
+        }
+    }
+    let mut out = String::new();
+    let default = config.forwarder.mode;
+    if kernel.is_empty() {
+        if default == ForwardMode::Kernel {
+            let _ = writeln!(out, "forwarder mode: kernel (no port here uses it)");
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "forwarder mode: {default}; in kernel mode: {}",
+        kernel.join(", ")
+    );
+    match ferrolb_sys::bpf::Datapath::load() {
+        Ok(_) => {
+            let _ = writeln!(
+                out,
+                "  kernel data path: loads on this host; those ports are forwarded by it (Maglev on the client address), clients on this host by the user-space listener"
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "  kernel data path: cannot load here ({e}); as this user, those ports would run in user space"
+            );
+        }
+    }
+    out
 }
 
 /// Raises the soft open-files limit to the hard one: every forwarded TCP

@@ -28,6 +28,17 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// Labels of the mode a port is served in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// Service name.
+    pub service: String,
+    /// `PORT/PROTOCOL`.
+    pub port: String,
+    /// `kernel` or `userspace`.
+    pub mode: String,
+}
+
 /// Labels of a rejected connection or packet.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
@@ -200,6 +211,28 @@ pub struct Metrics {
     pub bfd_down: Family<PeerLabels, Counter>,
     /// 1 for each VIP this node announces now (Kubernetes mode), by mode.
     pub vip_announced: Family<AnnouncedLabels, Gauge>,
+    /// 1 for the mode each forwarded port is served in now.
+    pub forwarder_mode: Family<ModeLabels, Gauge>,
+    /// 1 while the kernel data path is loaded and attached.
+    pub kernel_active: Gauge,
+    /// Times kernel-mode ports went to user space: the program could not
+    /// load, attach or be written.
+    pub kernel_fallbacks: Counter,
+    /// Packets the kernel data path forwarded, per port.
+    pub kernel_packets: Family<PortLabels, Counter>,
+    /// Bytes the kernel data path forwarded, per port.
+    pub kernel_bytes: Family<PortLabels, Counter>,
+    /// New flows the kernel data path balanced, per port.
+    pub kernel_flows: Family<PortLabels, Counter>,
+    /// Packets the kernel data path dropped (no backend up, source range,
+    /// no NAT port), per port.
+    pub kernel_dropped: Family<PortLabels, Counter>,
+    /// Packets the kernel data path sent to a backend.
+    pub kernel_backend_packets: Family<BackendLabels, Counter>,
+    /// Bytes the kernel data path sent to a backend.
+    pub kernel_backend_bytes: Family<BackendLabels, Counter>,
+    /// New flows the kernel data path gave a backend.
+    pub kernel_backend_flows: Family<BackendLabels, Counter>,
 }
 
 impl Metrics {
@@ -263,12 +296,72 @@ impl Metrics {
             bfd_session_up: Family::default(),
             bfd_down: Family::default(),
             vip_announced: Family::default(),
+            forwarder_mode: Family::default(),
+            kernel_active: Gauge::default(),
+            kernel_fallbacks: Counter::default(),
+            kernel_packets: Family::default(),
+            kernel_bytes: Family::default(),
+            kernel_flows: Family::default(),
+            kernel_dropped: Family::default(),
+            kernel_backend_packets: Family::default(),
+            kernel_backend_bytes: Family::default(),
+            kernel_backend_flows: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
             "connections",
             "Connections forwarded to a backend",
             m.connections.clone(),
+        );
+        registry.register(
+            "forwarder_mode",
+            "1 for the mode (kernel or userspace) each forwarded port is served in",
+            m.forwarder_mode.clone(),
+        );
+        registry.register(
+            "kernel_datapath_active",
+            "1 while the kernel data path is loaded and attached",
+            m.kernel_active.clone(),
+        );
+        registry.register(
+            "kernel_datapath_fallbacks",
+            "Times kernel-mode ports went to user space because the program could not load, attach or be written",
+            m.kernel_fallbacks.clone(),
+        );
+        registry.register(
+            "kernel_packets",
+            "Packets the kernel data path forwarded, per port",
+            m.kernel_packets.clone(),
+        );
+        registry.register(
+            "kernel_bytes",
+            "Bytes the kernel data path forwarded, per port",
+            m.kernel_bytes.clone(),
+        );
+        registry.register(
+            "kernel_flows",
+            "New flows the kernel data path balanced, per port",
+            m.kernel_flows.clone(),
+        );
+        registry.register(
+            "kernel_dropped",
+            "Packets the kernel data path dropped (no backend up, source range refused, no NAT port), per port",
+            m.kernel_dropped.clone(),
+        );
+        registry.register(
+            "kernel_backend_packets",
+            "Packets the kernel data path sent to a backend",
+            m.kernel_backend_packets.clone(),
+        );
+        registry.register(
+            "kernel_backend_bytes",
+            "Bytes the kernel data path sent to a backend",
+            m.kernel_backend_bytes.clone(),
+        );
+        registry.register(
+            "kernel_backend_flows",
+            "New flows the kernel data path gave a backend",
+            m.kernel_backend_flows.clone(),
         );
         registry.register(
             "connections_active",
@@ -489,6 +582,22 @@ mod tests {
             direction: "sent".into(),
         };
         m.connections.get_or_create(&backend).inc();
+        m.forwarder_mode
+            .get_or_create(&ModeLabels {
+                service: "s".into(),
+                port: "80/TCP".into(),
+                mode: "kernel".into(),
+            })
+            .set(1);
+        m.kernel_active.set(1);
+        m.kernel_fallbacks.inc();
+        m.kernel_packets.get_or_create(&port).inc();
+        m.kernel_bytes.get_or_create(&port).inc();
+        m.kernel_flows.get_or_create(&port).inc();
+        m.kernel_dropped.get_or_create(&port).inc();
+        m.kernel_backend_packets.get_or_create(&backend).inc();
+        m.kernel_backend_bytes.get_or_create(&backend).inc();
+        m.kernel_backend_flows.get_or_create(&backend).inc();
         m.active.get_or_create(&port).set(1);
         m.bytes.get_or_create(&dir).inc();
         m.backend_up.get_or_create(&backend).set(1);

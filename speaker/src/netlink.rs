@@ -210,3 +210,19 @@ pub fn delete_link(index: u32) -> std::io::Result<()> {
         r => r,
     }
 }
+
+/// The way to `dst` (interface, source address), as `ip route get DST`
+/// says; the kernel data path sends a backend's packets that way.
+pub fn route_to(dst: IpAddr) -> std::io::Result<Way> {
+    use nix::sys::socket::{recv, send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fd = route_socket()?;
+    let msg = encode_route_get(1, dst);
+    send(fd.as_raw_fd(), &msg, MsgFlags::empty())?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    parse_route_get(&buf[..n], 1).map_err(|e| match e {
+        LookupError::Refused(errno) => std::io::Error::from_raw_os_error(errno),
+        LookupError::NoAnswer => std::io::Error::other(e.to_string()),
+    })
+}

@@ -20,6 +20,7 @@ pub mod client;
 pub mod cluster;
 pub mod deploy;
 pub mod image;
+pub mod kernel_lab;
 pub mod l2lab;
 pub mod netns;
 pub mod pods;

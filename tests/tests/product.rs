@@ -4,11 +4,12 @@
 //! (and `bird2` for BGP); skips loudly without them (a failure in CI).
 
 use ferrolb_tests::pods::Kubelet;
-use ferrolb_tests::product::{Mode, Product, T};
+use ferrolb_tests::product::{Mode, Product, NODES, T};
+use ferrolb_tests::speaker::metric_sum;
 use ferrolb_tests::{binary, require, Need};
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const ALL: [(&str, &str, bool); 3] = [
     ("192.0.2.11", "node1", true),
@@ -71,9 +72,9 @@ fn assert_pods_as_shipped(k: &Kubelet) {
         let c = &pod.containers[0];
         let pid = c.pid.expect("running");
         if name.starts_with("ferrolb-speaker") {
-            // NET_BIND_SERVICE (10), NET_ADMIN (12), NET_RAW (13).
+            // NET_BIND_SERVICE (10), NET_ADMIN (12), NET_RAW (13), PERFMON (38), BPF (39).
             for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
-                assert_eq!(proc_status(pid, set), "0000000000003400", "{name} {set}");
+                assert_eq!(proc_status(pid, set), "000000c000003400", "{name} {set}");
             }
             assert_eq!(proc_status(pid, "Uid"), "0\t0\t0\t0");
             assert_eq!(proc_status(pid, "NoNewPrivs"), "1", "{name}");
@@ -532,4 +533,105 @@ async fn virtual_mac_fallback_in_kubernetes_mode_warns_on_the_service() {
         "{neigh}\n{}",
         p.logs()
     );
+}
+
+/// `forwarder: {mode: kernel}` in the ConfigMap, the DaemonSet as shipped
+/// (its BPF and PERFMON capabilities, seccomp RuntimeDefault, read-only
+/// root): the owner forwards in the eBPF program to an endpoint on another
+/// node, and a node whose own endpoint the program cannot reach (a backend
+/// on this host) serves in user space and says so on the Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_mode_in_kubernetes_forwards_in_the_program_and_warns_where_it_cannot() {
+    if !require(
+        "kernel_mode_in_kubernetes_forwards_in_the_program_and_warns_where_it_cannot",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("python3"),
+            Need::StaticImages,
+            Need::BpfProgram,
+        ],
+    ) {
+        return;
+    }
+    let p = Product::start_with(
+        Mode::Layer2,
+        Some("l2: [{pools: [vips], interfaces: [eth0]}]\nforwarder: {mode: kernel}"),
+    )
+    .await;
+    // Every node has its own endpoint: none can serve it in the kernel.
+    let vip = p.service("web", 8081, forwarded(), &ALL).await;
+    let url = format!("http://{vip}:8081/");
+    p.wait_get("the VIP in user space", &url, |b| b.ends_with("-pod"));
+    let note = p
+        .cluster
+        .wait_event("shop", "web", "KernelDatapathUnavailable", T)
+        .await;
+    assert!(
+        note.contains("8081/TCP") && note.contains("is on this host") && note.contains("node"),
+        "the Warning names the port, the node and the cause: {note}"
+    );
+    // The owner, from its metrics; the endpoint moves to another node.
+    let metrics = |n: &str| p.lab.metrics_on(n, 7473);
+    let owner = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|n| {
+            metric_sum(
+                &metrics(n),
+                "ferrolb_vip_announced",
+                &["service=\"shop/web\"", "mode=\"l2\""],
+            ) == 1.0
+        })
+        .unwrap_or_else(|| panic!("no owner:\n{}", p.logs()));
+    let (other_ip, other) = NODES
+        .iter()
+        .find(|(n, _)| *n != owner)
+        .map(|(n, ip)| (*ip, *n))
+        .unwrap();
+    p.cluster
+        .set_endpoints("shop", "web", 9000, &[(other_ip, other, true)]);
+    let deadline = Instant::now() + T;
+    loop {
+        let m = metrics(owner);
+        if metric_sum(
+            &m,
+            "ferrolb_forwarder_mode",
+            &["service=\"shop/web\"", "mode=\"kernel\""],
+        ) == 1.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the owner never served shop/web in the kernel:\n{m}\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = metric_sum(
+        &metrics(owner),
+        "ferrolb_connections_total",
+        &["service=\"shop/web\""],
+    );
+    let want = format!("{other}-pod");
+    for _ in 0..5 {
+        let body = p.lab.http_get("client", &url, 3.0);
+        assert_eq!(body.as_deref(), Some(want.as_str()), "{}", p.logs());
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        let m = metrics(owner);
+        let flows = metric_sum(&m, "ferrolb_kernel_flows_total", &["service=\"shop/web\""]);
+        if flows >= 5.0 {
+            assert_eq!(
+                metric_sum(&m, "ferrolb_connections_total", &["service=\"shop/web\""]),
+                before,
+                "user space forwarded none of them"
+            );
+            assert_eq!(metric_sum(&m, "ferrolb_kernel_datapath_active", &[]), 1.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "flows {flows}:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -82,6 +82,29 @@ pub struct ForwarderSettings {
     pub udp_max_flows: u32,
     /// Relay TCP with splice(2) (zero-copy) instead of a user-space copy.
     pub splice: bool,
+    /// Where ports forward unless they say otherwise.
+    pub mode: ForwardMode,
+}
+
+/// Where a port's traffic is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardMode {
+    /// The tokio proxy: terminates TCP, PROXY protocol, every algorithm.
+    #[default]
+    Userspace,
+    /// The eBPF program on the announcing interfaces (NAT, Maglev); the
+    /// user-space listener stays open for what the program does not see
+    /// (clients on this host) and takes over if the program cannot load.
+    Kernel,
+}
+
+impl fmt::Display for ForwardMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForwardMode::Userspace => "userspace",
+            ForwardMode::Kernel => "kernel",
+        })
+    }
 }
 
 impl Default for ForwarderSettings {
@@ -95,6 +118,7 @@ impl Default for ForwarderSettings {
             udp_idle_timeout: Duration::from_secs(30),
             udp_max_flows: 65_536,
             splice: false,
+            mode: ForwardMode::Userspace,
         }
     }
 }
@@ -507,4 +531,19 @@ pub struct ServicePort {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Active health checks; `None` disables them.
     pub health_check: Option<HealthCheck>,
+    /// Where it is forwarded; `None`: the `forwarder.mode` default.
+    pub mode: Option<ForwardMode>,
+}
+
+impl ServicePort {
+    /// Where this port is forwarded under the `default` mode: its own mode,
+    /// else the default, except that a port sending PROXY headers always
+    /// stays in user space (the kernel path does not terminate TCP).
+    pub fn effective_mode(&self, default: ForwardMode) -> ForwardMode {
+        match (self.mode, self.proxy_protocol) {
+            (Some(m), _) => m,
+            (None, Some(_)) => ForwardMode::Userspace,
+            (None, None) => default,
+        }
+    }
 }

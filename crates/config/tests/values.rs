@@ -179,6 +179,7 @@ fn forwarder_settings_and_defaults() {
     );
     assert_eq!(c.services[1].max_connections, Some(50));
     assert_eq!(c.services[0].max_connections, None);
+    assert_eq!(f.mode, ferrolb_config::ForwardMode::Userspace);
     let d = Config::from_yaml("").unwrap().forwarder;
     assert_eq!(d, ForwarderSettings::default());
     assert_eq!(d.connect_timeout, Duration::from_secs(2));
@@ -200,4 +201,31 @@ fn failover_settings() {
         Config::from_yaml("").unwrap().failover,
         FailoverSettings::default()
     );
+}
+
+#[test]
+fn forwarding_modes_default_to_user_space_and_proxy_ports_stay_there() {
+    use ferrolb_config::ForwardMode::{Kernel, Userspace};
+    let c = Config::from_yaml(
+        "pools: [{name: p, addresses: [192.0.2.10]}]
+forwarder: {mode: kernel}
+services:
+  - name: web
+    ports:
+      - {port: 80, backends: [\"10.0.0.1:80\"]}
+      - {port: 81, backends: [\"10.0.0.1:80\"], mode: userspace}
+      - {port: 82, backends: [\"10.0.0.1:80\"], proxyProtocol: v1}
+",
+    )
+    .unwrap();
+    assert_eq!(c.forwarder.mode, Kernel);
+    let modes: Vec<_> = c.services[0]
+        .ports
+        .iter()
+        .map(|p| p.effective_mode(c.forwarder.mode))
+        .collect();
+    assert_eq!(modes, vec![Kernel, Userspace, Userspace]);
+    assert_eq!(c.services[0].ports[0].mode, None);
+    let d = Config::from_yaml("").unwrap();
+    assert_eq!(d.forwarder.mode, Userspace);
 }

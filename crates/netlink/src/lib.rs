@@ -39,6 +39,8 @@ const RT_SCOPE_HOST: u8 = 254;
 const RTN_LOCAL: u8 = 2;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
 const RTA_TABLE: u16 = 15;
 
 fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
@@ -112,6 +114,95 @@ pub fn encode_dump(seq: u32) -> Vec<u8> {
     m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     m[8..12].copy_from_slice(&seq.to_ne_bytes());
     m
+}
+
+/// An `RTM_GETROUTE` request for the route to `dst`, as `ip route get DST`
+/// makes it: the kernel answers with the one route it would use.
+pub fn encode_route_get(seq: u32, dst: IpAddr) -> Vec<u8> {
+    let (family, len, addr): (u8, u8, Vec<u8>) = match dst {
+        IpAddr::V4(a) => (AF_INET, 32, a.octets().to_vec()),
+        IpAddr::V6(a) => (AF_INET6, 128, a.octets().to_vec()),
+    };
+    let mut m = vec![0u8; 16];
+    m.extend_from_slice(&[family, len, 0, 0, 0, 0, 0, 0]);
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    attr(&mut m, RTA_DST, &addr);
+    let total = m.len() as u32;
+    m[0..4].copy_from_slice(&total.to_ne_bytes());
+    m[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
+    m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    m
+}
+
+/// The way to a destination, from the answer to [`encode_route_get`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Way {
+    /// The interface packets leave by.
+    pub oif: u32,
+    /// This host's source address on it.
+    pub prefsrc: Option<IpAddr>,
+    /// The next hop, when not on link.
+    pub gateway: Option<IpAddr>,
+    /// The destination is this host (`RTN_LOCAL`): packets go to `lo`.
+    pub local: bool,
+}
+
+/// Why a route lookup has no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The kernel said no (ENETUNREACH, EHOSTUNREACH, ...).
+    #[error("{}", std::io::Error::from_raw_os_error(*.0))]
+    Refused(i32),
+    /// No answer for this sequence number in the datagram.
+    #[error("no route answer in the kernel's reply")]
+    NoAnswer,
+}
+
+fn ip_from(family: u8, payload: &[u8]) -> Option<IpAddr> {
+    match family {
+        AF_INET => <[u8; 4]>::try_from(payload).ok().map(IpAddr::from),
+        AF_INET6 => <[u8; 16]>::try_from(payload).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// Reads the answer to lookup `seq` from a datagram of the kernel's.
+pub fn parse_route_get(buf: &[u8], seq: u32) -> Result<Way, LookupError> {
+    for (kind, s, m) in messages(buf) {
+        if s != seq {
+            continue;
+        }
+        if kind == NLMSG_ERROR {
+            let err = u32_at(m, 16)
+                .map(|e| (e as i32).saturating_neg())
+                .unwrap_or(0);
+            if err != 0 {
+                return Err(LookupError::Refused(err));
+            }
+            continue;
+        }
+        if kind != RTM_NEWROUTE || m.len() < 28 {
+            continue;
+        }
+        let (family, rtype) = (m[16], m[23]);
+        let mut way = Way {
+            oif: 0,
+            prefsrc: None,
+            gateway: None,
+            local: rtype == RTN_LOCAL,
+        };
+        for (akind, payload) in attrs(&m[28..]) {
+            match akind {
+                RTA_OIF => way.oif = u32_at(payload, 0).unwrap_or(0),
+                RTA_PREFSRC => way.prefsrc = ip_from(family, payload),
+                RTA_GATEWAY => way.gateway = ip_from(family, payload),
+                _ => {}
+            }
+        }
+        return Ok(way);
+    }
+    Err(LookupError::NoAnswer)
 }
 
 /// One route of a dump, as far as ferrolb cares.
@@ -275,6 +366,64 @@ mod tests {
         assert_eq!(dump.len(), 28);
         assert_eq!(&dump[4..6], &26u16.to_ne_bytes());
         assert_eq!(&dump[6..8], &0x301u16.to_ne_bytes());
+    }
+
+    #[test]
+    fn route_lookups_are_encoded_and_answers_read() {
+        let m = encode_route_get(5, "10.0.0.7".parse().unwrap());
+        let mut want = Vec::new();
+        want.extend_from_slice(&36u32.to_ne_bytes());
+        want.extend_from_slice(&26u16.to_ne_bytes());
+        want.extend_from_slice(&1u16.to_ne_bytes());
+        want.extend_from_slice(&5u32.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        want.extend_from_slice(&[2, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&8u16.to_ne_bytes());
+        want.extend_from_slice(&1u16.to_ne_bytes());
+        want.extend_from_slice(&[10, 0, 0, 7]);
+        assert_eq!(m, want);
+        assert_eq!(
+            encode_route_get(1, "2001:db8::1".parse().unwrap()).len(),
+            48
+        );
+        // An answer: RTM_NEWROUTE, unicast, oif 3, prefsrc, gateway.
+        let mut a = vec![0u8; 16];
+        a.extend_from_slice(&[2, 32, 0, 0, 254, 0, 0, 1, 0, 0, 0, 0]);
+        attr(&mut a, RTA_DST, &[10, 0, 0, 7]);
+        attr(&mut a, RTA_OIF, &3u32.to_ne_bytes());
+        attr(&mut a, RTA_PREFSRC, &[10, 0, 0, 1]);
+        attr(&mut a, RTA_GATEWAY, &[10, 0, 0, 254]);
+        let len = a.len() as u32;
+        a[0..4].copy_from_slice(&len.to_ne_bytes());
+        a[4..6].copy_from_slice(&RTM_NEWROUTE.to_ne_bytes());
+        a[8..12].copy_from_slice(&5u32.to_ne_bytes());
+        assert_eq!(
+            parse_route_get(&a, 5),
+            Ok(Way {
+                oif: 3,
+                prefsrc: Some("10.0.0.1".parse().unwrap()),
+                gateway: Some("10.0.0.254".parse().unwrap()),
+                local: false,
+            })
+        );
+        assert_eq!(parse_route_get(&a, 6), Err(LookupError::NoAnswer));
+        // Local type.
+        let mut l = a.clone();
+        l[23] = RTN_LOCAL;
+        assert!(parse_route_get(&l, 5).unwrap().local);
+        // An error: ENETUNREACH (101).
+        let mut e = vec![0u8; 16];
+        e.extend_from_slice(&(-101i32).to_ne_bytes());
+        e.extend_from_slice(&m);
+        let len = e.len() as u32;
+        e[0..4].copy_from_slice(&len.to_ne_bytes());
+        e[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        e[8..12].copy_from_slice(&5u32.to_ne_bytes());
+        assert_eq!(parse_route_get(&e, 5), Err(LookupError::Refused(101)));
+        // Truncations never panic.
+        for cut in 0..a.len() {
+            let _ = parse_route_get(&a[..cut], 5);
+        }
     }
 
     /// A dump answer as the kernel writes it: our request bytes are a valid

@@ -29,7 +29,7 @@ pub enum BpfError {
     #[error("this binary was built without the kernel data path (clang and libbpf-dev were missing when it was built)")]
     NotBuilt,
     /// The kernel refused the object or a map.
-    #[error("loading the kernel data path: {0} (it needs root, or CAP_BPF with CAP_NET_ADMIN, and a kernel of 6.7 or later)")]
+    #[error("loading the kernel data path: {0} (it needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, and a kernel of 6.7 or later)")]
     Load(String),
     /// Attaching to an interface failed.
     #[error("attaching the kernel data path to {iface}: {error}")]

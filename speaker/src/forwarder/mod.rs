@@ -6,6 +6,7 @@
 //! `ferrolb-balance`; this module owns sockets, tasks and timers.
 
 pub mod health;
+pub mod kernel;
 pub mod port;
 pub mod socket;
 pub mod splice;
@@ -105,18 +106,20 @@ pub struct Forwarder {
     conns: Arc<ConnTracker>,
     drain: Duration,
     health: watch::Sender<BTreeMap<String, bool>>,
+    kernel: kernel::KernelPath,
 }
 
 impl Forwarder {
     /// A forwarder with no port.
     pub fn new(metrics: Arc<Metrics>) -> Forwarder {
         Forwarder {
-            metrics,
+            metrics: Arc::clone(&metrics),
             services: HashMap::new(),
             ports: BTreeMap::new(),
             conns: Arc::new(ConnTracker::default()),
             drain: ForwarderSettings::default().drain_timeout,
             health: watch::Sender::new(BTreeMap::new()),
+            kernel: kernel::KernelPath::new(Arc::clone(&metrics)),
         }
     }
 
@@ -136,8 +139,27 @@ impl Forwarder {
         self.health.subscribe()
     }
 
-    /// Recomputes per-service health from the ports (cheap; called on a timer).
-    pub fn refresh_health(&self) {
+    /// The interfaces VIPs are announced on (the `l2` entries' names;
+    /// empty: every candidate): the kernel data path attaches there.
+    pub fn set_interfaces(&mut self, names: Vec<String>) {
+        self.kernel.set_interfaces(names);
+    }
+
+    /// Kernel-mode ports that went to user space since the last call.
+    pub fn take_kernel_fallbacks(&mut self) -> Vec<kernel::Fallback> {
+        self.kernel.take_fallbacks()
+    }
+
+    /// Whether the kernel data path is loaded and serving.
+    pub fn kernel_active(&self) -> bool {
+        self.kernel.active()
+    }
+
+    /// Recomputes per-service health from the ports and brings the kernel
+    /// data path's maps up to date (cheap; called on a timer).
+    pub fn refresh_health(&mut self) {
+        let ports: Vec<Arc<PortRuntime>> = self.ports.values().cloned().collect();
+        self.kernel.sync(&ports);
         let mut by_service: BTreeMap<String, bool> = BTreeMap::new();
         for p in self.ports.values() {
             *by_service.entry(p.service.name.clone()).or_insert(false) |= p.any_up();
@@ -214,6 +236,7 @@ impl Forwarder {
                     udp_idle_timeout: settings.udp_idle_timeout,
                     udp_max_flows: settings.udp_max_flows as usize,
                     splice: settings.splice,
+                    mode: p.effective_mode(settings.mode),
                 };
                 let weights: Vec<(SocketAddr, u32)> =
                     p.backends.iter().map(|b| (b.address, b.weight)).collect();
@@ -352,5 +375,8 @@ impl Forwarder {
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.conns.wait_idle()).await;
         }
+        // Kernel flows end here, after the drain: the program goes with the
+        // process (a restart that keeps them needs pinned maps, not built yet).
+        self.kernel.stop();
     }
 }

@@ -4,7 +4,7 @@
 use crate::metrics::{BackendLabels, Metrics, PortLabels, RejectLabels, ServiceLabels};
 use ferrolb_balance::health::{Health, Observation, State};
 use ferrolb_balance::select::{Algorithm, Candidate, Selector};
-use ferrolb_config::{HealthCheck, Protocol, ProxyProtocol};
+use ferrolb_config::{ForwardMode, HealthCheck, Protocol, ProxyProtocol};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -113,6 +113,9 @@ pub struct PortConfig {
     pub udp_max_flows: usize,
     /// Relay TCP with splice(2) instead of copying through user space.
     pub splice: bool,
+    /// Where the port is meant to be forwarded (the listener stays open in
+    /// kernel mode too, for what the program does not see).
+    pub mode: ForwardMode,
 }
 
 struct PortState {
@@ -161,6 +164,11 @@ impl ServiceRuntime {
         self.max_connections
             .store(max_connections, Ordering::Relaxed);
         *self.source_ranges.write().expect("lock poisoned") = source_ranges;
+    }
+
+    /// The allowed client prefixes (empty: everyone).
+    pub fn source_ranges(&self) -> Vec<ferrolb_ipset::Cidr> {
+        self.source_ranges.read().expect("lock poisoned").clone()
     }
 
     /// Whether `client` may connect: an empty list allows everyone, as
@@ -400,6 +408,17 @@ impl PortRuntime {
             })
             .collect();
         st.selector.update(candidates);
+    }
+
+    /// Each backend with its weight and whether it is up, in configuration
+    /// order: what the kernel data path's Maglev table is built from.
+    pub fn weighted_backends(&self) -> Vec<(SocketAddr, u32, bool)> {
+        let st = self.state.lock().expect("lock poisoned");
+        st.backends
+            .iter()
+            .zip(st.selector.candidates())
+            .map(|(b, c)| (b.addr, c.weight, b.is_up()))
+            .collect()
     }
 
     /// The backends, in configuration order.

@@ -433,6 +433,17 @@ impl Core {
         self.warn(&key, "VirtualMACUnavailable", "Fallback", note);
     }
 
+    /// A kernel-mode port of a Service is served in user space: a Warning
+    /// on the Service (once per change of mode; the Event budget applies).
+    pub fn kernel_fallback(&mut self, f: crate::forwarder::kernel::Fallback) {
+        let me = &self.s.node;
+        let note = format!(
+            "node {me} serves port {} in user space, not in the kernel data path: {}",
+            f.port, f.reason
+        );
+        self.warn(&f.service, "KernelDatapathUnavailable", "Fallback", note);
+    }
+
     /// Time passes: old Event budgets are forgotten.
     pub fn tick(&mut self, now: Instant) {
         self.event_budget.prune(now);

@@ -227,6 +227,8 @@ impl Shell {
                     queue.extend(core.step(std::time::Instant::now()));
                 }
                 Output::Forward { plan, config } => {
+                    self.forwarder
+                        .set_interfaces(crate::forwarder::kernel::announce_interfaces(&config));
                     for e in self.forwarder.apply(&plan, &config.forwarder) {
                         tracing::error!(error = %e, "listener not opened");
                     }
@@ -452,7 +454,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 core.context(snapshot(&config_maps, &nodes, &pods));
             }
             _ = health.changed() => core.health(health.borrow_and_update().clone()),
-            _ = health_tick.tick() => shell.forwarder.refresh_health(),
+            _ = health_tick.tick() => {
+                shell.forwarder.refresh_health();
+                for f in shell.forwarder.take_kernel_fallbacks() {
+                    core.kernel_fallback(f);
+                }
+            }
             _ = keys_tick.tick() => {
                 if let Some(a) = shell.announcers.as_mut() {
                     a.refresh_keys();

@@ -512,6 +512,7 @@ fn forward_service(
             algorithm: Default::default(),
             proxy_protocol: None,
             health_check: Some(HealthCheck::default()),
+            mode: None,
         });
     }
     Ok(PlanService {

@@ -100,6 +100,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Err(e) => bail!("{e}"),
     };
     let mut forwarder = Forwarder::new(Arc::clone(&metrics));
+    forwarder.set_interfaces(crate::forwarder::kernel::announce_interfaces(&config));
     let errors = forwarder.apply(&plan, &config.forwarder);
     if !errors.is_empty() {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
@@ -160,6 +161,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     config,
                     reason,
                 } => {
+                    forwarder
+                        .set_interfaces(crate::forwarder::kernel::announce_interfaces(&config));
                     let errors = forwarder.apply(&plan, &config.forwarder);
                     for e in &errors {
                         tracing::error!(error = %e, "reload: listener not opened");
@@ -193,6 +196,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             _ = health_tick.tick() => {
                 forwarder.refresh_health();
+                // Logged and counted already; there is no Service to put an Event on.
+                forwarder.take_kernel_fallbacks();
                 continue;
             }
             _ = term.recv() => break,

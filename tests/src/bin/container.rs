@@ -298,12 +298,25 @@ const RUNTIME_DEFAULT_DENIED: &[i64] = &[
     libc::SYS_userfaultfd,
 ];
 
-fn seccomp_runtime_default() -> Result<(), String> {
+/// The runtime default profile's exceptions by capability (containerd's
+/// `seccomp_default.go`, moby's `default.json`): `bpf` with CAP_BPF,
+/// `perf_event_open` with CAP_PERFMON (either with CAP_SYS_ADMIN).
+fn allowed_by_caps(nr: i64, caps: &[String]) -> bool {
+    let has = |c: &str| caps.iter().any(|x| x.eq_ignore_ascii_case(c));
+    match nr {
+        libc::SYS_bpf => has("BPF") || has("SYS_ADMIN"),
+        libc::SYS_perf_event_open => has("PERFMON") || has("SYS_ADMIN"),
+        _ => false,
+    }
+}
+
+fn seccomp_runtime_default(caps: &[String]) -> Result<(), String> {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| format!("seccomp on {}: {e:?}", std::env::consts::ARCH))?;
     let rules = RUNTIME_DEFAULT_DENIED
         .iter()
+        .filter(|nr| !allowed_by_caps(**nr, caps))
         .map(|nr| (*nr, Vec::new()))
         .collect();
     let filter = SeccompFilter::new(
@@ -328,7 +341,7 @@ fn start(spec: &Spec) -> Result<std::convert::Infallible, String> {
     credentials(spec)?;
     // Last before exec: the filter refuses the very calls made above.
     if spec.seccomp_default {
-        seccomp_runtime_default()?;
+        seccomp_runtime_default(&spec.caps)?;
     }
     let c = |s: &String| CString::new(s.as_str()).map_err(|_| format!("NUL in {s:?}"));
     let argv: Vec<CString> = spec.argv.iter().map(c).collect::<Result<_, _>>()?;

@@ -14,6 +14,7 @@ pub(super) fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings
             "udpIdleTimeout",
             "udpMaxFlows",
             "splice",
+            "mode",
         ],
     )?;
     let mut s = ForwarderSettings::default();
@@ -68,5 +69,23 @@ pub(super) fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings
     if let Some(b) = obj.get("splice").and_then(|f| ctx.boolean(f)) {
         s.splice = b;
     }
+    if let Some(m) = obj.get("mode").and_then(|f| mode(ctx, f)) {
+        s.mode = m;
+    }
     Some(s)
+}
+
+/// `mode: userspace|kernel`, of the forwarder or of one port.
+pub(super) fn mode(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwardMode> {
+    match ctx.string(f)?.as_str() {
+        "userspace" => Some(ForwardMode::Userspace),
+        "kernel" => Some(ForwardMode::Kernel),
+        other => {
+            ctx.error(
+                f.path,
+                format!("{other:?} is not a forwarding mode; use userspace or kernel"),
+            );
+            None
+        }
+    }
 }

@@ -63,6 +63,7 @@ pub(super) fn port(ctx: &mut Ctx, f: Field<'_>) -> Option<ServicePort> {
             "algorithm",
             "proxyProtocol",
             "healthCheck",
+            "mode",
         ],
     )?;
     let port = obj
@@ -129,6 +130,13 @@ pub(super) fn port(ctx: &mut Ctx, f: Field<'_>) -> Option<ServicePort> {
     if let (Some(Protocol::Udp), Some(f)) = (protocol, obj.get("proxyProtocol")) {
         ctx.error(f.path, "PROXY protocol is only sent on TCP ports");
     }
+    let mode = obj.get("mode").and_then(|f| super::forwarder::mode(ctx, f));
+    if let (Some(ForwardMode::Kernel), Some(f)) = (mode, obj.get("proxyProtocol")) {
+        ctx.error(
+            f.path,
+            "PROXY protocol needs the user-space forwarder (the kernel path does not terminate TCP); set mode: userspace on this port or drop proxyProtocol",
+        );
+    }
     Some(ServicePort {
         port: port?,
         protocol: protocol?,
@@ -136,6 +144,7 @@ pub(super) fn port(ctx: &mut Ctx, f: Field<'_>) -> Option<ServicePort> {
         algorithm: algorithm.unwrap_or_default(),
         proxy_protocol,
         health_check,
+        mode,
     })
 }
 

@@ -2,11 +2,11 @@
 //! that replays the committed corpus (`tests/fuzz_corpus.rs`).
 
 use ferrolb_netlink::link::parse_links;
-use ferrolb_netlink::{encode_local_route, parse_acks, parse_routes};
+use ferrolb_netlink::{encode_local_route, parse_acks, parse_route_get, parse_routes};
 use std::net::IpAddr;
 
 /// Whatever the socket delivers: the route, link and acknowledgement
-/// parsers never panic, report only host routes and only named links. A route message ferrolb itself
+/// parsers (and the route lookup's) never panic, report only host routes and only named links. A route message ferrolb itself
 /// writes, for an address taken from the input, parses back to that address
 /// as one of ferrolb's local routes, whatever bytes follow it.
 pub fn replies(data: &[u8]) {
@@ -15,6 +15,11 @@ pub fn replies(data: &[u8]) {
         assert!(matches!(r.dst, IpAddr::V4(_) | IpAddr::V6(_)));
     }
     let _ = parse_acks(data);
+    if let Ok(w) = parse_route_get(data, 0) {
+        assert!(w
+            .prefsrc
+            .is_none_or(|a| matches!(a, IpAddr::V4(_) | IpAddr::V6(_))));
+    }
     for l in parse_links(data).0 {
         assert!(l.index != 0 && !l.name.is_empty(), "{l:?}");
     }

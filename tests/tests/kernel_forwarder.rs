@@ -1,0 +1,350 @@
+//! `forwarder: {mode: kernel}` in the real speaker (`ferrolb-speaker
+//! standalone`, as a plain host runs it): the speaker announces the VIPs
+//! over layer 2 to a client namespace, loads the eBPF program, attaches it
+//! and feeds it its ports, backends and their health; the client is the
+//! kernel's TCP and UDP stack. Kernel service is told from user-space
+//! service by what the client gets: the program balances with Maglev on
+//! the client address, the user-space forwarder here (round robin) would
+//! spread one client's addresses evenly over both backends, and its
+//! connection counters stay at zero.
+
+use ferrolb_tests::kernel_lab::{self, maglev_choice};
+use ferrolb_tests::netns::Lab;
+use ferrolb_tests::speaker::metric_sum;
+use ferrolb_tests::{binary, require, Need};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const VIP4: &str = "10.10.0.100";
+const VIP6: &str = "fd10::100";
+const CLIENTS: u8 = 16;
+const METRICS: u16 = 9470;
+
+struct Setup {
+    lab: Lab,
+    /// Backend name -> the pid of its echo server.
+    backends: BTreeMap<String, u32>,
+    log: PathBuf,
+}
+
+fn config() -> String {
+    let ports = |port: u16, b: &[&str]| {
+        let list: Vec<String> = b.iter().map(|x| format!("\"{x}\"")).collect();
+        format!(
+            "{{port: {port}, backends: [{}], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms, rise: 1, fall: 1}}}}",
+            list.join(", ")
+        )
+    };
+    format!(
+        "pools: [{{name: vips, addresses: [\"{VIP4}\", \"{VIP6}\"]}}]
+l2: [{{pools: [vips], interfaces: [to-client]}}]
+members: [{{name: lb, address: \"10.10.0.1:7946\"}}]
+forwarder: {{mode: kernel}}
+services:
+  - name: web
+    ip: {VIP4}
+    ports:
+      - {}
+      - {{port: 53, protocol: UDP, backends: [\"10.11.1.2:8053\", \"10.11.2.2:8053\"]}}
+  - name: web6
+    ip: \"{VIP6}\"
+    ports: [{}]
+",
+        ports(80, &["10.11.1.2:8080", "10.11.2.2:8080"]),
+        ports(80, &["[fd11:1::2]:8080", "[fd11:2::2]:8080"]),
+    )
+}
+
+/// The shared lab (client, `lb`, backends b1 and b2), then the speaker in
+/// `lb`, run through `wrap` (a command prefix, e.g. setpriv).
+fn setup(tag: &str, wrap: &[&str]) -> Setup {
+    let (mut lab, backends) = kernel_lab::lab(tag, CLIENTS);
+    let dir = std::env::temp_dir().join(lab.name("kf"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.yaml");
+    std::fs::write(&cfg, config()).unwrap();
+    let log = dir.join("speaker.log");
+    let speaker = binary("ferrolb-speaker");
+    let metrics = format!("127.0.0.1:{METRICS}");
+    let mut cmd: Vec<&str> = wrap.to_vec();
+    cmd.extend([
+        speaker.to_str().unwrap(),
+        "standalone",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--node",
+        "lb",
+        "--metrics-address",
+        &metrics,
+        "--log-level",
+        "debug",
+    ]);
+    lab.spawn("lb", &cmd, &log);
+    Setup { lab, backends, log }
+}
+
+impl Setup {
+    fn metrics(&self) -> String {
+        self.lab.metrics_on("lb", METRICS)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `ok` holds for the metrics body, or fails with the log.
+    fn wait_metrics(&self, what: &str, ok: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.metrics();
+            if ok(&m) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not seen in 20 s; metrics:\n{}\nlog:\n{}",
+                m.lines()
+                    .filter(|l| l.contains("kernel") || l.contains("mode"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn gets(&self, vip: &str, v6: bool) -> BTreeMap<String, Option<String>> {
+        kernel_lab::gets(&self.lab, vip, 80, &kernel_lab::sources(CLIENTS, v6), 3.0)
+    }
+
+    fn udp(&self) -> BTreeMap<String, Option<String>> {
+        kernel_lab::udp(&self.lab, VIP4, 53, &kernel_lab::sources(CLIENTS, false))
+    }
+}
+
+fn needs(test: &str, more: &[Need]) -> bool {
+    let mut n = vec![
+        Need::Root,
+        Need::Program("ip"),
+        Need::Program("python3"),
+        Need::BpfProgram,
+    ];
+    n.extend_from_slice(more);
+    require(test, &n)
+}
+
+fn mode_is(m: &str, service: &str, port: &str, mode: &str) -> bool {
+    metric_sum(
+        m,
+        "ferrolb_forwarder_mode",
+        &[
+            &format!("service=\"{service}\""),
+            &format!("port=\"{port}\""),
+            &format!("mode=\"{mode}\""),
+        ],
+    ) == 1.0
+}
+
+#[test]
+fn kernel_mode_serves_both_families_and_protocols_from_the_program_and_follows_health() {
+    if !needs(
+        "kernel_mode_serves_both_families_and_protocols_from_the_program_and_follows_health",
+        &[],
+    ) {
+        return;
+    }
+    let mut s = setup("kfa", &[]);
+    s.wait_metrics("every port in kernel mode", |m| {
+        mode_is(m, "web", "80/TCP", "kernel")
+            && mode_is(m, "web", "53/UDP", "kernel")
+            && mode_is(m, "web6", "80/TCP", "kernel")
+            && metric_sum(m, "ferrolb_kernel_datapath_active", &[]) == 1.0
+    });
+    let v4 = [("10.11.1.2:8080", "b1"), ("10.11.2.2:8080", "b2")];
+    let v6 = [("[fd11:1::2]:8080", "b1"), ("[fd11:2::2]:8080", "b2")];
+    let udp = [("10.11.1.2:8053", "b1"), ("10.11.2.2:8053", "b2")];
+    for (vip, table, is6) in [(VIP4, &v4, false), (VIP6, &v6, true)] {
+        let got = s.gets(vip, is6);
+        assert_eq!(got.len(), CLIENTS as usize, "{vip}: {got:?}\n{}", s.log());
+        for (src, body) in &got {
+            assert_eq!(
+                body.as_deref(),
+                Some(maglev_choice(table, src).as_str()),
+                "{vip} from {src}: the program's Maglev choice; all: {got:?}"
+            );
+        }
+    }
+    let got = s.udp();
+    assert_eq!(got.len(), CLIENTS as usize, "{got:?}");
+    for (src, body) in &got {
+        let name = body.as_deref().and_then(|b| b.split(':').next());
+        assert_eq!(
+            name,
+            Some(maglev_choice(&udp, src).as_str()),
+            "UDP from {src}: {body:?}"
+        );
+    }
+    // The program counted them, and user space forwarded none.
+    s.wait_metrics("the program's flow counters", |m| {
+        metric_sum(
+            m,
+            "ferrolb_kernel_flows_total",
+            &["service=\"web\"", "port=\"80/TCP\""],
+        ) >= CLIENTS as f64
+            && metric_sum(m, "ferrolb_kernel_flows_total", &["service=\"web6\""]) >= CLIENTS as f64
+            && metric_sum(
+                m,
+                "ferrolb_kernel_backend_flows_total",
+                &["backend=\"10.11.1.2:8080\""],
+            ) >= 1.0
+    });
+    let m = s.metrics();
+    assert_eq!(
+        metric_sum(&m, "ferrolb_connections_total", &[]),
+        0.0,
+        "user space forwarded connections:\n{m}"
+    );
+    // b1 dies: its health check takes it out of the program's table.
+    let b1 = s.backends["b1"];
+    s.lab.kill(b1, "KILL");
+    s.wait_metrics("b1 down", |m| {
+        metric_sum(m, "ferrolb_backend_up", &["backend=\"10.11.1.2:8080\""]) == 0.0
+            && metric_sum(m, "ferrolb_backend_up", &["backend=\"[fd11:1::2]:8080\""]) == 0.0
+    });
+    // The maps follow on the next health tick (100 ms).
+    std::thread::sleep(Duration::from_millis(400));
+    for (vip, is6) in [(VIP4, false), (VIP6, true)] {
+        let got = s.gets(vip, is6);
+        assert!(
+            got.values().all(|b| b.as_deref() == Some("b2")),
+            "{vip} after b1 died: {got:?}"
+        );
+    }
+    let m = s.metrics();
+    assert_eq!(metric_sum(&m, "ferrolb_connections_total", &[]), 0.0);
+    assert_eq!(
+        metric_sum(&m, "ferrolb_kernel_datapath_fallbacks_total", &[]),
+        0.0
+    );
+}
+
+#[test]
+fn without_cap_bpf_kernel_ports_fall_back_to_user_space_and_say_so() {
+    if !needs(
+        "without_cap_bpf_kernel_ports_fall_back_to_user_space_and_say_so",
+        &[Need::Program("setpriv")],
+    ) {
+        return;
+    }
+    // The capabilities the DaemonSet had before the kernel data path.
+    let s = setup(
+        "kfb",
+        &[
+            "setpriv",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all,+net_admin,+net_raw,+net_bind_service",
+        ],
+    );
+    s.wait_metrics("every port in user space after the fallback", |m| {
+        mode_is(m, "web", "80/TCP", "userspace")
+            && mode_is(m, "web", "53/UDP", "userspace")
+            && mode_is(m, "web6", "80/TCP", "userspace")
+            && metric_sum(m, "ferrolb_kernel_datapath_fallbacks_total", &[]) == 1.0
+            && metric_sum(m, "ferrolb_kernel_datapath_active", &[]) == 0.0
+    });
+    let log = s.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("kernel data path unavailable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one clear line:\n{log}");
+    assert!(
+        lines[0].contains("Operation not permitted") && lines[0].contains("CAP_BPF"),
+        "the line names the cause and the fix: {}",
+        lines[0]
+    );
+    for (vip, is6) in [(VIP4, false), (VIP6, true)] {
+        let got = s.gets(vip, is6);
+        assert_eq!(got.len(), CLIENTS as usize);
+        assert!(
+            got.values()
+                .all(|b| matches!(b.as_deref(), Some("b1" | "b2"))),
+            "{vip} in user space: {got:?}\n{log}"
+        );
+    }
+    let udp = s.udp();
+    assert!(
+        udp.values().all(|b| b
+            .as_deref()
+            .is_some_and(|b| b.starts_with("b1:") || b.starts_with("b2:"))),
+        "UDP in user space: {udp:?}"
+    );
+    let m = s.metrics();
+    assert!(
+        metric_sum(&m, "ferrolb_connections_total", &[]) >= 2.0 * CLIENTS as f64,
+        "user space forwarded them:\n{m}"
+    );
+    assert_eq!(metric_sum(&m, "ferrolb_kernel_flows_total", &[]), 0.0);
+}
+
+#[test]
+fn validate_says_which_ports_ask_for_the_kernel_and_whether_it_loads_here() {
+    if !needs(
+        "validate_says_which_ports_ask_for_the_kernel_and_whether_it_loads_here",
+        &[Need::Program("setpriv")],
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ferrolb-kv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "pools: [{name: p, addresses: [192.0.2.10]}]
+forwarder: {mode: kernel}
+services:
+  - name: web
+    ports:
+      - {port: 80, backends: [\"10.0.0.1:80\"]}
+      - {port: 82, backends: [\"10.0.0.1:80\"], proxyProtocol: v1}
+      - {port: 83, backends: [\"10.0.0.1:80\"], mode: userspace}
+",
+    )
+    .unwrap();
+    let speaker = binary("ferrolb-speaker");
+    let validate = |wrap: &[&str]| {
+        let mut cmd: Vec<&str> = wrap.to_vec();
+        cmd.extend([
+            speaker.to_str().unwrap(),
+            "validate",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        let out = std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let root = validate(&["env"]);
+    assert!(
+        root.contains("in kernel mode: web 80/TCP\n")
+            && root.contains("kernel data path: loads on this host"),
+        "{root}"
+    );
+    let plain = validate(&["setpriv", "--inh-caps=-all", "--bounding-set=-all"]);
+    assert!(
+        plain.contains("in kernel mode: web 80/TCP\n")
+            && plain.contains("cannot load here")
+            && plain.contains("CAP_BPF"),
+        "{plain}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
