@@ -1250,7 +1250,7 @@ mod tests {
         assert_eq!(speaker.uid, 0);
         assert_eq!(
             speaker.caps,
-            vec!["NET_RAW", "NET_ADMIN", "NET_BIND_SERVICE"]
+            vec!["NET_RAW", "NET_ADMIN", "NET_BIND_SERVICE", "BPF", "PERFMON"]
         );
         assert!(speaker.no_new_privs && speaker.read_only_root && !speaker.privileged);
         let init = security(pod, &pod["initContainers"][0], &img);
