@@ -21,6 +21,30 @@ const VIP6: &str = "fd10::100";
 const CLIENTS: u8 = 16;
 const METRICS: u16 = 9470;
 
+/// N connections one after another, each a GET with `Connection: close`,
+/// from one source address: prints "SERVED FAILED".
+const CHURN: &str = r#"
+import socket, sys
+vip, port, n, src = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ok = bad = 0
+for _ in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); s.settimeout(0.5)
+    try:
+        s.bind((src, 0)); s.connect((vip, port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"); data = b""
+        while True:
+            c = s.recv(4096)
+            if not c: break
+            data += c
+        ok += data.startswith(b"HTTP/1.1 200")
+        bad += not data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        bad += 1
+    finally:
+        s.close()
+print(ok, bad)
+"#;
+
 struct Setup {
     lab: Lab,
     /// Backend name -> the pid of its echo server.
@@ -205,6 +229,14 @@ fn kernel_mode_serves_both_families_and_protocols_from_the_program_and_follows_h
         0.0,
         "user space forwarded connections:\n{m}"
     );
+    // More connections from one client than the NAT range had when it was
+    // 61000-65535: every one is served (one client's ports never collide).
+    let churn = s.lab.exec(
+        "client",
+        &["python3", "-c", CHURN, VIP4, "80", "6000", "10.10.0.2"],
+    );
+    let out = String::from_utf8_lossy(&churn.stdout);
+    assert_eq!(out.trim(), "6000 0", "served, failed:\n{}", s.log());
     // b1 dies: its health check takes it out of the program's table.
     let b1 = s.backends["b1"];
     s.lab.kill(b1, "KILL");

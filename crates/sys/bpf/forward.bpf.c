@@ -273,9 +273,15 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p,
 	return 0;
 }
 
-static __always_inline __u32 nat_port_pick(const struct svc_val *s, __u64 seed, __u32 i)
+// The i-th NAT port to try: first the client's own port folded into the
+// range (one client's ports then never collide, and a client that reuses a
+// port gets the same NAT port, which the backend's TIME_WAIT accepts as
+// conntrack's masquerade does), then pseudo-random ones.
+static __always_inline __u32 nat_port_pick(const struct svc_val *s, __u16 cport, __u64 seed, __u32 i)
 {
 	__u32 count = s->nat_count ? s->nat_count : 1;
+	if (i == 0)
+		return s->nat_lo + (__u32)cport % count;
 	return s->nat_lo + (__u32)((seed + i) % count);
 }
 
@@ -371,7 +377,7 @@ int ferrolb_forward(struct __sk_buff *skb)
 	struct addr node = bk.nat_src;
 	__u32 ifindex = bk.ifindex ? bk.ifindex : skb->ingress_ifindex;
 	if (fresh) {
-		// A NAT port whose reverse entry is free (or idle), tried a few times.
+		// A NAT port whose reverse entry is free, idle, or this client's own.
 		struct rev_key rk = {};
 		rk.backend = bk.addr;
 		rk.node = node;
@@ -391,7 +397,7 @@ int ferrolb_forward(struct __sk_buff *skb)
 		int taken = 0;
 #pragma unroll
 		for (__u32 i = 0; i < 8; i++) {
-			rk.nat_port = bpf_htons((__u16)nat_port_pick(&s, seed, i * 7919));
+			rk.nat_port = bpf_htons((__u16)nat_port_pick(&s, bpf_ntohs(p.sport), seed, i * 7919));
 			struct rev_val *old = bpf_map_lookup_elem(&reverse, &rk);
 			if (old && now - old->seen_ns < s.idle_ns &&
 			    !(addr_eq(&old->client, &rv.client) && old->cport == rv.cport))

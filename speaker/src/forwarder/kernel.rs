@@ -26,10 +26,31 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// NAT source ports: above Linux's default ephemeral range (32768-60999),
-/// so the program's translations never take a port the host's own
-/// connections to the backends use.
-pub const NAT_PORTS: (u16, u16) = (61000, 65535);
+/// The NAT source ports: the larger of the two ranges of unprivileged ports
+/// outside the host's ephemeral range (`net.ipv4.ip_local_port_range`), so
+/// the program's translations never take a port the host's own connections
+/// to the backends (health checks, the user-space forwarder) may use.
+/// 1024-32767 under Linux's default 32768-60999. `None` when the ephemeral
+/// range leaves fewer than 1,024 ports.
+pub fn nat_ports(ephemeral: (u16, u16)) -> Option<(u16, u16)> {
+    let (lo, hi) = (ephemeral.0.min(ephemeral.1), ephemeral.0.max(ephemeral.1));
+    let below = (lo > 1024).then(|| (1024, lo - 1));
+    let above = (hi < 65535).then(|| (hi + 1, 65535));
+    let size = |r: &(u16, u16)| u32::from(r.1) - u32::from(r.0) + 1;
+    [below, above]
+        .into_iter()
+        .flatten()
+        .filter(|r| size(r) >= 1024)
+        .max_by_key(size)
+}
+
+/// The host's ephemeral port range (this network namespace's).
+fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 /// Routes to backends are looked up again this often.
 const ROUTE_TTL: Duration = Duration::from_secs(5);
 /// Counters are read this often.
@@ -72,6 +93,7 @@ pub struct PortView {
 /// `way`; or why the kernel cannot serve it (it then stays in user space).
 pub fn service(
     port: &PortView,
+    nat: (u16, u16),
     way: &dyn Fn(IpAddr) -> Result<Way, String>,
 ) -> Result<Service, String> {
     let proto = match port.protocol {
@@ -111,7 +133,7 @@ pub fn service(
         },
         backends,
         source_ranges: port.source_ranges.clone(),
-        nat_ports: NAT_PORTS,
+        nat_ports: nat,
         idle: port.idle,
     })
 }
@@ -120,7 +142,10 @@ pub fn service(
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Served {
     Kernel,
+    /// Kernel mode asked for, not possible: why.
     Userspace(String),
+    /// User space by configuration.
+    Configured,
 }
 
 /// The program, its planner, and what it serves.
@@ -145,6 +170,8 @@ pub struct KernelPath {
     announce: Vec<String>,
     /// Ports that went to user space since the last [`KernelPath::take_fallbacks`].
     fallbacks: Vec<Fallback>,
+    /// NAT source ports, from the ephemeral range when the program loaded.
+    nat: Option<(u16, u16)>,
 }
 
 /// A kernel-mode port served in user space, and why (Kubernetes mode
@@ -179,6 +206,7 @@ impl KernelPath {
             ifaces_at: long_ago,
             announce: Vec::new(),
             fallbacks: Vec::new(),
+            nat: None,
         }
     }
 
@@ -215,7 +243,11 @@ impl KernelPath {
             .iter()
             .filter(|p| p.config().mode == ForwardMode::Kernel)
             .collect();
-        let mut served: BTreeMap<SvcKey, (PortLabels, Served)> = BTreeMap::new();
+        let mut served: BTreeMap<SvcKey, (PortLabels, Served)> = ports
+            .iter()
+            .filter(|p| p.config().mode != ForwardMode::Kernel)
+            .map(|p| (svc_key(p), (p.labels.clone(), Served::Configured)))
+            .collect();
         let mut want: Vec<Service> = Vec::new();
         if kernel.is_empty() {
             if self.dp.take().is_some() {
@@ -226,7 +258,9 @@ impl KernelPath {
         } else if self.dp.is_none() && self.failed.is_none() {
             match Datapath::load() {
                 Ok(dp) => {
-                    tracing::info!("kernel data path loaded");
+                    let eph = ephemeral_ports().unwrap_or((32768, 60999));
+                    self.nat = nat_ports(eph);
+                    tracing::info!(ephemeral = ?eph, nat_ports = ?self.nat, "kernel data path loaded");
                     self.dp = Some(dp);
                     self.planner = Planner::new();
                     self.last.clear();
@@ -247,21 +281,16 @@ impl KernelPath {
                     _ => cfg.idle_timeout,
                 },
             };
-            let key = SvcKey {
-                vip: p.key.vip,
-                port: p.key.port,
-                proto: if p.key.protocol == Protocol::Udp {
-                    Proto::Udp
-                } else {
-                    Proto::Tcp
-                },
-            };
+            let key = svc_key(p);
             let outcome = match (&self.failed, self.dp.is_some()) {
                 (Some(why), _) => Served::Userspace(why.clone()),
                 (None, false) => Served::Userspace("the kernel data path is not loaded".into()),
                 (None, true) if want.len() >= MAX_SERVICES as usize => Served::Userspace(format!(
                     "the kernel data path holds {MAX_SERVICES} ports; this one is served in user space"
                 )),
+                (None, true) if self.nat.is_none() => Served::Userspace(
+                    "the host's ephemeral ports (net.ipv4.ip_local_port_range) leave no range of 1,024 ports for NAT; narrow it".into(),
+                ),
                 (None, true) => {
                     let ways: HashMap<IpAddr, Result<Way, String>> = view
                         .backends
@@ -273,7 +302,8 @@ impl KernelPath {
                             .cloned()
                             .unwrap_or_else(|| Err("not looked up".into()))
                     };
-                    match service(&view, &lookup) {
+                    let nat = self.nat.unwrap_or((61000, 65535));
+                    match service(&view, nat, &lookup) {
                         Ok(s) => {
                             want.push(s);
                             Served::Kernel
@@ -290,7 +320,9 @@ impl KernelPath {
         // A write failure above dropped the program: everything is in user space then.
         if let Some(why) = &self.failed {
             for (_, s) in served.values_mut() {
-                *s = Served::Userspace(why.clone());
+                if *s == Served::Kernel {
+                    *s = Served::Userspace(why.clone());
+                }
             }
         }
         self.report(served);
@@ -398,6 +430,7 @@ impl KernelPath {
                         service = %labels.service, port = %labels.port,
                         "served by the kernel data path"
                     ),
+                    Served::Configured => {}
                     Served::Userspace(why) => {
                         tracing::warn!(
                             service = %labels.service, port = %labels.port, reason = %why,
@@ -494,6 +527,18 @@ impl KernelPath {
     }
 }
 
+fn svc_key(p: &PortRuntime) -> SvcKey {
+    SvcKey {
+        vip: p.key.vip,
+        port: p.key.port,
+        proto: if p.key.protocol == Protocol::Udp {
+            Proto::Udp
+        } else {
+            Proto::Tcp
+        },
+    }
+}
+
 fn mode_labels(p: &PortLabels, mode: &str) -> ModeLabels {
     ModeLabels {
         service: p.service.clone(),
@@ -551,10 +596,15 @@ mod tests {
 
     #[test]
     fn a_port_becomes_a_service_with_the_routes_to_its_backends() {
-        let s = service(&view(&["10.0.0.1:8080", "10.0.0.2:8080"]), &way(false)).unwrap();
+        let s = service(
+            &view(&["10.0.0.1:8080", "10.0.0.2:8080"]),
+            (1024, 32767),
+            &way(false),
+        )
+        .unwrap();
         assert_eq!(s.key.port, 80);
         assert_eq!(s.key.proto, Proto::Tcp);
-        assert_eq!(s.nat_ports, NAT_PORTS);
+        assert_eq!(s.nat_ports, (1024, 32767));
         assert!(s
             .backends
             .iter()
@@ -563,15 +613,15 @@ mod tests {
 
     #[test]
     fn ports_the_kernel_cannot_serve_say_why() {
-        let e = service(&view(&["10.0.0.1:8080"]), &way(true)).unwrap_err();
+        let e = service(&view(&["10.0.0.1:8080"]), (1024, 32767), &way(true)).unwrap_err();
         assert!(e.contains("on this host"), "{e}");
-        let e = service(&view(&["10.0.0.99:8080"]), &way(false)).unwrap_err();
+        let e = service(&view(&["10.0.0.99:8080"]), (1024, 32767), &way(false)).unwrap_err();
         assert!(e.contains("no route to backend 10.0.0.99:8080"), "{e}");
-        let e = service(&view(&["[fd00::1]:8080"]), &way(false)).unwrap_err();
+        let e = service(&view(&["[fd00::1]:8080"]), (1024, 32767), &way(false)).unwrap_err();
         assert!(e.contains("another address family"), "{e}");
         let mut sctp = view(&["10.0.0.1:8080"]);
         sctp.protocol = Protocol::Sctp;
-        assert!(service(&sctp, &way(false)).is_err());
+        assert!(service(&sctp, (1024, 32767), &way(false)).is_err());
         let no_src = |_: IpAddr| {
             Ok(Way {
                 oif: 4,
@@ -580,8 +630,22 @@ mod tests {
                 local: false,
             })
         };
-        let e = service(&view(&["10.0.0.1:8080"]), &no_src).unwrap_err();
+        let e = service(&view(&["10.0.0.1:8080"]), (1024, 32767), &no_src).unwrap_err();
         assert!(e.contains("no source address"), "{e}");
+    }
+
+    #[test]
+    fn nat_ports_stay_out_of_the_ephemeral_range() {
+        assert_eq!(nat_ports((32768, 60999)), Some((1024, 32767)));
+        assert_eq!(
+            nat_ports((60999, 32768)),
+            Some((1024, 32767)),
+            "as written reversed"
+        );
+        assert_eq!(nat_ports((1024, 60000)), Some((60001, 65535)));
+        assert_eq!(nat_ports((2000, 65535)), None, "976 ports below: too few");
+        assert_eq!(nat_ports((1024, 65535)), None);
+        assert_eq!(nat_ports((10000, 20000)), Some((20001, 65535)));
     }
 
     #[test]
