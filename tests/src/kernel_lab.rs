@@ -54,7 +54,7 @@ for src in sys.argv[3:]:
 /// Client namespace (`to-lb`: 10.10.0.1/24, fd10::1/64 on the other side)
 /// with addresses .2 .. .2+`clients`, the load balancer `lb`,
 /// and backends b1 and b2 (ferrolb-echo: HTTP on 8080 answering with the
-/// name, UDP echo on 8053 answering NAME:DATA), up and listening; with the
+/// name, UDP echo on 8053 (both families) answering NAME:DATA), up and listening; with the
 /// backends' process ids.
 pub fn lab(tag: &str, clients: u8) -> (Lab, BTreeMap<String, u32>) {
     let mut lab = Lab::new(tag);
@@ -112,6 +112,8 @@ pub fn lab(tag: &str, clients: u8) -> (Lab, BTreeMap<String, u32>) {
                 &format!("{b}@[fd11:{i}::2]:8080"),
                 "--udp",
                 &format!("{b}@10.11.{i}.2:8053"),
+                "--udp",
+                &format!("{b}@[fd11:{i}::2]:8053"),
             ],
             &log,
         );

@@ -73,7 +73,9 @@ services:
       - {{port: 53, protocol: UDP, backends: [\"10.11.1.2:8053\", \"10.11.2.2:8053\"]}}
   - name: web6
     ip: \"{VIP6}\"
-    ports: [{}]
+    ports:
+      - {}
+      - {{port: 53, protocol: UDP, backends: [\"[fd11:1::2]:8053\", \"[fd11:2::2]:8053\"]}}
 ",
         ports(80, &["10.11.1.2:8080", "10.11.2.2:8080"]),
         ports(80, &["[fd11:1::2]:8080", "[fd11:2::2]:8080"]),
@@ -142,8 +144,9 @@ impl Setup {
         kernel_lab::gets(&self.lab, vip, 80, &kernel_lab::sources(CLIENTS, v6), 3.0)
     }
 
-    fn udp(&self) -> BTreeMap<String, Option<String>> {
-        kernel_lab::udp(&self.lab, VIP4, 53, &kernel_lab::sources(CLIENTS, false))
+    fn udp(&self, v6: bool) -> BTreeMap<String, Option<String>> {
+        let vip = if v6 { VIP6 } else { VIP4 };
+        kernel_lab::udp(&self.lab, vip, 53, &kernel_lab::sources(CLIENTS, v6))
     }
 }
 
@@ -183,6 +186,7 @@ fn kernel_mode_serves_both_families_and_protocols_from_the_program_and_follows_h
         mode_is(m, "web", "80/TCP", "kernel")
             && mode_is(m, "web", "53/UDP", "kernel")
             && mode_is(m, "web6", "80/TCP", "kernel")
+            && mode_is(m, "web6", "53/UDP", "kernel")
             && metric_sum(m, "ferrolb_kernel_datapath_active", &[]) == 1.0
     });
     let v4 = [("10.11.1.2:8080", "b1"), ("10.11.2.2:8080", "b2")];
@@ -199,15 +203,18 @@ fn kernel_mode_serves_both_families_and_protocols_from_the_program_and_follows_h
             );
         }
     }
-    let got = s.udp();
-    assert_eq!(got.len(), CLIENTS as usize, "{got:?}");
-    for (src, body) in &got {
-        let name = body.as_deref().and_then(|b| b.split(':').next());
-        assert_eq!(
-            name,
-            Some(maglev_choice(&udp, src).as_str()),
-            "UDP from {src}: {body:?}"
-        );
+    let udp6 = [("[fd11:1::2]:8053", "b1"), ("[fd11:2::2]:8053", "b2")];
+    for (table, v6) in [(&udp, false), (&udp6, true)] {
+        let got = s.udp(v6);
+        assert_eq!(got.len(), CLIENTS as usize, "{got:?}");
+        for (src, body) in &got {
+            let name = body.as_deref().and_then(|b| b.split(':').next());
+            assert_eq!(
+                name,
+                Some(maglev_choice(table, src).as_str()),
+                "UDP from {src}: {body:?}"
+            );
+        }
     }
     // The program counted them, and user space forwarded none.
     s.wait_metrics("the program's flow counters", |m| {
@@ -306,7 +313,7 @@ fn without_cap_bpf_kernel_ports_fall_back_to_user_space_and_say_so() {
             "{vip} in user space: {got:?}\n{log}"
         );
     }
-    let udp = s.udp();
+    let udp = s.udp(false);
     assert!(
         udp.values().all(|b| b
             .as_deref()
