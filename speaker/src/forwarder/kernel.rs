@@ -94,7 +94,7 @@ pub struct PortView {
 pub fn service(
     port: &PortView,
     nat: (u16, u16),
-    way: &dyn Fn(IpAddr) -> Result<Way, String>,
+    way: &mut dyn FnMut(IpAddr) -> Result<Way, String>,
 ) -> Result<Service, String> {
     let proto = match port.protocol {
         Protocol::Tcp => Proto::Tcp,
@@ -282,28 +282,20 @@ impl KernelPath {
                 },
             };
             let key = svc_key(p);
-            let outcome = match (&self.failed, self.dp.is_some()) {
-                (Some(why), _) => Served::Userspace(why.clone()),
-                (None, false) => Served::Userspace("the kernel data path is not loaded".into()),
-                (None, true) if want.len() >= MAX_SERVICES as usize => Served::Userspace(format!(
+            let failed = self.failed.clone();
+            let outcome = match (failed, self.dp.is_some(), self.nat) {
+                (Some(why), _, _) => Served::Userspace(why),
+                (None, false, _) => {
+                    Served::Userspace("the kernel data path is not loaded".into())
+                }
+                (None, true, _) if want.len() >= MAX_SERVICES as usize => Served::Userspace(format!(
                     "the kernel data path holds {MAX_SERVICES} ports; this one is served in user space"
                 )),
-                (None, true) if self.nat.is_none() => Served::Userspace(
+                (None, true, None) => Served::Userspace(
                     "the host's ephemeral ports (net.ipv4.ip_local_port_range) leave no range of 1,024 ports for NAT; narrow it".into(),
                 ),
-                (None, true) => {
-                    let ways: HashMap<IpAddr, Result<Way, String>> = view
-                        .backends
-                        .iter()
-                        .map(|(a, _, _)| (a.ip(), self.way(a.ip())))
-                        .collect();
-                    let lookup = |ip: IpAddr| {
-                        ways.get(&ip)
-                            .cloned()
-                            .unwrap_or_else(|| Err("not looked up".into()))
-                    };
-                    let nat = self.nat.unwrap_or((61000, 65535));
-                    match service(&view, nat, &lookup) {
+                (None, true, Some(nat)) => {
+                    match service(&view, nat, &mut |ip| self.way(ip)) {
                         Ok(s) => {
                             want.push(s);
                             Served::Kernel
@@ -422,6 +414,11 @@ impl KernelPath {
 
     /// Logs changes of mode and sets `ferrolb_forwarder_mode`.
     fn report(&mut self, served: BTreeMap<SvcKey, (PortLabels, Served)>) {
+        self.metrics.kernel_active.set(i64::from(self.dp.is_some()));
+        // Every health tick lands here; most change nothing.
+        if served == self.served {
+            return;
+        }
         for (key, (labels, now)) in &served {
             let before = self.served.get(key).map(|(_, s)| s);
             if before != Some(now) {
@@ -467,7 +464,6 @@ impl KernelPath {
                 .get_or_create(&mode_labels(labels, "userspace"))
                 .set(i64::from(!k));
         }
-        self.metrics.kernel_active.set(i64::from(self.dp.is_some()));
         self.served = served;
     }
 
@@ -599,7 +595,7 @@ mod tests {
         let s = service(
             &view(&["10.0.0.1:8080", "10.0.0.2:8080"]),
             (1024, 32767),
-            &way(false),
+            &mut way(false),
         )
         .unwrap();
         assert_eq!(s.key.port, 80);
@@ -613,16 +609,16 @@ mod tests {
 
     #[test]
     fn ports_the_kernel_cannot_serve_say_why() {
-        let e = service(&view(&["10.0.0.1:8080"]), (1024, 32767), &way(true)).unwrap_err();
+        let e = service(&view(&["10.0.0.1:8080"]), (1024, 32767), &mut way(true)).unwrap_err();
         assert!(e.contains("on this host"), "{e}");
-        let e = service(&view(&["10.0.0.99:8080"]), (1024, 32767), &way(false)).unwrap_err();
+        let e = service(&view(&["10.0.0.99:8080"]), (1024, 32767), &mut way(false)).unwrap_err();
         assert!(e.contains("no route to backend 10.0.0.99:8080"), "{e}");
-        let e = service(&view(&["[fd00::1]:8080"]), (1024, 32767), &way(false)).unwrap_err();
+        let e = service(&view(&["[fd00::1]:8080"]), (1024, 32767), &mut way(false)).unwrap_err();
         assert!(e.contains("another address family"), "{e}");
         let mut sctp = view(&["10.0.0.1:8080"]);
         sctp.protocol = Protocol::Sctp;
-        assert!(service(&sctp, (1024, 32767), &way(false)).is_err());
-        let no_src = |_: IpAddr| {
+        assert!(service(&sctp, (1024, 32767), &mut way(false)).is_err());
+        let mut no_src = |_: IpAddr| {
             Ok(Way {
                 oif: 4,
                 prefsrc: None,
@@ -630,7 +626,7 @@ mod tests {
                 local: false,
             })
         };
-        let e = service(&view(&["10.0.0.1:8080"]), (1024, 32767), &no_src).unwrap_err();
+        let e = service(&view(&["10.0.0.1:8080"]), (1024, 32767), &mut no_src).unwrap_err();
         assert!(e.contains("no source address"), "{e}");
     }
 
