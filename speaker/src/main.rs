@@ -1,5 +1,6 @@
 //! `ferrolb-speaker`: the per-node agent. Subcommands: `validate`,
-//! `standalone` (a YAML file, no Kubernetes) and `kubernetes` (a DaemonSet).
+//! `standalone` (a YAML file, no Kubernetes), `kubernetes` (a DaemonSet),
+//! and host setup (`prepare-node`, `prepare-backend`, `cleanup-node`).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -64,6 +65,30 @@ enum Command {
     /// on all interfaces) and exit: for a privileged init container, since
     /// /proc/sys is read-only in the unprivileged speaker container.
     PrepareNode,
+    /// Prepare this host as a backend of `mode: kernel-dsr` services: make
+    /// the VIPs local (routes on lo), keep it from answering ARP for them,
+    /// and install the tc programs that unwrap the load balancer's IPIP /
+    /// IPv6-in-IPv6 packets and fit SYN-ACKs' MSS to the tunnel. No tunnel
+    /// device or kernel module is needed. Stays in place after exit (as `ip`
+    /// and `tc` settings do, until reboot); run again to change the VIPs,
+    /// with --undo to take it off. Needs root.
+    PrepareBackend {
+        /// A VIP this host serves (repeat for several).
+        #[arg(long = "vip", value_name = "IP", required_unless_present = "undo")]
+        vips: Vec<std::net::IpAddr>,
+        /// An interface the load balancers' packets arrive on (repeat;
+        /// default: every interface that is up, except lo).
+        #[arg(long = "interface", value_name = "NAME")]
+        interfaces: Vec<String>,
+        /// Only these load balancer addresses (ADDR or CIDR, repeat) may
+        /// tunnel to this host; default: any.
+        #[arg(long = "from", value_name = "CIDR")]
+        from: Vec<String>,
+        /// Take it off instead: the programs from the interfaces and the
+        /// VIPs' local routes (those given, else every one ferrolb made).
+        #[arg(long)]
+        undo: bool,
+    },
     /// Undo what the speakers did to this node, after an uninstall: remove
     /// every local route ferrolb made (protocol 249 in table local) and every
     /// virtual-MAC link (a killed speaker leaves them), and put the ARP
@@ -318,6 +343,47 @@ async fn cluster_status(
     Ok(ExitCode::SUCCESS)
 }
 
+fn prepare_backend(
+    vips: &[std::net::IpAddr],
+    interfaces: &[String],
+    from: &[String],
+    undo: bool,
+) -> Result<ExitCode> {
+    use ferrolb_speaker::dsr_backend;
+    if undo {
+        let (ifaces, vips) = dsr_backend::undo(vips, interfaces)?;
+        outln!(
+            "removed the DSR programs from {} interface(s){}{}",
+            ifaces.len(),
+            if ifaces.is_empty() { "" } else { ": " },
+            ifaces.join(", ")
+        );
+        outln!("removed {} local route(s) of VIPs", vips.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let p = dsr_backend::prepare(vips, interfaces, from)?;
+    let ifaces: Vec<String> = p
+        .interfaces
+        .iter()
+        .map(|(n, m)| format!("{n} (mtu {m})"))
+        .collect();
+    outln!("prepared for direct server return on {}", ifaces.join(", "));
+    for v in &p.vips {
+        outln!(
+            "  {}: local on lo, unwrapped from the load balancers, SYN-ACK MSS at most {}",
+            v.addr,
+            v.mss
+        );
+    }
+    if from.is_empty() {
+        outln!("  tunnelled packets accepted from any address (restrict with --from)");
+    } else {
+        outln!("  tunnelled packets accepted only from {}", from.join(", "));
+    }
+    outln!("  UDP servers must bind the VIP itself (or answer with IP_PKTINFO) so replies leave from it");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cleanup_node(keep_arp_sysctls: bool, wait: bool) -> Result<ExitCode> {
     let removed = ferrolb_speaker::host::remove_all_local_routes()?;
     outln!("removed {} local route(s) of ferrolb's VIPs", removed.len());
@@ -388,10 +454,18 @@ fn kernel_report(config: &Config, plan: &ferrolb_speaker::plan::Plan) -> String 
     let mut kernel = Vec::new();
     for p in &plan.services {
         for port in &p.service.ports {
-            if port.effective_mode(config.forwarder.mode) == ForwardMode::Kernel {
+            let mode = port.effective_mode(config.forwarder.mode);
+            if mode.is_kernel() {
                 kernel.push(format!(
-                    "{} {}/{}",
-                    p.service.name, port.port, port.protocol
+                    "{} {}/{}{}",
+                    p.service.name,
+                    port.port,
+                    port.protocol,
+                    if mode == ForwardMode::KernelDsr {
+                        " (DSR: its backends need `ferrolb-speaker prepare-backend`)"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
@@ -399,8 +473,8 @@ fn kernel_report(config: &Config, plan: &ferrolb_speaker::plan::Plan) -> String 
     let mut out = String::new();
     let default = config.forwarder.mode;
     if kernel.is_empty() {
-        if default == ForwardMode::Kernel {
-            let _ = writeln!(out, "forwarder mode: kernel (no port here uses it)");
+        if default.is_kernel() {
+            let _ = writeln!(out, "forwarder mode: {default} (no port here uses it)");
         }
         return out;
     }
@@ -493,6 +567,12 @@ fn main() -> ExitCode {
             keep_arp_sysctls,
             wait,
         } => cleanup_node(keep_arp_sysctls, wait),
+        Command::PrepareBackend {
+            vips,
+            interfaces,
+            from,
+            undo,
+        } => prepare_backend(&vips, &interfaces, &from, undo),
         Command::Kubernetes(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

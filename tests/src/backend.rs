@@ -89,7 +89,7 @@ pub async fn http(name: &str, addr: SocketAddr, proxy: Proxy) -> std::io::Result
                 tokio::select! {
                     _ = stopped(&mut rx) => return,
                     accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                        let Ok((stream, peer)) = accepted else { continue };
                         seen.connections.fetch_add(1, Ordering::Relaxed);
                         let seen = Arc::clone(&seen);
                         let name = name_s.clone();
@@ -98,7 +98,7 @@ pub async fn http(name: &str, addr: SocketAddr, proxy: Proxy) -> std::io::Result
                             seen.open.fetch_add(1, Ordering::Relaxed);
                             tokio::select! {
                                 _ = stopped(&mut rx) => {}
-                                _ = serve_http(stream, &name, proxy, &seen) => {}
+                                _ = serve_http(stream, peer, &name, proxy, &seen) => {}
                             }
                             seen.open.fetch_sub(1, Ordering::Relaxed);
                         });
@@ -168,7 +168,16 @@ async fn read_proxy_header(stream: &mut TcpStream, buf: &mut Vec<u8>, seen: &See
     }
 }
 
-async fn serve_http(mut stream: TcpStream, name: &str, proxy: Proxy, seen: &Seen) -> Option<()> {
+/// Answers requests with the backend's name; `/peer` adds the client's
+/// address as this host sees it (direct server return keeps it), and
+/// `/upload` (with a Content-Length body) the number of body bytes read.
+async fn serve_http(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    proxy: Proxy,
+    seen: &Seen,
+) -> Option<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     if proxy == Proxy::Expect {
         read_proxy_header(&mut stream, &mut buf, seen).await?;
@@ -195,8 +204,28 @@ async fn serve_http(mut stream: TcpStream, name: &str, proxy: Proxy, seen: &Seen
         if path == "/slow" {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let close = head.to_ascii_lowercase().contains("connection: close");
-        let body = format!("{name}\n");
+        let lower = head.to_ascii_lowercase();
+        let close = lower.contains("connection: close");
+        let body = match path.as_str() {
+            "/peer" => format!("{name} {}\n", peer.ip().to_canonical()),
+            "/upload" => {
+                let want: usize = lower
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < want {
+                    let n = stream.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.drain(..want);
+                format!("{name} {want}\n")
+            }
+            _ => format!("{name}\n"),
+        };
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{}\r\n{body}",
             body.len(),

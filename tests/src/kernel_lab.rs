@@ -12,17 +12,17 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// One GET per source address in one Python process: "SRC BODY" lines
-/// ("SRC -" when the connection failed).
+/// One GET of a path per source address in one Python process: "SRC BODY"
+/// lines ("SRC -" when the connection failed).
 pub const GETS: &str = r#"
 import socket, sys
-vip, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+vip, port, timeout, path = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
-for src in sys.argv[4:]:
+for src in sys.argv[5:]:
     s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(timeout)
     try:
         s.bind((src, 0)); s.connect((vip, port))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"); data = b""
+        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"); data = b""
         while True:
             c = s.recv(4096)
             if not c: break
@@ -152,9 +152,22 @@ pub fn gets(
     srcs: &[String],
     timeout: f64,
 ) -> BTreeMap<String, Option<String>> {
+    gets_path(lab, vip, port, "/", srcs, timeout)
+}
+
+/// [`gets`] of `path` (ferrolb-echo's `/peer` answers with the client
+/// address the backend saw too).
+pub fn gets_path(
+    lab: &Lab,
+    vip: &str,
+    port: u16,
+    path: &str,
+    srcs: &[String],
+    timeout: f64,
+) -> BTreeMap<String, Option<String>> {
     let port = port.to_string();
     let timeout = timeout.to_string();
-    let mut args = vec!["python3", "-c", GETS, vip, &port, &timeout];
+    let mut args = vec!["python3", "-c", GETS, vip, &port, &timeout, path];
     args.extend(srcs.iter().map(String::as_str));
     answers(&lab.exec("client", &args).stdout)
 }
@@ -184,3 +197,26 @@ pub fn maglev_choice(backends: &[(&str, &str)], client: &str) -> String {
     let ip: IpAddr = client.parse().unwrap();
     backends[t.lookup(client_hash(ip))].1.to_string()
 }
+
+/// Uploads `size` bytes to ferrolb-echo's `/upload` through VIP:`port` from
+/// `src`: prints the connection's MSS, then the answer ("NAME SIZE"), or
+/// "- -" when it did not complete in 10 s (a segment too large for the
+/// path after encapsulation is lost every time it is resent).
+pub const UPLOAD: &str = r#"
+import socket, sys
+src, vip, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+fam = socket.AF_INET6 if ":" in vip else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(10.0)
+try:
+    s.bind((src, 0)); s.connect((vip, port))
+    mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    s.sendall(b"POST /upload HTTP/1.1\r\nHost: vip\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c: break
+        data += c
+    print(mss, data.split(b"\r\n\r\n", 1)[-1].decode().strip() or "-")
+except OSError:
+    print("- -")
+"#;

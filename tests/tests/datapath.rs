@@ -358,3 +358,292 @@ fn source_ranges_are_enforced_in_the_program() {
     );
     assert_eq!(kernel_lab::gets(&lab, VIP4, 80, &srcs, 1.0), got);
 }
+
+/// Makes b1 and b2 DSR backends of VIP4 and VIP6 the way an operator
+/// would (`ferrolb-speaker prepare-backend`), routes their replies to the
+/// clients through `lb` as a plain router (the program does not touch
+/// them), and starts ferrolb-echo on the service ports: HTTP on port 80 of
+/// every address, UDP on the VIPs themselves (a UDP server answers from
+/// the address it is bound to).
+fn prepare_dsr_backends(lab: &mut Lab) {
+    let lb = lab.name("lb");
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lb,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lb,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    let speaker = binary("ferrolb-speaker");
+    for (b, i) in [("b1", 1), ("b2", 2)] {
+        let ns = lab.name(b);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.11.{i}.1"),
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd11:{i}::1"),
+        ]);
+        let out = lab.exec_ok(
+            b,
+            &[
+                speaker.to_str().unwrap(),
+                "prepare-backend",
+                "--vip",
+                VIP4,
+                "--vip",
+                VIP6,
+                "--from",
+                "10.11.0.0/16",
+                "--from",
+                "fd11::/16",
+            ],
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("to-lb (mtu 1500)"), "{said}");
+        assert!(
+            said.contains(&format!("{VIP4}: local on lo")) && said.contains("MSS at most 1440"),
+            "{said}"
+        );
+        assert!(said.contains("MSS at most 1400"), "{said}");
+        // A VIP is a local route, not an address: binding an IPv6 socket to
+        // it needs non-local binds (IPv4 accepts a local route), as
+        // docs/configuration.md tells operators of UDP services.
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.ip_nonlocal_bind=1",
+        ]);
+        let log = std::env::temp_dir().join(format!("{}-{b}-dsr.log", lab.name("x")));
+        let echo = binary("ferrolb-echo");
+        lab.spawn(
+            b,
+            &[
+                echo.to_str().unwrap(),
+                "--http",
+                &format!("{b}@[::]:80"),
+                "--udp",
+                &format!("{b}@{VIP4}:53"),
+                "--udp",
+                &format!("{b}@[{VIP6}]:53"),
+            ],
+            &log,
+        );
+    }
+    for b in ["b1", "b2"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !lab.listens(b, 80) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{b} never listened on 80"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn direct_server_return_keeps_the_client_address_and_the_backend_answers_it_directly() {
+    let test = "direct_server_return_keeps_the_client_address_and_the_backend_answers_it_directly";
+    if !needs(test) {
+        return;
+    }
+    let mut lab = lab("dpr");
+    prepare_dsr_backends(&mut lab);
+    // The world's NICs send no segment larger than the MTU; veth would pass
+    // the client's TSO super-packets whole, hiding a segment too large for
+    // the tunnel. One segment per packet, as on the wire.
+    let client = lab.name("client");
+    run(&[
+        "ip",
+        "-n",
+        &client,
+        "link",
+        "set",
+        "dev",
+        "to-lb",
+        "gso_max_segs",
+        "1",
+    ]);
+    let mut h = Harness::start(
+        &lab,
+        &[
+            &format!("tcp:{VIP4}:80=10.11.1.2:80,10.11.2.2:80;dsr"),
+            &format!("tcp:[{VIP6}]:80=[fd11:1::2]:80,[fd11:2::2]:80;dsr"),
+            &format!("udp:{VIP4}:53=10.11.1.2:53,10.11.2.2:53;dsr"),
+            &format!("udp:[{VIP6}]:53=[fd11:1::2]:53,[fd11:2::2]:53;dsr"),
+        ]
+        .map(String::from),
+    );
+    for (vip, v6, backends) in [
+        (
+            VIP4,
+            false,
+            [("10.11.1.2:80", "b1"), ("10.11.2.2:80", "b2")],
+        ),
+        (
+            VIP6,
+            true,
+            [("[fd11:1::2]:80", "b1"), ("[fd11:2::2]:80", "b2")],
+        ),
+    ] {
+        let srcs = sources(v6);
+        let got = kernel_lab::gets_path(&lab, vip, 80, "/peer", &srcs, 3.0);
+        assert_eq!(got.len(), srcs.len());
+        let mut seen = BTreeSet::new();
+        for (src, body) in &got {
+            let body = body
+                .as_deref()
+                .unwrap_or_else(|| panic!("{src} -> {vip}:80 not served: {got:?}"));
+            // The backend Maglev picks, and it saw the client itself (NAT
+            // would show the load balancer's address).
+            assert_eq!(
+                body,
+                format!("{} {src}", maglev_choice(&backends, src)),
+                "{src} -> {vip}"
+            );
+            seen.insert(body.split(' ').next().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 2, "{vip}: both backends used: {got:?}");
+        // A large upload: full-size client segments fit the tunnel because
+        // the backend's SYN-ACK advertised a smaller MSS (without the clamp
+        // every 1,500-byte packet grows past the MTU and is lost).
+        let out = lab.exec(
+            "client",
+            &[
+                "python3",
+                "-c",
+                kernel_lab::UPLOAD,
+                &srcs[0],
+                vip,
+                "80",
+                "300000",
+            ],
+        );
+        let out = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (mss, answer) = out.split_once(' ').unwrap_or(("-", "-"));
+        let want_mss = if v6 { 1400 } else { 1440 };
+        assert!(
+            mss.parse::<u32>().is_ok_and(|m| m <= want_mss),
+            "{vip}: client MSS {mss:?}, want at most {want_mss} ({out})"
+        );
+        assert_eq!(
+            answer,
+            format!("{} 300000", maglev_choice(&backends, &srcs[0])),
+            "{vip}: 300 kB upload through the tunnel"
+        );
+    }
+    // UDP over both families, answered from the VIP by the backend itself.
+    for (vip, v6, backends) in [
+        (
+            VIP4,
+            false,
+            [("10.11.1.2:53", "b1"), ("10.11.2.2:53", "b2")],
+        ),
+        (
+            VIP6,
+            true,
+            [("[fd11:1::2]:53", "b1"), ("[fd11:2::2]:53", "b2")],
+        ),
+    ] {
+        let srcs = sources(v6);
+        let out = kernel_lab::udp(&lab, vip, 53, &srcs);
+        assert_eq!(out.len(), srcs.len());
+        for (src, reply) in &out {
+            assert_eq!(
+                reply.as_deref(),
+                Some(format!("{}:ping", maglev_choice(&backends, src)).as_str()),
+                "UDP {src} -> {vip} (all: {out:?})"
+            );
+        }
+    }
+    let stats = h.stats();
+    let svc = &stats[&format!("service {VIP4}:80")];
+    assert!(svc[2] as usize >= CLIENTS as usize, "{stats:?}");
+    assert_eq!(svc[3], 0, "nothing dropped: {stats:?}");
+    // The backends never answer ARP for the VIP: only the load balancer
+    // may own it on the wire. The load balancer's kernel asks b1's link
+    // directly; no answer, so no neighbour entry and no ping reply.
+    let lbns = lab.name("lb");
+    run(&[
+        "ip",
+        "-n",
+        &lbns,
+        "route",
+        "add",
+        &format!("{VIP4}/32"),
+        "dev",
+        "to-b1",
+    ]);
+    let ping = lab.exec("lb", &["ping", "-c", "2", "-W", "1", VIP4]);
+    assert!(!ping.status.success(), "b1 answered for the VIP: {ping:?}");
+    let neigh = lab.exec("lb", &["ip", "neigh", "show", VIP4, "dev", "to-b1"]);
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(
+        !neigh.contains("lladdr"),
+        "b1 answered ARP for the VIP: {neigh}"
+    );
+    run(&[
+        "ip",
+        "-n",
+        &lbns,
+        "route",
+        "del",
+        &format!("{VIP4}/32"),
+        "dev",
+        "to-b1",
+    ]);
+    // --undo takes it all back: no program, no local route.
+    let speaker = binary("ferrolb-speaker");
+    let out = lab.exec_ok(
+        "b1",
+        &[speaker.to_str().unwrap(), "prepare-backend", "--undo"],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("from 1 interface(s): to-lb") && said.contains("removed 2 local route(s)"),
+        "{said}"
+    );
+    let tc = lab.exec("b1", &["tc", "filter", "show", "dev", "to-lb", "ingress"]);
+    assert!(
+        !String::from_utf8_lossy(&tc.stdout).contains("ferrolb"),
+        "{tc:?}"
+    );
+    let routes = lab.exec(
+        "b1",
+        &["ip", "route", "show", "table", "local", "proto", "249"],
+    );
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).trim().is_empty(),
+        "{routes:?}"
+    );
+}

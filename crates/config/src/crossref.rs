@@ -163,6 +163,27 @@ pub(crate) fn check(ctx: &mut Ctx, d: &Draft) {
             }
             found
         });
+        // Direct server return leaves the destination untouched: the backend
+        // sees (and answers from) the VIP's own port.
+        for (k, port) in s.ports.iter().enumerate() {
+            if port.effective_mode(d.forwarder.mode) != crate::model::ForwardMode::KernelDsr {
+                continue;
+            }
+            for (b, backend) in port.backends.iter().enumerate() {
+                if backend.address.port() != port.port {
+                    ctx.error(
+                        &path.key("ports").index(k).key("backends").index(b),
+                        format!(
+                            "{} listens on port {}, but in kernel-dsr mode a backend receives the packets for port {} unchanged and must listen on it; use port {} or mode: kernel (NAT)",
+                            backend.address,
+                            backend.address.port(),
+                            port.port,
+                            port.port
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(ip) = s.ip {
             match (pool, d.pools.iter().find(|(_, p)| p.addresses.contains(ip))) {
                 (Some(want), _) if !want.addresses.contains(ip) => ctx.error(

@@ -96,6 +96,19 @@ pub enum ForwardMode {
     /// user-space listener stays open for what the program does not see
     /// (clients on this host) and takes over if the program cannot load.
     Kernel,
+    /// The eBPF program with direct server return: packets reach the
+    /// backend encapsulated (IPIP, or IPv6 in IPv6) with the client's
+    /// address intact, and the backend (prepared with `ferrolb-speaker
+    /// prepare-backend`) replies to the client directly. Backends must
+    /// listen on the service's port.
+    KernelDsr,
+}
+
+impl ForwardMode {
+    /// Whether the kernel data path serves the port (either way back).
+    pub fn is_kernel(self) -> bool {
+        matches!(self, ForwardMode::Kernel | ForwardMode::KernelDsr)
+    }
 }
 
 impl fmt::Display for ForwardMode {
@@ -103,6 +116,7 @@ impl fmt::Display for ForwardMode {
         f.write_str(match self {
             ForwardMode::Userspace => "userspace",
             ForwardMode::Kernel => "kernel",
+            ForwardMode::KernelDsr => "kernel-dsr",
         })
     }
 }

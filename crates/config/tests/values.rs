@@ -229,3 +229,29 @@ services:
     let d = Config::from_yaml("").unwrap();
     assert_eq!(d.forwarder.mode, Userspace);
 }
+
+#[test]
+fn kernel_dsr_is_a_kernel_mode_whose_backends_keep_the_port() {
+    use ferrolb_config::ForwardMode::{Kernel, KernelDsr};
+    let c = Config::from_yaml(
+        "pools: [{name: p, addresses: [192.0.2.10]}]
+forwarder: {mode: kernel-dsr}
+services:
+  - name: web
+    ports:
+      - {port: 80, backends: [\"10.0.0.1:80\", \"10.0.0.2:80\"]}
+      - {port: 81, backends: [\"10.0.0.1:8081\"], mode: kernel}
+",
+    )
+    .unwrap();
+    assert_eq!(c.forwarder.mode, KernelDsr);
+    assert!(KernelDsr.is_kernel() && Kernel.is_kernel());
+    assert!(!ferrolb_config::ForwardMode::Userspace.is_kernel());
+    assert_eq!(KernelDsr.to_string(), "kernel-dsr");
+    let modes: Vec<_> = c.services[0]
+        .ports
+        .iter()
+        .map(|p| p.effective_mode(c.forwarder.mode))
+        .collect();
+    assert_eq!(modes, vec![KernelDsr, Kernel]);
+}

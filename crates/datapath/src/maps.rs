@@ -15,6 +15,9 @@ pub const MAX_BACKENDS: u32 = 4096;
 
 /// `svc_val.flags`: the service has source ranges (others are dropped).
 pub const SVC_SOURCE_RANGES: u32 = 1;
+/// `svc_val.flags`: direct server return (encapsulate to the backend,
+/// which answers the client itself) instead of NAT.
+pub const SVC_DSR: u32 = 2;
 /// `backend.flags`: health checks say it is up.
 pub const BACKEND_UP: u8 = 1;
 

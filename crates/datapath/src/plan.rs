@@ -8,7 +8,8 @@
 //! going down rewrites its own Maglev slots, not the table.
 
 use crate::maps::{
-    BackendVal, RangeKey, SvcKey, SvcVal, MAX_BACKENDS, MAX_SERVICES, SVC_SOURCE_RANGES, TABLE_SIZE,
+    BackendVal, RangeKey, SvcKey, SvcVal, MAX_BACKENDS, MAX_SERVICES, SVC_DSR, SVC_SOURCE_RANGES,
+    TABLE_SIZE,
 };
 use ferrolb_balance::maglev::Table;
 use ferrolb_ipset::Cidr;
@@ -32,6 +33,10 @@ pub struct Service {
     pub nat_ports: (u16, u16),
     /// A flow idle this long is forgotten.
     pub idle: Duration,
+    /// Direct server return: packets go to the backend encapsulated from
+    /// `nat_src`, unchanged inside, and the backend answers the client
+    /// itself (NAT ports unused). Otherwise NAT both ways.
+    pub dsr: bool,
 }
 
 /// A backend of a [`Service`].
@@ -354,7 +359,7 @@ impl Planner {
                     0
                 } else {
                     SVC_SOURCE_RANGES
-                },
+                } | if s.dsr { SVC_DSR } else { 0 },
                 nat_lo: s.nat_ports.0 as u32,
                 nat_count: (s.nat_ports.1 - s.nat_ports.0) as u32 + 1,
                 idle_ns: s.idle.as_nanos().min(u64::MAX as u128) as u64,
@@ -403,6 +408,7 @@ mod tests {
             source_ranges: vec![],
             nat_ports: (61000, 65535),
             idle: Duration::from_secs(300),
+            dsr: false,
         }
     }
 
@@ -555,6 +561,25 @@ mod tests {
         assert!(m.services.is_empty());
         assert!(m.ranges.is_empty());
         assert!(m.backends.is_empty(), "every backend written down");
+    }
+
+    #[test]
+    fn dsr_is_a_flag_beside_the_source_ranges_and_switching_it_rewrites_only_the_service() {
+        let mut p = Planner::new();
+        let mut m = Maps::default();
+        let mut s = svc("192.0.2.10", 80, &[("10.0.0.1:80", 1, true)]);
+        s.dsr = true;
+        m.apply(&p.plan(std::slice::from_ref(&s)).unwrap());
+        assert_eq!(m.services[&s.key].flags, SVC_DSR);
+        s.source_ranges = vec![Cidr::containing("198.51.100.0".parse().unwrap(), 24).unwrap()];
+        m.apply(&p.plan(std::slice::from_ref(&s)).unwrap());
+        assert_eq!(m.services[&s.key].flags, SVC_DSR | SVC_SOURCE_RANGES);
+        s.dsr = false;
+        let w = p.plan(std::slice::from_ref(&s)).unwrap();
+        assert!(w.slots.is_empty() && w.backends.is_empty(), "{w:?}");
+        assert_eq!(w.services.len(), 1);
+        m.apply(&w);
+        assert_eq!(m.services[&s.key].flags, SVC_SOURCE_RANGES);
     }
 
     #[test]

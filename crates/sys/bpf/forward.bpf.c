@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 //
 // ferrolb's kernel data path: a tc (clsact) ingress program that forwards
-// VIP:port traffic to backends without leaving the kernel (NAT mode).
+// VIP:port traffic to backends without leaving the kernel, by NAT or by
+// direct server return (DSR: encapsulated, the backend answers the client).
 //
 // Why C and not Rust: building Rust for the BPF target needs a nightly
 // compiler feature set, rust-src and a bpf-linker against a matching LLVM,
@@ -21,8 +22,12 @@
 // client's address hash (the user-space forwarder's table and hash, so
 // every node and both paths agree); then the packet is rewritten to
 // node:natport -> backend:port and redirected out of the interface the
-// backend's entry names (the kernel resolves the next hop). Reply path (backend -> node:natport): the reverse entry
-// rewrites it back to VIP:port -> client:port.
+// backend's entry names (the kernel resolves the next hop). Reply path
+// (backend -> node:natport): the reverse entry rewrites it back to
+// VIP:port -> client:port. In DSR mode the packet is left as it is and
+// wrapped in node -> backend (encap); there is no reply path here, and a
+// flow this node never saw (another node took it over) gets the same
+// backend from the same Maglev table, so it carries on.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -273,6 +278,61 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p,
 	return 0;
 }
 
+static __always_inline __u16 csum_fold(__s64 c)
+{
+	__u64 s = (__u64)c;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+// Direct server return: puts an outer header from this node to the
+// backend in front of the unchanged packet (IPIP for IPv4, IPv6 in IPv6),
+// so the backend sees the client's own addresses and answers it directly.
+// The inner TTL is left alone: the backend's decapsulation hands the
+// packet to its own stack, not onward.
+static __always_inline int encap(struct __sk_buff *skb, struct pkt *p,
+				 const struct addr *src, const struct addr *dst)
+{
+	if (p->family == AF_INET) {
+		struct iphdr in;
+		if (bpf_skb_load_bytes(skb, p->l3_off, &in, sizeof(in)))
+			return -1;
+		struct iphdr o = {};
+		o.version = 4;
+		o.ihl = 5;
+		o.tos = in.tos;
+		o.tot_len = bpf_htons(p->len + sizeof(o));
+		// Keep the client's don't-fragment bit: a too-large packet is then
+		// refused on the way, not split into fragments the decapsulating
+		// program would not see whole.
+		o.frag_off = in.frag_off & bpf_htons(0x4000);
+		o.ttl = 64;
+		o.protocol = IPPROTO_IPIP;
+		__builtin_memcpy(&o.saddr, src->b, 4);
+		__builtin_memcpy(&o.daddr, dst->b, 4);
+		o.check = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&o, sizeof(o), 0));
+		if (bpf_skb_adjust_room(skb, sizeof(o), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
+			return -1;
+		return bpf_skb_store_bytes(skb, p->l3_off, &o, sizeof(o), 0) ? -1 : 0;
+	}
+	__be32 first;
+	if (bpf_skb_load_bytes(skb, p->l3_off, &first, 4))
+		return -1;
+	struct ipv6hdr o = {};
+	// Version, traffic class and flow label as the client sent them.
+	__builtin_memcpy(&o, &first, 4);
+	o.payload_len = bpf_htons(p->len);
+	o.nexthdr = IPPROTO_IPV6;
+	o.hop_limit = 64;
+	__builtin_memcpy(&o.saddr, src->b, 16);
+	__builtin_memcpy(&o.daddr, dst->b, 16);
+	if (bpf_skb_adjust_room(skb, sizeof(o), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6))
+		return -1;
+	return bpf_skb_store_bytes(skb, p->l3_off, &o, sizeof(o), 0) ? -1 : 0;
+}
+
 // The i-th NAT port to try: first the client's own port folded into the
 // range (one client's ports then never collide, and a client that reuses a
 // port gets the same NAT port, which the backend's TIME_WAIT accepts as
@@ -349,7 +409,10 @@ int ferrolb_forward(struct __sk_buff *skb)
 	struct backend *b = NULL;
 	struct flow_val f = {};
 	int fresh = 0;
-	if (fv && now - fv->seen_ns < s.idle_ns) {
+	int dsr = s.flags & SVC_DSR;
+	// A flow from before the service changed its way back (a DSR flow has
+	// no NAT port) starts over.
+	if (fv && now - fv->seen_ns < s.idle_ns && (dsr || fv->nat_port)) {
 		f = *fv;
 		b = bpf_map_lookup_elem(&backends, &f.backend);
 		// Gone, down, or its id now names another service's backend: the
@@ -376,6 +439,24 @@ int ferrolb_forward(struct __sk_buff *skb)
 	struct backend bk = *b;
 	struct addr node = bk.nat_src;
 	__u32 ifindex = bk.ifindex ? bk.ifindex : skb->ingress_ifindex;
+	if (dsr) {
+		if (fresh) {
+			f.nat_port = 0;
+			f.node = bk.nat_src;
+			f.seen_ns = now;
+			if (bpf_map_update_elem(&flows, &fk, &f, BPF_ANY)) {
+				count(&svc_stats, s.id, 0, 0, 1);
+				return TC_ACT_SHOT;
+			}
+		}
+		if (encap(skb, &p, &bk.nat_src, &bk.addr)) {
+			count(&svc_stats, s.id, 0, 0, 1);
+			return TC_ACT_SHOT;
+		}
+		count(&svc_stats, s.id, p.len, fresh, 0);
+		count(&backend_stats, f.backend, p.len, fresh, 0);
+		return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+	}
 	if (fresh) {
 		// A NAT port whose reverse entry is free, idle, or this client's own.
 		struct rev_key rk = {};

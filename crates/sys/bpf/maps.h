@@ -17,6 +17,8 @@
 
 // svc_val.flags
 #define SVC_SOURCE_RANGES 1
+// Direct server return: encapsulate to the backend instead of NAT.
+#define SVC_DSR 2
 
 // backend.flags
 #define BACKEND_UP 1

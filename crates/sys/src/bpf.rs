@@ -278,3 +278,149 @@ fn range_key(r: &ferrolb_datapath::maps::RangeKey) -> Key<[u8; RANGE_KEY_LEN - 4
     data.copy_from_slice(&b[4..]);
     Key::new(prefix_len, data)
 }
+
+/// The backend side of direct server return (bpf/decap.bpf.c).
+const DECAP_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/decap.bpf.o"));
+/// Its ingress entry point: unwraps tunnelled packets for prepared VIPs.
+const DECAP_ENTRY: &str = "ferrolb_decap";
+/// Its egress entry point: clamps the MSS of SYN-ACKs from prepared VIPs.
+const MSS_ENTRY: &str = "ferrolb_mss";
+/// `struct vip_key` / `struct src_key` sizes (bpf/decap.h).
+const VIP_KEY_LEN: usize = 20;
+
+/// One VIP a DSR backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecapVip {
+    /// The VIP.
+    pub addr: std::net::IpAddr,
+    /// The largest MSS its SYN-ACKs may advertise (0: leave them alone).
+    pub mss: u16,
+}
+
+fn vip_key(ip: std::net::IpAddr) -> [u8; VIP_KEY_LEN] {
+    let mut k = [0u8; VIP_KEY_LEN];
+    k[..16].copy_from_slice(&ferrolb_datapath::maps::addr(ip));
+    k[16] = if ip.is_ipv4() { 2 } else { 10 };
+    k
+}
+
+/// The allowed-source key: IPv4 as `::ffff:a.b.c.d`, its prefix + 96.
+fn src_key(ip: std::net::IpAddr, prefix: u8) -> Key<[u8; 16]> {
+    match ip {
+        std::net::IpAddr::V4(a) => Key::new(96 + u32::from(prefix), a.to_ipv6_mapped().octets()),
+        std::net::IpAddr::V6(a) => Key::new(u32::from(prefix), a.octets()),
+    }
+}
+
+/// Installs the backend side of DSR on `ifaces`: loads bpf/decap.bpf.c,
+/// writes `vips` (and, when `sources` is not empty, the only outer sources
+/// allowed to tunnel here) and attaches it at each interface's tc ingress
+/// and egress as a classic tc filter, replacing one installed before.
+///
+/// Unlike the load balancer's program (a tcx link that ends with the
+/// speaker), these filters outlive the command, as `tc filter add` would:
+/// a prepared backend keeps serving when nothing of ferrolb runs on it.
+/// [`decap_remove`] takes them off.
+pub fn decap_install(
+    ifaces: &[String],
+    vips: &[DecapVip],
+    sources: &[(std::net::IpAddr, u8)],
+) -> Result<(), BpfError> {
+    if DECAP_PROGRAM.is_empty() {
+        return Err(BpfError::NotBuilt);
+    }
+    let mut ebpf = Ebpf::load(DECAP_PROGRAM).map_err(|e| BpfError::Load(chain(&e)))?;
+    {
+        let m = ebpf.map_mut("vips").ok_or(BpfError::Map {
+            map: "vips",
+            error: "missing from the object".into(),
+        })?;
+        let mut map: HashMap<&mut MapData, [u8; VIP_KEY_LEN], [u8; 4]> =
+            HashMap::try_from(m).map_err(map_err("vips"))?;
+        for v in vips {
+            let mut val = [0u8; 4];
+            val[..2].copy_from_slice(&v.mss.to_le_bytes());
+            map.insert(vip_key(v.addr), val, 0)
+                .map_err(map_err("vips"))?;
+        }
+    }
+    if !sources.is_empty() {
+        {
+            let m = ebpf.map_mut("sources").ok_or(BpfError::Map {
+                map: "sources",
+                error: "missing from the object".into(),
+            })?;
+            let mut map: LpmTrie<&mut MapData, [u8; 16], u8> =
+                LpmTrie::try_from(m).map_err(map_err("sources"))?;
+            for (ip, prefix) in sources {
+                map.insert(&src_key(*ip, *prefix), 1, 0)
+                    .map_err(map_err("sources"))?;
+            }
+        }
+        let m = ebpf.map_mut("config").ok_or(BpfError::Map {
+            map: "config",
+            error: "missing from the object".into(),
+        })?;
+        let mut map: Array<&mut MapData, u32> = Array::try_from(m).map_err(map_err("config"))?;
+        map.set(0, 1, 0).map_err(map_err("config"))?;
+    }
+    for (entry, kind) in [
+        (DECAP_ENTRY, TcAttachType::Ingress),
+        (MSS_ENTRY, TcAttachType::Egress),
+    ] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(entry)
+            .ok_or_else(|| BpfError::Load(format!("the object has no program {entry}")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| BpfError::Load(chain(&e)))?;
+        prog.load().map_err(|e| BpfError::Load(chain(&e)))?;
+        for iface in ifaces {
+            let attach_err = |error: String| BpfError::Attach {
+                iface: iface.clone(),
+                error,
+            };
+            // The qdisc may exist (ours from before, or another tool's).
+            let _ = tc::qdisc_add_clsact(iface);
+            // What an earlier run left: replaced, not stacked.
+            let _ = tc::qdisc_detach_program(iface, kind, entry);
+            prog.attach_with_options(
+                iface,
+                kind,
+                tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+            )
+            .map_err(|e| attach_err(chain(&e)))?;
+        }
+    }
+    // The filters hold the programs, and they their maps; dropping `ebpf`
+    // would detach them, which is not what a setup command wants.
+    std::mem::forget(ebpf);
+    Ok(())
+}
+
+/// Takes the backend side of DSR off `ifaces`; returns the interfaces it
+/// was on. Interfaces without it are no error.
+pub fn decap_remove(ifaces: &[String]) -> Result<Vec<String>, BpfError> {
+    let mut removed = Vec::new();
+    for iface in ifaces {
+        let mut found = false;
+        for (entry, kind) in [
+            (DECAP_ENTRY, TcAttachType::Ingress),
+            (MSS_ENTRY, TcAttachType::Egress),
+        ] {
+            match tc::qdisc_detach_program(iface, kind, entry) {
+                Ok(()) => found = true,
+                Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(BpfError::Attach {
+                        iface: iface.clone(),
+                        error: chain(&e),
+                    })
+                }
+            }
+        }
+        if found {
+            removed.push(iface.clone());
+        }
+    }
+    Ok(removed)
+}

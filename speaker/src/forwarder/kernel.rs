@@ -87,6 +87,8 @@ pub struct PortView {
     pub source_ranges: Vec<Cidr>,
     /// A flow idle this long is forgotten.
     pub idle: Duration,
+    /// Direct server return (`kernel-dsr`) instead of NAT.
+    pub dsr: bool,
 }
 
 /// The planner's service for `port`, with the route to each backend from
@@ -106,6 +108,14 @@ pub fn service(
         if addr.is_ipv4() != port.vip.is_ipv4() {
             return Err(format!(
                 "backend {addr} is of another address family than the VIP; the kernel path translates within one family"
+            ));
+        }
+        if port.dsr && addr.port() != port.vip.port() {
+            return Err(format!(
+                "backend {addr} listens on port {}, but direct server return delivers the packets for port {} unchanged; make the backend listen on {} (targetPort = port) or use mode: kernel",
+                addr.port(),
+                port.vip.port(),
+                port.vip.port()
             ));
         }
         let w = way(addr.ip()).map_err(|e| format!("no route to backend {addr}: {e}"))?;
@@ -135,6 +145,7 @@ pub fn service(
         source_ranges: port.source_ranges.clone(),
         nat_ports: nat,
         idle: port.idle,
+        dsr: port.dsr,
     })
 }
 
@@ -241,11 +252,11 @@ impl KernelPath {
     pub fn sync(&mut self, ports: &[Arc<PortRuntime>]) {
         let kernel: Vec<&Arc<PortRuntime>> = ports
             .iter()
-            .filter(|p| p.config().mode == ForwardMode::Kernel)
+            .filter(|p| p.config().mode.is_kernel())
             .collect();
         let mut served: BTreeMap<SvcKey, (PortLabels, Served)> = ports
             .iter()
-            .filter(|p| p.config().mode != ForwardMode::Kernel)
+            .filter(|p| !p.config().mode.is_kernel())
             .map(|p| (svc_key(p), (p.labels.clone(), Served::Configured)))
             .collect();
         let mut want: Vec<Service> = Vec::new();
@@ -280,6 +291,7 @@ impl KernelPath {
                     Protocol::Udp => cfg.udp_idle_timeout,
                     _ => cfg.idle_timeout,
                 },
+                dsr: cfg.mode == ForwardMode::KernelDsr,
             };
             let key = svc_key(p);
             let failed = self.failed.clone();
@@ -587,7 +599,28 @@ mod tests {
                 .collect(),
             source_ranges: vec![],
             idle: Duration::from_secs(600),
+            dsr: false,
         }
+    }
+
+    #[test]
+    fn dsr_needs_backends_on_the_service_port() {
+        let mut v = view(&["10.0.0.1:80", "10.0.0.2:80"]);
+        v.dsr = true;
+        let s = service(&v, (1024, 32767), &mut way(false)).unwrap();
+        assert!(s.dsr);
+        let mut v = view(&["10.0.0.1:80", "10.0.0.2:8080"]);
+        v.dsr = true;
+        let e = service(&v, (1024, 32767), &mut way(false)).unwrap_err();
+        assert!(
+            e.contains("backend 10.0.0.2:8080 listens on port 8080"),
+            "{e}"
+        );
+        v.dsr = false;
+        assert!(
+            service(&v, (1024, 32767), &mut way(false)).is_ok(),
+            "NAT may change the port"
+        );
     }
 
     #[test]

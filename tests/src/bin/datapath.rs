@@ -5,7 +5,8 @@
 //! loader and the BPF program, without the speaker around them).
 //!
 //!   ferrolb-datapath-harness --attach IFACE... --service SPEC...
-//!   SPEC: tcp|udp:VIP:PORT=BACKEND[,BACKEND...][;ranges=CIDR[,CIDR...]]
+//!   SPEC: tcp|udp:VIP:PORT=BACKEND[,BACKEND...][;ranges=CIDR[,CIDR...]][;dsr]
+//!         (`;dsr`: direct server return instead of NAT)
 //!         (IPv6 VIPs in brackets: tcp:[fd99::10]:80=[fd11:1::2]:8080)
 //!   stdin: `down ADDR:PORT`, `up ADDR:PORT`, `add SPEC`, `stats`, `quit`;
 //!          each answered with one line (`ok`, `error ...`, or the stats
@@ -41,6 +42,10 @@ fn way_to(ip: std::net::IpAddr) -> Result<(std::net::IpAddr, u32), String> {
 }
 
 fn parse_service(spec: &str) -> Result<Service, String> {
+    let (spec, dsr) = match spec.strip_suffix(";dsr") {
+        Some(s) => (s, true),
+        None => (spec, false),
+    };
     let (main, ranges) = match spec.split_once(";ranges=") {
         Some((m, r)) => (m, Some(r)),
         None => (spec, None),
@@ -95,6 +100,7 @@ fn parse_service(spec: &str) -> Result<Service, String> {
         source_ranges,
         nat_ports: (61000, 65535),
         idle: Duration::from_secs(300),
+        dsr,
     })
 }
 

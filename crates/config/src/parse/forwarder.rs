@@ -75,15 +75,16 @@ pub(super) fn forwarder(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwarderSettings
     Some(s)
 }
 
-/// `mode: userspace|kernel`, of the forwarder or of one port.
+/// `mode: userspace|kernel|kernel-dsr`, of the forwarder or of one port.
 pub(super) fn mode(ctx: &mut Ctx, f: Field<'_>) -> Option<ForwardMode> {
     match ctx.string(f)?.as_str() {
         "userspace" => Some(ForwardMode::Userspace),
         "kernel" => Some(ForwardMode::Kernel),
+        "kernel-dsr" => Some(ForwardMode::KernelDsr),
         other => {
             ctx.error(
                 f.path,
-                format!("{other:?} is not a forwarding mode; use userspace or kernel"),
+                format!("{other:?} is not a forwarding mode; use userspace, kernel or kernel-dsr"),
             );
             None
         }

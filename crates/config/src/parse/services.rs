@@ -131,7 +131,10 @@ pub(super) fn port(ctx: &mut Ctx, f: Field<'_>) -> Option<ServicePort> {
         ctx.error(f.path, "PROXY protocol is only sent on TCP ports");
     }
     let mode = obj.get("mode").and_then(|f| super::forwarder::mode(ctx, f));
-    if let (Some(ForwardMode::Kernel), Some(f)) = (mode, obj.get("proxyProtocol")) {
+    if let (true, Some(f)) = (
+        mode.is_some_and(|m| m.is_kernel()),
+        obj.get("proxyProtocol"),
+    ) {
         ctx.error(
             f.path,
             "PROXY protocol needs the user-space forwarder (the kernel path does not terminate TCP); set mode: userspace on this port or drop proxyProtocol",
