@@ -181,3 +181,34 @@ pub fn router_with_client(lab: &mut Lab) {
         lab.exec_ok("router", &["sysctl", "-qw", s]);
     }
 }
+
+/// BIRD 2's configuration for the ECMP labs: router 192.0.2.1 (AS 65000),
+/// one passive session per `(name, address)` node (AS 65001), every route
+/// imported and the paths to one prefix merged into one multipath kernel
+/// route.
+pub fn bird_ecmp_conf(dir: &Path, nodes: &[(&str, &str)]) -> String {
+    let mut c = format!(
+        "router id 192.0.2.1;
+log \"{}/bird.log\" all;
+protocol device {{ }}
+protocol kernel {{
+  ipv4 {{ export all; }};
+  merge paths yes;
+}}
+",
+        dir.display()
+    );
+    for (n, ip) in nodes {
+        c.push_str(&format!(
+            "protocol bgp {n} {{
+  local 192.0.2.1 as 65000;
+  neighbor {ip} as 65001;
+  hold time 9;
+  passive on;
+  ipv4 {{ import all; export none; }};
+}}
+"
+        ));
+    }
+    c
+}

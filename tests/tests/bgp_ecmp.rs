@@ -14,30 +14,7 @@ use std::time::{Duration, Instant};
 const NODES: [(&str, &str); 2] = [("node1", "192.0.2.11"), ("node2", "192.0.2.12")];
 
 fn bird_conf(dir: &std::path::Path) -> String {
-    let mut c = format!(
-        "router id 192.0.2.1;
-log \"{}/bird.log\" all;
-protocol device {{ }}
-protocol kernel {{
-  ipv4 {{ export all; }};
-  merge paths yes;
-}}
-",
-        dir.display()
-    );
-    for (n, ip) in NODES {
-        c.push_str(&format!(
-            "protocol bgp {n} {{
-  local 192.0.2.1 as 65000;
-  neighbor {ip} as 65001;
-  hold time 9;
-  passive on;
-  ipv4 {{ import all; export none; }};
-}}
-"
-        ));
-    }
-    c
+    routers::bird_ecmp_conf(dir, &NODES)
 }
 
 fn speaker_conf(router_id: &str) -> String {
