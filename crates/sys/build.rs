@@ -25,6 +25,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=FERROLB_REQUIRE_BPF");
     println!("cargo:rerun-if-env-changed=CLANG");
     let required = std::env::var("FERROLB_REQUIRE_BPF").is_ok_and(|v| v == "1");
+    println!("cargo:rustc-env=FERROLB_MAPS_LAYOUT={:016x}", layout());
     let mut failed = None;
     for name in ["forward", "decap"] {
         let out = out_dir.join(format!("{name}.bpf.o"));
@@ -76,4 +77,24 @@ fn build(name: &str, out: &std::path::Path) -> Result<(), String> {
             "{clang} not found ({e}); install clang and libbpf-dev"
         )),
     }
+}
+
+/// A hash of everything that fixes the maps' layout: maps.h, and the map
+/// definitions of forward.bpf.c (types, sizes, key and value types). Pinned
+/// maps are reused only by a binary with the same hash, so a restarted
+/// speaker never hands its program maps of another shape.
+fn layout() -> u64 {
+    let header = std::fs::read_to_string("bpf/maps.h").unwrap_or_default();
+    let program = std::fs::read_to_string("bpf/forward.bpf.c").unwrap_or_default();
+    let defs: String = program
+        .lines()
+        .filter(|l| l.contains("__uint(") || l.contains("__type(") || l.contains("SEC(\".maps\")"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in header.bytes().chain(defs.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }

@@ -55,6 +55,8 @@ enum Command {
         /// (connections draining through the forwarder keep working), e.g. 60s.
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         local_route_linger: std::time::Duration,
+        #[command(flatten)]
+        pins: PinArgs,
     },
     /// Run as the Kubernetes DaemonSet: announce the addresses the controller
     /// wrote into Services' status (layer 2 or BGP, as the ConfigMap says),
@@ -128,8 +130,33 @@ enum Command {
     },
 }
 
+/// Where the kernel data path pins its maps and links.
+#[derive(clap::Args)]
+struct PinArgs {
+    /// A bpffs directory where the kernel data path pins its maps and links
+    /// (one directory per network namespace under it): a speaker that dies
+    /// leaves the program forwarding, and the next one adopts it with its
+    /// flows. Not a bpffs (or not writable): nothing is pinned and flows
+    /// end with the process.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/ferrolb")]
+    datapath_pin_dir: PathBuf,
+    /// Never pin the kernel data path.
+    #[arg(long)]
+    no_datapath_pins: bool,
+}
+
+impl PinArgs {
+    fn apply(&self) {
+        ferrolb_speaker::forwarder::kernel::set_pin_base(
+            (!self.no_datapath_pins).then(|| self.datapath_pin_dir.clone()),
+        );
+    }
+}
+
 #[derive(clap::Args)]
 struct KubeArgs {
+    #[command(flatten)]
+    pins: PinArgs,
     /// This node's name (downward API: spec.nodeName).
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     node: String,
@@ -529,10 +556,12 @@ fn main() -> ExitCode {
             worker_threads,
             local_route_linger,
             access,
+            pins,
         } => access
             .access()
             .map_err(anyhow::Error::from)
             .and_then(|metrics_access| {
+                pins.apply();
                 standalone(
                     ferrolb_speaker::standalone::Options {
                         config,
@@ -573,39 +602,42 @@ fn main() -> ExitCode {
             from,
             undo,
         } => prepare_backend(&vips, &interfaces, &from, undo),
-        Command::Kubernetes(a) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")
-            .and_then(|rt| Ok((rt, a.access.access()?)))
-            .and_then(|(rt, metrics_access)| {
-                rt.block_on(ferrolb_speaker::kubernetes::run(
-                    ferrolb_speaker::kubernetes::Options {
-                        node: a.node,
-                        config: a.cluster.config_source(),
-                        kubeconfig: a.cluster.kubeconfig,
-                        namespace: a.cluster.namespace,
-                        speaker_selector: a.speaker_selector,
-                        member_port: a.member_port,
-                        route_linger: a.local_route_linger,
-                        handover_delay: a.handover_delay,
-                        member_keys_file: Some(a.member_keys_file),
-                        filter: ferrolb_speaker::kubernetes::model::Filter {
-                            class: a.load_balancer_class,
-                            ignore_classless: a.ignore_classless,
-                            ignore_exclude_label: a.ignore_exclude_lb,
+        Command::Kubernetes(a) => {
+            a.pins.apply();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")
+                .and_then(|rt| Ok((rt, a.access.access()?)))
+                .and_then(|(rt, metrics_access)| {
+                    rt.block_on(ferrolb_speaker::kubernetes::run(
+                        ferrolb_speaker::kubernetes::Options {
+                            node: a.node,
+                            config: a.cluster.config_source(),
+                            kubeconfig: a.cluster.kubeconfig,
+                            namespace: a.cluster.namespace,
+                            speaker_selector: a.speaker_selector,
+                            member_port: a.member_port,
+                            route_linger: a.local_route_linger,
+                            handover_delay: a.handover_delay,
+                            member_keys_file: Some(a.member_keys_file),
+                            filter: ferrolb_speaker::kubernetes::model::Filter {
+                                class: a.load_balancer_class,
+                                ignore_classless: a.ignore_classless,
+                                ignore_exclude_label: a.ignore_exclude_lb,
+                            },
+                            metrics_address: a.metrics_address,
+                            metrics_access,
+                            recompute: if a.full_recompute {
+                                ferrolb_speaker::kubernetes::index::Recompute::Full
+                            } else {
+                                ferrolb_speaker::kubernetes::index::Recompute::Incremental
+                            },
                         },
-                        metrics_address: a.metrics_address,
-                        metrics_access,
-                        recompute: if a.full_recompute {
-                            ferrolb_speaker::kubernetes::index::Recompute::Full
-                        } else {
-                            ferrolb_speaker::kubernetes::index::Recompute::Incremental
-                        },
-                    },
-                ))
-                .map(|()| ExitCode::SUCCESS)
-            }),
+                    ))
+                    .map(|()| ExitCode::SUCCESS)
+                })
+        }
     };
     match result {
         Ok(code) => code,

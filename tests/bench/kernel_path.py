@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Kernel data path benchmark: ferrolb's eBPF forwarder (forwarder mode
-kernel) against a direct connection, ferrolb's user-space forwarder,
+kernel: NAT, and kernel-dsr: direct server return) against a direct connection, ferrolb's user-space forwarder,
 HAProxy (mode tcp) and nftables DNAT (kube-proxy's way), in one run.
 
 Run it through tests/bench/kernel_path.sh (root: it installs wrk, haproxy,
@@ -12,7 +12,11 @@ worker, a 3-byte answer), joined by veth pairs. The client is wrk (2
 threads, 32 connections) against the VIP, with HTTP keep-alive and with
 `Connection: close` (one TCP connection per request). "direct" is the same
 client against one backend, routed through the load-balancer namespace as a
-plain router: the same hops with nothing balancing.
+plain router: the same hops with nothing balancing. In kernel-dsr the
+backends are prepared with `ferrolb-speaker prepare-backend` and have their
+own link to the client for the replies, which never cross the load
+balancer (as DSR is deployed: a backend's replies go out by its own
+gateway); the requests take the same way as in every other variant.
 
 CPU is the whole machine's busy time from /proc/stat during the load (the
 kernel path runs in softirq context, which no process or cgroup is charged
@@ -39,7 +43,7 @@ SPEAKER = os.path.join(ROOT, "target/release/ferrolb-speaker")
 VIP = "10.77.0.100"
 BACKENDS = ["10.78.1.2", "10.78.2.2"]
 NS = {"client": "flbkp-c", "lb": "flbkp-l", "b1": "flbkp-b1", "b2": "flbkp-b2"}
-VARIANTS = ["direct", "kernel", "userspace", "haproxy", "nftables"]
+VARIANTS = ["direct", "kernel", "kernel-dsr", "userspace", "haproxy", "nftables"]
 
 work = tempfile.mkdtemp(prefix="ferrolb-kernel-bench-")
 procs = []
@@ -154,7 +158,8 @@ services:
 """)
     spawn("lb", f"speaker-{mode}", [SPEAKER, "standalone", "--config", conf, "--node", "lb",
                                    "--metrics-address", "127.0.0.1:9470", "--worker-threads", "1"])
-    want = f'ferrolb_forwarder_mode{{service="web",port="80/TCP",mode="{mode}"}} 1'
+    label = "kernel" if mode.startswith("kernel") else mode
+    want = f'ferrolb_forwarder_mode{{service="web",port="80/TCP",mode="{label}"}} 1'
 
     def ready():
         out = nsx("lb", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9470 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3", check=False)
@@ -167,7 +172,16 @@ def setup(variant):
     if variant == "direct":
         nsx("lb", "sysctl", "-qw", "net.ipv4.ip_forward=1")
         return f"http://{BACKENDS[0]}:80/"
-    if variant in ("kernel", "userspace"):
+    if variant == "kernel-dsr":
+        # The replies' own way to the client, past the load balancer (whose
+        # kernel would drop a packet from the VIP it holds itself).
+        for i, b in enumerate(["b1", "b2"], start=1):
+            link(b, "dsr", f"10.79.{i}.2/24", "client", f"dsr{i}", f"10.79.{i}.1/24")
+            sh("ip", "-n", NS[b], "route", "add", "10.77.0.0/24", "via", f"10.79.{i}.1")
+            nsx(b, SPEAKER, "prepare-backend", "--vip", VIP, "--interface", "eth0",
+                "--from", "10.78.0.0/16")
+        speaker(variant)
+    elif variant in ("kernel", "userspace"):
         speaker(variant)
     elif variant == "haproxy":
         nsx("lb", "ip", "addr", "add", f"{VIP}/32", "dev", "c0")
@@ -287,7 +301,10 @@ def main():
           f"({'%.2f' % (ke / he) if he > 0 else 'n/a'} of it; target <= 0.33)")
     print(f"kernel extra CPU per connection: {extra(kc, dc):+.2f} us vs nftables DNAT {extra(nc, dc):+.2f} us "
           f"(target: no more)")
-    print("DSR mode: not built yet (issue 16)")
+    r = med[("kernel-dsr", False)]
+    rc = med[("kernel-dsr", True)]
+    print(f"kernel-dsr / HAProxy keep-alive requests/s: {r['rps'] / h['rps']:.2f}x; "
+          f"extra CPU per request {extra(r, d):+.2f} us, per connection {extra(rc, dc):+.2f} us")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -2,7 +2,7 @@
 # Kernel data path benchmark (root): installs its tools (wrk, haproxy, nginx,
 # nftables, clang and libbpf-dev for the program), builds ferrolb in release
 # mode with the program required, and runs kernel_path.py: direct, ferrolb
-# kernel mode, ferrolb user space, HAProxy and nftables DNAT in fresh
+# kernel mode (NAT and DSR), ferrolb user space, HAProxy and nftables DNAT in fresh
 # namespaces, keep-alive and Connection: close, requests/s, p99 and CPU per
 # request from /proc/stat.
 #

@@ -220,3 +220,115 @@ try:
 except OSError:
     print("- -")
 "#;
+
+/// Holds N kept-alive connections to VIP:PORT from the given
+/// source addresses (round robin). Prints `ready OPENED` once each has
+/// answered one request; then, for every `check` line on stdin, sends one
+/// more request on each and prints `checked ALIVE SAME` (answered at all,
+/// answered by the backend that answered first), `quit` ends.
+pub const HOLDER: &str = r#"
+import socket, sys
+vip, port, n, srcs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+def get(s):
+    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n"); data = b""
+    while b"\r\n\r\n" not in data:
+        c = s.recv(4096)
+        if not c: raise OSError("closed")
+        data += c
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0]
+    while len(body) < length:
+        c = s.recv(4096)
+        if not c: raise OSError("closed")
+        body += c
+    return body.decode().strip()
+conns, first = [], []
+for i in range(n):
+    try:
+        s = socket.create_connection((vip, port), timeout=3.0, source_address=(srcs[i % len(srcs)], 0))
+        first.append(get(s)); conns.append(s)
+    except OSError:
+        pass
+print("ready", len(conns), " ".join(sorted(set(first))), flush=True)
+for line in sys.stdin:
+    if line.strip() != "check":
+        break
+    alive = same = 0
+    for i, s in enumerate(conns):
+        if s is None:
+            continue
+        try:
+            s.settimeout(2.0)
+            b = get(s); alive += 1; same += (b == first[i])
+        except OSError:
+            s.close(); conns[i] = None
+    print("checked", alive, same, flush=True)
+"#;
+
+/// The client process of [`HOLDER`], holding its connections.
+pub struct Holder {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    /// Opens `n` connections from namespace `ns` to VIP:`port` (sources
+    /// `srcs` in turn): the holder and its `ready OPENED NAMES` line.
+    pub fn start(
+        lab: &Lab,
+        ns: &str,
+        vip: &str,
+        port: u16,
+        n: usize,
+        srcs: &[String],
+    ) -> (Holder, String) {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.name(ns), "python3", "-c", HOLDER, vip])
+            .arg(port.to_string())
+            .arg(n.to_string())
+            .args(srcs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the client");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        (
+            Holder {
+                child,
+                stdin,
+                stdout,
+            },
+            line.trim().to_string(),
+        )
+    }
+
+    /// One more request on every connection: (alive, same backend).
+    pub fn check(&mut self) -> (usize, usize) {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "check").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let w: Vec<usize> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        assert_eq!(w.len(), 2, "client said {line:?}");
+        (w[0], w[1])
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}

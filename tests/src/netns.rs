@@ -175,6 +175,12 @@ impl Lab {
         pid
     }
 
+    /// Takes a process started elsewhere into the lab's care (killed and
+    /// reaped with the lab, or by [`Lab::kill`]).
+    pub fn adopt(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
     /// Kills a process started with [`Lab::spawn`] with `signal` and reaps it.
     pub fn kill(&mut self, pid: u32, signal: &str) {
         let _ = Command::new("kill")

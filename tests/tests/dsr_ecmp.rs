@@ -12,12 +12,11 @@
 //! Needs root, `bird`, `python3` and the BPF program; skips loudly without
 //! them (a failure in CI).
 
+use ferrolb_tests::kernel_lab::Holder;
 use ferrolb_tests::netns::Lab;
 use ferrolb_tests::{binary, require, routers, Need};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NODES: [(&str, &str); 2] = [("node1", "192.0.2.11"), ("node2", "192.0.2.12")];
@@ -27,50 +26,6 @@ const CONNECTIONS: usize = 200;
 /// Client addresses (Maglev balances by client address; the router's ECMP
 /// hash by address and port).
 const CLIENT_ADDRS: u8 = 20;
-
-/// Holds CONNECTIONS kept-alive connections to VIP:8080 from the given
-/// source addresses (round robin). Prints `ready OPENED` once each has
-/// answered one request; then, for every `check` line on stdin, sends one
-/// more request on each and prints `checked ALIVE SAME` (answered at all,
-/// answered by the backend that answered first), `quit` ends.
-const HOLDER: &str = r#"
-import socket, sys
-vip, n, srcs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-def get(s):
-    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n"); data = b""
-    while b"\r\n\r\n" not in data:
-        c = s.recv(4096)
-        if not c: raise OSError("closed")
-        data += c
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0]
-    while len(body) < length:
-        c = s.recv(4096)
-        if not c: raise OSError("closed")
-        body += c
-    return body.decode().strip()
-conns, first = [], []
-for i in range(n):
-    try:
-        s = socket.create_connection((vip, 8080), timeout=3.0, source_address=(srcs[i % len(srcs)], 0))
-        first.append(get(s)); conns.append(s)
-    except OSError:
-        pass
-print("ready", len(conns), " ".join(sorted(set(first))), flush=True)
-for line in sys.stdin:
-    if line.strip() != "check":
-        break
-    alive = same = 0
-    for i, s in enumerate(conns):
-        if s is None:
-            continue
-        try:
-            s.settimeout(2.0)
-            b = get(s); alive += 1; same += (b == first[i])
-        except OSError:
-            s.close(); conns[i] = None
-    print("checked", alive, same, flush=True)
-"#;
 
 fn speaker_conf(router_id: &str, mode: &str) -> String {
     format!(
@@ -233,76 +188,14 @@ impl Drop for Rig {
     }
 }
 
-/// The client process holding the connections.
-struct Holder {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Holder {
-    fn start(lab: &Lab) -> (Holder, String) {
-        let srcs: Vec<String> = (10..10 + CLIENT_ADDRS)
-            .map(|i| format!("198.51.100.{i}"))
-            .collect();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.name("client"),
-                "python3",
-                "-c",
-                HOLDER,
-                VIP,
-            ])
-            .arg(CONNECTIONS.to_string())
-            .args(&srcs)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the client");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        (
-            Holder {
-                child,
-                stdin,
-                stdout,
-            },
-            line.trim().to_string(),
-        )
-    }
-
-    /// One more request on every connection: (alive, same backend).
-    fn check(&mut self) -> (usize, usize) {
-        writeln!(self.stdin, "check").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let w: Vec<usize> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        assert_eq!(w.len(), 2, "client said {line:?}");
-        (w[0], w[1])
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits for the two-path route, opens the connections, and checks that
 /// both nodes carry them in the kernel and every one answers.
 fn established(rig: &Rig) -> Holder {
     rig.wait_for("a two-path route", Duration::from_secs(20), Rig::both_paths);
-    let (mut holder, ready) = Holder::start(&rig.lab);
+    let srcs: Vec<String> = (10..10 + CLIENT_ADDRS)
+        .map(|i| format!("198.51.100.{i}"))
+        .collect();
+    let (mut holder, ready) = Holder::start(&rig.lab, "client", VIP, 8080, CONNECTIONS, &srcs);
     assert_eq!(
         ready,
         format!("ready {CONNECTIONS} b1 b2"),

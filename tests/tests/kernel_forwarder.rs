@@ -45,18 +45,60 @@ for _ in range(n):
 print(ok, bad)
 "#;
 
+/// For SECONDS, one `Connection: close` GET after another, the source
+/// addresses taken in turn: prints "start EPOCH" (wall clock), then
+/// "T SRC BODY" per request (T: seconds since the start, BODY "-" when it
+/// failed), at most 20,000 requests.
+const LOAD: &str = r#"
+import socket, sys, time
+vip, port, secs, srcs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+t0 = time.monotonic(); i = 0; out = ["start %.6f" % time.time()]
+while time.monotonic() - t0 < secs and i < 20000:
+    src = srcs[i % len(srcs)]; i += 1
+    t = time.monotonic() - t0
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); s.settimeout(0.5)
+    body = "-"
+    try:
+        s.bind((src, 0)); s.connect((vip, port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"); data = b""
+        while True:
+            c = s.recv(4096)
+            if not c: break
+            data += c
+        if data.startswith(b"HTTP/1.1 200"):
+            body = data.split(b"\r\n\r\n", 1)[-1].decode().strip() or "-"
+    except OSError:
+        pass
+    finally:
+        s.close()
+    out.append("%.4f %s %s" % (t, src, body))
+print("\n".join(out))
+"#;
+
 struct Setup {
     lab: Lab,
     /// Backend name -> the pid of its echo server.
     backends: BTreeMap<String, u32>,
     log: PathBuf,
+    /// The speaker's command line and pid.
+    cmd: Vec<String>,
+    speaker: u32,
+    cfg: PathBuf,
 }
 
+/// Health checks every 100 ms, one failure takes a backend out.
+const FAST_CHECKS: &str = "{type: tcp, interval: 100ms, timeout: 90ms, rise: 1, fall: 1}";
+
 fn config() -> String {
+    config_with(FAST_CHECKS)
+}
+
+/// The lab's configuration with the TCP ports' `healthCheck`.
+fn config_with(health: &str) -> String {
     let ports = |port: u16, b: &[&str]| {
         let list: Vec<String> = b.iter().map(|x| format!("\"{x}\"")).collect();
         format!(
-            "{{port: {port}, backends: [{}], healthCheck: {{type: tcp, interval: 100ms, timeout: 90ms, rise: 1, fall: 1}}}}",
+            "{{port: {port}, backends: [{}], healthCheck: {health}}}",
             list.join(", ")
         )
     };
@@ -85,11 +127,21 @@ services:
 /// The shared lab (client, `lb`, backends b1 and b2), then the speaker in
 /// `lb`, run through `wrap` (a command prefix, e.g. setpriv).
 fn setup(tag: &str, wrap: &[&str]) -> Setup {
+    setup_with(tag, wrap, &config())
+}
+
+/// [`setup`] with another configuration.
+fn setup_with(tag: &str, wrap: &[&str], config: &str) -> Setup {
+    setup_full(tag, wrap, config, &[])
+}
+
+/// [`setup_with`] and more speaker arguments.
+fn setup_full(tag: &str, wrap: &[&str], config: &str, extra: &[&str]) -> Setup {
     let (mut lab, backends) = kernel_lab::lab(tag, CLIENTS);
     let dir = std::env::temp_dir().join(lab.name("kf"));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("config.yaml");
-    std::fs::write(&cfg, config()).unwrap();
+    std::fs::write(&cfg, config).unwrap();
     let log = dir.join("speaker.log");
     let speaker = binary("ferrolb-speaker");
     let metrics = format!("127.0.0.1:{METRICS}");
@@ -106,11 +158,37 @@ fn setup(tag: &str, wrap: &[&str]) -> Setup {
         "--log-level",
         "debug",
     ]);
-    lab.spawn("lb", &cmd, &log);
-    Setup { lab, backends, log }
+    cmd.extend(extra);
+    let speaker_pid = lab.spawn("lb", &cmd, &log);
+    Setup {
+        lab,
+        backends,
+        log,
+        cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        speaker: speaker_pid,
+        cfg,
+    }
 }
 
 impl Setup {
+    /// Starts the speaker again (the same command line), logging on.
+    fn restart_speaker(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let cmd: Vec<&str> = self.cmd.iter().map(String::as_str).collect();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.lab.name("lb")])
+            .args(&cmd)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.speaker = child.id();
+        self.lab.adopt(child);
+    }
+
     fn metrics(&self) -> String {
         self.lab.metrics_on("lb", METRICS)
     }
@@ -386,4 +464,325 @@ services:
         "{plain}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_backend_killed_under_load_fails_only_what_it_held_and_passive_health_takes_it_out() {
+    if !needs(
+        "a_backend_killed_under_load_fails_only_what_it_held_and_passive_health_takes_it_out",
+        &[],
+    ) {
+        return;
+    }
+    // Active checks far too slow to matter here (a dead backend would be
+    // marked down after 10 s): what takes b1 out within the run is the
+    // program seeing b1 refuse connections (passive health).
+    let s = setup_with(
+        "kfl",
+        &[],
+        &config_with("{type: tcp, interval: 5s, timeout: 1s, rise: 1, fall: 2}"),
+    );
+    s.wait_metrics("kernel mode", |m| {
+        mode_is(m, "web", "80/TCP", "kernel")
+            && metric_sum(m, "ferrolb_kernel_datapath_active", &[]) == 1.0
+    });
+    let srcs = kernel_lab::sources(CLIENTS, false);
+    let table = [("10.11.1.2:8080", "b1"), ("10.11.2.2:8080", "b2")];
+    let on_b1: Vec<&String> = srcs
+        .iter()
+        .filter(|c| maglev_choice(&table, c) == "b1")
+        .collect();
+    assert!(!on_b1.is_empty() && on_b1.len() < srcs.len());
+    let ns = s.lab.name("client");
+    let load = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c", LOAD, VIP4, "80", "4"])
+        .args(&srcs)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // b1's server dies a second into the load; its host stays, so new
+    // connections to it are refused (reset), as when a process crashes.
+    std::thread::sleep(Duration::from_millis(1000));
+    let b1 = s.backends["b1"];
+    let mut s = s;
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    s.lab.kill(b1, "KILL");
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let started: f64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("start "))
+        .and_then(|t| t.parse().ok())
+        .expect("the load's start time");
+    let kill_at = killed - started;
+    let lines: Vec<(f64, String, String)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            Some((
+                w.next()?.parse().ok()?,
+                w.next()?.to_string(),
+                w.next()?.to_string(),
+            ))
+        })
+        .collect();
+    assert!(lines.len() > 200, "the load ran: {} requests", lines.len());
+    let failed: Vec<&(f64, String, String)> = lines.iter().filter(|l| l.2 == "-").collect();
+    let (first, last) = (
+        failed.first().map(|f| f.0).unwrap_or(0.0),
+        failed.last().map(|f| f.0).unwrap_or(0.0),
+    );
+    eprintln!(
+        "{} requests, {} failed, between {first:.3} s and {last:.3} s (b1 killed at {kill_at:.3} s)",
+        lines.len(),
+        failed.len()
+    );
+    assert!(!failed.is_empty(), "the kill was seen by b1's clients");
+    // Only b1's clients failed; b2's never did.
+    for f in &failed {
+        assert!(
+            on_b1.contains(&&f.1),
+            "{} failed at {:.3} s though Maglev gives it b2 (b2 ListenDrops {}, ListenOverflows {}, program drops {})\n{}",
+            f.1,
+            f.0,
+            s.lab.tcp_ext("b2", "ListenDrops"),
+            s.lab.tcp_ext("b2", "ListenOverflows"),
+            metric_sum(&s.metrics(), "ferrolb_kernel_dropped_total", &[]),
+            plain(&s.log())
+                .lines()
+                .filter(|l| l.contains("backend") && !l.contains("DEBUG"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // Nothing failed that started well before the kill (a request in flight
+    // at the kill started at most a request's time before it), and nothing
+    // from 1.5 s after it: by then (active checks would take 10 s) b1's
+    // clients are on b2.
+    assert!(
+        first > kill_at - 0.1,
+        "a failure at {first:.3} s, before b1 died at {kill_at:.3} s"
+    );
+    assert!(
+        last < kill_at + 1.5,
+        "requests still failing at {last:.3} s (b1 killed at {kill_at:.3} s): passive health did not take b1 out\n{}",
+        plain(&s.log())
+            .lines()
+            .filter(|l| l.contains("backend") || l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let late: Vec<&(f64, String, String)> = lines.iter().filter(|l| l.0 > kill_at + 1.5).collect();
+    assert!(!late.is_empty(), "the load ran past the removal");
+    assert!(
+        late.iter().all(|l| l.2 == "b2"),
+        "after b1's removal only b2 answers"
+    );
+    assert!(
+        late.iter().any(|l| on_b1.contains(&&l.1)),
+        "b1's clients served by b2"
+    );
+    let m = s.metrics();
+    assert!(
+        metric_sum(
+            &m,
+            "ferrolb_backend_connect_failures_total",
+            &["backend=\"10.11.1.2:8080\""]
+        ) >= 2.0,
+        "the refusals counted as b1's connect failures:\n{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "ferrolb_backend_up", &["backend=\"10.11.1.2:8080\""]),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(&m, "ferrolb_connections_total", &[]),
+        0.0,
+        "all in the kernel"
+    );
+}
+
+/// `text` without terminal colour codes.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut it = text.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A bpffs of the test's own, unmounted at the end (pins of one test never
+/// meet another's).
+struct Bpffs(PathBuf);
+
+impl Bpffs {
+    fn mount(tag: &str) -> Bpffs {
+        let dir = std::env::temp_dir().join(format!("ferrolb-bpffs-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t bpf: {out:?}");
+        Bpffs(dir)
+    }
+
+    /// Pinned links left, over every namespace directory.
+    fn links(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ns in std::fs::read_dir(&self.0).unwrap().flatten() {
+            if let Ok(l) = std::fs::read_dir(ns.path().join("links")) {
+                out.extend(
+                    l.flatten()
+                        .map(|e| e.file_name().to_string_lossy().to_string()),
+                );
+            }
+        }
+        out
+    }
+
+    /// Pinned map directories left.
+    fn maps(&self) -> usize {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .filter_map(|ns| std::fs::read_dir(ns.path()).ok())
+            .flat_map(|d| d.flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("maps-"))
+            .count()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_killed_speaker_leaves_the_kernel_forwarding_and_the_next_adopts_its_flows() {
+    if !needs(
+        "a_killed_speaker_leaves_the_kernel_forwarding_and_the_next_adopts_its_flows",
+        &[Need::Program("mount")],
+    ) {
+        return;
+    }
+    let pins = Bpffs::mount("adopt");
+    let pin_arg = pins.0.to_str().unwrap().to_string();
+    let mut s = setup_full("kfp", &[], &config(), &["--datapath-pin-dir", &pin_arg]);
+    s.wait_metrics("kernel mode", |m| {
+        mode_is(m, "web", "80/TCP", "kernel")
+            && metric_sum(m, "ferrolb_kernel_datapath_active", &[]) == 1.0
+    });
+    assert!(plain(&s.log()).contains("pinned=true"), "{}", s.log());
+    assert!(!pins.links().is_empty() && pins.maps() == 1);
+    // Kept-alive connections, through the program's NAT: their translations
+    // live in the maps.
+    let srcs = kernel_lab::sources(CLIENTS, false);
+    let (mut holder, ready) = kernel_lab::Holder::start(&s.lab, "client", VIP4, 80, 32, &srcs);
+    assert_eq!(ready, "ready 32 b1 b2", "{}", s.log());
+    assert_eq!(holder.check(), (32, 32));
+
+    // The speaker dies without a word: the pinned program keeps forwarding.
+    let pid = s.speaker;
+    s.lab.kill(pid, "KILL");
+    assert_eq!(holder.check(), (32, 32), "forwarded while no speaker runs");
+
+    // The next speaker takes it over: same ids, same translations.
+    s.restart_speaker();
+    s.wait_metrics("kernel mode again", |m| {
+        mode_is(m, "web", "80/TCP", "kernel")
+            && metric_sum(m, "ferrolb_kernel_datapath_active", &[]) == 1.0
+    });
+    assert!(
+        s.log().contains("adopted from the previous speaker"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        holder.check(),
+        (32, 32),
+        "every connection kept through the restart"
+    );
+    // New connections too, on the backends Maglev picks.
+    let table = [("10.11.1.2:8080", "b1"), ("10.11.2.2:8080", "b2")];
+    let got = s.gets(VIP4, false);
+    for (src, body) in &got {
+        assert_eq!(
+            body.as_deref(),
+            Some(maglev_choice(&table, src).as_str()),
+            "{src}"
+        );
+    }
+    assert_eq!(holder.check(), (32, 32));
+    drop(holder);
+
+    // Killed again, and the next speaker has no port in kernel mode: it
+    // takes the program off instead of leaving it forwarding.
+    let pid = s.speaker;
+    s.lab.kill(pid, "KILL");
+    assert!(!pins.links().is_empty(), "left in place by the kill");
+    std::fs::write(
+        &s.cfg,
+        config().replace("forwarder: {mode: kernel}", "forwarder: {mode: userspace}"),
+    )
+    .unwrap();
+    s.restart_speaker();
+    s.wait_metrics("user space", |m| {
+        mode_is(m, "web", "80/TCP", "userspace") || !m.contains("mode=\"kernel\"")
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pins.links().is_empty() || pins.maps() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "pins left: {:?}\n{}",
+            pins.links(),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.log()
+            .contains("removed the kernel data path a previous speaker left"),
+        "{}",
+        s.log()
+    );
+    let got = s.gets(VIP4, false);
+    assert!(
+        got.values().all(|b| b.is_some()),
+        "served in user space: {got:?}"
+    );
+
+    // Back to kernel mode, then an orderly stop: nothing is left behind.
+    std::fs::write(&s.cfg, config()).unwrap();
+    s.wait_metrics("kernel mode after the reload", |m| {
+        mode_is(m, "web", "80/TCP", "kernel")
+    });
+    assert!(!pins.links().is_empty());
+    let pid = s.speaker;
+    s.lab.kill(pid, "TERM");
+    assert!(
+        pins.links().is_empty() && pins.maps() == 0,
+        "an orderly stop leaves no pins: {:?}",
+        pins.links()
+    );
 }

@@ -88,6 +88,36 @@ impl SvcKey {
     }
 }
 
+impl SvcKey {
+    /// Reads a key back from the map (a restarted speaker adopting the
+    /// maps); `None` for bytes no encoder writes.
+    pub fn decode(b: &[u8; SVC_KEY_LEN]) -> Option<SvcKey> {
+        let vip = decode_addr(&b[..16], b[19])?;
+        let proto = match b[18] {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            _ => return None,
+        };
+        Some(SvcKey {
+            vip,
+            port: u16::from_be_bytes([b[16], b[17]]),
+            proto,
+        })
+    }
+}
+
+/// An address of `family` from `struct addr` bytes; `None` for another
+/// family or IPv4 with the padding set.
+fn decode_addr(b: &[u8], family: u8) -> Option<IpAddr> {
+    match family {
+        AF_INET if b.len() == 16 && b[4..].iter().all(|x| *x == 0) => {
+            Some(IpAddr::from([b[0], b[1], b[2], b[3]]))
+        }
+        AF_INET6 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
 /// `struct svc_val`: how a service is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SvcVal {
@@ -116,6 +146,22 @@ impl SvcVal {
         b[12..16].copy_from_slice(&self.nat_count.to_le_bytes());
         b[16..24].copy_from_slice(&self.idle_ns.to_le_bytes());
         b
+    }
+}
+
+impl SvcVal {
+    /// Reads a value back from the map.
+    pub fn decode(b: &[u8; SVC_VAL_LEN]) -> SvcVal {
+        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut idle = [0u8; 8];
+        idle.copy_from_slice(&b[16..24]);
+        SvcVal {
+            id: u(0),
+            flags: u(4),
+            nat_lo: u(8),
+            nat_count: u(12),
+            idle_ns: u64::from_le_bytes(idle),
+        }
     }
 }
 
@@ -156,6 +202,25 @@ impl BackendVal {
     }
 }
 
+impl BackendVal {
+    /// Reads an entry back from the array; `None` for an unused (zero) or
+    /// malformed one.
+    pub fn decode(b: &[u8; BACKEND_LEN]) -> Option<BackendVal> {
+        let family = b[34];
+        let addr = decode_addr(&b[..16], family)?;
+        let nat_src = decode_addr(&b[16..32], family)?;
+        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Some(BackendVal {
+            addr,
+            port: u16::from_be_bytes([b[32], b[33]]),
+            up: b[35] & BACKEND_UP != 0,
+            nat_src,
+            ifindex: u(36),
+            svc: u(40),
+        })
+    }
+}
+
 /// `struct range_key`: one allowed source prefix of a service, as the
 /// LPM trie matches it (service id, then address bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -182,6 +247,25 @@ impl RangeKey {
     }
 }
 
+impl RangeKey {
+    /// Reads a key back from the trie (aya gives the prefix length apart
+    /// from the rest); the family is the service's, which the key does not
+    /// hold. `None` for a prefix no encoder writes.
+    pub fn decode(prefixlen: u32, data: &[u8; RANGE_KEY_LEN - 4], v4: bool) -> Option<RangeKey> {
+        let bits = prefixlen.checked_sub(32)?;
+        let max = if v4 { 32 } else { 128 };
+        if bits > max {
+            return None;
+        }
+        let addr = decode_addr(&data[4..20], if v4 { AF_INET } else { AF_INET6 })?;
+        Some(RangeKey {
+            svc: u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
+            addr,
+            prefix: bits as u8,
+        })
+    }
+}
+
 /// `struct counters`, one CPU's share.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -193,10 +277,13 @@ pub struct Counters {
     pub flows: u64,
     /// Packets dropped (source range, no backend, no NAT port).
     pub dropped: u64,
+    /// Backends only: new TCP flows whose first answer was a reset (the
+    /// connection was refused), taken as failed connects (passive health).
+    pub refused: u64,
 }
 
 /// Size of `struct counters`.
-pub const COUNTERS_LEN: usize = 32;
+pub const COUNTERS_LEN: usize = 40;
 
 impl Counters {
     /// Reads one CPU's counters; `None` if the bytes are short.
@@ -209,6 +296,7 @@ impl Counters {
             bytes: u(8)?,
             flows: u(16)?,
             dropped: u(24)?,
+            refused: u(32)?,
         })
     }
 
@@ -218,6 +306,7 @@ impl Counters {
         self.bytes += o.bytes;
         self.flows += o.flows;
         self.dropped += o.dropped;
+        self.refused += o.refused;
     }
 }
 
@@ -229,7 +318,7 @@ pub const FLOW_VAL_LEN: usize = 32;
 /// Size of `struct rev_key`.
 pub const REV_KEY_LEN: usize = 40;
 /// Size of `struct rev_val`.
-pub const REV_VAL_LEN: usize = 56;
+pub const REV_VAL_LEN: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -286,22 +375,88 @@ mod tests {
         let b = r.encode();
         assert_eq!(&b[..8], &[56, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(&b[8..12], &[198, 51, 100, 0]);
-        let mut c = [0u8; 32];
+        let mut c = [0u8; 40];
         c[0] = 5;
         c[8] = 0xe8;
         c[9] = 3;
         c[16] = 1;
         c[24] = 2;
+        c[32] = 4;
         assert_eq!(
             Counters::decode(&c),
             Some(Counters {
                 packets: 5,
                 bytes: 1000,
                 flows: 1,
-                dropped: 2
+                dropped: 2,
+                refused: 4
             })
         );
-        assert_eq!(Counters::decode(&c[..31]), None);
+        assert_eq!(Counters::decode(&c[..39]), None);
+    }
+
+    #[test]
+    fn what_is_encoded_decodes_back_and_garbage_does_not() {
+        for (vip, proto) in [("192.0.2.10", Proto::Tcp), ("2001:db8::1", Proto::Udp)] {
+            let k = SvcKey {
+                vip: vip.parse().unwrap(),
+                port: 8443,
+                proto,
+            };
+            assert_eq!(SvcKey::decode(&k.encode()), Some(k));
+        }
+        let mut bad = SvcKey {
+            vip: "192.0.2.10".parse().unwrap(),
+            port: 1,
+            proto: Proto::Tcp,
+        }
+        .encode();
+        bad[18] = 1; // ICMP
+        assert_eq!(SvcKey::decode(&bad), None);
+        bad[18] = 6;
+        bad[10] = 7; // an IPv4 key with bytes past the address
+        assert_eq!(SvcKey::decode(&bad), None);
+        assert_eq!(SvcKey::decode(&[0u8; SVC_KEY_LEN]), None);
+        let v = SvcVal {
+            id: 9,
+            flags: SVC_DSR | SVC_SOURCE_RANGES,
+            nat_lo: 1024,
+            nat_count: 31744,
+            idle_ns: 600_000_000_000,
+        };
+        assert_eq!(SvcVal::decode(&v.encode()), v);
+        for (a, src) in [("10.0.0.5", "10.0.0.1"), ("fd00::5", "fd00::1")] {
+            let b = BackendVal {
+                addr: a.parse().unwrap(),
+                port: 8080,
+                up: true,
+                nat_src: src.parse().unwrap(),
+                ifindex: 7,
+                svc: 3,
+            };
+            assert_eq!(BackendVal::decode(&b.encode()), Some(b));
+            let down = BackendVal { up: false, ..b };
+            assert_eq!(BackendVal::decode(&down.encode()), Some(down));
+        }
+        assert_eq!(
+            BackendVal::decode(&[0u8; BACKEND_LEN]),
+            None,
+            "written down"
+        );
+        for (a, p, v4) in [("198.51.100.0", 24, true), ("2001:db8::", 48, false)] {
+            let r = RangeKey {
+                svc: 5,
+                addr: a.parse().unwrap(),
+                prefix: p,
+            };
+            let b = r.encode();
+            let prefixlen = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let mut data = [0u8; RANGE_KEY_LEN - 4];
+            data.copy_from_slice(&b[4..]);
+            assert_eq!(RangeKey::decode(prefixlen, &data, v4), Some(r));
+            assert_eq!(RangeKey::decode(16, &data, v4), None);
+            assert_eq!(RangeKey::decode(32 + 129, &data, v4), None);
+        }
     }
 
     /// Compiles `maps.h` with the host's C compiler and compares every size
@@ -326,11 +481,11 @@ int main(void) {{
   O(svc_key, port) O(svc_key, proto) O(svc_key, family)
   O(svc_val, flags) O(svc_val, nat_lo) O(svc_val, nat_count) O(svc_val, idle_ns)
   O(backend, nat_src) O(backend, port) O(backend, family) O(backend, flags) O(backend, ifindex) O(backend, svc)
-  O(rev_val, client_ifindex)
+  O(rev_val, client_ifindex) O(rev_val, answered) O(rev_val, seen_ns)
   O(range_key, svc) O(range_key, addr)
-  O(counters, bytes) O(counters, flows) O(counters, dropped)
+  O(counters, bytes) O(counters, flows) O(counters, dropped) O(counters, refused)
   printf("TABLE_SIZE %d\nMAX_SERVICES %d\nMAX_BACKENDS %d\n", TABLE_SIZE, MAX_SERVICES, MAX_BACKENDS);
-  printf("SVC_SOURCE_RANGES %d\nBACKEND_UP %d\n", SVC_SOURCE_RANGES, BACKEND_UP);
+  printf("SVC_SOURCE_RANGES %d\nSVC_DSR %d\nBACKEND_UP %d\n", SVC_SOURCE_RANGES, SVC_DSR, BACKEND_UP);
   return 0;
 }}
 "#
@@ -383,15 +538,19 @@ int main(void) {{
             ("backend.ifindex", 36),
             ("backend.svc", 40),
             ("rev_val.client_ifindex", 44),
+            ("rev_val.answered", 48),
+            ("rev_val.seen_ns", 56),
             ("range_key.svc", 4),
             ("range_key.addr", 8),
             ("counters.bytes", 8),
             ("counters.flows", 16),
             ("counters.dropped", 24),
+            ("counters.refused", 32),
             ("TABLE_SIZE", TABLE_SIZE as usize),
             ("MAX_SERVICES", MAX_SERVICES as usize),
             ("MAX_BACKENDS", MAX_BACKENDS as usize),
             ("SVC_SOURCE_RANGES", SVC_SOURCE_RANGES as usize),
+            ("SVC_DSR", SVC_DSR as usize),
             ("BACKEND_UP", BACKEND_UP as usize),
         ];
         for (k, v) in want {

@@ -134,7 +134,18 @@ pub struct Planner {
     /// id starts from them, not from an empty table, so every slot it needs
     /// is written; an id never used holds zeros, as the kernel made it.
     left: BTreeMap<u32, Vec<u32>>,
+    /// Adopted maps: an id not in `left` holds what a previous process
+    /// wrote, not zeros, so a service taking it writes every slot.
+    unknown_left: bool,
+    /// Adopted entries no adopted service owns (a process that died
+    /// between writes): removed by the first plan.
+    stale_backends: Vec<u32>,
+    stale_ranges: Vec<RangeKey>,
 }
+
+/// A slot value no plan writes: what an adopted table is taken to hold
+/// until it is written, so the first plan writes every slot.
+const UNKNOWN: u32 = u32::MAX - 1;
 
 /// The lowest id below `max` in neither `used` nor `reserved`; if the
 /// reserved ones are all that is left, the lowest of those.
@@ -164,6 +175,75 @@ impl Planner {
     /// A planner for empty maps.
     pub fn new() -> Planner {
         Planner::default()
+    }
+
+    /// A planner for maps a previous process wrote and this one reuses (a
+    /// restarted speaker): what they hold, as read back. Services keep
+    /// their ids and backends theirs, so established flows, which name
+    /// their backend by id, keep it through the restart; the first plan
+    /// rewrites every slot of every service (the tables are not read back,
+    /// and Maglev gives the same slots for the same backends) and removes
+    /// entries no adopted service owns. Entries that cannot be adopted
+    /// (an id out of range or taken twice) are treated as stale.
+    pub fn adopt(
+        services: &[(SvcKey, SvcVal)],
+        backends: &[(u32, BackendVal)],
+        ranges: &[RangeKey],
+    ) -> Planner {
+        let mut p = Planner {
+            unknown_left: true,
+            ..Planner::default()
+        };
+        let mut ids = BTreeSet::new();
+        for (key, val) in services {
+            if val.id >= MAX_SERVICES || !ids.insert(val.id) || p.services.contains_key(key) {
+                continue;
+            }
+            p.services.insert(
+                *key,
+                Installed {
+                    id: val.id,
+                    val: *val,
+                    table: vec![UNKNOWN; TABLE_SIZE as usize],
+                    ranges: BTreeSet::new(),
+                    backends: BTreeMap::new(),
+                },
+            );
+        }
+        let by_id: BTreeMap<u32, SvcKey> = p.services.iter().map(|(k, i)| (i.id, *k)).collect();
+        let mut bids = BTreeSet::new();
+        for (id, b) in backends {
+            let addr = SocketAddr::new(b.addr, b.port);
+            let owner = by_id
+                .get(&b.svc)
+                .filter(|k| k.vip.is_ipv4() == b.addr.is_ipv4())
+                .and_then(|k| p.services.get_mut(k));
+            match owner {
+                Some(inst)
+                    if *id < MAX_BACKENDS
+                        && !bids.contains(id)
+                        && !inst.backends.contains_key(&addr) =>
+                {
+                    bids.insert(*id);
+                    inst.backends.insert(addr, (*id, *b));
+                }
+                _ => p.stale_backends.push(*id),
+            }
+        }
+        for r in ranges {
+            match by_id.get(&r.svc).and_then(|k| p.services.get_mut(k)) {
+                Some(inst) => {
+                    inst.ranges.insert(*r);
+                }
+                None => p.stale_ranges.push(*r),
+            }
+        }
+        p
+    }
+
+    /// How many services the planner took over from the maps.
+    pub fn adopted(&self) -> usize {
+        self.services.len()
     }
 
     /// The id the service has in the maps (statistics are read by it).
@@ -222,7 +302,12 @@ impl Planner {
                 });
             }
         }
-        let mut w = Writes::default();
+        let mut w = Writes {
+            // What an adopted process left that no service owns.
+            backends_del: std::mem::take(&mut self.stale_backends),
+            ranges_del: std::mem::take(&mut self.stale_ranges),
+            ..Writes::default()
+        };
         // Removed services first release their ids.
         let gone: Vec<SvcKey> = self
             .services
@@ -256,10 +341,10 @@ impl Planner {
                 None => {
                     let id = pick_id(&svc_ids, &svc_reserved, MAX_SERVICES);
                     svc_ids.insert(id);
-                    let table = self
-                        .left
-                        .remove(&id)
-                        .unwrap_or_else(|| vec![0; TABLE_SIZE as usize]);
+                    let table = self.left.remove(&id).unwrap_or_else(|| {
+                        let fresh = if self.unknown_left { UNKNOWN } else { 0 };
+                        vec![fresh; TABLE_SIZE as usize]
+                    });
                     Installed {
                         id,
                         val: SvcVal {
@@ -458,6 +543,94 @@ mod tests {
             let v = self.backends.get(&b)?;
             (v.up && v.svc == s.id).then(|| SocketAddr::new(v.addr, v.port))
         }
+    }
+
+    /// The planner a restarted process builds from what it reads back.
+    fn adopt_from(m: &Maps) -> Planner {
+        let services: Vec<(SvcKey, SvcVal)> = m.services.iter().map(|(k, v)| (*k, *v)).collect();
+        let backends: Vec<(u32, BackendVal)> = m.backends.iter().map(|(k, v)| (*k, *v)).collect();
+        let ranges: Vec<RangeKey> = m.ranges.iter().copied().collect();
+        Planner::adopt(&services, &backends, &ranges)
+    }
+
+    #[test]
+    fn a_restarted_planner_keeps_every_id_and_rewrites_only_the_slots() {
+        let mut p = Planner::new();
+        let mut m = Maps::default();
+        let mut a = svc(
+            "192.0.2.10",
+            80,
+            &[("10.0.0.1:80", 1, true), ("10.0.0.2:80", 1, true)],
+        );
+        a.source_ranges = vec![Cidr::containing("198.51.100.0".parse().unwrap(), 24).unwrap()];
+        let b = svc("192.0.2.11", 80, &[("10.0.0.3:80", 1, true)]);
+        m.apply(&p.plan(&[a.clone(), b.clone()]).unwrap());
+        // What the previous process left that nothing owns.
+        m.backends.insert(
+            77,
+            BackendVal {
+                addr: "10.0.0.9".parse().unwrap(),
+                port: 80,
+                up: true,
+                nat_src: "10.0.0.254".parse().unwrap(),
+                ifindex: 2,
+                svc: 40,
+            },
+        );
+        let stray = RangeKey {
+            svc: 40,
+            addr: "203.0.113.0".parse().unwrap(),
+            prefix: 24,
+        };
+        m.ranges.insert(stray);
+        let mut q = adopt_from(&m);
+        assert_eq!(q.adopted(), 2);
+        for s in [&a, &b] {
+            assert_eq!(q.service_id(&s.key), p.service_id(&s.key));
+            assert_eq!(q.backend_ids(&s.key), p.backend_ids(&s.key));
+        }
+        let w = q.plan(&[a.clone(), b.clone()]).unwrap();
+        assert!(
+            w.backends.is_empty() && w.services.is_empty(),
+            "nothing but slots changes: {:?}",
+            w.services
+        );
+        assert_eq!(
+            w.slots.len(),
+            2 * TABLE_SIZE as usize,
+            "every slot written once"
+        );
+        assert_eq!(w.backends_del, vec![77]);
+        assert_eq!(w.ranges_del, vec![stray]);
+        assert!(w.ranges_add.is_empty(), "the adopted range is kept");
+        m.apply(&w);
+        for s in [&a, &b] {
+            for slot in (0..TABLE_SIZE).step_by(997) {
+                assert_eq!(m.pick(&s.key, slot), user_space(s, slot));
+            }
+        }
+        // A new service on an id the previous process used writes every slot.
+        let c = svc("192.0.2.12", 80, &[("10.0.0.4:80", 1, true)]);
+        m.apply(&q.plan(&[a.clone(), c.clone()]).unwrap());
+        for slot in (0..TABLE_SIZE).step_by(997) {
+            assert_eq!(m.pick(&c.key, slot), user_space(&c, slot));
+        }
+        // Garbage read back is not adopted.
+        let junk = Planner::adopt(
+            &[(
+                a.key,
+                SvcVal {
+                    id: 999,
+                    flags: 0,
+                    nat_lo: 1,
+                    nat_count: 1,
+                    idle_ns: 1,
+                },
+            )],
+            &[],
+            &[],
+        );
+        assert_eq!(junk.adopted(), 0);
     }
 
     /// What user space picks for slot `slot`.
@@ -659,13 +832,17 @@ mod tests {
         #[test]
         fn incremental_plans_equal_a_fresh_plan(
             steps in proptest::collection::vec(
-                proptest::collection::vec((0u16..4, proptest::collection::vec((0u8..5, 1u32..3, any::<bool>()), 0..4)), 0..4),
+                (any::<bool>(), proptest::collection::vec((0u16..4, proptest::collection::vec((0u8..5, 1u32..3, any::<bool>()), 0..4)), 0..4)),
                 1..5)
         ) {
             let mut p = Planner::new();
             let mut m = Maps::default();
             let mut last = Vec::new();
-            for step in &steps {
+            for (restart, step) in &steps {
+                // A restarted process adopts what the maps hold.
+                if *restart {
+                    p = adopt_from(&m);
+                }
                 let want: Vec<Service> = step.iter().map(|(port, bs)| {
                     let backends: Vec<(String, u32, bool)> = bs.iter().map(|(h, w, up)| (format!("10.0.0.{h}:80"), *w, *up)).collect();
                     let mut seen = BTreeSet::new();

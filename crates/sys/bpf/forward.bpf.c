@@ -216,6 +216,13 @@ static __always_inline void count(void *map, __u32 idx, __u64 bytes, int flow, i
 	c->dropped += dropped;
 }
 
+static __always_inline void refused(__u32 backend)
+{
+	struct counters *c = bpf_map_lookup_elem(&backend_stats, &backend);
+	if (c)
+		c->refused++;
+}
+
 // Rewrites the source and destination (addresses and ports) of the packet,
 // fixing the checksums, and decrements its TTL or hop limit.
 static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p,
@@ -333,6 +340,20 @@ static __always_inline int encap(struct __sk_buff *skb, struct pkt *p,
 	return bpf_skb_store_bytes(skb, p->l3_off, &o, sizeof(o), 0) ? -1 : 0;
 }
 
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
+
+// A reverse entry whose NAT port may go to another client: idle for the
+// flow timeout, or, once the connection closed (a FIN or a reset either
+// way), for as long as the backend may hold the old connection in
+// TIME_WAIT (Linux: 60 s), after which a new client's SYN on the same
+// addresses and ports is not mistaken for the old connection.
+static __always_inline int rev_expired(const struct rev_val *r, __u64 now, __u64 idle_ns)
+{
+	__u64 limit = (r->answered & REV_CLOSING) && idle_ns > TIMEWAIT_NS ? TIMEWAIT_NS : idle_ns;
+	return now - r->seen_ns >= limit;
+}
+
 // The i-th NAT port to try: first the client's own port folded into the
 // range (one client's ports then never collide, and a client that reuses a
 // port gets the same NAT port, which the backend's TIME_WAIT accepts as
@@ -360,6 +381,20 @@ static __always_inline int reply(struct __sk_buff *skb, struct pkt *p)
 		return TC_ACT_OK;
 	struct rev_val v = *rv;
 	rv->seen_ns = bpf_ktime_get_ns();
+	__u8 flags = 0;
+	if (p->proto == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, p->l4_off + 13, &flags, 1);
+	// A backend whose first answer to a new TCP flow is a reset refused the
+	// connection (nothing listens, or it is shutting down): counted, so user
+	// space takes it as a failed connect, as the user-space forwarder does
+	// (passive health), long before the next active check.
+	if (!(v.answered & REV_ANSWERED)) {
+		rv->answered |= REV_ANSWERED;
+		if (flags & TCP_RST)
+			refused(v.backend);
+	}
+	if (flags & (TCP_FIN | TCP_RST))
+		rv->answered |= REV_CLOSING;
 	if (rewrite(skb, p, &v.vip, v.vport, &v.client, v.cport)) {
 		count(&svc_stats, v.svc, 0, 0, 1);
 		return TC_ACT_SHOT;
@@ -477,10 +512,10 @@ int ferrolb_forward(struct __sk_buff *skb)
 		__u64 seed = client_hash(&p.src, p.family) ^ ((__u64)p.sport << 16) ^ now;
 		int taken = 0;
 #pragma unroll
-		for (__u32 i = 0; i < 8; i++) {
+		for (__u32 i = 0; i < 16; i++) {
 			rk.nat_port = bpf_htons((__u16)nat_port_pick(&s, bpf_ntohs(p.sport), seed, i * 7919));
 			struct rev_val *old = bpf_map_lookup_elem(&reverse, &rk);
-			if (old && now - old->seen_ns < s.idle_ns &&
+			if (old && !rev_expired(old, now, s.idle_ns) &&
 			    !(addr_eq(&old->client, &rv.client) && old->cport == rv.cport))
 				continue;
 			if (bpf_map_update_elem(&reverse, &rk, &rv, BPF_ANY) == 0) {
@@ -509,8 +544,14 @@ int ferrolb_forward(struct __sk_buff *skb)
 		rk.proto = p.proto;
 		rk.family = p.family;
 		struct rev_val *rv = bpf_map_lookup_elem(&reverse, &rk);
-		if (rv)
+		if (rv) {
 			rv->seen_ns = now;
+			__u8 flags = 0;
+			if (p.proto == IPPROTO_TCP &&
+			    bpf_skb_load_bytes(skb, p.l4_off + 13, &flags, 1) == 0 &&
+			    (flags & (TCP_FIN | TCP_RST)))
+				rv->answered |= REV_CLOSING;
+		}
 	}
 	if (rewrite(skb, &p, &f.node, f.nat_port, &bk.addr, bk.port)) {
 		count(&svc_stats, s.id, 0, 0, 1);

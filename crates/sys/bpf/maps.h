@@ -23,6 +23,13 @@
 // backend.flags
 #define BACKEND_UP 1
 
+// rev_val.answered
+#define REV_ANSWERED 1
+#define REV_CLOSING 2
+// How long a closed connection's NAT port stays with its client: the
+// backend's TIME_WAIT (Linux TCP_TIMEWAIT_LEN).
+#define TIMEWAIT_NS 60000000000ULL
+
 // An address: IPv4 in the first four bytes, the rest zero.
 struct addr {
 	__u8 b[16];
@@ -96,6 +103,7 @@ struct rev_val {
 	__u32 svc;
 	__u32 backend;
 	__u32 client_ifindex;  // where the client's packets came in
+	__u32 answered;	       // REV_*: the backend answered; the connection closed
 	__u64 seen_ns;
 };
 
@@ -111,6 +119,7 @@ struct counters {
 	__u64 bytes;
 	__u64 flows;
 	__u64 dropped;
+	__u64 refused;	// backends only: a new TCP flow answered first by a reset
 };
 
 #endif

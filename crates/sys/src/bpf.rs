@@ -8,14 +8,17 @@
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachType};
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use ferrolb_datapath::maps::{
-    Counters, BACKEND_LEN, COUNTERS_LEN, RANGE_KEY_LEN, SVC_KEY_LEN, SVC_VAL_LEN,
+    BackendVal, Counters, RangeKey, SvcKey, SvcVal, BACKEND_LEN, COUNTERS_LEN, RANGE_KEY_LEN,
+    SVC_KEY_LEN, SVC_VAL_LEN,
 };
 use ferrolb_datapath::plan::Writes;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// The compiled program (empty when this binary was built without clang).
 const PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forward.bpf.o"));
@@ -39,6 +42,9 @@ pub enum BpfError {
         /// What failed.
         error: String,
     },
+    /// The pin directory cannot be used (not a bpffs, not writable).
+    #[error("kernel data path pins: {0}")]
+    Pin(String),
     /// A map could not be written or read.
     #[error("kernel data path map {map}: {error}")]
     Map {
@@ -78,19 +84,65 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
     }
 }
 
+/// The layout of the maps this binary's program uses (build.rs hashes
+/// `bpf/maps.h`): pinned maps are reused only by a program of the same
+/// layout.
+const LAYOUT: &str = env!("FERROLB_MAPS_LAYOUT");
+/// Every map of the program, pinned and reused together.
+const MAPS: [&str; 8] = [
+    "services",
+    "maglev",
+    "backends",
+    "flows",
+    "reverse",
+    "ranges",
+    "svc_stats",
+    "backend_stats",
+];
+
+/// Where the program is attached to one interface.
+enum Attachment {
+    /// A link the program tracks: it ends with the program.
+    Owned(SchedClassifierLinkId),
+    /// A tcx link pinned at `path`: it outlives this process (a crash
+    /// leaves the data path forwarding for the next speaker to adopt).
+    Pinned { link: FdLink, path: PathBuf },
+}
+
+/// What a restarted speaker reads back from the pinned maps.
+#[derive(Debug, Clone, Default)]
+pub struct Adopted {
+    /// The services the maps hold.
+    pub services: Vec<(SvcKey, SvcVal)>,
+    /// The backend entries in use, by id.
+    pub backends: Vec<(u32, BackendVal)>,
+    /// The allowed source prefixes.
+    pub ranges: Vec<RangeKey>,
+}
+
 /// The loaded program and where it is attached. Dropping it detaches
-/// the program and frees its maps (and so forgets every flow).
+/// links it owns and frees unpinned maps (forgetting every flow); pinned
+/// links and maps stay until [`Datapath::unpin`].
 pub struct Datapath {
     ebpf: Ebpf,
-    links: BTreeMap<String, SchedClassifierLinkId>,
+    links: BTreeMap<String, Attachment>,
+    /// The pin directory, when pinned.
+    pins: Option<PathBuf>,
+    /// Links a previous process pinned, not yet taken over or removed.
+    stale_links: BTreeMap<String, PinnedLink>,
 }
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datapath")
             .field("attached", &self.links.keys().collect::<Vec<_>>())
+            .field("pins", &self.pins)
             .finish()
     }
+}
+
+fn pin_err(what: &str, e: impl std::fmt::Display) -> BpfError {
+    BpfError::Pin(format!("{what}: {e}"))
 }
 
 impl Datapath {
@@ -100,7 +152,61 @@ impl Datapath {
         if !built() {
             return Err(BpfError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| BpfError::Load(chain(&e)))?;
+        let ebpf = Ebpf::load(PROGRAM).map_err(|e| BpfError::Load(chain(&e)))?;
+        Datapath::finish_load(ebpf, None)
+    }
+
+    /// Loads the program with its maps and links pinned under `dir` (on a
+    /// bpffs): maps a previous process of the same layout pinned there are
+    /// reused, flows and all, and read back for the planner
+    /// ([`Adopted`]); links it pinned are taken over by
+    /// [`Datapath::attach`] (the program in them replaced atomically) and
+    /// the rest removed by [`Datapath::drop_stale`].
+    pub fn load_pinned(dir: &Path) -> Result<(Datapath, Option<Adopted>), BpfError> {
+        if !built() {
+            return Err(BpfError::NotBuilt);
+        }
+        let maps_dir = dir.join(format!("maps-{LAYOUT}"));
+        let links_dir = dir.join("links");
+        for d in [&maps_dir, &links_dir] {
+            std::fs::create_dir_all(d).map_err(|e| pin_err(&d.display().to_string(), e))?;
+        }
+        let existing = maps_dir.join("services").exists();
+        let mut loader = aya::EbpfLoader::new();
+        for m in MAPS {
+            loader.map_pin_path(m, maps_dir.join(m));
+        }
+        let ebpf = loader.load(PROGRAM).map_err(|e| match &e {
+            aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }) => pin_err(
+                &format!("pinning the maps in {}", maps_dir.display()),
+                chain(&e),
+            ),
+            _ => BpfError::Load(chain(&e)),
+        })?;
+        let mut dp = Datapath::finish_load(ebpf, Some(dir.to_path_buf()))?;
+        if let Ok(entries) = std::fs::read_dir(&links_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                match PinnedLink::from_pin(e.path()) {
+                    Ok(l) => {
+                        dp.stale_links.insert(name, l);
+                    }
+                    // Not a link (or a dead one): nothing to take over.
+                    Err(_) => {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        let adopted = if existing {
+            Some(dp.read_back()?)
+        } else {
+            None
+        };
+        Ok((dp, adopted))
+    }
+
+    fn finish_load(mut ebpf: Ebpf, pins: Option<PathBuf>) -> Result<Datapath, BpfError> {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(ENTRY)
             .ok_or_else(|| BpfError::Load(format!("the object has no program {ENTRY}")))?
@@ -110,11 +216,61 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             links: BTreeMap::new(),
+            pins,
+            stale_links: BTreeMap::new(),
         })
     }
 
+    /// What the reused maps hold.
+    fn read_back(&self) -> Result<Adopted, BpfError> {
+        let get = |name: &'static str| {
+            self.ebpf.map(name).ok_or(BpfError::Map {
+                map: name,
+                error: "missing from the object".into(),
+            })
+        };
+        let mut out = Adopted::default();
+        let services: HashMap<&MapData, [u8; SVC_KEY_LEN], [u8; SVC_VAL_LEN]> =
+            HashMap::try_from(get("services")?).map_err(map_err("services"))?;
+        for kv in services.iter() {
+            let (k, v) = kv.map_err(map_err("services"))?;
+            if let Some(key) = SvcKey::decode(&k) {
+                out.services.push((key, SvcVal::decode(&v)));
+            }
+        }
+        let backends: Array<&MapData, [u8; BACKEND_LEN]> =
+            Array::try_from(get("backends")?).map_err(map_err("backends"))?;
+        for id in 0..backends.len() {
+            let b = backends.get(&id, 0).map_err(map_err("backends"))?;
+            if let Some(v) = BackendVal::decode(&b) {
+                out.backends.push((id, v));
+            }
+        }
+        let families: std::collections::HashMap<u32, bool> = out
+            .services
+            .iter()
+            .map(|(k, v)| (v.id, k.vip.is_ipv4()))
+            .collect();
+        let ranges: LpmTrie<&MapData, [u8; RANGE_KEY_LEN - 4], u8> =
+            LpmTrie::try_from(get("ranges")?).map_err(map_err("ranges"))?;
+        for k in ranges.keys() {
+            let k = k.map_err(map_err("ranges"))?;
+            let data = k.data();
+            let svc = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            // A prefix of a service no longer in the map: the family is a
+            // guess, and it does not matter: it is only removed.
+            let v4 = families.get(&svc).copied().unwrap_or(true);
+            if let Some(r) = RangeKey::decode(k.prefix_len(), &data, v4) {
+                out.ranges.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// Attaches at `iface`'s tc ingress (adding the clsact qdisc if
-    /// missing). Attaching twice is a no-op.
+    /// missing). Attaching twice is a no-op. Pinned: a link a previous
+    /// process left on `iface` gets this program in place of its own in
+    /// one atomic step (no packet sees neither).
     pub fn attach(&mut self, iface: &str) -> Result<(), BpfError> {
         if self.links.contains_key(iface) {
             return Ok(());
@@ -128,40 +284,128 @@ impl Datapath {
         // (another tool's, or ours) is fine, so the result only matters if
         // attaching fails.
         let qdisc = tc::qdisc_add_clsact(iface).err().map(|e| chain(&e));
-        let prog: &mut SchedClassifier =
-            self.ebpf
-                .program_mut(ENTRY)
-                .expect("loaded")
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| attach_err(chain(&e)))?;
-        let link = prog.attach(iface, TcAttachType::Ingress).map_err(|e| {
-            attach_err(match &qdisc {
-                Some(q) => format!("{} (adding the clsact qdisc: {q})", chain(&e)),
-                None => chain(&e),
-            })
-        })?;
-        self.links.insert(iface.to_string(), link);
-        Ok(())
-    }
-
-    /// Detaches from `iface` (no-op if not attached).
-    pub fn detach(&mut self, iface: &str) -> Result<(), BpfError> {
-        let Some(link) = self.links.remove(iface) else {
-            return Ok(());
+        let with_qdisc = |e: String| match &qdisc {
+            Some(q) => format!("{e} (adding the clsact qdisc: {q})"),
+            None => e,
         };
         let prog: &mut SchedClassifier =
             self.ebpf
                 .program_mut(ENTRY)
                 .expect("loaded")
                 .try_into()
-                .map_err(|e: aya::programs::ProgramError| BpfError::Attach {
-                    iface: iface.to_string(),
-                    error: chain(&e),
-                })?;
-        prog.detach(link).map_err(|e| BpfError::Attach {
+                .map_err(|e: aya::programs::ProgramError| attach_err(chain(&e)))?;
+        let Some(dir) = &self.pins else {
+            let link = prog
+                .attach(iface, TcAttachType::Ingress)
+                .map_err(|e| attach_err(with_qdisc(chain(&e))))?;
+            self.links
+                .insert(iface.to_string(), Attachment::Owned(link));
+            return Ok(());
+        };
+        let path = dir.join("links").join(iface);
+        let taken_over = self.stale_links.remove(iface);
+        let adopting = taken_over.is_some();
+        let id = match taken_over {
+            Some(old) => {
+                let link = tc::SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| attach_err(chain(&e)))?;
+                prog.attach_to_link(link)
+                    .map_err(|e| attach_err(chain(&e)))?
+            }
+            None => prog
+                .attach(iface, TcAttachType::Ingress)
+                .map_err(|e| attach_err(with_qdisc(chain(&e))))?,
+        };
+        let link = prog.take_link(id).map_err(|e| attach_err(chain(&e)))?;
+        let fd: FdLink = link.try_into().map_err(|e: LinkError| {
+            attach_err(format!(
+                "not a tcx link, so it cannot be pinned: {}",
+                chain(&e)
+            ))
+        })?;
+        let link =
+            if adopting {
+                // The pin already names this link.
+                fd
+            } else {
+                FdLink::from(fd.pin(&path).map_err(|e| {
+                    attach_err(format!("pinning at {}: {}", path.display(), chain(&e)))
+                })?)
+            };
+        self.links
+            .insert(iface.to_string(), Attachment::Pinned { link, path });
+        Ok(())
+    }
+
+    /// Detaches what a previous process left and this one did not take
+    /// over (interfaces no longer wanted) and frees pinned maps of another
+    /// layout; call once the interfaces wanted are attached. Returns the
+    /// interfaces detached.
+    pub fn drop_stale(&mut self) -> Vec<String> {
+        let names: Vec<String> = self.stale_links.keys().cloned().collect();
+        for (_, l) in std::mem::take(&mut self.stale_links) {
+            // Unpinned and closed: the kernel detaches it.
+            let _ = l.unpin();
+        }
+        if let Some(dir) = &self.pins {
+            let mine = format!("maps-{LAYOUT}");
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    if n.starts_with("maps-") && n != mine {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// Detaches from every interface and removes the pins (an orderly
+    /// stop): the maps, flows included, are freed with the program.
+    pub fn unpin(mut self) {
+        let names: Vec<String> = self.links.keys().cloned().collect();
+        for n in names {
+            let _ = self.detach(&n);
+        }
+        self.drop_stale();
+        if let Some(dir) = &self.pins {
+            let _ = std::fs::remove_dir_all(dir.join(format!("maps-{LAYOUT}")));
+        }
+    }
+
+    /// Whether maps and links are pinned.
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
+    }
+
+    /// Detaches from `iface` (no-op if not attached).
+    pub fn detach(&mut self, iface: &str) -> Result<(), BpfError> {
+        let Some(att) = self.links.remove(iface) else {
+            return Ok(());
+        };
+        let err = |error: String| BpfError::Attach {
             iface: iface.to_string(),
-            error: chain(&e),
-        })
+            error,
+        };
+        match att {
+            Attachment::Owned(link) => {
+                let prog: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(ENTRY)
+                    .expect("loaded")
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| err(chain(&e)))?;
+                prog.detach(link).map_err(|e| err(chain(&e)))
+            }
+            Attachment::Pinned { link, path } => {
+                // Without its pin the link ends when its last descriptor
+                // (this one) closes.
+                let _ = std::fs::remove_file(&path);
+                drop(link);
+                Ok(())
+            }
+        }
     }
 
     /// The interfaces the program is attached to.
@@ -423,4 +667,31 @@ pub fn decap_remove(ifaces: &[String]) -> Result<Vec<String>, BpfError> {
         }
     }
     Ok(removed)
+}
+
+/// Removes what a speaker pinned under `dir` and nobody took over (the
+/// speaker restarted without kernel-mode ports, or `cleanup-node`): detaches
+/// its links and frees its maps. Returns the interfaces detached; a missing
+/// directory is no error.
+pub fn remove_pins(dir: &Path) -> Vec<String> {
+    let mut detached = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
+        for e in entries.flatten() {
+            if let Ok(l) = PinnedLink::from_pin(e.path()) {
+                // Unpinned and closed: the kernel detaches it.
+                let _ = l.unpin();
+                detached.push(e.file_name().to_string_lossy().to_string());
+            } else {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("maps-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    detached
 }

@@ -23,6 +23,7 @@ use ferrolb_netlink::Way;
 use ferrolb_sys::bpf::Datapath;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -175,6 +176,8 @@ pub struct KernelPath {
     /// Counters read last, per service and backend id.
     seen_svc: HashMap<u32, Counters>,
     seen_backend: HashMap<u32, Counters>,
+    /// Refusals counted per backend id when last looked at (every tick).
+    seen_refused: HashMap<u32, u64>,
     counters_at: Instant,
     ifaces_at: Instant,
     /// Interfaces named for announcing (empty: every candidate).
@@ -183,6 +186,30 @@ pub struct KernelPath {
     fallbacks: Vec<Fallback>,
     /// NAT source ports, from the ephemeral range when the program loaded.
     nat: Option<(u16, u16)>,
+    /// Loaded from pins: links of the previous speaker not taken over are
+    /// removed after the next attach pass.
+    adopting: bool,
+    /// Whether a previous speaker's pins were looked for (once).
+    leftovers_checked: bool,
+}
+
+/// The base directory of the data path's pins, set once at start-up from
+/// the command line (`--datapath-pin-dir`); the process's network
+/// namespace gets a directory of its own under it, since every namespace
+/// has its own interfaces and data path.
+static PIN_BASE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Sets the pin base directory (`None`: never pin). Only the first call counts.
+pub fn set_pin_base(base: Option<PathBuf>) {
+    let _ = PIN_BASE.set(base);
+}
+
+/// This namespace's pin directory, if pinning is on.
+fn pin_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let base = PIN_BASE.get()?.as_ref()?;
+    let netns = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+    Some(base.join(format!("netns-{netns}")))
 }
 
 /// A kernel-mode port served in user space, and why (Kubernetes mode
@@ -213,11 +240,14 @@ impl KernelPath {
             served: BTreeMap::new(),
             seen_svc: HashMap::new(),
             seen_backend: HashMap::new(),
+            seen_refused: HashMap::new(),
             counters_at: long_ago,
             ifaces_at: long_ago,
             announce: Vec::new(),
             fallbacks: Vec::new(),
             nat: None,
+            adopting: false,
+            leftovers_checked: false,
         }
     }
 
@@ -261,19 +291,29 @@ impl KernelPath {
             .collect();
         let mut want: Vec<Service> = Vec::new();
         if kernel.is_empty() {
-            if self.dp.take().is_some() {
+            if let Some(dp) = self.dp.take() {
+                dp.unpin();
                 tracing::info!("no port in kernel mode: kernel data path detached");
                 self.planner = Planner::new();
                 self.last.clear();
             }
+            if !self.leftovers_checked {
+                self.leftovers_checked = true;
+                if let Some(dir) = pin_dir() {
+                    let gone = ferrolb_sys::bpf::remove_pins(&dir);
+                    if !gone.is_empty() {
+                        tracing::info!(interfaces = ?gone, "removed the kernel data path a previous speaker left: no port is in kernel mode now");
+                    }
+                }
+            }
         } else if self.dp.is_none() && self.failed.is_none() {
-            match Datapath::load() {
+            self.leftovers_checked = true;
+            match self.load() {
                 Ok(dp) => {
                     let eph = ephemeral_ports().unwrap_or((32768, 60999));
                     self.nat = nat_ports(eph);
-                    tracing::info!(ephemeral = ?eph, nat_ports = ?self.nat, "kernel data path loaded");
+                    tracing::info!(ephemeral = ?eph, nat_ports = ?self.nat, pinned = dp.pinned(), "kernel data path loaded");
                     self.dp = Some(dp);
-                    self.planner = Planner::new();
                     self.last.clear();
                     self.ifaces_at = Instant::now() - IFACE_EVERY * 2;
                 }
@@ -330,7 +370,82 @@ impl KernelPath {
             }
         }
         self.report(served);
+        self.passive(&kernel);
         self.read_counters();
+    }
+
+    /// Passive health in kernel mode: every connection the program saw a
+    /// backend refuse (its first answer a reset) since the last tick counts
+    /// as a failed connect toward `fall`, as in user space, so a backend
+    /// whose server died is taken out within a tick or two of its first
+    /// refusals instead of at the next active check's verdict. NAT only: in
+    /// DSR the answers do not pass here.
+    fn passive(&mut self, ports: &[&Arc<PortRuntime>]) {
+        let Some(dp) = self.dp.as_ref() else { return };
+        for p in ports {
+            if p.key.protocol != Protocol::Tcp || p.config().mode != ForwardMode::Kernel {
+                continue;
+            }
+            let key = svc_key(p);
+            if !matches!(self.served.get(&key), Some((_, Served::Kernel))) {
+                continue;
+            }
+            let backends = p.backends();
+            for (addr, bid) in self.planner.backend_ids(&key) {
+                let Ok(c) = dp.backend_counters(bid) else {
+                    continue;
+                };
+                // A backend seen for the first time (or an id reused) starts
+                // from what the program has counted so far.
+                let Some(old) = self.seen_refused.insert(bid, c.refused) else {
+                    continue;
+                };
+                let new = c.refused.saturating_sub(old).min(100);
+                if new == 0 {
+                    continue;
+                }
+                let Some(b) = backends.iter().find(|b| b.addr == addr) else {
+                    continue;
+                };
+                tracing::debug!(backend = %addr, refused = new, "kernel data path: connections refused by the backend");
+                for _ in 0..new {
+                    p.observe(b, ferrolb_balance::health::Observation::ConnectFailed);
+                }
+            }
+        }
+    }
+
+    /// Loads the program, pinned when the pin directory allows (adopting
+    /// what a previous speaker pinned: its maps, flows included, and its
+    /// links), else unpinned; sets the planner to match.
+    fn load(&mut self) -> Result<Datapath, ferrolb_sys::bpf::BpfError> {
+        if let Some(dir) = pin_dir() {
+            match Datapath::load_pinned(&dir) {
+                Ok((dp, adopted)) => {
+                    self.planner = match adopted {
+                        Some(a) => {
+                            let p = Planner::adopt(&a.services, &a.backends, &a.ranges);
+                            tracing::info!(
+                                services = p.adopted(),
+                                backends = a.backends.len(),
+                                pins = %dir.display(),
+                                "kernel data path adopted from the previous speaker: its flows are kept"
+                            );
+                            p
+                        }
+                        None => Planner::new(),
+                    };
+                    self.adopting = true;
+                    return Ok(dp);
+                }
+                Err(e @ ferrolb_sys::bpf::BpfError::Pin(_)) => {
+                    tracing::info!(error = %e, "kernel data path not pinned: its flows end with this process (mount a bpffs at /sys/fs/bpf to keep them across restarts)");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.planner = Planner::new();
+        Datapath::load()
     }
 
     /// Plans and writes `want`, attaching to the interfaces it needs.
@@ -404,6 +519,12 @@ impl KernelPath {
                 Err(e) => {
                     tracing::warn!(interface = %n, error = %e, "kernel data path: cannot attach; traffic there goes to the user-space listener")
                 }
+            }
+        }
+        if std::mem::take(&mut self.adopting) {
+            let gone = dp.drop_stale();
+            if !gone.is_empty() {
+                tracing::info!(interfaces = ?gone, "kernel data path: detached the previous speaker's links on interfaces no longer used");
             }
         }
         if attached == 0 && !want.is_empty() {
@@ -526,9 +647,12 @@ impl KernelPath {
         std::mem::take(&mut self.fallbacks)
     }
 
-    /// Detaches and frees the program (flows are forgotten).
+    /// Detaches and frees the program and its pins (flows are forgotten):
+    /// an orderly stop. A speaker that dies instead leaves the pinned data
+    /// path forwarding for the next one to adopt.
     pub fn stop(&mut self) {
-        if self.dp.take().is_some() {
+        if let Some(dp) = self.dp.take() {
+            dp.unpin();
             tracing::info!("kernel data path detached");
         }
         self.metrics.kernel_active.set(0);
@@ -564,6 +688,7 @@ fn delta(old: &Counters, new: &Counters) -> Counters {
         bytes: d(old.bytes, new.bytes),
         flows: d(old.flows, new.flows),
         dropped: d(old.dropped, new.dropped),
+        refused: d(old.refused, new.refused),
     }
 }
 
@@ -684,6 +809,7 @@ mod tests {
             bytes: p * 100,
             flows: 1,
             dropped: 0,
+            refused: 0,
         };
         assert_eq!(delta(&c(5), &c(8)).packets, 3);
         assert_eq!(
