@@ -92,8 +92,9 @@ enum Command {
         undo: bool,
     },
     /// Undo what the speakers did to this node, after an uninstall: remove
-    /// every local route ferrolb made (protocol 249 in table local) and every
-    /// virtual-MAC link (a killed speaker leaves them), and put the ARP
+    /// every local route ferrolb made (protocol 249 in table local), every
+    /// virtual-MAC link (a killed speaker leaves them) and the kernel data
+    /// path a killed speaker left pinned, and put the ARP
     /// sysctls back to the kernel's defaults. Needs root (a
     /// privileged container: deploy/uninstall/cleanup.yaml).
     CleanupNode {
@@ -103,6 +104,9 @@ enum Command {
         /// Then wait for SIGTERM (the DaemonSet's container, which must keep running).
         #[arg(long)]
         wait: bool,
+        /// Where the speakers pinned the kernel data path.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/ferrolb")]
+        datapath_pin_dir: PathBuf,
     },
     /// Show what a running speaker announces (layer 2 owner or BGP) and the
     /// health of the backends it forwards to, from its /metrics; with --api,
@@ -411,12 +415,19 @@ fn prepare_backend(
     Ok(ExitCode::SUCCESS)
 }
 
-fn cleanup_node(keep_arp_sysctls: bool, wait: bool) -> Result<ExitCode> {
+fn cleanup_node(keep_arp_sysctls: bool, wait: bool, pins: &std::path::Path) -> Result<ExitCode> {
     let removed = ferrolb_speaker::host::remove_all_local_routes()?;
     outln!("removed {} local route(s) of ferrolb's VIPs", removed.len());
     let links = ferrolb_speaker::l2::vmac::remove_all()
         .context("cannot list or remove the virtual MAC links")?;
     outln!("removed {} virtual MAC link(s)", links.len());
+    if let Some(dir) = ferrolb_speaker::forwarder::kernel::pin_dir_under(pins) {
+        let gone = ferrolb_sys::bpf::remove_pins(&dir);
+        outln!(
+            "detached the kernel data path a speaker left from {} interface(s)",
+            gone.len()
+        );
+    }
     if !keep_arp_sysctls {
         ferrolb_speaker::host::reset_arp()?;
         outln!("net.ipv4.conf.all.arp_ignore=0 net.ipv4.conf.all.arp_announce=0 (the kernel's defaults)");
@@ -595,7 +606,8 @@ fn main() -> ExitCode {
         Command::CleanupNode {
             keep_arp_sysctls,
             wait,
-        } => cleanup_node(keep_arp_sysctls, wait),
+            datapath_pin_dir,
+        } => cleanup_node(keep_arp_sysctls, wait, &datapath_pin_dir),
         Command::PrepareBackend {
             vips,
             interfaces,

@@ -785,4 +785,34 @@ fn a_killed_speaker_leaves_the_kernel_forwarding_and_the_next_adopts_its_flows()
         "an orderly stop leaves no pins: {:?}",
         pins.links()
     );
+
+    // After a kill, cleanup-node (an uninstall) takes it off.
+    s.restart_speaker();
+    s.wait_metrics("kernel mode once more", |m| {
+        mode_is(m, "web", "80/TCP", "kernel")
+    });
+    let pid = s.speaker;
+    s.lab.kill(pid, "KILL");
+    assert!(!pins.links().is_empty());
+    let speaker = binary("ferrolb-speaker");
+    let out = s.lab.exec_ok(
+        "lb",
+        &[
+            speaker.to_str().unwrap(),
+            "cleanup-node",
+            "--keep-arp-sysctls",
+            "--datapath-pin-dir",
+            &pin_arg,
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("detached the kernel data path a speaker left from 3 interface(s)"),
+        "{said}"
+    );
+    assert!(
+        pins.links().is_empty() && pins.maps() == 0,
+        "{:?}",
+        pins.links()
+    );
 }

@@ -206,8 +206,12 @@ pub fn set_pin_base(base: Option<PathBuf>) {
 
 /// This namespace's pin directory, if pinning is on.
 fn pin_dir() -> Option<PathBuf> {
+    pin_dir_under(PIN_BASE.get()?.as_ref()?)
+}
+
+/// This namespace's pin directory under `base`.
+pub fn pin_dir_under(base: &std::path::Path) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let base = PIN_BASE.get()?.as_ref()?;
     let netns = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
     Some(base.join(format!("netns-{netns}")))
 }
