@@ -215,6 +215,8 @@ pub struct Metrics {
     pub forwarder_mode: Family<ModeLabels, Gauge>,
     /// 1 while the kernel data path is loaded and attached.
     pub kernel_active: Gauge,
+    /// 1 while its maps and links are pinned (a restart adopts them).
+    pub kernel_pinned: Gauge,
     /// Times kernel-mode ports went to user space: the program could not
     /// load, attach or be written.
     pub kernel_fallbacks: Counter,
@@ -298,6 +300,7 @@ impl Metrics {
             vip_announced: Family::default(),
             forwarder_mode: Family::default(),
             kernel_active: Gauge::default(),
+            kernel_pinned: Gauge::default(),
             kernel_fallbacks: Counter::default(),
             kernel_packets: Family::default(),
             kernel_bytes: Family::default(),
@@ -322,6 +325,11 @@ impl Metrics {
             "kernel_datapath_active",
             "1 while the kernel data path is loaded and attached",
             m.kernel_active.clone(),
+        );
+        registry.register(
+            "kernel_datapath_pinned",
+            "1 while the kernel data path's maps and links are pinned in a bpffs, so a restarted speaker adopts them with their flows",
+            m.kernel_pinned.clone(),
         );
         registry.register(
             "kernel_datapath_fallbacks",
@@ -590,6 +598,7 @@ mod tests {
             })
             .set(1);
         m.kernel_active.set(1);
+        m.kernel_pinned.set(1);
         m.kernel_fallbacks.inc();
         m.kernel_packets.get_or_create(&port).inc();
         m.kernel_bytes.get_or_create(&port).inc();

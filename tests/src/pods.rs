@@ -176,6 +176,10 @@ struct Env {
     launcher: PathBuf,
     netns_prefix: String,
     images: BTreeMap<String, (Image, PathBuf)>,
+    /// The nodes' host filesystem for `hostPath` volumes: a directory of the
+    /// lab's (every node shares it, being one machine), with a bpffs of its
+    /// own at `sys/fs/bpf`, as systemd mounts one on a node.
+    host_root: PathBuf,
 }
 
 fn short_hash(s: &str) -> String {
@@ -330,7 +334,21 @@ impl Kubelet {
             img.unpack(&root);
             images.insert(stage.to_string(), (img, root));
         }
+        let host_root = dir.join("host");
+        let bpffs = host_root.join("sys/fs/bpf");
+        std::fs::create_dir_all(&bpffs).expect("the lab's host root");
+        let mounted = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&bpffs)
+            .output();
+        if !mounted.is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "lab kubelet: no bpffs at {} (not root?): the speakers will not pin",
+                bpffs.display()
+            );
+        }
         let env = Arc::new(Env {
+            host_root,
             api: server.handle(),
             api_addr: server.addr(),
             ca: server
@@ -686,6 +704,11 @@ impl Kubelet {
             let name = p.status.lock().unwrap().name.clone();
             let _ = self.env.api.store().delete(pods, Some(&p.ns), &name, None);
         }
+        // What the speakers pinned goes with the lab's bpffs.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.env.host_root.join("sys/fs/bpf"))
+            .output();
     }
 }
 
@@ -864,7 +887,11 @@ fn launch(env: &Env, pod: &Pod, c: &Value, kind: &str, runs: u32) -> Result<Chil
             .as_array()
             .and_then(|vs| vs.iter().find(|v| v["name"] == name))
             .ok_or_else(|| format!("CreateContainerConfigError: no volume {name}"))?;
-        let dir = secret_volume(env, pod, volume)?;
+        let dir = if volume.get("hostPath").is_some() {
+            host_path_volume(&env.host_root, volume)?
+        } else {
+            secret_volume(env, pod, volume)?
+        };
         mounts.push(json!({"source": dir, "target": m["mountPath"], "readOnly": m["readOnly"].as_bool().unwrap_or(false)}));
     }
     let spec = json!({
@@ -906,6 +933,34 @@ fn launch(env: &Env, pod: &Pod, c: &Value, kind: &str, runs: u32) -> Result<Chil
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// A `hostPath` volume: the path under the lab's host root, checked as
+/// the kubelet checks its `type` (`Directory`: it must exist;
+/// `DirectoryOrCreate`: made if missing; unset: no check, made if missing).
+fn host_path_volume(host_root: &Path, volume: &Value) -> Result<PathBuf, String> {
+    let name = volume["name"].as_str().unwrap_or("");
+    let hp = &volume["hostPath"];
+    let path = hp["path"]
+        .as_str()
+        .filter(|p| p.starts_with('/'))
+        .ok_or_else(|| {
+            format!("CreateContainerConfigError: volume {name}: hostPath.path must be absolute")
+        })?;
+    let on_host = host_root.join(path.trim_start_matches('/'));
+    match hp["type"].as_str().unwrap_or("") {
+        "Directory" if !on_host.is_dir() => Err(format!(
+            "CreateContainerConfigError: volume {name}: hostPath type check failed: {path} is not a directory"
+        )),
+        "Directory" => Ok(on_host),
+        "" | "DirectoryOrCreate" => {
+            std::fs::create_dir_all(&on_host).map_err(|e| format!("volume {name}: {path}: {e}"))?;
+            Ok(on_host)
+        }
+        other => Err(format!(
+            "CreateContainerConfigError: volume {name}: hostPath type {other} is not supported by the lab kubelet"
+        )),
+    }
 }
 
 /// A Secret volume as the kubelet projects it: one file per key, or an
@@ -1230,6 +1285,33 @@ fn run_pod(env: &Env, pod: &Pod, stop: &AtomicBool, started: Instant) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn host_path_volumes_are_checked_as_the_kubelet_checks_their_type() {
+        let root = std::env::temp_dir().join(format!("ferrolb-hostpath-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("sys/fs/bpf")).unwrap();
+        let v = |path: &str, ty: &str| json!({"name": "v", "hostPath": {"path": path, "type": ty}});
+        assert_eq!(
+            host_path_volume(&root, &v("/sys/fs/bpf", "Directory")).unwrap(),
+            root.join("sys/fs/bpf")
+        );
+        let e = host_path_volume(&root, &v("/nowhere", "Directory")).unwrap_err();
+        assert!(
+            e.contains("hostPath type check failed: /nowhere is not a directory"),
+            "{e}"
+        );
+        assert!(host_path_volume(&root, &v("/made", "DirectoryOrCreate"))
+            .unwrap()
+            .is_dir());
+        assert!(host_path_volume(&root, &v("/dev/sock", "Socket"))
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(host_path_volume(&root, &v("relative", ""))
+            .unwrap_err()
+            .contains("absolute"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     use super::*;
 
     #[test]

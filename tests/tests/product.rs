@@ -608,6 +608,14 @@ async fn kernel_mode_in_kubernetes_forwards_in_the_program_and_warns_where_it_ca
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The DaemonSet's bpffs volume lets it pin, as the shipped capabilities
+    // and the node's bpffs allow: a restarted speaker would adopt it.
+    assert_eq!(
+        metric_sum(&metrics(owner), "ferrolb_kernel_datapath_pinned", &[]),
+        1.0,
+        "the speaker pinned its data path in the node's bpffs:\n{}",
+        p.logs()
+    );
     let before = metric_sum(
         &metrics(owner),
         "ferrolb_connections_total",

@@ -552,6 +552,9 @@ impl KernelPath {
     /// Logs changes of mode and sets `ferrolb_forwarder_mode`.
     fn report(&mut self, served: BTreeMap<SvcKey, (PortLabels, Served)>) {
         self.metrics.kernel_active.set(i64::from(self.dp.is_some()));
+        self.metrics
+            .kernel_pinned
+            .set(i64::from(self.dp.as_ref().is_some_and(|d| d.pinned())));
         // Every health tick lands here; most change nothing.
         if served == self.served {
             return;
@@ -660,6 +663,7 @@ impl KernelPath {
             tracing::info!("kernel data path detached");
         }
         self.metrics.kernel_active.set(0);
+        self.metrics.kernel_pinned.set(0);
     }
 }
 
