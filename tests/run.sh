@@ -13,8 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 # Debian packages the suites need. Suites that drive namespaces and router
-# daemons add theirs here. iproute2: the namespace suites; bird2, gobgpd, exabgp: the BGP suite's routers.
-APT_PACKAGES=(iproute2 bird2 gobgpd exabgp frr faketime nftables clang libbpf-dev)
+# daemons add theirs here. iproute2: the namespace suites; bird2, gobgpd, exabgp: the BGP suite's routers;
+# prometheus: promtool for the alert rules' unit tests (tests/monitoring.rs).
+APT_PACKAGES=(iproute2 bird2 gobgpd exabgp frr faketime nftables clang libbpf-dev prometheus)
 
 LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-tests.XXXXXX")
 export FERROLB_SKIP_LOG="$LOG_DIR/skipped.txt"
