@@ -5,6 +5,7 @@ pub mod announce;
 pub mod announcers;
 pub mod bfd;
 pub mod bgp;
+pub mod cluster_status;
 pub mod dsr_backend;
 pub mod forwarder;
 pub mod host;

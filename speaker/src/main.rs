@@ -124,6 +124,9 @@ enum Command {
         /// Namespace of the speakers and their NodeAnnouncements (--api).
         #[arg(long, env = "FERROLB_NAMESPACE", default_value = "ferrolb-system")]
         namespace: String,
+        /// Output format of --api: `text` (a table) or `json` (for scripts).
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
         /// Label selector of the speaker Pods (--api): a node whose speaker
         /// is not running has a stale claim.
         #[arg(
@@ -259,118 +262,26 @@ async fn cluster_status(
     kubeconfig: Option<PathBuf>,
     namespace: &str,
     speaker_selector: &str,
+    json: bool,
 ) -> Result<ExitCode> {
-    use ferrolb_speaker::kubernetes::report;
-    use ferrolb_speaker::status::NodeClaim;
-    use k8s_openapi::api::core::v1::{Node, Pod, Service};
-    use kube::api::{Api, DynamicObject, ListParams};
-    let client = ferrolb_kube::client(
+    let (rows, claims) = ferrolb_speaker::cluster_status::fetch(
         kubeconfig.as_deref(),
+        namespace,
+        speaker_selector,
         concat!("ferrolb-speaker/", env!("CARGO_PKG_VERSION")),
     )
     .await?;
-    let services = Api::<Service>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .context("cannot list Services")?;
-    let mut rows: Vec<(String, Vec<String>)> = services
-        .items
-        .iter()
-        .filter_map(|s| {
-            let ips: Vec<String> = s
-                .status
-                .as_ref()?
-                .load_balancer
-                .as_ref()?
-                .ingress
-                .as_ref()?
-                .iter()
-                .filter_map(|i| i.ip.clone())
-                .collect();
-            (!ips.is_empty()).then(|| {
-                (
-                    format!(
-                        "{}/{}",
-                        s.metadata.namespace.as_deref().unwrap_or(""),
-                        s.metadata.name.as_deref().unwrap_or("")
-                    ),
-                    ips,
-                )
-            })
-        })
-        .collect();
-    rows.sort();
-    let running: std::collections::BTreeSet<String> =
-        Api::<Pod>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default().labels(speaker_selector))
-            .await
-            .context("cannot list the speaker Pods")?
-            .items
-            .into_iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            })
-            .filter_map(|p| p.spec?.node_name)
-            .collect();
-    let ready: std::collections::BTreeSet<String> = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .context("cannot list Nodes")?
-        .items
-        .into_iter()
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                // A node without conditions (nobody reports them) is taken as Ready.
-                .is_none_or(|c| c.status == "True")
-        })
-        .filter_map(|n| n.metadata.name)
-        .collect();
-    let objects = Api::<DynamicObject>::namespaced_with(client, namespace, &report::api_resource())
-        .list(&ListParams::default())
-        .await
-        .context("cannot list NodeAnnouncements (is deploy/crds.yaml applied? a speaker older than it writes none)")?;
-    let strings = |v: &serde_json::Value, k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(|l| l.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let claims: Vec<NodeClaim> = objects
-        .items
-        .iter()
-        .filter_map(|o| {
-            let spec = o.data.get("spec")?;
-            let node = spec.get("node")?.as_str()?.to_string();
-            Some(NodeClaim {
-                updated: spec
-                    .get("updated")
-                    .and_then(|u| u.as_str())
-                    .and_then(|u| u.parse::<k8s_openapi::jiff::Timestamp>().ok())
-                    .map(|t| t.as_nanosecond())
-                    .unwrap_or(0),
-                layer2: strings(spec, "layer2"),
-                bgp: strings(spec, "bgp"),
-                live: running.contains(&node) && ready.contains(&node),
-                truncated: spec
-                    .get("truncated")
-                    .and_then(|t| t.as_bool())
-                    .unwrap_or(false),
-                node,
-            })
-        })
-        .collect();
-    out!(
-        "{}",
-        ferrolb_speaker::status::render_cluster(&rows, &claims)
-    );
+    if json {
+        out!(
+            "{}",
+            ferrolb_speaker::status::render_cluster_json(&rows, &claims)
+        );
+    } else {
+        out!(
+            "{}",
+            ferrolb_speaker::status::render_cluster(&rows, &claims)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -590,12 +501,20 @@ fn main() -> ExitCode {
             kubeconfig,
             namespace,
             speaker_selector,
+            output,
             ..
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(cluster_status(kubeconfig, &namespace, &speaker_selector))),
+            .and_then(|rt| {
+                rt.block_on(cluster_status(
+                    kubeconfig,
+                    &namespace,
+                    &speaker_selector,
+                    output == "json",
+                ))
+            }),
         Command::Status { address, .. } => status(address),
         Command::PrepareNode => ferrolb_speaker::host::prepare_arp(&[])
             .map(|()| {

@@ -145,12 +145,34 @@ pub fn entry_service(entry: &str) -> &str {
     entry.split_once('=').map(|(k, _)| k).unwrap_or(entry)
 }
 
+/// One node announcing a Service now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Announcer {
+    /// The node.
+    pub node: String,
+    /// `layer2` (the owner) or `bgp`.
+    pub mode: &'static str,
+}
+
+/// One Service of the cluster view.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterRow {
+    /// `namespace/name`.
+    pub service: String,
+    /// Its addresses, from its status.
+    pub addresses: Vec<String>,
+    /// The nodes announcing it now (empty: nobody).
+    pub announced_by: Vec<Announcer>,
+    /// Nodes whose claim is stale (speaker not running or node not Ready).
+    pub stale: Vec<String>,
+}
+
 /// The cluster view: per Service with an address, the nodes announcing it
 /// now. Layer 2 has one owner: among live nodes claiming it the newest
 /// claim stands (the previous owner may not have rewritten its set yet);
 /// BGP nodes advertise side by side. Claims of nodes that are not live are
 /// named as stale.
-pub fn render_cluster(services: &[(String, Vec<String>)], claims: &[NodeClaim]) -> String {
+pub fn cluster_rows(services: &[(String, Vec<String>)], claims: &[NodeClaim]) -> Vec<ClusterRow> {
     let mut l2: BTreeMap<&str, Vec<&NodeClaim>> = BTreeMap::new();
     let mut bgp: BTreeMap<&str, Vec<&NodeClaim>> = BTreeMap::new();
     for c in claims {
@@ -161,46 +183,80 @@ pub fn render_cluster(services: &[(String, Vec<String>)], claims: &[NodeClaim]) 
             bgp.entry(entry_service(e)).or_default().push(c);
         }
     }
-    let mut out = String::new();
-    let _ = writeln!(out, "{:<28} {:<32} ANNOUNCED BY", "SERVICE", "ADDRESSES");
-    for (service, vips) in services {
-        let mut by = Vec::new();
-        let mut stale = Vec::new();
-        if let Some(cs) = l2.get(service.as_str()) {
-            if let Some(owner) = cs.iter().filter(|c| c.live).max_by_key(|c| c.updated) {
-                by.push(format!("{} (layer 2 owner)", owner.node));
+    services
+        .iter()
+        .map(|(service, vips)| {
+            let mut by = Vec::new();
+            let mut stale = Vec::new();
+            if let Some(cs) = l2.get(service.as_str()) {
+                if let Some(owner) = cs.iter().filter(|c| c.live).max_by_key(|c| c.updated) {
+                    by.push(Announcer {
+                        node: owner.node.clone(),
+                        mode: "layer2",
+                    });
+                }
+                stale.extend(cs.iter().filter(|c| !c.live).map(|c| c.node.clone()));
             }
-            stale.extend(cs.iter().filter(|c| !c.live).map(|c| c.node.clone()));
-        }
-        if let Some(cs) = bgp.get(service.as_str()) {
-            by.extend(
-                cs.iter()
-                    .filter(|c| c.live)
-                    .map(|c| format!("{} (BGP)", c.node)),
-            );
-            stale.extend(cs.iter().filter(|c| !c.live).map(|c| c.node.clone()));
-        }
-        let mut text = if by.is_empty() {
-            "nobody (no ready endpoint, no eligible node, or not yet)".to_string()
-        } else {
-            by.join(", ")
-        };
-        if !stale.is_empty() {
+            if let Some(cs) = bgp.get(service.as_str()) {
+                by.extend(cs.iter().filter(|c| c.live).map(|c| Announcer {
+                    node: c.node.clone(),
+                    mode: "bgp",
+                }));
+                stale.extend(cs.iter().filter(|c| !c.live).map(|c| c.node.clone()));
+            }
             stale.sort();
             stale.dedup();
-            let _ = write!(
-                text,
-                "; stale claim of {} (speaker not running or node not Ready)",
-                stale.join(", ")
-            );
-        }
-        let _ = writeln!(out, "{service:<28} {:<32} {text}", vips.join(","));
-    }
-    let cut: Vec<&str> = claims
+            ClusterRow {
+                service: service.clone(),
+                addresses: vips.clone(),
+                announced_by: by,
+                stale,
+            }
+        })
+        .collect()
+}
+
+/// Nodes whose NodeAnnouncement was cut to fit the API's object size.
+fn truncated(claims: &[NodeClaim]) -> Vec<&str> {
+    claims
         .iter()
         .filter(|c| c.truncated)
         .map(|c| c.node.as_str())
-        .collect();
+        .collect()
+}
+
+/// The cluster view as a table.
+pub fn render_cluster(services: &[(String, Vec<String>)], claims: &[NodeClaim]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<28} {:<32} ANNOUNCED BY", "SERVICE", "ADDRESSES");
+    for row in cluster_rows(services, claims) {
+        let mut text = if row.announced_by.is_empty() {
+            "nobody (no ready endpoint, no eligible node, or not yet)".to_string()
+        } else {
+            row.announced_by
+                .iter()
+                .map(|a| match a.mode {
+                    "layer2" => format!("{} (layer 2 owner)", a.node),
+                    _ => format!("{} (BGP)", a.node),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !row.stale.is_empty() {
+            let _ = write!(
+                text,
+                "; stale claim of {} (speaker not running or node not Ready)",
+                row.stale.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<28} {:<32} {text}",
+            row.service,
+            row.addresses.join(",")
+        );
+    }
+    let cut = truncated(claims);
     if !cut.is_empty() {
         let _ = writeln!(
             out,
@@ -209,6 +265,18 @@ pub fn render_cluster(services: &[(String, Vec<String>)], claims: &[NodeClaim]) 
         );
     }
     out
+}
+
+/// The cluster view as JSON, for scripts: `{"services": [ClusterRow...],
+/// "truncated": [node...]}`.
+pub fn render_cluster_json(services: &[(String, Vec<String>)], claims: &[NodeClaim]) -> String {
+    let v = serde_json::json!({
+        "services": cluster_rows(services, claims),
+        "truncated": truncated(claims),
+    });
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into());
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]
@@ -301,5 +369,23 @@ ferrolb_service_up{service="shop/db"} 0
         let mut cut = claims.clone();
         cut[2].truncated = true;
         assert!(render_cluster(&services, &cut).contains("NodeAnnouncement of node2 was cut"));
+        // The same view for scripts.
+        let v: serde_json::Value =
+            serde_json::from_str(&render_cluster_json(&services, &cut)).unwrap();
+        assert_eq!(
+            v["services"][0],
+            serde_json::json!({
+                "service": "shop/web",
+                "addresses": ["192.0.2.100"],
+                "announced_by": [{"node": "node2", "mode": "layer2"}],
+                "stale": ["node1"],
+            })
+        );
+        assert_eq!(v["services"][1]["announced_by"], serde_json::json!([]));
+        assert_eq!(
+            v["services"][2]["announced_by"],
+            serde_json::json!([{"node": "node3", "mode": "bgp"}, {"node": "node2", "mode": "bgp"}])
+        );
+        assert_eq!(v["truncated"], serde_json::json!(["node2"]));
     }
 }

@@ -514,6 +514,63 @@ async fn status_from_the_api_outlives_the_events_and_costs_one_write_per_change(
         N,
         "{view}"
     );
+    // The same view as the kubectl plugin, in JSON: through kubectl itself
+    // (it finds `kubectl-ferrolb` on the PATH) when there is one.
+    let plugin_dir = ferrolb_tests::binary("kubectl-ferrolb")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let via_kubectl = std::process::Command::new("kubectl")
+        .env("PATH", &path)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .args(["ferrolb", "status", "-o", "json"])
+        .output();
+    let out = match via_kubectl {
+        Ok(o) => o,
+        Err(_) => {
+            eprintln!("no kubectl here: running kubectl-ferrolb directly");
+            std::process::Command::new(ferrolb_tests::binary("kubectl-ferrolb"))
+                .env("KUBECONFIG", &c.kubeconfig)
+                .args(["status", "-o", "json"])
+                .output()
+                .unwrap()
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows: Vec<&serde_json::Value> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["service"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("shop/s"))
+        })
+        .collect();
+    assert_eq!(rows.len(), N, "{v}");
+    for r in rows {
+        assert_eq!(
+            r["announced_by"],
+            json!([{"node": "node1", "mode": "bgp"}]),
+            "{r}"
+        );
+        assert!(
+            r["addresses"][0]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.47.")),
+            "{r}"
+        );
+    }
     // Stopped: the speaker clears its set, and the view says nobody.
     speaker.terminate();
     let view = status();
