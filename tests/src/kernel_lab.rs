@@ -119,6 +119,26 @@ pub fn lab(tag: &str, clients: u8) -> (Lab, BTreeMap<String, u32>) {
         );
         pids.insert(b.to_string(), pid);
     }
+    // Settled like a host whose links have been up a while: no address
+    // still in duplicate address detection. Until the link-local address
+    // of lb's link to the client is usable the kernel sends no neighbour
+    // solicitation for a reply the program redirects (it takes the
+    // link-local one as source), so the first SYN-ACK to each new IPv6
+    // client address would wait a second for a retransmit.
+    for n in ["client", "lb", "b1", "b2"] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = lab.exec(n, &["ip", "-6", "addr", "show", "tentative"]);
+            if out.status.success() && out.stdout.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n}: IPv6 addresses still tentative after 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     // The backends listen before the first request.
     for b in ["b1", "b2"] {
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -149,12 +149,10 @@ fn sources(v6: bool) -> Vec<String> {
     kernel_lab::sources(CLIENTS, v6)
 }
 
-/// Client address -> what answered (None: nothing). 3 s per connection,
-/// not 1: the first SYN-ACK to an IPv6 client the load balancer has no
-/// neighbour entry for is sometimes lost and resent after 1 s (seen here,
-/// cause not yet found: issue 16's notes).
+/// Client address -> what answered (None: nothing), 1 s per connection
+/// (a lost SYN-ACK, resent after 1 s, fails it).
 fn gets(lab: &Lab, vip: &str, port: u16, srcs: &[String]) -> BTreeMap<String, Option<String>> {
-    kernel_lab::gets(lab, vip, port, srcs, 3.0)
+    kernel_lab::gets(lab, vip, port, srcs, 1.0)
 }
 
 fn needs(test: &str) -> bool {
