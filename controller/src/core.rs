@@ -71,21 +71,38 @@ pub enum Output {
     Event(EventOut),
 }
 
-/// Metric label of an allocation failure.
+/// Every value of the allocation failures' `reason` label: the metric
+/// starts each at 0, so `rate()` and `increase()` see a first failure.
+pub const FAILURE_REASONS: [&str; 12] = [
+    "pool_exhausted",
+    "outside_pools",
+    "buggy_ip",
+    "ip_in_use",
+    "port_collision",
+    "backend_mismatch",
+    "unknown_pool",
+    "pool_not_allowed",
+    "no_pool",
+    "family_unavailable",
+    "bad_request",
+    "invalid_request",
+];
+
+/// Metric label of an allocation failure (one of [`FAILURE_REASONS`]).
 pub fn failure_reason(e: &AllocError) -> &'static str {
-    match e {
-        AllocError::Exhausted { .. } => "pool_exhausted",
-        AllocError::OutsidePools { .. } => "outside_pools",
-        AllocError::BuggyIp { .. } => "buggy_ip",
-        AllocError::InUse { .. } => "ip_in_use",
-        AllocError::PortCollision { .. } => "port_collision",
-        AllocError::BackendMismatch { .. } => "backend_mismatch",
-        AllocError::UnknownPool { .. } => "unknown_pool",
-        AllocError::PoolNotAllowed { .. } => "pool_not_allowed",
-        AllocError::NoPool { .. } => "no_pool",
-        AllocError::FamilyUnavailable { .. } => "family_unavailable",
-        AllocError::BadRequest(_) => "bad_request",
-    }
+    FAILURE_REASONS[match e {
+        AllocError::Exhausted { .. } => 0,
+        AllocError::OutsidePools { .. } => 1,
+        AllocError::BuggyIp { .. } => 2,
+        AllocError::InUse { .. } => 3,
+        AllocError::PortCollision { .. } => 4,
+        AllocError::BackendMismatch { .. } => 5,
+        AllocError::UnknownPool { .. } => 6,
+        AllocError::PoolNotAllowed { .. } => 7,
+        AllocError::NoPool { .. } => 8,
+        AllocError::FamilyUnavailable { .. } => 9,
+        AllocError::BadRequest(_) => 10,
+    }]
 }
 
 /// Counts the runner turns into metrics.
@@ -461,7 +478,7 @@ impl Core {
                 }
                 return out;
             }
-            Handling::Invalid { reason, proxy } => (proxy, Some(("invalid_request", reason))),
+            Handling::Invalid { reason, proxy } => (proxy, Some((FAILURE_REASONS[11], reason))),
             Handling::Managed { request, proxy } => match self.alloc.allocate(&request) {
                 Ok(a) => {
                     if before.as_ref() != Some(&a) {

@@ -91,6 +91,11 @@ impl Metrics {
             events_dropped: Counter::default(),
             registry: Registry::default(),
         };
+        for reason in crate::core::FAILURE_REASONS {
+            let _ = m.failures.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            });
+        }
         registry.register(
             "pool_addresses",
             "Addresses per pool, family and state (total, used, free)",

@@ -211,6 +211,8 @@ pub struct Metrics {
     pub bfd_down: Family<PeerLabels, Counter>,
     /// 1 for each VIP this node announces now (Kubernetes mode), by mode.
     pub vip_announced: Family<AnnouncedLabels, Gauge>,
+    /// Unix time this node began announcing each VIP it announces now.
+    pub vip_announced_since: Family<AnnouncedLabels, Gauge>,
     /// 1 for the mode each forwarded port is served in now.
     pub forwarder_mode: Family<ModeLabels, Gauge>,
     /// 1 while the kernel data path is loaded and attached.
@@ -298,6 +300,7 @@ impl Metrics {
             bfd_session_up: Family::default(),
             bfd_down: Family::default(),
             vip_announced: Family::default(),
+            vip_announced_since: Family::default(),
             forwarder_mode: Family::default(),
             kernel_active: Gauge::default(),
             kernel_pinned: Gauge::default(),
@@ -546,6 +549,11 @@ impl Metrics {
             "1 for each VIP this node announces (Kubernetes mode): mode l2 when it owns it, bgp when it advertises it",
             m.vip_announced.clone(),
         );
+        registry.register(
+            "vip_announced_since_timestamp_seconds",
+            "Unix time this node began announcing the VIP (Kubernetes mode), for as long as it does",
+            m.vip_announced_since.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -667,6 +675,13 @@ mod tests {
         m.bfd_session_up.get_or_create(&peer).set(1);
         m.bfd_down.get_or_create(&peer).inc();
         m.vip_announced
+            .get_or_create(&AnnouncedLabels {
+                service: "ns/web".into(),
+                vip: "192.0.2.1".into(),
+                mode: "l2".into(),
+            })
+            .set(1);
+        m.vip_announced_since
             .get_or_create(&AnnouncedLabels {
                 service: "ns/web".into(),
                 vip: "192.0.2.1".into(),

@@ -25,6 +25,7 @@ pub mod l2lab;
 pub mod netns;
 pub mod pods;
 pub mod product;
+pub mod prometheus;
 pub mod rogue;
 pub mod routers;
 pub mod speaker;

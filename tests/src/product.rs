@@ -19,6 +19,7 @@
 use crate::cluster::Cluster;
 use crate::netns::Lab;
 use crate::pods::{Kubelet, Placement};
+use crate::prometheus::Prometheus;
 use crate::{binary, routers};
 use ferrolb_kubefake::Options;
 use serde_json::json;
@@ -59,6 +60,8 @@ pub struct Product {
     bird: Option<PathBuf>,
     /// Where the DaemonSets' Pods run.
     pub nodes: Vec<Placement>,
+    /// The first three octets of the subnet the nodes reach the API server on.
+    net: String,
 }
 
 /// How long every Pod may take to be Ready: the slowest readiness probe's
@@ -214,6 +217,7 @@ bgp:
             cluster,
             bird,
             nodes,
+            net,
         };
         // Ready: every Pod passed its readiness probe (for a speaker: the
         // first lists are in and the configuration applies; what it finds
@@ -316,6 +320,64 @@ bgp:
             &["cat", &format!("/proc/sys/net/ipv4/conf/all/{name}")],
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts a real Prometheus on a host of its own on the segment (it
+    /// reaches the speakers on the nodes' addresses and the controllers on
+    /// their Pod addresses), scraping as `deploy/monitoring/` says, with the
+    /// shipped alert rules; it discovers the Pods in the API now.
+    pub async fn start_prometheus(&mut self) -> Prometheus {
+        self.lab.add("prom");
+        let api = format!("{}.5", self.net);
+        self.lab
+            .attach("prom", &["192.0.2.5/24", &format!("{api}/24")]);
+        let pods = self.api_pods().await;
+        let dir = self.cluster.dir.join("prometheus");
+        Prometheus::start(
+            &mut self.lab,
+            "prom",
+            format!("{api}:9090").parse().unwrap(),
+            &dir,
+            &pods,
+        )
+    }
+
+    /// The Pods in the API server's `ferrolb-system`, as it serves them.
+    pub async fn api_pods(&self) -> Vec<serde_json::Value> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.cluster.client.clone(), crate::cluster::SYSTEM_NS);
+        api.list(&Default::default())
+            .await
+            .expect("list Pods")
+            .items
+            .iter()
+            .map(|p| serde_json::to_value(p).unwrap())
+            .collect()
+    }
+
+    /// The controllers' metrics addresses (their Pod addresses, port 7472).
+    pub fn controller_metrics(&self) -> Vec<std::net::SocketAddr> {
+        (0..2)
+            .map(|i| format!("{}.{}:7472", self.net, 31 + i).parse().unwrap())
+            .collect()
+    }
+
+    /// Stops BIRD (`birdc down`: it closes its sessions with a Cease and
+    /// exits), BGP mode.
+    pub fn stop_router(&mut self) {
+        let sock = self.bird.clone().expect("BGP mode");
+        routers::birdc(&self.lab, "router", &sock, "down");
+        let t = Instant::now();
+        while sock.exists() && routers::birdc_try(&self.lab, "router", &sock, "show status") {
+            assert!(t.elapsed() < T, "BIRD still answers after down");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts BIRD again on the same configuration.
+    pub fn start_router(&mut self) {
+        let dir = self.cluster.dir.clone();
+        self.bird = Some(routers::bird(&mut self.lab, "router", &dir));
     }
 
     /// Every Pod's state and log (and BIRD's).

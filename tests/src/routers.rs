@@ -37,6 +37,13 @@ pub fn birdc(lab: &Lab, ns: &str, sock: &Path, cmd: &str) -> String {
     checked(lab, ns, &args)
 }
 
+/// Whether BIRD on `sock` answers now (one try, no retry).
+pub fn birdc_try(lab: &Lab, ns: &str, sock: &Path, cmd: &str) -> bool {
+    let mut args = vec!["birdc", "-s", sock.to_str().unwrap()];
+    args.extend(cmd.split_whitespace());
+    String::from_utf8_lossy(&lab.exec(ns, &args).stdout).contains(" ready.")
+}
+
 /// Runs a router's CLI in `ns` and returns its output, retrying while the
 /// daemon starts (its socket not there yet) for up to 5 s, then panicking
 /// with the error: an empty answer from a CLI that failed must never pass

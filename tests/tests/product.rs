@@ -5,6 +5,7 @@
 
 use ferrolb_tests::pods::Kubelet;
 use ferrolb_tests::product::{Mode, Product, NODES, T};
+use ferrolb_tests::prometheus::Prometheus;
 use ferrolb_tests::speaker::metric_sum;
 use ferrolb_tests::{binary, require, Need};
 use serde_json::json;
@@ -114,6 +115,142 @@ fn reach_all(p: &Product, url: &str, want: usize, ok: impl Fn(&str) -> bool) -> 
     seen
 }
 
+/// Prometheus found the five Pods through the shipped scrape job (the
+/// speakers on their nodes' addresses, the controllers on their Pods'),
+/// labelled as docs/monitoring.md says, every one up; and every shipped
+/// alert is loaded and evaluates without error.
+fn assert_scraped_as_shipped(prom: &Prometheus) {
+    let targets = prom.wait_targets_up(5, T);
+    let mut seen: Vec<(String, String, String)> = targets
+        .iter()
+        .map(|t| {
+            let l = &t["labels"];
+            (
+                l["component"].as_str().unwrap_or_default().to_string(),
+                l["node"].as_str().unwrap_or_default().to_string(),
+                l["instance"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut want: Vec<(String, String, String)> = NODES
+        .iter()
+        .map(|(n, ip)| ("speaker".into(), n.to_string(), format!("{ip}:7473")))
+        .collect();
+    want.sort();
+    assert_eq!(&seen[2..], &want[..], "{targets:#?}");
+    assert!(
+        seen[..2]
+            .iter()
+            .all(|(c, _, i)| c == "controller" && i.ends_with(":7472")),
+        "{seen:?}"
+    );
+    let t = Instant::now();
+    loop {
+        let rules = prom.alerting_rules();
+        let shipped = std::fs::read_to_string(
+            ferrolb_tests::prometheus::monitoring_dir().join("ferrolb.rules.yml"),
+        )
+        .unwrap()
+        .matches("- alert: ")
+        .count();
+        let ok = rules.iter().filter(|(_, h, _)| h == "ok").count();
+        if rules.len() == shipped && ok == shipped {
+            eprintln!("Prometheus: 5 targets up, {ok} alerting rules evaluated without error");
+            break;
+        }
+        assert!(
+            t.elapsed() < T && rules.iter().all(|(_, h, _)| h != "err"),
+            "rules loaded {} of {shipped}: {rules:?}",
+            rules.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every query of the shipped Grafana dashboard runs on the lab's
+/// Prometheus, and each returns data unless its row is one of `empty_rows`
+/// (the other mode's).
+fn assert_dashboard_has_data(prom: &Prometheus, empty_rows: &[&str]) {
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            ferrolb_tests::prometheus::monitoring_dir().join("grafana-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // A series that appeared a moment ago has one sample, too few for
+    // rate() and increase(): a query without data is asked again for a while.
+    let t = Instant::now();
+    loop {
+        let mut failed = Vec::new();
+        let mut with_data = 0;
+        for (row, panel, expr) in ferrolb_tests::prometheus::dashboard_queries(&d) {
+            let q = ferrolb_tests::prometheus::grafana_expand(&expr);
+            match prom.query(&q) {
+                Err(e) => panic!("{row} / {panel}: {q}: {e}"),
+                Ok(r) if r.is_empty() && !empty_rows.contains(&row.as_str()) => {
+                    failed.push(format!("{row} / {panel}: {q}: no data"))
+                }
+                Ok(r) => with_data += usize::from(!r.is_empty()),
+            }
+        }
+        if failed.is_empty() {
+            eprintln!("dashboard: every query parses, {with_data} return data");
+            return;
+        }
+        assert!(t.elapsed() < T, "dashboard queries:\n{}", failed.join("\n"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The leading controller's own value of `ferrolb_controller_pool_addresses`
+/// for `pool`, `state` (read from its metrics endpoint, not Prometheus).
+fn leader_pool(p: &Product, pool: &str, state: &str) -> f64 {
+    for addr in p.controller_metrics() {
+        let Ok((200, body)) = ferrolb_tests::prometheus::http_get(addr, "/metrics") else {
+            continue;
+        };
+        if metric_sum(&body, "ferrolb_controller_leader", &[]) == 1.0 {
+            return metric_sum(
+                &body,
+                "ferrolb_controller_pool_addresses",
+                &[&format!("pool=\"{pool}\""), &format!("state=\"{state}\"")],
+            );
+        }
+    }
+    panic!("no controller leads")
+}
+
+/// A Service asking for an address no pool holds: the controller counts an
+/// allocation failure (the dashboard's failure panel has data) and the
+/// Service waits.
+async fn unallocatable(p: &Product) {
+    p.cluster
+        .create_service(
+            "shop",
+            "nowhere",
+            json!({"metadata": {"annotations": {"ferrolb.io/loadBalancerIPs": "198.51.100.77"}}}),
+        )
+        .await;
+}
+
+/// Pool usage: Prometheus' view equals the leader's own and the Services holding addresses.
+fn assert_pool_usage(p: &Product, prom: &Prometheus, pool: &str, used: usize) {
+    let q = format!(
+        "max by (pool) (ferrolb_controller_pool_addresses{{pool=\"{pool}\",state=\"used\"}})"
+    );
+    let seen = prom.wait_value(&q, T, |v| v == used as f64);
+    assert_eq!(seen, leader_pool(p, pool, "used"));
+    let total = prom
+        .value(&format!(
+            "max by (pool) (ferrolb_controller_pool_addresses{{pool=\"{pool}\",state=\"total\"}})"
+        ))
+        .expect("pool total");
+    assert_eq!(total, leader_pool(p, pool, "total"));
+    eprintln!("pool {pool}: {seen} of {total} used, in Prometheus as at the leader");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     if !require(
@@ -129,6 +266,8 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     }
     let mut p = Product::start(Mode::Layer2).await;
     assert_pods_as_shipped(&p.kubelet);
+    let prom = p.start_prometheus().await;
+    assert_scraped_as_shipped(&prom);
 
     // Announce-only (ipMode VIP): the owner's node answers for the VIP.
     let vip = p.service("web", 8080, json!({}), &ALL).await;
@@ -147,6 +286,7 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     // new owner's gratuitous ARP).
     // The node is down: the kubelet does not restart the speaker meanwhile.
     p.hold_speaker(&owner, true);
+    prom.wait_value("sum(ferrolb_l2_failover_seconds_count)", T, |v| v == 0.0);
     let pid = p.speaker_pid(&owner).expect("owner runs a speaker");
     let probe = ferrolb_tests::l2lab::probe_failover(&p.lab, pid, &vip, 8080, &owner);
     let took = probe.served_ms.unwrap_or_else(|| {
@@ -236,6 +376,37 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
         )),
         "{metrics}"
     );
+    // Prometheus counted the failover as the surviving speakers did, and
+    // knows who owns the VIP now, since when.
+    let direct = || -> f64 {
+        NODES
+            .iter()
+            .filter(|(n, _)| *n != owner)
+            .map(|(n, _)| {
+                metric_sum(
+                    &p.lab.metrics_on(n, 7473),
+                    "ferrolb_l2_failover_seconds_count",
+                    &[],
+                )
+            })
+            .sum()
+    };
+    let counted = prom.wait_value("sum(ferrolb_l2_failover_seconds_count)", T, |v| {
+        v >= 1.0 && v == direct()
+    });
+    let mean = prom
+        .value("sum(ferrolb_l2_failover_seconds_sum) / sum(ferrolb_l2_failover_seconds_count)")
+        .unwrap_or(f64::NAN);
+    eprintln!(
+        "Prometheus: {counted} failover(s) counted, mean {:.0} ms",
+        mean * 1000.0
+    );
+    let who = prom.wait_value(
+        &format!("count(ferrolb_vip_announced_since_timestamp_seconds{{vip=\"{vip}\",mode=\"l2\",node=\"{next}\"}})"),
+        T,
+        |v| v == 1.0,
+    );
+    assert_eq!(who, 1.0);
     // The node is back: the kubelet restarts the killed container (once, at
     // once); the returning speaker does not take the VIP back.
     p.hold_speaker(&owner, false);
@@ -259,6 +430,13 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
     p.wait_get("the Local service on node2", &url3, |b| b == "node2");
     p.cluster.set_endpoints("shop", "local", 9000, &ONLY_NODE3);
     p.wait_get("the Local service moving to node3", &url3, |b| b == "node3");
+    unallocatable(&p).await;
+    assert_pool_usage(&p, &prom, "vips", 3);
+    prom.wait_value(
+        "sum(ferrolb_controller_allocation_failures_total)",
+        T,
+        |v| v >= 1.0,
+    );
 
     // A rogue host on the segment answers ARP for the web VIP with its own
     // MAC for 2 s (40 forgeries): the owner re-asserts, and the Service gets
@@ -290,6 +468,33 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
         p.wait_get("the VIP after the theft", &url, |b| b.starts_with("node")),
         next
     );
+    // The conflict alert fires (it has no `for`), naming the VIP and the owner.
+    let t = Instant::now();
+    loop {
+        let firing: Vec<serde_json::Value> = prom
+            .alerts("FerrolbVIPConflict")
+            .into_iter()
+            .filter(|a| a["state"] == "firing")
+            .collect();
+        if let Some(a) = firing.first() {
+            assert_eq!(a["labels"]["vip"], vip.as_str(), "{a}");
+            let ip = NODES.iter().find(|(n, _)| *n == next).unwrap().1;
+            assert_eq!(
+                a["labels"]["instance"],
+                format!("{ip}:7473").as_str(),
+                "{a}"
+            );
+            eprintln!(
+                "FerrolbVIPConflict firing: {}",
+                a["annotations"]["description"]
+            );
+            break;
+        }
+        assert!(t.elapsed() < T, "FerrolbVIPConflict never fired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_dashboard_has_data(&prom, &["BGP"]);
+    ferrolb_tests::prometheus::export_dashboard(&prom, "layer2", Duration::ZERO);
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
 
     // Uninstall: the VIPs' local routes and the ARP sysctls stay on the
@@ -328,6 +533,8 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
     }
     let mut p = Product::start(Mode::Bgp).await;
     assert_pods_as_shipped(&p.kubelet);
+    let prom = p.start_prometheus().await;
+    assert_scraped_as_shipped(&prom);
 
     // Every eligible node advertises the VIP: BIRD holds three paths and the
     // client behind it is served by all three nodes.
@@ -383,6 +590,74 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
         &format!("http://{vip3}:8080/"),
         |b| b == "node3",
     );
+    unallocatable(&p).await;
+    assert_pool_usage(&p, &prom, "vips", 3);
+    prom.wait_value(
+        "sum(ferrolb_controller_allocation_failures_total)",
+        T,
+        |v| v >= 1.0,
+    );
+    prom.wait_value("sum(ferrolb_bgp_session_up)", T, |v| v == 3.0);
+    assert_dashboard_has_data(&prom, &["Layer 2"]);
+
+    // The router stops: every speaker's session is down, the alert goes
+    // pending at once and fires after its minute; the router returns, the
+    // sessions come back and the alert resolves.
+    p.stop_router();
+    let stopped = Instant::now();
+    let states = |prom: &Prometheus| -> Vec<String> {
+        let mut s: Vec<String> = prom
+            .alerts("FerrolbBGPSessionDown")
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {} {}",
+                    a["labels"]["instance"].as_str().unwrap_or_default(),
+                    a["labels"]["peer"].as_str().unwrap_or_default(),
+                    a["state"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let all = |state: &str| -> Vec<String> {
+        NODES
+            .iter()
+            .map(|(_, ip)| format!("{ip}:7473 bird {state}"))
+            .collect()
+    };
+    let long = Duration::from_secs(100);
+    let wait_states = |p: &Product, want: Vec<String>| -> Duration {
+        loop {
+            let now = states(&prom);
+            if now == want {
+                return stopped.elapsed();
+            }
+            assert!(
+                stopped.elapsed() < long,
+                "FerrolbBGPSessionDown: {now:?}, wanted {want:?}\n{}",
+                p.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let pending = wait_states(&p, all("pending"));
+    let firing = wait_states(&p, all("firing"));
+    assert!(
+        firing >= Duration::from_secs(60),
+        "fired {firing:?} after the router stopped: its `for` is a minute"
+    );
+    eprintln!(
+        "FerrolbBGPSessionDown: pending {pending:?}, firing {firing:?} after the router stopped"
+    );
+    p.start_router();
+    let back = Instant::now();
+    wait_states(&p, Vec::new());
+    let resolved = back.elapsed();
+    p.wait_next_hops(&vip, &["192.0.2.11", "192.0.2.12", "192.0.2.13"]);
+    eprintln!("FerrolbBGPSessionDown resolved {resolved:?} after the router returned");
+    ferrolb_tests::prometheus::export_dashboard(&prom, "bgp", Duration::from_secs(15));
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
 }
 

@@ -370,6 +370,10 @@ impl PortRuntime {
                         self.backend_labels(*addr),
                     ));
                     self.metrics.backend_up.get_or_create(&b.labels).set(1);
+                    // At 0 from the start, so rate() and the dashboard see a
+                    // backend that has had no connection or failure yet.
+                    let _ = self.metrics.connections.get_or_create(&b.labels);
+                    let _ = self.metrics.connect_failures.get_or_create(&b.labels);
                     added.push(Arc::clone(&b));
                     next.push(b);
                 }
@@ -384,6 +388,8 @@ impl PortRuntime {
         for b in &removed {
             b.removed.store(true, Ordering::Relaxed);
             self.metrics.backend_up.remove(&b.labels);
+            self.metrics.connections.remove(&b.labels);
+            self.metrics.connect_failures.remove(&b.labels);
         }
         st.backends = next;
         let weights: Vec<u32> = wanted.iter().map(|(_, w)| *w).collect();

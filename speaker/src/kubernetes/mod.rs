@@ -21,7 +21,7 @@ use self::core::{ApiEvent, Core, Metric, Output};
 use crate::announce::Announcer;
 use crate::announcers::{Announcers, HostSettings, NodeView};
 use crate::forwarder::Forwarder;
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::{AnnouncedLabels, Metrics, ResultLabels};
 use anyhow::Context;
 use ferrolb_config::Config;
 use futures::StreamExt;
@@ -213,6 +213,10 @@ struct Shell {
     owned_rx: Option<watch::Receiver<BTreeSet<String>>>,
     conflicts_rx: Option<tokio::sync::broadcast::Receiver<crate::l2::ConflictReport>>,
     fallbacks_rx: Option<tokio::sync::broadcast::Receiver<crate::l2::FallbackReport>>,
+    /// Since when (Unix seconds) each announced series has been announced:
+    /// the core replaces a Service's series on any change of its roles, and
+    /// a VIP announced throughout keeps its time.
+    since: std::collections::HashMap<AnnouncedLabels, i64>,
 }
 
 impl Shell {
@@ -220,6 +224,7 @@ impl Shell {
     /// announcers' answers; `true` when the core says stop.
     async fn carry_out(&mut self, core: &mut Core, outputs: Vec<Output>) -> anyhow::Result<bool> {
         let mut queue = std::collections::VecDeque::from(outputs);
+        let mut unannounced = Vec::new();
         while let Some(o) = queue.pop_front() {
             match o {
                 Output::Configure { config, view } => {
@@ -254,18 +259,39 @@ impl Shell {
                     Metric::Reloaded(ok) => self.metrics.reloaded(ok),
                     Metric::Announced(labels) => {
                         self.metrics.vip_announced.get_or_create(&labels).set(1);
+                        let since = *self.since.entry(labels.clone()).or_insert_with(unix_now);
+                        self.metrics
+                            .vip_announced_since
+                            .get_or_create(&labels)
+                            .set(since);
                     }
                     Metric::Unannounced(labels) => {
                         self.metrics.vip_announced.remove(&labels);
+                        unannounced.push(labels);
                     }
                     Metric::EventHeldBack => {
                         self.metrics.events_held_back.inc();
                     }
                 },
-                Output::Stop => return Ok(true),
+                Output::Stop => {
+                    self.forget_unannounced(unannounced);
+                    return Ok(true);
+                }
             }
         }
+        self.forget_unannounced(unannounced);
         Ok(false)
+    }
+
+    /// Drops the announce times of series withdrawn and not announced again
+    /// in the same batch of outputs.
+    fn forget_unannounced(&mut self, unannounced: Vec<AnnouncedLabels>) {
+        for labels in unannounced {
+            if self.metrics.vip_announced.get(&labels).is_none() {
+                self.since.remove(&labels);
+                self.metrics.vip_announced_since.remove(&labels);
+            }
+        }
     }
 
     /// Starts or reconfigures the announcers, and tells the core what runs.
@@ -414,6 +440,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         owned_rx: None,
         conflicts_rx: None,
         fallbacks_rx: None,
+        since: Default::default(),
     };
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -516,4 +543,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Seconds since the Unix epoch, for timestamps in metrics.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
