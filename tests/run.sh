@@ -14,7 +14,8 @@ ROOT=$(pwd)
 
 # Debian packages the suites need. Suites that drive namespaces and router
 # daemons add theirs here. iproute2: the namespace suites; bird2, gobgpd, exabgp: the BGP suite's routers;
-# prometheus: promtool for the alert rules' unit tests (tests/monitoring.rs).
+# prometheus: promtool for the alert rules' unit tests (tests/monitoring.rs) and the
+# Prometheus the product end-to-end tests scrape and alert with (tests/product.rs).
 APT_PACKAGES=(iproute2 bird2 gobgpd exabgp frr faketime nftables clang libbpf-dev prometheus)
 
 LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferrolb-tests.XXXXXX")

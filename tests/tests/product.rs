@@ -1,7 +1,9 @@
 //! The whole product end to end in network namespaces (see
 //! `ferrolb_tests::product`): layer 2 mode with a client on the segment, and
-//! BGP mode with BIRD as the router and the client behind it. Needs root
-//! (and `bird2` for BGP); skips loudly without them (a failure in CI).
+//! BGP mode with BIRD as the router and the client behind it, both watched
+//! by a real Prometheus scraping and alerting as deploy/monitoring/ ships.
+//! Needs root, `prometheus` (and `bird2` for BGP); skips loudly without
+//! them (a failure in CI).
 
 use ferrolb_tests::pods::Kubelet;
 use ferrolb_tests::product::{Mode, Product, NODES, T};
@@ -259,6 +261,7 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
             Need::Root,
             Need::Program("ip"),
             Need::Program("python3"),
+            Need::Program("prometheus"),
             Need::StaticImages,
         ],
     ) {
@@ -524,6 +527,7 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
             Need::Root,
             Need::Program("ip"),
             Need::Program("python3"),
+            Need::Program("prometheus"),
             Need::Program("bird"),
             Need::Program("birdc"),
             Need::StaticImages,
