@@ -186,7 +186,7 @@ pub const NODES: [(&str, &str, &str); 3] = [
 pub fn config() -> String {
     let members: Vec<String> = NODES
         .iter()
-        .map(|(n, v4, _)| format!("  - {{name: {n}, address: \"{v4}:7946\"}}"))
+        .map(|(n, v4, _)| format!("  - {{name: {n}, address: \"{v4}:7947\"}}"))
         .collect();
     format!(
         "pools: [{{name: vips, addresses: [192.0.2.100, \"2001:db8::100\"]}}]

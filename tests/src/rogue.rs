@@ -5,7 +5,7 @@
 use crate::netns::Lab;
 
 /// Run in a node's namespace (`python3 -c`): prints, as hex, the UDP payload
-/// of the first heartbeat the node sends (IPv4, destination port 7946).
+/// of the first heartbeat the node sends (IPv4, destination port 7947).
 pub const CAPTURE: &str = r#"
 import socket, time
 # ETH_P_ALL: a socket bound to one protocol does not see outgoing frames.
@@ -18,14 +18,14 @@ while time.monotonic() - t0 < 5:
     ihl = (f[14] & 15) * 4
     if f[23] != 17: continue
     udp = f[14 + ihl:]
-    if int.from_bytes(udp[2:4], "big") == 7946:
+    if int.from_bytes(udp[2:4], "big") == 7947:
         print(udp[8:].hex()); break
 "#;
 
 /// Run in the rogue's namespace (`python3 -c`), arguments SECONDS SOURCE
 /// TARGETS PAYLOADS: for SECONDS, every 20 ms, sends each hex payload of
-/// the comma-separated PAYLOADS from SOURCE:7946 (spoofed: raw IPv4 with the
-/// header written here) to each comma-separated TARGET:7946. A payload
+/// the comma-separated PAYLOADS from SOURCE:7947 (spoofed: raw IPv4 with the
+/// header written here) to each comma-separated TARGET:7947. A payload
 /// prefixed `seq:` is an unsigned heartbeat whose sequence number (bytes
 /// 17..25) is raised on every send, as a forger would. Prints how many
 /// datagrams it sent (on standard error).
@@ -40,7 +40,7 @@ while time.monotonic() - t0 < secs:
         bump = p.startswith("seq:")
         body = bytearray(bytes.fromhex(p[4:] if bump else p))
         if bump: body[17:25] = seq.to_bytes(8, "big")
-        udp = (7946).to_bytes(2, "big") * 2 + (8 + len(body)).to_bytes(2, "big") + b"\0\0" + bytes(body)
+        udp = (7947).to_bytes(2, "big") * 2 + (8 + len(body)).to_bytes(2, "big") + b"\0\0" + bytes(body)
         for t in targets:
             ip = bytes([0x45, 0]) + (20 + len(udp)).to_bytes(2, "big") + b"\0\0\0\0" + bytes([64, 17]) + b"\0\0" + srcb + socket.inet_aton(t)
             s.sendto(ip + udp, (t, 0)); sent += 1

@@ -404,8 +404,10 @@ pub struct Member {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The default UDP port of the membership protocol.
-pub const DEFAULT_MEMBER_PORT: u16 = 7946;
+/// The default UDP port of the membership protocol: 7947, next to but not
+/// on MetalLB's memberlist port (7946), so both can run on a node while a
+/// cluster moves from one to the other.
+pub const DEFAULT_MEMBER_PORT: u16 = 7947;
 
 /// A standalone service: a VIP and what to forward from it.
 #[derive(Debug, Clone, PartialEq)]

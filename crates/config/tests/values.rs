@@ -110,7 +110,7 @@ fn service_values_and_defaults() {
         "type: none disables the check"
     );
     let members = &c.members;
-    assert_eq!(members[0].address, "192.0.2.11:7946".parse().unwrap());
+    assert_eq!(members[0].address, "192.0.2.11:7947".parse().unwrap());
     assert_eq!(members[1].labels["rack"], "r1");
 
     let c = Config::from_yaml(

@@ -729,7 +729,7 @@ mod tests {
     fn core() -> Core {
         Core::new(Settings {
             node: "n1".into(),
-            member_port: 7946,
+            member_port: 7947,
             handover_delay: DELAY,
             filter: Filter::default(),
             recompute: Recompute::Incremental,

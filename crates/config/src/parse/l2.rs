@@ -52,7 +52,7 @@ pub(super) fn member(ctx: &mut Ctx, f: Field<'_>) -> Option<Member> {
         .require(
             ctx,
             "address",
-            "give the host's IP (port 7946 by default) or IP:port",
+            "give the host's IP (port 7947 by default) or IP:port",
         )
         .and_then(|f| {
             let text = ctx.string(f)?;
