@@ -34,6 +34,23 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Convert MetalLB's configuration (`kubectl get ipaddresspools,
+    /// l2advertisements,bgpadvertisements,bgppeers,communities,bfdprofiles -A
+    /// -o yaml`, or its legacy ConfigMap) to ferrolb's: the configuration on
+    /// standard output, the report of every field's fate on standard error.
+    /// Exits 1 if the input cannot be read or the result does not validate;
+    /// with --strict, 3 if a field was dropped or unknown.
+    ImportMetallb {
+        /// The MetalLB objects (`-`: standard input).
+        #[arg(value_name = "FILE", required_unless_present = "fields")]
+        file: Option<PathBuf>,
+        /// Exit 3 when any field did not carry over.
+        #[arg(long)]
+        strict: bool,
+        /// Print the converter's field table (Markdown) instead.
+        #[arg(long)]
+        fields: bool,
+    },
     /// Run the controller against the cluster (in-cluster credentials, or
     /// KUBECONFIG / --kubeconfig).
     Run(RunArgs),
@@ -64,6 +81,51 @@ struct RunArgs {
     /// Status writes in flight at once.
     #[arg(long, default_value_t = 16)]
     write_concurrency: usize,
+}
+
+fn import_metallb(file: Option<&std::path::Path>, strict: bool, fields: bool) -> Result<ExitCode> {
+    use std::io::Read;
+    if fields {
+        print!("{}", ferrolb_metallb::fields::markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file = file.expect("clap requires FILE without --fields");
+    let mut text = String::new();
+    let read = if file == std::path::Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map(|_| ())
+            .context("reading standard input")
+    } else {
+        std::fs::read_to_string(file)
+            .map(|t| text = t)
+            .with_context(|| format!("reading {}", file.display()))
+    };
+    if let Err(e) = read {
+        eprintln!("{e:#}");
+        return Ok(ExitCode::from(1));
+    }
+    let import = match ferrolb_metallb::import(&text) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    print!("{}", import.config);
+    eprintln!("{}", import.report);
+    if !import.errors.is_empty() {
+        eprintln!(
+            "the converted configuration does not validate (fix the MetalLB input or the output):\n{}",
+            import.errors.join("\n")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!("the converted configuration validates");
+    if strict && import.report.lost().next().is_some() {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(path: &std::path::Path) -> Result<ExitCode> {
@@ -166,6 +228,11 @@ fn main() -> ExitCode {
     cli.log.init();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::ImportMetallb {
+            file,
+            strict,
+            fields,
+        } => import_metallb(file.as_deref(), strict, fields),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
