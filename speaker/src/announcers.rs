@@ -112,11 +112,7 @@ fn bgp_options(config: &Config, view: &NodeView) -> anyhow::Result<Option<crate:
     let Some(bgp) = config.bgp.as_ref().filter(|b| !b.peers.is_empty()) else {
         return Ok(None);
     };
-    let router_id = bgp
-        .router_id
-        .or(view.fallback_id)
-        .context("BGP needs a router ID: set bgp.routerId, or give this node an IPv4 address")?;
-    let peers = bgp
+    let peers: Vec<ferrolb_config::Peer> = bgp
         .peers
         .iter()
         .filter(|p| {
@@ -126,11 +122,24 @@ fn bgp_options(config: &Config, view: &NodeView) -> anyhow::Result<Option<crate:
         })
         .cloned()
         .collect();
+    // A peer's own routerId serves its session; the node's is needed only
+    // for peers without one.
+    let router_id = bgp
+        .router_id
+        .or(view.fallback_id)
+        .or_else(|| {
+            peers
+                .iter()
+                .all(|p| p.router_id.is_some())
+                .then(|| peers.first().and_then(|p| p.router_id))
+                .flatten()
+        })
+        .context("BGP needs a router ID: set bgp.routerId (or each peer's routerId), or give this node an IPv4 address")?;
     Ok(Some(crate::bgp::Options {
         node: view.node.clone(),
         router_id,
         peers,
-        advertisements: bgp.advertisements.clone(),
+        advertisements: crate::bgp::policy::for_node(&bgp.advertisements, &view.labels),
     }))
 }
 

@@ -1165,3 +1165,62 @@ fn a_changed_password_applies_live_to_that_peer_alone() {
     assert_eq!(session_line(&rig, "ferrolb6"), v6);
     rig.speaker.take();
 }
+
+/// MetalLB's per-peer `routerID` and per-advertisement `nodeSelectors`, as
+/// ferrolb's `routerId` on a peer and `nodeSelector` on an advertisement:
+/// BIRD sees the peer's own identifier, and only the advertisement that
+/// selects this node is made, until a reload selects the other too.
+#[test]
+fn a_peers_own_router_id_and_an_advertisements_node_selector_reach_bird() {
+    if !require(
+        "a_peers_own_router_id_and_an_advertisements_node_selector_reach_bird",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let conf = |other_node: &str| {
+        format!(
+            "pools: [{{name: vips, addresses: [203.0.113.0/28]}}, {{name: other, addresses: [198.51.100.0/28]}}]
+services:
+  - {{name: web, ip: 203.0.113.10}}
+  - {{name: api, ip: 198.51.100.10}}
+bgp:
+  routerId: 192.0.2.11
+  peers:
+    - {{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s, routerId: 10.255.0.7}}
+  advertisements:
+    - {{pools: [vips], nodeSelector: {{matchLabels: {{kubernetes.io/hostname: node1}}}}}}
+    - {{pools: [other], nodeSelector: {{matchLabels: {{kubernetes.io/hostname: {other_node}}}}}}}
+"
+        )
+    };
+    let rig = Rig::custom("rid", &bird_conf(Path::new("DIR"), None), &conf("node2"));
+    rig.wait_for(
+        "the selected advertisement's route",
+        Duration::from_secs(15),
+        |r| r.has_route("203.0.113.10"),
+    );
+    let proto = rig.birdc("show protocols all ferrolb");
+    assert!(
+        proto.contains("Neighbor ID:") && proto.contains("10.255.0.7"),
+        "BIRD sees the peer's own router ID:\n{proto}"
+    );
+    // Exactly one prefix went out: the advertisement for node2 is not made here.
+    rig.wait_for("one prefix advertised", Duration::from_secs(5), |r| {
+        r.metrics()
+            .contains("ferrolb_bgp_prefixes_advertised{peer=\"bird\"} 1")
+    });
+    assert!(!rig.has_route("198.51.100.10"), "{}", rig.logs());
+    // A reload that selects this node for the other advertisement too.
+    std::fs::write(rig.dir.join("speaker.yaml"), conf("node1")).unwrap();
+    let took = rig.wait_for("the newly selected route", Duration::from_secs(10), |r| {
+        r.has_route("198.51.100.10")
+    });
+    eprintln!("reload to the newly selected advertisement's route: {took:?}");
+    assert!(rig.has_route("203.0.113.10"));
+}

@@ -290,6 +290,9 @@ pub struct Peer {
     pub bfd: Option<Bfd>,
     /// Nodes that peer with this router; `None` means all.
     pub node_selector: Option<LabelSelector>,
+    /// This session's BGP identifier, instead of `bgp.routerId` (MetalLB's
+    /// per-peer `routerID`).
+    pub router_id: Option<std::net::Ipv4Addr>,
 }
 
 impl Peer {
@@ -375,6 +378,8 @@ pub struct BgpAdvertisement {
     pub large_communities: Vec<LargeCommunity>,
     /// Peers to announce to; empty means all.
     pub peers: Vec<String>,
+    /// Nodes that advertise with it; `None` means every node that peers.
+    pub node_selector: Option<LabelSelector>,
 }
 
 impl Default for BgpAdvertisement {
@@ -389,6 +394,7 @@ impl Default for BgpAdvertisement {
             communities: Vec::new(),
             large_communities: Vec::new(),
             peers: Vec::new(),
+            node_selector: None,
         }
     }
 }

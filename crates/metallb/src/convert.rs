@@ -708,7 +708,6 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
 
     // Peers.
     let mut taken = BTreeSet::new();
-    let mut router_ids = BTreeSet::new();
     let mut peers = Vec::new();
     for p in &objects.peers {
         let obj = label(p);
@@ -856,7 +855,8 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
             None => "absent, MetalLB's default (off): written as enabled: false, as ferrolb's own default is on".into(),
         }));
         if let Some(r) = spec["routerID"].as_str() {
-            router_ids.insert(r.to_string());
+            out.put("routerId", Yaml::Str(r.to_string()));
+            ctx.seen(&obj, "BGPPeer", "spec.routerID", None);
         }
         if !ctx.selector_field(
             p,
@@ -876,24 +876,6 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
         ctx.unknown_keys(p, "BGPPeer", &[]);
         peers.push(out);
     }
-    let mut router_id = None;
-    for p in &objects.peers {
-        if p["spec"]["routerID"].is_string() {
-            let obj = label(p);
-            if router_ids.len() == 1 {
-                router_id = router_ids.iter().next().cloned();
-                ctx.seen(
-                    &obj,
-                    "BGPPeer",
-                    "spec.routerID",
-                    Some("every peer that sets one agrees: bgp.routerId".into()),
-                );
-            } else {
-                ctx.drop(&obj, "spec.routerID", format!("the peers set {} router IDs and ferrolb has one for every peer: the node's own is used", router_ids.len()));
-            }
-        }
-    }
-
     // Advertisements.
     let mut ads = Vec::new();
     for a in &objects.bgp_ads {
@@ -944,12 +926,14 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
                 );
             }
         }
-        if spec
-            .get("nodeSelectors")
-            .is_some_and(|s| !array(s).is_empty())
-        {
-            ctx.seen(&obj, "BGPAdvertisement", "spec.nodeSelectors", None);
-        }
+        ctx.selector_field(
+            a,
+            "BGPAdvertisement",
+            "nodeSelectors",
+            &mut out,
+            "nodeSelector",
+            "the advertisement is kept without a node selector, so every node that peers advertises its pools",
+        );
         let named = array(&spec["peers"]);
         if !named.is_empty() {
             let mut to = Vec::new();
@@ -990,9 +974,6 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
     }
     if !peers.is_empty() {
         let mut bgp = Yaml::map();
-        if let Some(r) = router_id {
-            bgp.put("routerId", Yaml::Str(r));
-        }
         if ads.is_empty() {
             // ferrolb reads "no advertisements" as "every pool to every
             // peer"; MetalLB advertises nothing then.

@@ -403,7 +403,9 @@ impl BgpAnnouncer {
         };
         let task = PeerTask {
             peer: p.clone(),
-            router_id: self.router_id.expect("set before peers start"),
+            router_id: p
+                .router_id
+                .unwrap_or(self.router_id.expect("set before peers start")),
             ads: Arc::clone(&self.ads),
             metrics: Arc::clone(&self.metrics),
         };

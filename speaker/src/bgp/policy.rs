@@ -49,16 +49,32 @@ impl NextHops {
     }
 }
 
+/// The advertisements this node makes of the configuration's `ads`: with
+/// none configured, one of every pool to every peer; else those whose
+/// `nodeSelector` matches the node's `labels` (possibly none: then this
+/// node advertises nothing, which is not the same as "none configured").
+pub fn for_node(
+    ads: &[BgpAdvertisement],
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<BgpAdvertisement> {
+    if ads.is_empty() {
+        return vec![BgpAdvertisement::default()];
+    }
+    ads.iter()
+        .filter(|a| a.node_selector.as_ref().is_none_or(|s| s.matches(labels)))
+        .cloned()
+        .collect()
+}
+
 /// The routes one service gives a peer (none while it is unhealthy); the
-/// first advertisement that yields a prefix decides its attributes.
+/// first advertisement of `ads` (this node's: [`for_node`]) that yields a
+/// prefix decides its attributes.
 pub fn routes(
     s: &ServiceVips,
     ads: &[BgpAdvertisement],
     peer: &Peer,
     hops: NextHops,
 ) -> Vec<(Prefix, Attrs)> {
-    let fallback = [BgpAdvertisement::default()];
-    let ads = if ads.is_empty() { &fallback[..] } else { ads };
     let mut out: Vec<(Prefix, Attrs)> = Vec::new();
     if !s.healthy {
         return out;
@@ -307,14 +323,24 @@ bgp:
             nodes: None,
         }];
         let peer = &bgp.peers[0];
-        let only_v4 = desired(&services, &bgp.advertisements, peer, v4_session(peer));
+        let only_v4 = desired(
+            &services,
+            &for_node(&bgp.advertisements, &Default::default()),
+            peer,
+            v4_session(peer),
+        );
         assert_eq!(only_v4.len(), 1);
         let hops = NextHops::for_session(
             peer,
             "192.0.2.11".parse().unwrap(),
             Some("2001:db8::11".parse().unwrap()),
         );
-        let both = desired(&services, &bgp.advertisements, peer, hops);
+        let both = desired(
+            &services,
+            &for_node(&bgp.advertisements, &Default::default()),
+            peer,
+            hops,
+        );
         assert_eq!(both.len(), 2);
         let v6 = both.iter().find(|(p, _)| p.afi() == Afi::Ipv6).unwrap();
         assert_eq!(
@@ -328,10 +354,46 @@ bgp:
     }
 
     #[test]
+    fn an_advertisements_node_selector_limits_it_to_those_nodes_and_none_left_means_nothing() {
+        let (services, bgp) = setup(
+            "  advertisements:\n    - {pools: [a], nodeSelector: {matchLabels: {edge: \"true\"}}}\n    - {pools: [b], aggregationLength: 28, nodeSelector: {matchExpressions: [{key: zone, operator: In, values: [x]}]}}\n",
+        );
+        let peer = &bgp.peers[0];
+        let labels = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let edge = for_node(&bgp.advertisements, &labels(&[("edge", "true")]));
+        assert_eq!(edge.len(), 1);
+        let got = prefixes(&desired(&services, &edge, peer, v4_session(peer)));
+        assert_eq!(got, ["Prefix { addr: 203.0.113.1, len: 32 }"]);
+        let zone = for_node(&bgp.advertisements, &labels(&[("zone", "x")]));
+        let got = prefixes(&desired(&services, &zone, peer, v4_session(peer)));
+        assert_eq!(got, ["Prefix { addr: 198.51.100.0, len: 28 }"]);
+        // A node no advertisement selects advertises nothing: the
+        // "no advertisements configured" default must not apply.
+        let neither = for_node(&bgp.advertisements, &labels(&[("zone", "y")]));
+        assert!(neither.is_empty());
+        assert!(desired(&services, &neither, peer, v4_session(peer)).is_empty());
+        // Without advertisements configured every node advertises every pool.
+        let (_, none) = setup("");
+        assert_eq!(
+            for_node(&none.advertisements, &labels(&[])),
+            [BgpAdvertisement::default()]
+        );
+    }
+
+    #[test]
     fn without_advertisements_every_healthy_vip_goes_to_every_peer() {
         let (services, bgp) = setup("");
         for peer in &bgp.peers {
-            let routes = desired(&services, &bgp.advertisements, peer, v4_session(peer));
+            let routes = desired(
+                &services,
+                &for_node(&bgp.advertisements, &Default::default()),
+                peer,
+                v4_session(peer),
+            );
             assert_eq!(routes.len(), 2, "{peer:?}: {:?}", prefixes(&routes));
             assert!(routes
                 .values()
@@ -409,13 +471,26 @@ bgp:
                     healthy: next(5) != 0,
                     nodes: None,
                 };
-                rib.set(&key, routes(&s, &bgp.advertisements, peer, hops));
+                rib.set(
+                    &key,
+                    routes(
+                        &s,
+                        &for_node(&bgp.advertisements, &Default::default()),
+                        peer,
+                        hops,
+                    ),
+                );
                 live.insert(key, s);
             }
             // The reference: every service in key order, the first route per prefix kept.
             let mut want: BTreeMap<Prefix, Attrs> = BTreeMap::new();
             for s in live.values() {
-                for (p, a) in routes(s, &bgp.advertisements, peer, hops) {
+                for (p, a) in routes(
+                    s,
+                    &for_node(&bgp.advertisements, &Default::default()),
+                    peer,
+                    hops,
+                ) {
                     want.entry(p).or_insert(a);
                 }
             }
@@ -439,7 +514,15 @@ bgp:
                 healthy: true,
                 nodes: None,
             };
-            rib.set(&s.key, routes(&s, &bgp.advertisements, peer, hops));
+            rib.set(
+                &s.key,
+                routes(
+                    &s,
+                    &for_node(&bgp.advertisements, &Default::default()),
+                    peer,
+                    hops,
+                ),
+            );
         }
         let all: Vec<&Arc<Attrs>> = rib.routes().map(|(_, a)| a).collect();
         assert_eq!(all.len(), 16);

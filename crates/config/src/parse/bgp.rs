@@ -97,6 +97,7 @@ pub(super) fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
             "bfd",
             "nodeSelector",
             "passive",
+            "routerId",
         ],
     )?;
     let name = name(ctx, &obj, "peer");
@@ -225,6 +226,7 @@ pub(super) fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
         .unwrap_or_default();
     let bfd = obj.get("bfd").and_then(|f| bfd(ctx, f)).flatten();
     let node_selector = obj.get("nodeSelector").and_then(|f| selector(ctx, f));
+    let router_id = obj.get("routerId").and_then(|f| ctx.parse::<Ipv4Addr>(f));
     Some(Peer {
         name: name?,
         address: address?,
@@ -242,6 +244,7 @@ pub(super) fn peer(ctx: &mut Ctx, f: Field<'_>) -> Option<Peer> {
         graceful_restart,
         bfd,
         node_selector,
+        router_id,
     })
 }
 
@@ -359,6 +362,7 @@ pub(super) fn advertisement(ctx: &mut Ctx, f: Field<'_>) -> Option<BgpAdvertisem
             "communities",
             "largeCommunities",
             "peers",
+            "nodeSelector",
         ],
     )?;
     Some(BgpAdvertisement {
@@ -383,5 +387,6 @@ pub(super) fn advertisement(ctx: &mut Ctx, f: Field<'_>) -> Option<BgpAdvertisem
             .map(|f| ctx.list(f, large_community))
             .unwrap_or_default(),
         peers: obj.get("peers").map(|f| ctx.strings(f)).unwrap_or_default(),
+        node_selector: obj.get("nodeSelector").and_then(|f| selector(ctx, f)),
     })
 }
