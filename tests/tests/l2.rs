@@ -662,3 +662,124 @@ fn a_node_listening_after_its_link_returns_is_passed_over() {
         c.logs()
     );
 }
+
+/// A node with a container network's veth (`cali…`, as Calico names its
+/// host ends): with `interfaces` left out the speaker answers on the node's
+/// real link and, by default, not on the veth (a pod asking gets no
+/// answer: the default `excludeInterfaces`); with `excludeInterfaces: []`
+/// it answers there too. The askers are kernels: their neighbour tables.
+#[test]
+fn container_network_interfaces_are_left_out_unless_the_exclusions_are_cleared() {
+    if !require(
+        "container_network_interfaces_are_left_out_unless_the_exclusions_are_cleared",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut lab = ferrolb_tests::netns::Lab::new("x");
+    lab.add("n1");
+    lab.attach("n1", &["192.0.2.11/24"]);
+    lab.add("client");
+    lab.attach("client", &["192.0.2.1/24"]);
+    lab.add("pod");
+    let pod_ns = lab.name("pod");
+    lab.exec_ok(
+        "n1",
+        &[
+            "ip", "link", "add", "cali9f1", "type", "veth", "peer", "name", "eth1", "netns",
+            &pod_ns,
+        ],
+    );
+    lab.exec_ok(
+        "n1",
+        &["ip", "addr", "add", "10.99.0.1/24", "dev", "cali9f1"],
+    );
+    lab.exec_ok("n1", &["ip", "link", "set", "cali9f1", "up"]);
+    lab.exec_ok("pod", &["ip", "addr", "add", "10.99.0.2/24", "dev", "eth1"]);
+    lab.exec_ok("pod", &["ip", "link", "set", "eth1", "up"]);
+    lab.exec_ok(
+        "pod",
+        &["ip", "route", "add", "192.0.2.100/32", "dev", "eth1"],
+    );
+    let dir = ferrolb_tests::speaker::unique_dir();
+    let config = dir.join("config.yaml");
+    let conf = |extra: &str| {
+        format!(
+            "pools: [{{name: vips, addresses: [192.0.2.100-192.0.2.110]}}]\nl2: [{{pools: [vips]{extra}}}]\nmembers: [{{name: n1, address: \"192.0.2.11\"}}]\nservices:\n  - {{name: web, ip: 192.0.2.100, ports: [{{port: 80, backends: [\"127.0.0.1:9\"]}}]}}\n"
+        )
+    };
+    std::fs::write(&config, conf("")).unwrap();
+    let log = dir.join("speaker.log");
+    ferrolb_tests::routers::speaker(
+        &mut lab,
+        "n1",
+        &config,
+        "n1",
+        &["--reload-poll", "100ms"],
+        &log,
+    );
+    // The MAC `host`'s kernel resolves the VIP to on `dev` after a datagram
+    // to it (the kernel asks up to three times, a second apart), if any.
+    let resolved = |lab: &ferrolb_tests::netns::Lab, host: &str, dev: &str| -> Option<String> {
+        let _ = lab.exec(
+            host,
+            &["python3", "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('192.0.2.100', 9))"],
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(3500) {
+            let out = lab.exec_ok(host, &["ip", "neigh", "show", "192.0.2.100", "dev", dev]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mut words = text.split_whitespace();
+            if let Some(mac) = words.find(|w| *w == "lladdr").and(words.next()) {
+                return Some(mac.to_string());
+            }
+            if text.contains("FAILED") {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    let speaker_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let t = Instant::now();
+    let eth0 = lab.mac("n1");
+    while resolved(&lab, "client", "eth0").as_deref() != Some(eth0.as_str()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the client never resolved the VIP to n1:\n{}",
+            speaker_log()
+        );
+    }
+    // The pod behind the veth: no answer (its kernel asked three times).
+    assert_eq!(
+        resolved(&lab, "pod", "eth1"),
+        None,
+        "answered on cali9f1:\n{}",
+        speaker_log()
+    );
+    // Exclusions cleared: answered on the veth too, with its own MAC.
+    std::fs::write(&config, conf(", excludeInterfaces: []")).unwrap();
+    let cali = String::from_utf8_lossy(
+        &lab.exec_ok("n1", &["cat", "/sys/class/net/cali9f1/address"])
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let t = Instant::now();
+    loop {
+        if resolved(&lab, "pod", "eth1").as_deref() == Some(cali.as_str()) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no answer on cali9f1 after the exclusions were cleared:\n{}",
+            speaker_log()
+        );
+        // A failed entry is retried at the next ping; give it a fresh start.
+        let _ = lab.exec("pod", &["ip", "neigh", "flush", "dev", "eth1"]);
+    }
+    assert_eq!(
+        resolved(&lab, "client", "eth0").as_deref(),
+        Some(eth0.as_str())
+    );
+}

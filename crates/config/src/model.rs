@@ -203,12 +203,43 @@ pub struct L2Advertisement {
     pub pools: Vec<String>,
     /// Interfaces to answer on; empty means every suitable interface.
     pub interfaces: Vec<String>,
+    /// Name patterns (`*`: any run of characters) of interfaces never
+    /// chosen when `interfaces` is empty: by default
+    /// [`DEFAULT_EXCLUDED_INTERFACES`], the container network's bridges,
+    /// veths and tunnels.
+    pub exclude_interfaces: Vec<String>,
     /// Nodes allowed to announce; `None` means all.
     pub node_selector: Option<LabelSelector>,
     /// Answer with a MAC that belongs to the VIP group, not the node, so a
     /// failover needs no client to update its neighbour cache (docs/l2.md).
     pub virtual_mac: bool,
 }
+
+/// Interfaces a layer 2 entry without `interfaces` never answers on: the
+/// bridges, veths, tunnels and dummies container networks make (Docker,
+/// CNI bridge, Calico, Flannel, Cilium, Weave, kube-proxy's IPVS dummy,
+/// node-local DNS), as MetalLB's `metallb-excludel2` list. ARP answered on
+/// them would tell pods or tunnels that the node holds the VIP.
+pub const DEFAULT_EXCLUDED_INTERFACES: [&str; 18] = [
+    "docker*",
+    "cbr*",
+    "cni*",
+    "virbr*",
+    "lxcbr*",
+    "lxc*",
+    "veth*",
+    "cali*",
+    "tunl*",
+    "flannel*",
+    "cilium*",
+    "vxlan*",
+    "genev*",
+    "weave*",
+    "kube-ipvs*",
+    "kube-bridge",
+    "nodelocaldns*",
+    "dummy*",
+];
 
 /// BGP settings.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -63,16 +63,12 @@ const IFACE_EVERY: Duration = Duration::from_secs(1);
 /// empty (every candidate interface) when there is no entry or one names
 /// none, as layer 2 itself reads them; BGP-only hosts attach everywhere
 /// suitable too, since routers may send over any link.
-pub fn announce_interfaces(config: &ferrolb_config::Config) -> Vec<String> {
-    if config.l2.is_empty() || config.l2.iter().any(|a| a.interfaces.is_empty()) {
-        return Vec::new();
+pub fn announce_interfaces(config: &ferrolb_config::Config) -> crate::l2::iface::Wanted {
+    let mut wanted = crate::l2::wanted_interfaces(&config.l2);
+    if config.l2.iter().any(|a| a.interfaces.is_empty()) {
+        wanted.named.clear();
     }
-    let names: BTreeSet<String> = config
-        .l2
-        .iter()
-        .flat_map(|a| a.interfaces.iter().cloned())
-        .collect();
-    names.into_iter().collect()
+    wanted
 }
 
 /// One kernel-mode port as the planner needs it, read from the forwarder.
@@ -181,7 +177,7 @@ pub struct KernelPath {
     counters_at: Instant,
     ifaces_at: Instant,
     /// Interfaces named for announcing (empty: every candidate).
-    announce: Vec<String>,
+    announce: crate::l2::iface::Wanted,
     /// Ports that went to user space since the last [`KernelPath::take_fallbacks`].
     fallbacks: Vec<Fallback>,
     /// NAT source ports, from the ephemeral range when the program loaded.
@@ -247,7 +243,7 @@ impl KernelPath {
             seen_refused: HashMap::new(),
             counters_at: long_ago,
             ifaces_at: long_ago,
-            announce: Vec::new(),
+            announce: Default::default(),
             fallbacks: Vec::new(),
             nat: None,
             adopting: false,
@@ -257,7 +253,7 @@ impl KernelPath {
 
     /// The interfaces named for announcing (empty: every candidate); the
     /// program is attached to them and to the ones toward backends.
-    pub fn set_interfaces(&mut self, announce: Vec<String>) {
+    pub fn set_interfaces(&mut self, announce: crate::l2::iface::Wanted) {
         if announce != self.announce {
             self.ifaces_at = Instant::now() - IFACE_EVERY * 2;
             self.announce = announce;

@@ -141,7 +141,7 @@ impl Forwarder {
 
     /// The interfaces VIPs are announced on (the `l2` entries' names;
     /// empty: every candidate): the kernel data path attaches there.
-    pub fn set_interfaces(&mut self, names: Vec<String>) {
+    pub fn set_interfaces(&mut self, names: crate::l2::iface::Wanted) {
         self.kernel.set_interfaces(names);
     }
 

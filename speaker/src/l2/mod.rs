@@ -94,12 +94,19 @@ impl Options {
     }
 }
 
-/// The interfaces the advertisements name (empty: any suitable one).
-fn named_interfaces(ads: &[L2Advertisement]) -> Vec<String> {
+/// The interfaces the advertisements name (empty: any suitable one), and
+/// the patterns left out then: only those every entry excludes, since an
+/// entry that does not exclude an interface announces on it.
+pub fn wanted_interfaces(ads: &[L2Advertisement]) -> iface::Wanted {
     let mut named: Vec<String> = ads.iter().flat_map(|a| a.interfaces.clone()).collect();
     named.sort();
     named.dedup();
-    named
+    let mut excluded: Vec<String> = ads
+        .first()
+        .map(|a| a.exclude_interfaces.clone())
+        .unwrap_or_default();
+    excluded.retain(|p| ads.iter().all(|a| a.exclude_interfaces.contains(p)));
+    iface::Wanted { named, excluded }
 }
 
 /// Why layer 2 mode cannot start.
@@ -217,13 +224,9 @@ impl L2Announcer {
 
     /// Whether `settings` can apply here: some interface they name exists.
     pub fn check(&self, settings: &Settings) -> Result<(), L2Error> {
-        let named = named_interfaces(&settings.advertisements);
+        let named = wanted_interfaces(&settings.advertisements);
         if iface::announcing(&named).is_empty() {
-            return Err(L2Error::NoInterface(if named.is_empty() {
-                "any".into()
-            } else {
-                named.join(",")
-            }));
+            return Err(L2Error::NoInterface(named.describe()));
         }
         Ok(())
     }
@@ -297,14 +300,10 @@ pub async fn start(opts: Options, metrics: Arc<Metrics>) -> Result<L2Announcer, 
         .find(|m| m.name == opts.node)
         .cloned()
         .ok_or_else(|| L2Error::NotAMember(opts.node.clone()))?;
-    let named = named_interfaces(&opts.advertisements);
+    let named = wanted_interfaces(&opts.advertisements);
     let ifaces = iface::announcing(&named);
     if ifaces.is_empty() {
-        return Err(L2Error::NoInterface(if named.is_empty() {
-            "any".into()
-        } else {
-            named.join(",")
-        }));
+        return Err(L2Error::NoInterface(named.describe()));
     }
     let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     crate::host::prepare_arp(&names)?;
@@ -550,7 +549,7 @@ const IFACE_EVENTS: usize = 16;
 /// on the main runtime: /sys reads and sysctl writes never hold up a
 /// heartbeat.
 async fn watch_interfaces(
-    mut names: tokio::sync::watch::Receiver<Vec<String>>,
+    mut names: tokio::sync::watch::Receiver<iface::Wanted>,
     start: Vec<(String, u32, bool)>,
     events: mpsc::Sender<IfaceEvent>,
 ) {
@@ -686,7 +685,7 @@ struct Runner {
     /// This run's id in signed heartbeats (kept when the keys change).
     run: u64,
     /// The interfaces the advertisements name, for the interface watcher.
-    names: tokio::sync::watch::Sender<Vec<String>>,
+    names: tokio::sync::watch::Sender<iface::Wanted>,
 }
 
 /// What the layer 2 thread listens to.
@@ -838,7 +837,7 @@ impl Runner {
     /// Owned services stay owned unless the new advertisements make another
     /// node their owner (the election decides, as for any change).
     async fn on_settings(&mut self, s: Settings) {
-        let named = named_interfaces(&s.advertisements);
+        let named = wanted_interfaces(&s.advertisements);
         let mut what: Vec<&str> = Vec::new();
         self.names.send_if_modified(|n| {
             let changed = *n != named;

@@ -3,7 +3,16 @@
 use super::*;
 
 pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
-    let obj = ctx.object(f, &["pools", "interfaces", "nodeSelector", "virtualMac"])?;
+    let obj = ctx.object(
+        f,
+        &[
+            "pools",
+            "interfaces",
+            "excludeInterfaces",
+            "nodeSelector",
+            "virtualMac",
+        ],
+    )?;
     let pools = obj.get("pools").map(|f| ctx.strings(f)).unwrap_or_default();
     let interfaces = obj
         .get("interfaces")
@@ -23,6 +32,24 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
             })
         })
         .unwrap_or_default();
+    let exclude_interfaces = match obj.get("excludeInterfaces") {
+        None => DEFAULT_EXCLUDED_INTERFACES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(f) => ctx.list(f, |ctx, f| {
+            let pattern = ctx.string(f)?;
+            let valid = !pattern.is_empty()
+                && pattern.len() <= 15
+                && !pattern.contains(['/', ':'])
+                && !pattern.chars().any(char::is_whitespace);
+            if !valid {
+                ctx.error(f.path, format!("{pattern:?} is not an interface name pattern (1-15 characters, `*` for any run of characters, no '/', ':' or spaces)"));
+                return None;
+            }
+            Some(pattern)
+        }),
+    };
     let node_selector = obj.get("nodeSelector").and_then(|f| selector(ctx, f));
     let virtual_mac = obj
         .get("virtualMac")
@@ -31,6 +58,7 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
     Some(L2Advertisement {
         pools,
         interfaces,
+        exclude_interfaces,
         node_selector,
         virtual_mac,
     })
