@@ -783,3 +783,105 @@ fn container_network_interfaces_are_left_out_unless_the_exclusions_are_cleared()
         Some(eth0.as_str())
     );
 }
+
+/// Each l2 entry's `interfaces` scope its own pools: a node on two segments
+/// answers for the first pool's VIP on the first segment only and for the
+/// second pool's on the second only (before, every VIP was answered on the
+/// union of the entries' interfaces). The askers are the clients' kernels.
+#[test]
+fn each_l2_entrys_interfaces_scope_its_own_pools() {
+    if !require(
+        "each_l2_entrys_interfaces_scope_its_own_pools",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let mut lab = ferrolb_tests::netns::Lab::new("y");
+    lab.add("n1");
+    lab.attach("n1", &["192.0.2.11/24"]);
+    lab.add("a");
+    lab.attach("a", &["192.0.2.1/24"]);
+    lab.add("b");
+    lab.link("n1", &["198.51.100.11/24"], "b", &["198.51.100.1/24"]);
+    // Both clients send everything for the two VIPs out of their own link.
+    for (host, dev) in [("a", "eth0"), ("b", "to-n1")] {
+        for vip in ["192.0.2.100", "198.51.100.100"] {
+            lab.exec_ok(
+                host,
+                &["ip", "route", "replace", &format!("{vip}/32"), "dev", dev],
+            );
+        }
+    }
+    let dir = ferrolb_tests::speaker::unique_dir();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "pools: [{name: front, addresses: [192.0.2.100/32]}, {name: back, addresses: [198.51.100.100/32]}]
+l2:
+  - {pools: [front], interfaces: [eth0]}
+  - {pools: [back], interfaces: [to-b]}
+members: [{name: n1, address: \"192.0.2.11\"}]
+services:
+  - {name: web, ip: 192.0.2.100, ports: [{port: 80, backends: [\"127.0.0.1:9\"]}]}
+  - {name: db, ip: 198.51.100.100, ports: [{port: 80, backends: [\"127.0.0.1:9\"]}]}
+",
+    )
+    .unwrap();
+    let log = dir.join("speaker.log");
+    ferrolb_tests::routers::speaker(&mut lab, "n1", &config, "n1", &[], &log);
+    let resolved = |host: &str, dev: &str, vip: &str| -> Option<String> {
+        let _ = lab.exec(
+            host,
+            &["python3", "-c", &format!("import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{vip}', 9))")],
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(3500) {
+            let out = lab.exec_ok(host, &["ip", "neigh", "show", vip, "dev", dev]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mut words = text.split_whitespace();
+            if let Some(mac) = words.find(|w| *w == "lladdr").and(words.next()) {
+                return Some(mac.to_string());
+            }
+            if text.contains("FAILED") {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    let speaker_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let eth0 = lab.mac("n1");
+    let to_b = String::from_utf8_lossy(
+        &lab.exec_ok("n1", &["cat", "/sys/class/net/to-b/address"])
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let t = Instant::now();
+    while resolved("a", "eth0", "192.0.2.100").as_deref() != Some(eth0.as_str()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "a never resolved front's VIP:\n{}",
+            speaker_log()
+        );
+    }
+    assert_eq!(
+        resolved("b", "to-n1", "198.51.100.100").as_deref(),
+        Some(to_b.as_str()),
+        "{}",
+        speaker_log()
+    );
+    // Each VIP only on its own entry's interface.
+    assert_eq!(
+        resolved("a", "eth0", "198.51.100.100"),
+        None,
+        "back's VIP answered on eth0:\n{}",
+        speaker_log()
+    );
+    assert_eq!(
+        resolved("b", "to-n1", "192.0.2.100"),
+        None,
+        "front's VIP answered on to-b:\n{}",
+        speaker_log()
+    );
+}

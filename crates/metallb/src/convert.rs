@@ -604,7 +604,6 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
 
     // Layer 2.
     let mut l2 = Vec::new();
-    let mut interface_sets = BTreeSet::new();
     for a in &objects.l2 {
         let obj = label(a);
         let mut out = Yaml::map();
@@ -623,27 +622,12 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
                 .filter_map(Value::as_str)
                 .map(String::from)
                 .collect();
-            interface_sets.insert(list.clone());
             out.put("interfaces", Yaml::strs(list));
-            ctx.seen(
-                &obj,
-                "L2Advertisement",
-                "spec.interfaces",
-                Some("carried over".into()),
-            );
-        } else {
-            interface_sets.insert(Vec::new());
+            ctx.seen(&obj, "L2Advertisement", "spec.interfaces", None);
         }
         ctx.selector_field(a, "L2Advertisement", "nodeSelectors", &mut out, "nodeSelector", "the entry is kept without a node selector, so every node may announce its pools (a node off their segment would take VIPs it cannot serve)");
         ctx.unknown_keys(a, "L2Advertisement", &[]);
         l2.push(out);
-    }
-    if interface_sets.len() > 1 {
-        for a in &objects.l2 {
-            if a["spec"].get("interfaces").is_some() {
-                ctx.drop(&label(a), "spec.interfaces", "the l2 entries name different interfaces: ferrolb answers on the union of them for every layer 2 VIP (an entry without interfaces: on every suitable interface)".into());
-            }
-        }
     }
     if !l2.is_empty() {
         root.put("l2", Yaml::List(l2));

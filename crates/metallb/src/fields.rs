@@ -80,7 +80,7 @@ pub const FIELDS: &[Field] = &[
     converts(L2, "spec.ipAddressPools", "l2[].pools", "pool names as converted"),
     converts(L2, "spec.ipAddressPoolSelectors", "l2[].pools", "resolved against the IPAddressPools' labels in the input: the pools they select are listed by name"),
     converts(L2, "spec.nodeSelectors", "l2[].nodeSelector", SELECTORS_OR),
-    converts(L2, "spec.interfaces", "l2[].interfaces", "ferrolb answers on the union of every l2 entry's interfaces for every layer 2 VIP (reported when the entries differ)"),
+    maps(L2, "spec.interfaces", "l2[].interfaces"),
     maps(BGPAD, "spec.aggregationLength", "bgp.advertisements[].aggregationLength"),
     maps(BGPAD, "spec.aggregationLengthV6", "bgp.advertisements[].aggregationLengthV6"),
     maps(BGPAD, "spec.localPref", "bgp.advertisements[].localPref"),

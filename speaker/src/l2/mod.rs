@@ -98,7 +98,13 @@ impl Options {
 /// the patterns left out then: only those every entry excludes, since an
 /// entry that does not exclude an interface announces on it.
 pub fn wanted_interfaces(ads: &[L2Advertisement]) -> iface::Wanted {
-    let mut named: Vec<String> = ads.iter().flat_map(|a| a.interfaces.clone()).collect();
+    // An entry without interfaces wants every suitable one; which VIP is
+    // answered where is then decided per entry (`answers_on`).
+    let mut named: Vec<String> = if ads.iter().any(|a| a.interfaces.is_empty()) {
+        Vec::new()
+    } else {
+        ads.iter().flat_map(|a| a.interfaces.clone()).collect()
+    };
     named.sort();
     named.dedup();
     let mut excluded: Vec<String> = ads
@@ -107,6 +113,22 @@ pub fn wanted_interfaces(ads: &[L2Advertisement]) -> iface::Wanted {
         .unwrap_or_default();
     excluded.retain(|p| ads.iter().all(|a| a.exclude_interfaces.contains(p)));
     iface::Wanted { named, excluded }
+}
+
+/// Whether this node answers for a VIP of `pool` on interface `iface`: some
+/// entry covering the pool and selecting the node (by `labels`) names the
+/// interface, or names none (any interface the node announces on). Each
+/// entry's `interfaces` thus scope its own pools, not every VIP.
+fn answers_on(
+    ads: &[L2Advertisement],
+    labels: &BTreeMap<String, String>,
+    pool: &str,
+    iface: &str,
+) -> bool {
+    ads.iter()
+        .filter(|a| a.pools.is_empty() || a.pools.iter().any(|p| p == pool))
+        .filter(|a| a.node_selector.as_ref().is_none_or(|s| s.matches(labels)))
+        .any(|a| a.interfaces.is_empty() || a.interfaces.iter().any(|i| i == iface))
 }
 
 /// Why layer 2 mode cannot start.
@@ -164,6 +186,8 @@ struct Owned {
     /// When this node took the service (the announcement schedule's origin).
     taken: Instant,
     vips: Vec<IpAddr>,
+    /// The service's pool: which entries, so which interfaces, cover it.
+    pool: String,
     next: Instant,
     sent: usize,
     /// When a conflict last made this node re-assert the service.
@@ -1061,6 +1085,20 @@ impl Runner {
             .collect()
     }
 
+    /// This node's labels as node selectors see them (its member labels
+    /// and `kubernetes.io/hostname`).
+    fn my_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self
+            .opts
+            .members
+            .iter()
+            .find(|m| m.name == self.me)
+            .map(|m| m.labels.clone())
+            .unwrap_or_default();
+        labels.insert("kubernetes.io/hostname".into(), self.me.clone());
+        labels
+    }
+
     async fn elect(&mut self) {
         if !self.membership.settled(self.now_ms()) {
             return;
@@ -1130,6 +1168,7 @@ impl Runner {
                             since: Instant::now(),
                             taken: Instant::now(),
                             vips: s.vips.clone(),
+                            pool: s.pool.clone(),
                             next: Instant::now(),
                             sent: 0,
                             reasserted: None,
@@ -1180,6 +1219,8 @@ impl Runner {
             })
             .collect();
         let status = &self.vmac_status;
+        let labels = self.my_labels();
+        let ads = &self.opts.advertisements;
         for i in &mut self.ifaces {
             let mut r = i.responder.lock().expect("lock poisoned");
             let node_mac = r.mac();
@@ -1188,6 +1229,7 @@ impl Runner {
             let answered: Vec<(IpAddr, ferrolb_l2::wire::Mac)> = self
                 .owned
                 .values()
+                .filter(|o| answers_on(ads, &labels, &o.pool, &i.name))
                 .flat_map(|o| {
                     let mac = match o.mac {
                         None => Some(node_mac),
@@ -1377,7 +1419,7 @@ impl Runner {
             if o.next > now || o.pending {
                 continue;
             }
-            frames.extend(o.vips.iter().copied());
+            frames.extend(o.vips.iter().map(|v| (*v, o.pool.clone())));
             o.sent += 1;
             o.next = match self.opts.repeats.get(o.sent - 1) {
                 Some(offset) => o.taken + *offset,
@@ -1399,10 +1441,17 @@ impl Runner {
                 .l2_failover_seconds
                 .observe(t.elapsed().as_secs_f64());
         }
+        let labels = self.my_labels();
         for i in &self.ifaces {
             let out: Vec<ferrolb_l2::wire::FrameBuf> = {
                 let r = i.responder.lock().expect("lock poisoned");
-                frames.iter().flat_map(|v| r.announce(*v)).collect()
+                frames
+                    .iter()
+                    .filter(|(_, pool)| {
+                        answers_on(&self.opts.advertisements, &labels, pool, &i.name)
+                    })
+                    .flat_map(|(v, _)| r.announce(*v))
+                    .collect()
             };
             for f in out {
                 match i.socket.send(&f).await {
