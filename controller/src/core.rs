@@ -136,6 +136,8 @@ pub struct Core {
     tally: Tally,
     /// Tracked Services that are not `Ignored`.
     handled: usize,
+    /// Namespace labels, for pools' `namespaceSelector`.
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn is_handled(v: &ServiceView) -> bool {
@@ -167,7 +169,47 @@ impl Core {
             config_error: None,
             tally: Tally::default(),
             handled: 0,
+            namespace_labels: BTreeMap::new(),
         }
+    }
+
+    /// A namespace's labels (`None`: it was deleted). The Services in it
+    /// are re-checked against the pools' namespace selectors.
+    pub fn namespace(
+        &mut self,
+        name: &str,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Vec<Output> {
+        let before = self.namespace_labels.get(name).cloned();
+        match labels {
+            Some(l) => self.namespace_labels.insert(name.to_string(), l),
+            None => self.namespace_labels.remove(name),
+        };
+        if before == self.namespace_labels.get(name).cloned() {
+            return Vec::new();
+        }
+        let keys: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| *k.namespace == *name)
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let labels = self.namespace_labels.get(name).cloned().unwrap_or_default();
+            if let Some(t) = self.services.get_mut(&key) {
+                if let Handling::Managed { request, .. } = &mut t.view.handling {
+                    if request.namespace_labels == labels {
+                        continue;
+                    }
+                    request.namespace_labels = labels;
+                }
+            }
+            if self.started {
+                out.extend(self.reconcile(&key));
+            }
+        }
+        out
     }
 
     /// Whether allocation has started (synced, configured, restored).
@@ -254,8 +296,15 @@ impl Core {
     }
 
     /// A Service was added or changed.
-    pub fn upsert(&mut self, view: ServiceView) -> Vec<Output> {
+    pub fn upsert(&mut self, mut view: ServiceView) -> Vec<Output> {
         let key = view.key.clone();
+        if let Handling::Managed { request, .. } = &mut view.handling {
+            request.namespace_labels = self
+                .namespace_labels
+                .get(&*key.namespace)
+                .cloned()
+                .unwrap_or_default();
+        }
         let mut out = Vec::new();
         if let Some(t) = self.services.get(&key) {
             if t.view.uid != view.uid && !t.view.uid.is_empty() {
@@ -379,7 +428,7 @@ impl Core {
             .values()
             .filter_map(|t| match &t.view.handling {
                 Handling::Managed { request, .. } if !t.view.observed.ips.is_empty() => {
-                    Some((request.clone(), t.view.observed.ips.clone()))
+                    Some(((**request).clone(), t.view.observed.ips.clone()))
                 }
                 _ => None,
             })

@@ -9,7 +9,7 @@ use crate::service::{self, ClassFilter, POOL_ANNOTATION};
 use anyhow::Result;
 use ferrolb_alloc::ServiceKey;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -446,8 +446,16 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
         watcher::Config::default().fields(&format!("metadata.name={}", settings.config.name)),
     )
     .default_backoff();
+    // Namespace labels, for pools' namespaceSelector: known before the
+    // first allocation, so a restart restores what it finds.
+    let namespaces = watcher::watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
     let mut services = services.boxed();
     let mut config = config.boxed();
+    let mut namespaces = namespaces.boxed();
     let mut lp = Loop {
         client,
         settings,
@@ -462,6 +470,7 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
         tally: Tally::default(),
     };
     let (mut svc_synced, mut cfg_synced, mut cfg_seen) = (false, false, false);
+    let mut ns_synced = false;
     let mut listed: BTreeSet<ServiceKey> = BTreeSet::new();
     let start = Instant::now();
     loop {
@@ -480,7 +489,7 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
                     Ok(Some(Event::InitDone)) => {
                         let mut out = if svc_synced { lp.core.retain(&listed) } else { Vec::new() };
                         svc_synced = true;
-                        if cfg_synced { out.extend(lp.core.synced()); }
+                        if cfg_synced && ns_synced { out.extend(lp.core.synced()); }
                         out
                     }
                     Ok(Some(Event::Apply(s))) => {
@@ -520,7 +529,7 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
                     }
                     if !cfg_synced {
                         cfg_synced = true;
-                        if svc_synced { out.extend(lp.core.synced()); }
+                        if svc_synced && ns_synced { out.extend(lp.core.synced()); }
                     }
                     out
                 }
@@ -531,13 +540,33 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
                 Ok(None) => anyhow::bail!("the ConfigMap watch ended"),
                 Err(e) => { tracing::warn!(error = %e, "ConfigMap watch error; retrying"); Vec::new() }
             },
+            ev = namespaces.try_next() => match ev {
+                Ok(Some(Event::InitApply(ns) | Event::Apply(ns))) => {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    lp.core.namespace(&name, Some(ns.metadata.labels.clone().unwrap_or_default().into_iter().collect()))
+                }
+                Ok(Some(Event::Delete(ns))) => {
+                    lp.core.namespace(&ns.metadata.name.clone().unwrap_or_default(), None)
+                }
+                Ok(Some(Event::InitDone)) => {
+                    if ns_synced {
+                        Vec::new()
+                    } else {
+                        ns_synced = true;
+                        if svc_synced && cfg_synced { lp.core.synced() } else { Vec::new() }
+                    }
+                }
+                Ok(Some(Event::Init)) => Vec::new(),
+                Ok(None) => anyhow::bail!("the Namespace watch ended"),
+                Err(e) => { tracing::warn!(error = %e, "Namespace watch error; retrying"); Vec::new() }
+            },
             _ = async { match retry_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 let keys = lp.retries.take_due();
                 keys.iter().flat_map(|k| lp.core.write_failed(k)).collect()
             }
         };
         lp.execute(outputs).await;
-        if svc_synced && cfg_synced && !lp.shared.ready.load(Ordering::Relaxed) {
+        if svc_synced && cfg_synced && ns_synced && !lp.shared.ready.load(Ordering::Relaxed) {
             lp.shared.ready.store(true, Ordering::Relaxed);
             let (handled, allocated) = lp.core.service_counts();
             tracing::info!(

@@ -46,7 +46,7 @@ pub enum Handling {
     /// Ours, with this request.
     Managed {
         /// The allocator request.
-        request: Request,
+        request: Box<Request>,
         /// `ferrolb.io/forward: "true"`: status says `ipMode: Proxy`.
         proxy: bool,
     },
@@ -257,7 +257,10 @@ pub fn view(svc: &Service, filter: &ClassFilter) -> ServiceView {
                 Handling::Ignored("no loadBalancerClass (--ignore-classless)")
             }
             _ => match request(svc, key.clone()) {
-                Ok(request) => Handling::Managed { request, proxy },
+                Ok(request) => Handling::Managed {
+                    request: Box::new(request),
+                    proxy,
+                },
                 Err(reason) => Handling::Invalid { reason, proxy },
             },
         }
@@ -296,7 +299,7 @@ mod tests {
 
     fn managed(s: &Service) -> Request {
         match view(s, &ClassFilter::default()).handling {
-            Handling::Managed { request, .. } => request,
+            Handling::Managed { request, .. } => *request,
             other => panic!("expected managed, got {other:?}"),
         }
     }

@@ -859,3 +859,69 @@ async fn a_renamed_lease_needs_the_matching_rbac() {
     c.wait_ingress("ns", "web", 1, T).await;
     assert!(c.leader().is_none(), "the default Lease stays unused");
 }
+
+/// Pools' `namespaceSelector` (MetalLB's `namespaceSelectors`) against
+/// real Namespace objects: a Service in a selected namespace gets the
+/// pool's address, one elsewhere does not; labelling its namespace later
+/// gives a waiting Service the address; a restart restores every address
+/// as it was (the labels are read before the first allocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_selectors_follow_the_namespaces_labels_and_a_restart_moves_none() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let c = Cluster::start().await;
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    for (name, team) in [("checkout", Some("payments")), ("web", None)] {
+        let mut ns = json!({"metadata": {"name": name}});
+        if let Some(t) = team {
+            ns["metadata"]["labels"] = json!({"team": t});
+        }
+        namespaces
+            .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
+            .await
+            .unwrap();
+    }
+    c.set_config(
+        "
+pools:
+  - name: payments
+    addresses: [10.9.0.0/30]
+    namespaceSelector: {matchLabels: {team: payments}}
+",
+    )
+    .await;
+    let ctl = Controller::start(&c, "first", &[]).await;
+    c.create_service("checkout", "pay", json!({})).await;
+    let ips = c.wait_ingress("checkout", "pay", 1, T).await;
+    assert!(in_net(&ips[0], "10.9.0.0", 30), "{ips:?}");
+    // Not selected: it waits, and says why.
+    c.create_service("web", "shop", json!({})).await;
+    let note = c.wait_event("web", "shop", "AllocationFailed", T).await;
+    assert!(note.contains("namespaceSelector (team=payments)"), "{note}");
+    assert!(c.ingress("web", "shop").is_empty());
+    // Its namespace gets the label: now it is selected.
+    namespaces
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "payments"}}})),
+        )
+        .await
+        .unwrap();
+    let shop = c.wait_ingress("web", "shop", 1, T).await;
+    assert!(in_net(&shop[0], "10.9.0.0", 30), "{shop:?}");
+    // A hard kill and a new replica: both addresses stay where they are.
+    let before = all_ingress(&c);
+    let mut ctl = ctl;
+    ctl.kill("KILL");
+    c.server.clear_requests();
+    let ctl2 = Controller::start(&c, "second", &[]).await;
+    ctl2.wait_leading(T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(all_ingress(&c), before, "a restart moved an address");
+    assert_eq!(
+        service_writes(&c),
+        0,
+        "the restarted controller rewrote Services"
+    );
+}

@@ -88,7 +88,11 @@ impl Allocator {
     /// An allocator over `pools` with nothing allocated.
     pub fn new(pools: &[Pool]) -> Allocator {
         let mut sorted: Vec<&Pool> = pools.iter().collect();
-        let open = |p: &Pool| p.namespaces.is_empty() && p.service_selector.is_none();
+        let open = |p: &Pool| {
+            p.namespaces.is_empty()
+                && p.namespace_selector.is_none()
+                && p.service_selector.is_none()
+        };
         sorted.sort_by(|a, b| {
             (a.priority.is_none(), a.priority, open(a), &a.name).cmp(&(
                 b.priority.is_none(),
@@ -315,13 +319,28 @@ impl Allocator {
     /// Whether pool `p`'s namespace and selector restrictions admit the service.
     fn allowed(&self, p: usize, req: &Request) -> Result<(), String> {
         let pool = &self.pools[p].pool;
-        if !pool.namespaces.is_empty() && !pool.namespaces.iter().any(|n| **n == *req.key.namespace)
-        {
-            return Err(format!(
-                "namespace {:?} is not among its namespaces ({})",
-                req.key.namespace,
-                pool.namespaces.join(", ")
-            ));
+        // Named namespaces and selected ones add up (MetalLB's namespaces
+        // and namespaceSelectors).
+        if !pool.namespaces.is_empty() || pool.namespace_selector.is_some() {
+            let named = pool.namespaces.iter().any(|n| **n == *req.key.namespace);
+            let selected = pool
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| s.matches(&req.namespace_labels));
+            if !named && !selected {
+                let mut allowed = Vec::new();
+                if !pool.namespaces.is_empty() {
+                    allowed.push(format!("its namespaces ({})", pool.namespaces.join(", ")));
+                }
+                if let Some(s) = &pool.namespace_selector {
+                    allowed.push(format!("its namespaceSelector ({s})"));
+                }
+                return Err(format!(
+                    "namespace {:?} is not among {}",
+                    req.key.namespace,
+                    allowed.join(" nor matches ")
+                ));
+            }
         }
         if let Some(sel) = &pool.service_selector {
             if !sel.matches(&req.labels) {

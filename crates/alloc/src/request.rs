@@ -71,6 +71,9 @@ pub struct Request {
     pub created: i64,
     /// The service's labels, matched by pool service selectors.
     pub labels: BTreeMap<String, String>,
+    /// The labels of the service's namespace, matched by pool namespace
+    /// selectors.
+    pub namespace_labels: BTreeMap<String, String>,
     /// Families in order of preference (`spec.ipFamilies`); empty means IPv4.
     pub families: Vec<Family>,
     /// `families` is what the API server set (it fills `ipFamilies` from
@@ -99,6 +102,7 @@ impl Request {
             key,
             created: 0,
             labels: BTreeMap::new(),
+            namespace_labels: BTreeMap::new(),
             families: Vec::new(),
             families_set_by_cluster: false,
             policy: FamilyPolicy::SingleStack,

@@ -193,6 +193,40 @@ fn namespaces_and_selectors() {
 }
 
 #[test]
+fn namespace_selectors_add_to_named_namespaces() {
+    let mut a = Allocator::new(&pools(
+        "pools:
+           - {name: pay, addresses: [10.0.1.0/30], namespaces: [legacy], namespaceSelector: {matchLabels: {team: payments}}, priority: 1}
+           - {name: rest, addresses: [10.0.2.0/30], priority: 2}",
+    ));
+    // Selected by its namespace's labels.
+    let mut r = req("checkout", "a");
+    r.namespace_labels.insert("team".into(), "payments".into());
+    assert_eq!(a.allocate(&r).unwrap().pool, "pay".into());
+    // Named, whatever its labels.
+    assert_eq!(a.allocate(&req("legacy", "b")).unwrap().pool, "pay".into());
+    // Neither: the next pool, and asking for the pool says why not.
+    let mut r = req("web", "c");
+    r.namespace_labels.insert("team".into(), "shop".into());
+    assert_eq!(a.allocate(&r).unwrap().pool, "rest".into());
+    let mut r = req("web", "d");
+    r.requested_pool = Some("pay".into());
+    let text = a.allocate(&r).unwrap_err().to_string();
+    assert!(
+        text.contains("namespace \"web\" is not among its namespaces (legacy) nor matches its namespaceSelector (team=payments)"),
+        "{text}"
+    );
+    // A selector alone restricts the pool (it is no longer open to all).
+    let mut b = Allocator::new(&pools(
+        "pools: [{name: only, addresses: [10.0.3.0/30], namespaceSelector: {matchLabels: {team: payments}}}]",
+    ));
+    assert!(matches!(
+        b.allocate(&req("web", "e")),
+        Err(AllocError::NoPool { .. })
+    ));
+}
+
+#[test]
 fn requested_ip_rules() {
     let mut a = Allocator::new(&pools(
         "pools: [{name: p, addresses: [10.0.0.0/24], avoidBuggyIPs: true}, {name: q, addresses: ['2001:db8::/64']}]",

@@ -159,8 +159,13 @@ pub struct Pool {
     pub avoid_buggy_ips: bool,
     /// Lower is preferred; pools without a priority come after all that have one.
     pub priority: Option<u32>,
-    /// Namespaces allowed to use the pool; empty means all.
+    /// Namespaces allowed to use the pool; empty means all (unless
+    /// `namespace_selector` is set).
     pub namespaces: Vec<String>,
+    /// Namespaces, by their labels, allowed to use the pool besides those
+    /// named in `namespaces` (MetalLB's `namespaceSelectors`); `None` adds
+    /// none.
+    pub namespace_selector: Option<LabelSelector>,
     /// Services whose labels must match; `None` means all.
     pub service_selector: Option<LabelSelector>,
 }

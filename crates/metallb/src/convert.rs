@@ -539,25 +539,32 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
             );
         }
         let mut restrict = false;
-        if alloc
-            .get("namespaceSelectors")
-            .is_some_and(|s| !array(s).is_empty())
-        {
-            if namespaces.is_empty() {
-                let how = if spec["autoAssign"].as_bool() == Some(false) {
-                    "the pool has autoAssign: false already, so only Services that ask for it get its addresses (from any namespace)"
-                } else {
-                    "the pool is written with autoAssign: false, so only Services that ask for it get its addresses, rather than Services of every namespace"
-                };
-                ctx.drop(&obj, "spec.serviceAllocation.namespaceSelectors", format!("ferrolb pools name their namespaces: {how}; list the namespaces in `namespaces` (`kubectl get ns -l SELECTOR -o name`) and set autoAssign as it was"));
-                restrict = true;
-            } else {
-                ctx.seen(
-                    &obj,
-                    "IPAddressPool",
-                    "spec.serviceAllocation.namespaceSelectors",
-                    None,
-                );
+        let ns_selectors = array(&alloc["namespaceSelectors"]);
+        if !ns_selectors.is_empty() {
+            match one_selector(&ns_selectors) {
+                Ok(sel) => {
+                    // An empty selector admits every namespace (MetalLB adds
+                    // the selected namespaces to the named ones).
+                    out.put("namespaceSelector", sel.unwrap_or_else(Yaml::map));
+                    let how = if ns_selectors.len() > 1 {
+                        format!(
+                            "{} selectors on one label merged into one `In` expression",
+                            ns_selectors.len()
+                        )
+                    } else {
+                        "one selector, as it is".into()
+                    };
+                    ctx.seen(
+                        &obj,
+                        "IPAddressPool",
+                        "spec.serviceAllocation.namespaceSelectors",
+                        Some(how),
+                    );
+                }
+                Err(why) => {
+                    ctx.drop(&obj, "spec.serviceAllocation.namespaceSelectors", format!("{why}, and a ferrolb pool takes one namespaceSelector: the pool is written with autoAssign: false, so only Services that ask for it get its addresses, rather than Services of every namespace; give the namespaces a common label, select on it, and convert again"));
+                    restrict = true;
+                }
             }
         }
         let services = array(&alloc["serviceSelectors"]);

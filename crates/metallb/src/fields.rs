@@ -75,7 +75,7 @@ pub const FIELDS: &[Field] = &[
     maps(POOL, "spec.avoidBuggyIPs", "pools[].avoidBuggyIPs"),
     converts(POOL, "spec.serviceAllocation.priority", "pools[].priority", "0 (MetalLB's 'no priority') leaves it unset"),
     maps(POOL, "spec.serviceAllocation.namespaces", "pools[].namespaces"),
-    drops(POOL, "spec.serviceAllocation.namespaceSelectors", "ferrolb pools name their namespaces: list them in `namespaces` (`kubectl get ns -l SELECTOR -o name`); until then the pool admits only the namespaces named, and with none named it is written with autoAssign false (no wider than MetalLB's)"),
+    converts(POOL, "spec.serviceAllocation.namespaceSelectors", "pools[].namespaceSelector", SELECTORS_OR),
     converts(POOL, "spec.serviceAllocation.serviceSelectors", "pools[].serviceSelector", SELECTORS_OR),
     converts(L2, "spec.ipAddressPools", "l2[].pools", "pool names as converted"),
     converts(L2, "spec.ipAddressPoolSelectors", "l2[].pools", "resolved against the IPAddressPools' labels in the input: the pools they select are listed by name"),

@@ -13,6 +13,7 @@ pub(super) fn pool(ctx: &mut Ctx, f: Field<'_>) -> Option<Pool> {
             "priority",
             "namespaces",
             "serviceSelector",
+            "namespaceSelector",
         ],
     )?;
     let name = name(ctx, &obj, "pool");
@@ -69,6 +70,7 @@ pub(super) fn pool(ctx: &mut Ctx, f: Field<'_>) -> Option<Pool> {
         .map(|f| ctx.list(f, namespace))
         .unwrap_or_default();
     let service_selector = obj.get("serviceSelector").and_then(|f| selector(ctx, f));
+    let namespace_selector = obj.get("namespaceSelector").and_then(|f| selector(ctx, f));
     Some(Pool {
         name: name?,
         specs,
@@ -77,6 +79,7 @@ pub(super) fn pool(ctx: &mut Ctx, f: Field<'_>) -> Option<Pool> {
         avoid_buggy_ips,
         priority,
         namespaces,
+        namespace_selector,
         service_selector,
     })
 }
