@@ -263,6 +263,7 @@ pub fn config(b: &ferrolb_config::Bfd, disc: u32) -> Config {
         desired_min_tx: b.transmit_interval,
         required_min_rx: b.receive_interval,
         detect_mult: b.detect_multiplier,
+        passive: b.passive,
     }
 }
 

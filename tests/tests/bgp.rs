@@ -1224,3 +1224,36 @@ bgp:
     eprintln!("reload to the newly selected advertisement's route: {took:?}");
     assert!(rig.has_route("203.0.113.10"));
 }
+
+/// BFD in the passive role (MetalLB's BFDProfile `passiveMode`): BIRD's
+/// active BFD starts the session, the speaker answers, and both see it up.
+#[test]
+fn a_passive_bfd_session_comes_up_when_bird_starts_it() {
+    if !require(
+        "a_passive_bfd_session_comes_up_when_bird_starts_it",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let mut bird = bird_conf(Path::new("DIR"), None);
+    bird = bird.replacen("  passive on;\n", "  passive on;\n  bfd on;\n", 1);
+    bird.push_str("protocol bfd {\n  interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n");
+    let speaker = speaker_conf("  - {name: web, ip: 203.0.113.10}", None).replacen(
+        "holdTime: 9s",
+        "holdTime: 9s, bfd: {receiveInterval: 100ms, transmitInterval: 100ms, detectMultiplier: 3, passiveMode: true}",
+        1,
+    );
+    let rig = Rig::custom("fp", &bird, &speaker);
+    rig.wait_for("route and BFD up", Duration::from_secs(15), |r| {
+        r.has_route("203.0.113.10") && r.birdc("show bfd sessions").contains("Up")
+    });
+    rig.wait_for("BFD up at the speaker", Duration::from_secs(5), |r| {
+        r.metrics()
+            .contains("ferrolb_bfd_session_up{peer=\"bird\"} 1")
+    });
+}

@@ -165,6 +165,10 @@ pub struct Config {
     pub required_min_rx: Duration,
     /// Detection multiplier.
     pub detect_mult: u8,
+    /// The passive role (RFC 5880 6.1): send nothing until the peer's first
+    /// packet has told us its discriminator (again after each detection
+    /// timeout), so the router starts every session.
+    pub passive: bool,
 }
 
 /// What happened.
@@ -323,7 +327,8 @@ impl Session {
                 }
             }
         }
-        if now >= self.next_tx {
+        let silent = self.cfg.passive && self.remote_disc == 0;
+        if now >= self.next_tx && !silent {
             out.push(Output::Send(self.packet()));
             // 75-100% jitter would be random; a fixed 90% keeps the machine deterministic and within the RFC's bounds.
             self.next_tx = now + self.tx_interval().mul_f64(0.9);
@@ -352,7 +357,42 @@ mod tests {
             desired_min_tx: Duration::from_millis(300),
             required_min_rx: Duration::from_millis(300),
             detect_mult: 3,
+            passive: false,
         }
+    }
+
+    #[test]
+    fn a_passive_session_speaks_only_after_the_peer_did_and_again_after_a_timeout() {
+        let mut p = Session::new(Config {
+            passive: true,
+            ..cfg(9)
+        });
+        // Alone, for ten seconds: not one packet.
+        for t in (0..10_000).step_by(10) {
+            let now = Duration::from_millis(t);
+            let out = p.handle(Input::Tick(now), now);
+            assert!(
+                !out.iter().any(|o| matches!(o, Output::Send(_))),
+                "sent at {t} ms: {out:?}"
+            );
+        }
+        // An active peer starts the session: the passive one answers and both come up.
+        let mut a = Session::new(cfg(1));
+        let ev = converse(&mut a, &mut p, 10_000, 13_000, true);
+        assert_eq!((a.state(), p.state()), (State::Up, State::Up), "{ev:?}");
+        // The peer falls silent: after the detection time the passive side
+        // is down and silent again.
+        let mut sent_after = None;
+        for t in (13_000..16_000).step_by(10) {
+            let now = Duration::from_millis(t);
+            for o in p.handle(Input::Tick(now), now) {
+                if matches!(o, Output::Send(_)) && p.state() == State::Down {
+                    sent_after = Some(t);
+                }
+            }
+        }
+        assert_eq!(p.state(), State::Down);
+        assert_eq!(sent_after, None, "a passive session down sends nothing");
     }
 
     #[test]

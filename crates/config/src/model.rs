@@ -365,6 +365,9 @@ pub struct Bfd {
     pub transmit_interval: Duration,
     /// Missed packets before the path is declared down.
     pub detect_multiplier: u8,
+    /// Wait for the router's first BFD packet before sending (RFC 5880
+    /// passive role; MetalLB's `passiveMode`).
+    pub passive: bool,
 }
 
 impl Default for Bfd {
@@ -373,6 +376,7 @@ impl Default for Bfd {
             receive_interval: Duration::from_millis(300),
             transmit_interval: Duration::from_millis(300),
             detect_multiplier: 3,
+            passive: false,
         }
     }
 }

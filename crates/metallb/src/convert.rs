@@ -679,10 +679,14 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
         if spec.get("echoInterval").is_some() {
             ctx.seen(&obj, "BFDProfile", "spec.echoInterval", None);
         }
-        for k in ["echoMode", "passiveMode"] {
-            if spec[k].as_bool() == Some(true) {
-                ctx.seen(&obj, "BFDProfile", &format!("spec.{k}"), None);
+        if spec["echoMode"].as_bool() == Some(true) {
+            ctx.seen(&obj, "BFDProfile", "spec.echoMode", None);
+        }
+        if let Some(p) = spec["passiveMode"].as_bool() {
+            if p {
+                out.put("passiveMode", Yaml::Bool(true));
             }
+            ctx.seen(&obj, "BFDProfile", "spec.passiveMode", None);
         }
         if spec.get("minimumTtl").is_some() {
             ctx.seen(&obj, "BFDProfile", "spec.minimumTtl", None);

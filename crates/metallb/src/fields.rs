@@ -116,8 +116,8 @@ pub const FIELDS: &[Field] = &[
     converts(BFD, "spec.transmitInterval", "bgp.peers[].bfd.transmitInterval", "milliseconds to a duration"),
     maps(BFD, "spec.detectMultiplier", "bgp.peers[].bfd.detectMultiplier"),
     drops(BFD, "spec.echoInterval", "ferrolb's BFD sends no echo packets"),
-    drops(BFD, "spec.echoMode", "ferrolb's BFD sends no echo packets: the session runs without echo (asynchronous mode only)"),
-    drops(BFD, "spec.passiveMode", "ferrolb's BFD is always active (it sends from the start); a router that expects a passive peer still brings the session up"),
+    drops(BFD, "spec.echoMode", "ferrolb's BFD has no echo function (its configuration refuses echoMode: true): the session runs in asynchronous mode, without echo"),
+    maps(BFD, "spec.passiveMode", "bgp.peers[].bfd.passiveMode"),
     drops(BFD, "spec.minimumTtl", "ferrolb's BFD is single-hop (RFC 5881: TTL 255 required)"),
     converts(LEGACY, "address-pools[].name", "pools[].name", "made a DNS label if it is not one"),
     converts(LEGACY, "address-pools[].protocol", "l2[] or bgp.advertisements[]", "`layer2`: an l2 entry for the pool; `bgp`: its bgp-advertisements (one default advertisement if it has none)"),
@@ -148,7 +148,7 @@ pub const FIELDS: &[Field] = &[
     maps(LEGACY, "bfd-profiles[].detect-multiplier", "bgp.peers[].bfd.detectMultiplier"),
     drops(LEGACY, "bfd-profiles[].echo-interval", "ferrolb's BFD sends no echo packets"),
     drops(LEGACY, "bfd-profiles[].echo-mode", "ferrolb's BFD sends no echo packets"),
-    drops(LEGACY, "bfd-profiles[].passive-mode", "ferrolb's BFD always starts the session"),
+    maps(LEGACY, "bfd-profiles[].passive-mode", "bgp.peers[].bfd.passiveMode"),
     drops(LEGACY, "bfd-profiles[].minimum-ttl", "ferrolb's BFD is single-hop"),
 ];
 

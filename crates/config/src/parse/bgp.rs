@@ -276,9 +276,22 @@ pub(super) fn bfd(ctx: &mut Ctx, f: Field<'_>) -> Option<Option<Bfd>> {
             "receiveInterval",
             "transmitInterval",
             "detectMultiplier",
+            "passiveMode",
+            "echoMode",
         ],
     )?;
     let mut bfd = Bfd::default();
+    if let Some(b) = obj.get("passiveMode").and_then(|f| ctx.boolean(f)) {
+        bfd.passive = b;
+    }
+    if let Some(f) = obj.get("echoMode") {
+        if ctx.boolean(f) == Some(true) {
+            ctx.error(
+                f.path,
+                "ferrolb's BFD has no echo function (asynchronous mode only); remove echoMode or set it to false",
+            );
+        }
+    }
     let interval = |ctx: &mut Ctx, key: &str| -> Option<Duration> {
         let f = obj.get(key)?;
         let d = ctx.duration(f)?;
