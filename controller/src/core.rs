@@ -180,29 +180,32 @@ impl Core {
         name: &str,
         labels: Option<BTreeMap<String, String>>,
     ) -> Vec<Output> {
-        let before = self.namespace_labels.get(name).cloned();
-        match labels {
-            Some(l) => self.namespace_labels.insert(name.to_string(), l),
+        let before = match &labels {
+            Some(l) => self.namespace_labels.insert(name.to_string(), l.clone()),
             None => self.namespace_labels.remove(name),
         };
-        if before == self.namespace_labels.get(name).cloned() {
+        if before == labels {
             return Vec::new();
         }
+        let labels = labels.unwrap_or_default();
+        // Keys sort by namespace first: the namespace's Services are one
+        // range, so the initial list of every namespace costs no scan of
+        // every Service per namespace.
         let keys: Vec<ServiceKey> = self
             .services
-            .keys()
-            .filter(|k| *k.namespace == *name)
+            .range(ServiceKey::new(name, "")..)
+            .map(|(k, _)| k)
+            .take_while(|k| *k.namespace == *name)
             .cloned()
             .collect();
         let mut out = Vec::new();
         for key in keys {
-            let labels = self.namespace_labels.get(name).cloned().unwrap_or_default();
             if let Some(t) = self.services.get_mut(&key) {
                 if let Handling::Managed { request, .. } = &mut t.view.handling {
                     if request.namespace_labels == labels {
                         continue;
                     }
-                    request.namespace_labels = labels;
+                    request.namespace_labels = labels.clone();
                 }
             }
             if self.started {

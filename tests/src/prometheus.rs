@@ -396,6 +396,13 @@ impl Prometheus {
     }
 }
 
+/// The shipped Grafana dashboard (`deploy/monitoring/grafana-dashboard.json`).
+pub fn dashboard() -> Value {
+    let path = monitoring_dir().join("grafana-dashboard.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// A Grafana variable-free expression made concrete for an instant query:
 /// the interval macros as Grafana would fill them for a 15-minute view.
 pub fn grafana_expand(expr: &str) -> String {
@@ -434,10 +441,7 @@ pub fn export_dashboard(prom: &Prometheus, name: &str, settle: Duration) {
         return;
     };
     std::thread::sleep(settle);
-    let d: Value = serde_json::from_str(
-        &std::fs::read_to_string(monitoring_dir().join("grafana-dashboard.json")).unwrap(),
-    )
-    .unwrap();
+    let d = dashboard();
     let mut panels = Vec::new();
     for p in d["panels"].as_array().into_iter().flatten() {
         let mut targets = Vec::new();

@@ -663,6 +663,29 @@ fn a_node_listening_after_its_link_returns_is_passed_over() {
     );
 }
 
+/// The MAC `host`'s kernel resolves `vip` to on `dev` after a datagram to
+/// it (the kernel asks up to three times, a second apart), if any.
+fn resolved(lab: &ferrolb_tests::netns::Lab, host: &str, dev: &str, vip: &str) -> Option<String> {
+    let send = format!(
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{vip}', 9))"
+    );
+    let _ = lab.exec(host, &["python3", "-c", &send]);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(3500) {
+        let out = lab.exec_ok(host, &["ip", "neigh", "show", vip, "dev", dev]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut words = text.split_whitespace();
+        if let Some(mac) = words.find(|w| *w == "lladdr").and(words.next()) {
+            return Some(mac.to_string());
+        }
+        if text.contains("FAILED") {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// A node with a container network's veth (`cali…`, as Calico names its
 /// host ends): with `interfaces` left out the speaker answers on the node's
 /// real link and, by default, not on the veth (a pod asking gets no
@@ -718,32 +741,10 @@ fn container_network_interfaces_are_left_out_unless_the_exclusions_are_cleared()
         &["--reload-poll", "100ms"],
         &log,
     );
-    // The MAC `host`'s kernel resolves the VIP to on `dev` after a datagram
-    // to it (the kernel asks up to three times, a second apart), if any.
-    let resolved = |lab: &ferrolb_tests::netns::Lab, host: &str, dev: &str| -> Option<String> {
-        let _ = lab.exec(
-            host,
-            &["python3", "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('192.0.2.100', 9))"],
-        );
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(3500) {
-            let out = lab.exec_ok(host, &["ip", "neigh", "show", "192.0.2.100", "dev", dev]);
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let mut words = text.split_whitespace();
-            if let Some(mac) = words.find(|w| *w == "lladdr").and(words.next()) {
-                return Some(mac.to_string());
-            }
-            if text.contains("FAILED") {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    };
     let speaker_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let t = Instant::now();
     let eth0 = lab.mac("n1");
-    while resolved(&lab, "client", "eth0").as_deref() != Some(eth0.as_str()) {
+    while resolved(&lab, "client", "eth0", "192.0.2.100").as_deref() != Some(eth0.as_str()) {
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "the client never resolved the VIP to n1:\n{}",
@@ -752,7 +753,7 @@ fn container_network_interfaces_are_left_out_unless_the_exclusions_are_cleared()
     }
     // The pod behind the veth: no answer (its kernel asked three times).
     assert_eq!(
-        resolved(&lab, "pod", "eth1"),
+        resolved(&lab, "pod", "eth1", "192.0.2.100"),
         None,
         "answered on cali9f1:\n{}",
         speaker_log()
@@ -767,7 +768,7 @@ fn container_network_interfaces_are_left_out_unless_the_exclusions_are_cleared()
     .to_string();
     let t = Instant::now();
     loop {
-        if resolved(&lab, "pod", "eth1").as_deref() == Some(cali.as_str()) {
+        if resolved(&lab, "pod", "eth1", "192.0.2.100").as_deref() == Some(cali.as_str()) {
             break;
         }
         assert!(
@@ -779,7 +780,7 @@ fn container_network_interfaces_are_left_out_unless_the_exclusions_are_cleared()
         let _ = lab.exec("pod", &["ip", "neigh", "flush", "dev", "eth1"]);
     }
     assert_eq!(
-        resolved(&lab, "client", "eth0").as_deref(),
+        resolved(&lab, "client", "eth0", "192.0.2.100").as_deref(),
         Some(eth0.as_str())
     );
 }
@@ -829,26 +830,6 @@ services:
     .unwrap();
     let log = dir.join("speaker.log");
     ferrolb_tests::routers::speaker(&mut lab, "n1", &config, "n1", &[], &log);
-    let resolved = |host: &str, dev: &str, vip: &str| -> Option<String> {
-        let _ = lab.exec(
-            host,
-            &["python3", "-c", &format!("import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{vip}', 9))")],
-        );
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(3500) {
-            let out = lab.exec_ok(host, &["ip", "neigh", "show", vip, "dev", dev]);
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let mut words = text.split_whitespace();
-            if let Some(mac) = words.find(|w| *w == "lladdr").and(words.next()) {
-                return Some(mac.to_string());
-            }
-            if text.contains("FAILED") {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    };
     let speaker_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let eth0 = lab.mac("n1");
     let to_b = String::from_utf8_lossy(
@@ -858,7 +839,7 @@ services:
     .trim()
     .to_string();
     let t = Instant::now();
-    while resolved("a", "eth0", "192.0.2.100").as_deref() != Some(eth0.as_str()) {
+    while resolved(&lab, "a", "eth0", "192.0.2.100").as_deref() != Some(eth0.as_str()) {
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "a never resolved front's VIP:\n{}",
@@ -866,20 +847,20 @@ services:
         );
     }
     assert_eq!(
-        resolved("b", "to-n1", "198.51.100.100").as_deref(),
+        resolved(&lab, "b", "to-n1", "198.51.100.100").as_deref(),
         Some(to_b.as_str()),
         "{}",
         speaker_log()
     );
     // Each VIP only on its own entry's interface.
     assert_eq!(
-        resolved("a", "eth0", "198.51.100.100"),
+        resolved(&lab, "a", "eth0", "198.51.100.100"),
         None,
         "back's VIP answered on eth0:\n{}",
         speaker_log()
     );
     assert_eq!(
-        resolved("b", "to-n1", "192.0.2.100"),
+        resolved(&lab, "b", "to-n1", "192.0.2.100"),
         None,
         "front's VIP answered on to-b:\n{}",
         speaker_log()

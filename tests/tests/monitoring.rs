@@ -150,13 +150,19 @@ fn registered(file: &str, prefix: &str) -> BTreeSet<String> {
     out
 }
 
-#[test]
-fn every_metric_an_alert_reads_is_exported() {
+/// Every metric the speaker and the controller register.
+fn known_metrics() -> BTreeSet<String> {
     let mut known = registered("speaker/src/metrics.rs", "ferrolb_");
     known.extend(registered(
         "controller/src/metrics.rs",
         "ferrolb_controller_",
     ));
+    known
+}
+
+#[test]
+fn every_metric_an_alert_reads_is_exported() {
+    let known = known_metrics();
     assert!(
         known.contains("ferrolb_bgp_session_up") && known.contains("ferrolb_controller_leader")
     );
@@ -177,11 +183,7 @@ fn every_metric_an_alert_reads_is_exported() {
 /// Every metric name `exprs` read is registered by the speaker or the
 /// controller (at least `min` distinct names are read: the split works).
 fn assert_exported(exprs: &[&str], what: &str, min: usize) {
-    let mut known = registered("speaker/src/metrics.rs", "ferrolb_");
-    known.extend(registered(
-        "controller/src/metrics.rs",
-        "ferrolb_controller_",
-    ));
+    let known = known_metrics();
     let used: BTreeSet<String> = exprs
         .iter()
         .flat_map(|e| e.split(|c: char| !(c.is_alphanumeric() || c == '_')))
@@ -201,11 +203,9 @@ fn assert_exported(exprs: &[&str], what: &str, min: usize) {
     }
 }
 
-const DASHBOARD: &str = "deploy/monitoring/grafana-dashboard.json";
-
 #[test]
 fn every_dashboard_panel_queries_exported_metrics_through_the_chosen_data_source() {
-    let d: serde_json::Value = serde_json::from_str(&read(DASHBOARD)).expect("dashboard JSON");
+    let d = ferrolb_tests::prometheus::dashboard();
     let queries = ferrolb_tests::prometheus::dashboard_queries(&d);
     let exprs: Vec<&str> = queries.iter().map(|(_, _, e)| e.as_str()).collect();
     assert_exported(&exprs, "a dashboard panel", 20);

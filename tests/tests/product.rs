@@ -174,13 +174,7 @@ fn assert_scraped_as_shipped(prom: &Prometheus) {
 /// Prometheus, and each returns data unless its row is one of `empty_rows`
 /// (the other mode's).
 fn assert_dashboard_has_data(prom: &Prometheus, empty_rows: &[&str]) {
-    let d: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            ferrolb_tests::prometheus::monitoring_dir().join("grafana-dashboard.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let d = ferrolb_tests::prometheus::dashboard();
     // A series that appeared a moment ago has one sample, too few for
     // rate() and increase(): a query without data is asked again for a while.
     let t = Instant::now();

@@ -183,6 +183,15 @@ fn selector_yaml(s: &Value) -> Yaml {
     out
 }
 
+/// How a list of `n` selectors became one (for the report).
+fn merged_how(n: usize) -> String {
+    if n > 1 {
+        format!("{n} selectors on one label merged into one `In` expression")
+    } else {
+        "one selector, as it is".into()
+    }
+}
+
 /// A list of selectors (ORed, as MetalLB reads them) as one ferrolb
 /// selector: `Ok(None)` matches everything, `Err` cannot be expressed.
 fn one_selector(list: &[Value]) -> Result<Option<Yaml>, String> {
@@ -370,14 +379,7 @@ impl Ctx<'_> {
         let path = format!("spec.{key}");
         match one_selector(&list) {
             Ok(Some(s)) => {
-                let detail = Some(if list.len() > 1 {
-                    format!(
-                        "{} selectors on one label merged into one `In` expression",
-                        list.len()
-                    )
-                } else {
-                    "one selector, as it is".to_string()
-                });
+                let detail = Some(merged_how(list.len()));
                 self.seen(&obj, kind, &path, detail);
                 entry.put(to, s);
                 true
@@ -546,14 +548,7 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
                     // An empty selector admits every namespace (MetalLB adds
                     // the selected namespaces to the named ones).
                     out.put("namespaceSelector", sel.unwrap_or_else(Yaml::map));
-                    let how = if ns_selectors.len() > 1 {
-                        format!(
-                            "{} selectors on one label merged into one `In` expression",
-                            ns_selectors.len()
-                        )
-                    } else {
-                        "one selector, as it is".into()
-                    };
+                    let how = merged_how(ns_selectors.len());
                     ctx.seen(
                         &obj,
                         "IPAddressPool",
@@ -572,14 +567,7 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
             match one_selector(&services) {
                 Ok(Some(s)) => {
                     out.put("serviceSelector", s);
-                    let how = if services.len() > 1 {
-                        format!(
-                            "{} selectors on one label merged into one `In` expression",
-                            services.len()
-                        )
-                    } else {
-                        "one selector, as it is".into()
-                    };
+                    let how = merged_how(services.len());
                     ctx.seen(
                         &obj,
                         "IPAddressPool",

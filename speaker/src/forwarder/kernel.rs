@@ -64,11 +64,7 @@ const IFACE_EVERY: Duration = Duration::from_secs(1);
 /// none, as layer 2 itself reads them; BGP-only hosts attach everywhere
 /// suitable too, since routers may send over any link.
 pub fn announce_interfaces(config: &ferrolb_config::Config) -> crate::l2::iface::Wanted {
-    let mut wanted = crate::l2::wanted_interfaces(&config.l2);
-    if config.l2.iter().any(|a| a.interfaces.is_empty()) {
-        wanted.named.clear();
-    }
-    wanted
+    crate::l2::wanted_interfaces(&config.l2)
 }
 
 /// One kernel-mode port as the planner needs it, read from the forwarder.

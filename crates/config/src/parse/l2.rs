@@ -16,21 +16,7 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
     let pools = obj.get("pools").map(|f| ctx.strings(f)).unwrap_or_default();
     let interfaces = obj
         .get("interfaces")
-        .map(|f| {
-            ctx.list(f, |ctx, f| {
-                let name = ctx.string(f)?;
-                // Linux limits names to IFNAMSIZ-1 and forbids '/' and whitespace.
-                let valid = !name.is_empty()
-                    && name.len() <= 15
-                    && !name.contains(['/', ':'])
-                    && !name.chars().any(char::is_whitespace);
-                if !valid {
-                    ctx.error(f.path, format!("{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"));
-                    return None;
-                }
-                Some(name)
-            })
-        })
+        .map(|f| ctx.list(f, |ctx, f| interface_name(ctx, f, "a valid interface name")))
         .unwrap_or_default();
     let exclude_interfaces = match obj.get("excludeInterfaces") {
         None => DEFAULT_EXCLUDED_INTERFACES
@@ -38,16 +24,11 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
             .map(|s| s.to_string())
             .collect(),
         Some(f) => ctx.list(f, |ctx, f| {
-            let pattern = ctx.string(f)?;
-            let valid = !pattern.is_empty()
-                && pattern.len() <= 15
-                && !pattern.contains(['/', ':'])
-                && !pattern.chars().any(char::is_whitespace);
-            if !valid {
-                ctx.error(f.path, format!("{pattern:?} is not an interface name pattern (1-15 characters, `*` for any run of characters, no '/', ':' or spaces)"));
-                return None;
-            }
-            Some(pattern)
+            interface_name(
+                ctx,
+                f,
+                "an interface name pattern (`*` for any run of characters)",
+            )
         }),
     };
     let node_selector = obj.get("nodeSelector").and_then(|f| selector(ctx, f));
@@ -62,6 +43,24 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
         node_selector,
         virtual_mac,
     })
+}
+
+/// An interface name, or a pattern of one (`what` says which): Linux
+/// limits names to IFNAMSIZ-1 and forbids '/' and whitespace.
+fn interface_name(ctx: &mut Ctx, f: Field<'_>, what: &str) -> Option<String> {
+    let name = ctx.string(f)?;
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace);
+    if !valid {
+        ctx.error(
+            f.path,
+            format!("{name:?} is not {what} (1-15 characters, no '/', ':' or spaces)"),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 pub(super) fn member(ctx: &mut Ctx, f: Field<'_>) -> Option<Member> {
