@@ -20,7 +20,13 @@ pub struct ServiceVips {
     /// The nodes that may announce it (Kubernetes: live speakers with ready
     /// endpoints as the policy requires); `None`: any node.
     pub nodes: Option<std::collections::BTreeSet<String>>,
+    /// Its labels (the Kubernetes Service's, a standalone service's
+    /// `labels`): what advertisements' `serviceSelector` match.
+    pub labels: Arc<Labels>,
 }
+
+/// Labels of a service, shared between its entries.
+pub type Labels = BTreeMap<String, String>;
 
 impl ServiceVips {
     /// Whether `node` may announce this service.
@@ -162,6 +168,7 @@ mod tests {
             vips: vec![ip.parse().unwrap()],
             healthy,
             nodes: None,
+            labels: Default::default(),
         }
     }
 

@@ -33,6 +33,7 @@ fn request(index: usize, s: &Service, family: Family) -> Request {
     r.policy = FamilyPolicy::SingleStack;
     r.requested_ips = s.ip.into_iter().collect();
     r.requested_pool = s.pool.clone();
+    r.labels = s.labels.clone();
     // Services naming the same address share it, as long as their ports differ.
     r.sharing_key = s.ip.map(|ip| format!("ip:{ip}"));
     r.ports = s

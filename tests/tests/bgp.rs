@@ -1225,6 +1225,68 @@ bgp:
     assert!(rig.has_route("203.0.113.10"));
 }
 
+/// An advertisement's `serviceSelector` (MetalLB's BGPAdvertisement
+/// `serviceSelectors`): BIRD learns only the labelled Service's route, with
+/// the advertisement's community; relabelling Services live adds the one
+/// now selected and withdraws the one no longer selected.
+#[test]
+fn an_advertisements_service_selector_picks_the_routes_bird_learns() {
+    if !require(
+        "an_advertisements_service_selector_picks_the_routes_bird_learns",
+        &[
+            Need::Root,
+            Need::Program("ip"),
+            Need::Program("bird"),
+            Need::Program("birdc"),
+        ],
+    ) {
+        return;
+    }
+    let conf = |web: &str, api: &str| {
+        format!(
+            "pools: [{{name: vips, addresses: [203.0.113.0/28]}}]
+services:
+  - {{name: web, ip: 203.0.113.10, labels: {{exposure: {web}}}}}
+  - {{name: api, ip: 203.0.113.11, labels: {{exposure: {api}}}}}
+bgp:
+  routerId: 192.0.2.11
+  peers:
+    - {{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s}}
+  advertisements:
+    - {{pools: [vips], communities: [\"65000:7\"], serviceSelector: {{matchLabels: {{exposure: internet}}}}}}
+"
+        )
+    };
+    let rig = Rig::custom(
+        "svs",
+        &bird_conf(Path::new("DIR"), None),
+        &conf("internet", "private"),
+    );
+    rig.wait_for(
+        "the selected Service's route",
+        Duration::from_secs(15),
+        |r| r.has_route("203.0.113.10"),
+    );
+    let route = rig.birdc("show route for 203.0.113.10 all");
+    assert!(
+        route.contains("(65000,7)"),
+        "the advertisement's community:\n{route}"
+    );
+    rig.wait_for("one prefix advertised", Duration::from_secs(5), |r| {
+        r.metrics()
+            .contains("ferrolb_bgp_prefixes_advertised{peer=\"bird\"} 1")
+    });
+    assert!(!rig.has_route("203.0.113.11"), "{}", rig.logs());
+    // Relabelled live: api is now selected, web no longer.
+    std::fs::write(rig.dir.join("speaker.yaml"), conf("private", "internet")).unwrap();
+    rig.wait_for("api's route", Duration::from_secs(10), |r| {
+        r.has_route("203.0.113.11")
+    });
+    rig.wait_for("web's route withdrawn", Duration::from_secs(10), |r| {
+        !r.has_route("203.0.113.10")
+    });
+}
+
 /// BFD in the passive role (MetalLB's BFDProfile `passiveMode`): BIRD's
 /// active BFD starts the session, the speaker answers, and both see it up.
 #[test]

@@ -866,3 +866,105 @@ services:
         speaker_log()
     );
 }
+
+/// `serviceSelector` on l2 entries: each entry announces the Services its
+/// selector matches, from the nodes its `nodeSelector` allows; a Service no
+/// entry selects is answered by nobody, though its pool is covered. Relabel
+/// a Service and it moves to the other entry's node; give an owned Service a
+/// new address and its owner answers the new one and stops answering the
+/// old (it kept answering the old until a failover before). The askers are
+/// the client's broadcast ARP requests; one answer, from the right MAC.
+#[test]
+fn an_l2_entrys_service_selector_picks_services_and_their_announcers() {
+    use ferrolb_tests::l2lab::NODES;
+    if !require(
+        "an_l2_entrys_service_selector_picks_services_and_their_announcers",
+        &[Need::Root, Need::Program("ip"), Need::Program("python3")],
+    ) {
+        return;
+    }
+    let members: Vec<String> = NODES
+        .iter()
+        .map(|(n, v4, _)| format!("  - {{name: {n}, address: \"{v4}:7947\"}}"))
+        .collect();
+    let port = "ports: [{port: 8080, backends: [\"127.0.0.1:9000\"], healthCheck: {type: tcp, interval: 100ms, timeout: 90ms}}]";
+    let conf = |web_tier: &str, db_ip: &str| {
+        format!(
+            "pools: [{{name: vips, addresses: [192.0.2.100-192.0.2.103]}}]
+l2:
+  - {{pools: [vips], interfaces: [eth0], serviceSelector: {{matchLabels: {{tier: edge}}}}, nodeSelector: {{matchLabels: {{kubernetes.io/hostname: node2}}}}}}
+  - {{pools: [vips], interfaces: [eth0], serviceSelector: {{matchLabels: {{tier: core}}}}, nodeSelector: {{matchLabels: {{kubernetes.io/hostname: node3}}}}}}
+members:
+{}
+services:
+  - {{name: web, ip: 192.0.2.100, labels: {{tier: {web_tier}}}, {port}}}
+  - {{name: db, ip: {db_ip}, labels: {{tier: core}}, {port}}}
+  - {{name: other, ip: 192.0.2.102, {port}}}
+",
+            members.join("\n")
+        )
+    };
+    let c = Cluster::start_with_config("ss", None, &conf("edge", "192.0.2.101"));
+    let mac = |n: &str| c.lab.mac(n);
+    let one_answer = |vip: &str, node: &str| {
+        let t = Instant::now();
+        loop {
+            let answers = c.arp_answers(vip);
+            if answers == BTreeSet::from([mac(node)]) {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "{vip}: answers {answers:?}, wanted only {node}'s; logs:\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    one_answer("192.0.2.100", "node2");
+    one_answer("192.0.2.101", "node3");
+    assert_eq!(
+        c.wait_served("http://192.0.2.100:8080/", Duration::from_secs(10)),
+        "node2"
+    );
+    assert_eq!(
+        c.wait_served("http://192.0.2.101:8080/", Duration::from_secs(10)),
+        "node3"
+    );
+    // Selected by no entry: nobody answers, again and again.
+    for _ in 0..3 {
+        let answers = c.arp_answers("192.0.2.102");
+        assert!(answers.is_empty(), "other answered by {answers:?}");
+    }
+    // Relabelled: web moves to the core entry's node, and only there.
+    c.set_config(&conf("core", "192.0.2.101"));
+    one_answer("192.0.2.100", "node3");
+    let t = Instant::now();
+    while c.get("http://192.0.2.100:8080/", 0.5).as_deref() != Some("node3") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "web not served by node3 after the relabel; logs:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // db's address changes while node3 owns it: the new one is answered, the old one by nobody.
+    c.set_config(&conf("core", "192.0.2.103"));
+    one_answer("192.0.2.103", "node3");
+    let t = Instant::now();
+    loop {
+        let answers = c.arp_answers("192.0.2.101");
+        if answers.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the old address is still answered by {answers:?}; logs:\n{}",
+            c.logs()
+        );
+    }
+    assert_eq!(
+        c.wait_served("http://192.0.2.103:8080/", Duration::from_secs(10)),
+        "node3"
+    );
+}

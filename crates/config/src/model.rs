@@ -215,6 +215,9 @@ pub struct L2Advertisement {
     pub exclude_interfaces: Vec<String>,
     /// Nodes allowed to announce; `None` means all.
     pub node_selector: Option<LabelSelector>,
+    /// Services announced, by their labels (MetalLB's `serviceSelectors`);
+    /// `None` means every service of the pools.
+    pub service_selector: Option<LabelSelector>,
     /// Answer with a MAC that belongs to the VIP group, not the node, so a
     /// failover needs no client to update its neighbour cache (docs/l2.md).
     pub virtual_mac: bool,
@@ -420,6 +423,35 @@ pub struct BgpAdvertisement {
     pub peers: Vec<String>,
     /// Nodes that advertise with it; `None` means every node that peers.
     pub node_selector: Option<LabelSelector>,
+    /// Services advertised, by their labels (MetalLB's `serviceSelectors`);
+    /// `None` means every service of the pools.
+    pub service_selector: Option<LabelSelector>,
+}
+
+impl BgpAdvertisement {
+    /// Whether this advertisement covers a service of `pool` labelled `labels`.
+    pub fn covers(&self, pool: &str, labels: &BTreeMap<String, String>) -> bool {
+        covers(&self.pools, self.service_selector.as_ref(), pool, labels)
+    }
+}
+
+impl L2Advertisement {
+    /// Whether this entry covers a service of `pool` labelled `labels`.
+    pub fn covers(&self, pool: &str, labels: &BTreeMap<String, String>) -> bool {
+        covers(&self.pools, self.service_selector.as_ref(), pool, labels)
+    }
+}
+
+/// An advertisement's rule for both modes: its pools (none: every pool)
+/// and its service selector (none: every service).
+fn covers(
+    pools: &[String],
+    selector: Option<&LabelSelector>,
+    pool: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    (pools.is_empty() || pools.iter().any(|p| p == pool))
+        && selector.is_none_or(|s| s.matches(labels))
 }
 
 impl Default for BgpAdvertisement {
@@ -435,6 +467,7 @@ impl Default for BgpAdvertisement {
             large_communities: Vec::new(),
             peers: Vec::new(),
             node_selector: None,
+            service_selector: None,
         }
     }
 }
@@ -471,6 +504,9 @@ pub struct Service {
     /// Concurrent connections across the service's ports; `None` means the
     /// forwarder default.
     pub max_connections: Option<u32>,
+    /// Labels matched by the pools' and advertisements' `serviceSelector`
+    /// (a Kubernetes Service's own labels).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A transport protocol.

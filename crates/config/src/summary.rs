@@ -72,13 +72,17 @@ impl Config {
             for (i, a) in self.l2.iter().enumerate() {
                 let _ = writeln!(
                     w,
-                    "  l2[{i}]: pools {}, interfaces {}, nodes {}{}",
+                    "  l2[{i}]: pools {}, interfaces {}, nodes {}{}{}",
                     list_or(&a.pools, "all"),
                     list_or(&a.interfaces, "auto"),
                     a.node_selector
                         .as_ref()
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| "all".into()),
+                    a.service_selector
+                        .as_ref()
+                        .map(|s| format!(", services {s}"))
+                        .unwrap_or_default(),
                     if a.virtual_mac { ", virtual MAC" } else { "" }
                 );
             }

@@ -405,6 +405,55 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// An advertisement's entry, with its `serviceSelectors` (ORed) as
+    /// ferrolb's `serviceSelector`: one selector, or a merged one; any other
+    /// list as one entry per selector, identical otherwise, which together
+    /// select the Services MetalLB's list does (ferrolb's entries add up).
+    fn by_service_selectors(&mut self, o: &Value, kind: &str, mut entry: Yaml) -> Vec<Yaml> {
+        if o["spec"].get("serviceSelectors").is_none() {
+            return vec![entry];
+        }
+        let list = array(&o["spec"]["serviceSelectors"]);
+        let obj = label(o);
+        let path = "spec.serviceSelectors";
+        match one_selector(&list) {
+            Ok(Some(sel)) => {
+                self.seen(&obj, kind, path, Some(merged_how(list.len())));
+                entry.put("serviceSelector", sel);
+                vec![entry]
+            }
+            Ok(None) => {
+                self.seen(
+                    &obj,
+                    kind,
+                    path,
+                    Some("matches everything: no selector needed".into()),
+                );
+                vec![entry]
+            }
+            Err(why) => {
+                self.seen(
+                    &obj,
+                    kind,
+                    path,
+                    Some(format!(
+                        "{why}: written as {} entries, one selector each",
+                        list.len()
+                    )),
+                );
+                list.iter()
+                    .map(|sel| {
+                        let mut e = entry.clone();
+                        e.put("serviceSelector", selector_yaml(sel));
+                        e
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Whether a conversion note carries only the table's own text (nothing
 /// particular to this object, so a quiet object may leave it out).
 fn detail_is_default(outcome: &Outcome, kind: &str, path: &str) -> bool {
@@ -622,7 +671,7 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
         }
         ctx.selector_field(a, "L2Advertisement", "nodeSelectors", &mut out, "nodeSelector", "the entry is kept without a node selector, so every node may announce its pools (a node off their segment would take VIPs it cannot serve)");
         ctx.unknown_keys(a, "L2Advertisement", &[]);
-        l2.push(out);
+        l2.extend(ctx.by_service_selectors(a, "L2Advertisement", out));
     }
     if !l2.is_empty() {
         root.put("l2", Yaml::List(l2));
@@ -953,7 +1002,7 @@ pub fn convert(objects: &Objects, quiet: BTreeSet<String>) -> (Yaml, Report) {
             out.put("peers", Yaml::strs(to));
         }
         ctx.unknown_keys(a, "BGPAdvertisement", &[]);
-        ads.push(out);
+        ads.extend(ctx.by_service_selectors(a, "BGPAdvertisement", out));
     }
     if !peers.is_empty() {
         let mut bgp = Yaml::map();

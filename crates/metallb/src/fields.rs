@@ -66,6 +66,9 @@ const LEGACY: &str = "legacy ConfigMap";
 /// Why a selector list may not carry over.
 const SELECTORS_OR: &str = "MetalLB ORs a list of selectors, a ferrolb selector is one: one selector carries over as it is, and selectors that each match one value of the same label key merge into one `In` expression; any other list cannot be expressed and is reported, with what is done instead (never a wider choice where it matters: a pool gets autoAssign false, a peer is left out)";
 
+/// How an advertisement's selector list carries over (exactly, always).
+const SERVICE_SELECTORS_OR: &str = "MetalLB ORs the list: one selector carries over as it is, selectors on one label merge into one `In` expression, and any other list becomes one entry per selector, the same otherwise, which together select the same Services (ferrolb's entries add up)";
+
 /// The table.
 pub const FIELDS: &[Field] = &[
     converts(POOL, "metadata.name", "pools[].name", "made a DNS label if it is not one (dots to dashes, at most 63 characters); a rename is reported"),
@@ -81,6 +84,7 @@ pub const FIELDS: &[Field] = &[
     converts(L2, "spec.ipAddressPoolSelectors", "l2[].pools", "resolved against the IPAddressPools' labels in the input: the pools they select are listed by name"),
     converts(L2, "spec.nodeSelectors", "l2[].nodeSelector", SELECTORS_OR),
     maps(L2, "spec.interfaces", "l2[].interfaces"),
+    converts(L2, "spec.serviceSelectors", "l2[].serviceSelector", SERVICE_SELECTORS_OR),
     maps(BGPAD, "spec.aggregationLength", "bgp.advertisements[].aggregationLength"),
     maps(BGPAD, "spec.aggregationLengthV6", "bgp.advertisements[].aggregationLengthV6"),
     maps(BGPAD, "spec.localPref", "bgp.advertisements[].localPref"),
@@ -89,6 +93,7 @@ pub const FIELDS: &[Field] = &[
     converts(BGPAD, "spec.ipAddressPoolSelectors", "bgp.advertisements[].pools", "resolved against the IPAddressPools' labels in the input"),
     converts(BGPAD, "spec.nodeSelectors", "bgp.advertisements[].nodeSelector", SELECTORS_OR),
     converts(BGPAD, "spec.peers", "bgp.advertisements[].peers", "peer names as converted"),
+    converts(BGPAD, "spec.serviceSelectors", "bgp.advertisements[].serviceSelector", SERVICE_SELECTORS_OR),
     converts(PEER, "metadata.name", "bgp.peers[].name", "made a DNS label if it is not one; a rename is reported"),
     maps(PEER, "spec.peerAddress", "bgp.peers[].address"),
     maps(PEER, "spec.peerASN", "bgp.peers[].asn"),

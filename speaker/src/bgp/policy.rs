@@ -80,8 +80,7 @@ pub fn routes(
         return out;
     }
     for ad in ads {
-        if !(ad.pools.is_empty() || ad.pools.contains(&s.pool))
-            || !(ad.peers.is_empty() || ad.peers.contains(&peer.name))
+        if !ad.covers(&s.pool, &s.labels) || !(ad.peers.is_empty() || ad.peers.contains(&peer.name))
         {
             continue;
         }
@@ -255,6 +254,7 @@ bgp:
             vips: vec![ip.parse().unwrap()],
             healthy,
             nodes: None,
+            labels: Default::default(),
         };
         let services = vec![
             vips("web", "a", "203.0.113.1", true),
@@ -321,6 +321,7 @@ bgp:
             ],
             healthy: true,
             nodes: None,
+            labels: Default::default(),
         }];
         let peer = &bgp.peers[0];
         let only_v4 = desired(
@@ -382,6 +383,47 @@ bgp:
             for_node(&none.advertisements, &labels(&[])),
             [BgpAdvertisement::default()]
         );
+    }
+
+    #[test]
+    fn an_advertisements_service_selector_picks_services_by_label_and_the_first_match_sets_attributes(
+    ) {
+        let (mut services, bgp) = setup(
+            "  advertisements:\n    - {pools: [a], communities: [\"65000:1\"], serviceSelector: {matchLabels: {exposure: internet}}}\n    - {pools: [a], communities: [\"65000:2\"], serviceSelector: {matchExpressions: [{key: exposure, operator: NotIn, values: [internet, none]}]}}\n",
+        );
+        let label = |s: &mut ServiceVips, v: &str| {
+            s.labels = Arc::new([("exposure".to_string(), v.to_string())].into());
+        };
+        let peer = &bgp.peers[0];
+        let ads = for_node(&bgp.advertisements, &Default::default());
+        let community_of = |services: &[ServiceVips]| -> Vec<(String, Vec<u32>)> {
+            desired(services, &ads, peer, v4_session(peer))
+                .iter()
+                .map(|(p, a)| (format!("{p:?}"), a.communities.clone()))
+                .collect()
+        };
+        // Unlabelled: only the NotIn entry covers it (a missing label is not in the list).
+        assert_eq!(
+            community_of(&services),
+            [(
+                "Prefix { addr: 203.0.113.1, len: 32 }".to_string(),
+                vec![65000 << 16 | 2]
+            )]
+        );
+        label(&mut services[0], "internet");
+        assert_eq!(
+            community_of(&services),
+            [(
+                "Prefix { addr: 203.0.113.1, len: 32 }".to_string(),
+                vec![65000 << 16 | 1]
+            )]
+        );
+        // Selected by neither: not advertised at all, though its pool is.
+        label(&mut services[0], "none");
+        assert!(community_of(&services).is_empty());
+        // Pool b has no advertisement: never advertised whatever its labels.
+        label(&mut services[1], "internet");
+        assert!(community_of(&services).is_empty());
     }
 
     #[test]
@@ -470,6 +512,7 @@ bgp:
                     vips: vec![format!("{net}.{}", next(8)).parse().unwrap()],
                     healthy: next(5) != 0,
                     nodes: None,
+                    labels: Default::default(),
                 };
                 rib.set(
                     &key,
@@ -513,6 +556,7 @@ bgp:
                 vips: vec![IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + (i % 16)))],
                 healthy: true,
                 nodes: None,
+                labels: Default::default(),
             };
             rib.set(
                 &s.key,

@@ -617,6 +617,38 @@ mod tests {
         assert_eq!(delta.touched, BTreeSet::from(["ns1/s1".to_string()]));
     }
 
+    /// Advertisements select Services by label, so a relabelled Service is
+    /// told again, with its new labels (and nothing else changes).
+    #[test]
+    fn a_relabelled_service_is_told_with_its_new_labels() {
+        let mut index = Index::new("n1", Filter::default(), Recompute::Incremental);
+        index.set_config(config());
+        index.set_nodes(
+            &[node("n1", json!({}))],
+            &["n1".to_string()].into(),
+            BTreeSet::new(),
+        );
+        let mut s = service(1, false, false);
+        index.apply_service(&s);
+        index.apply_slice(&slice(1, 0, &[(1, "n1", true)]));
+        let first = index.flush();
+        let [Change::Put(before)] = &first.changes[..] else {
+            panic!("{:?}", first.changes)
+        };
+        assert!(before.labels.is_empty());
+        s.metadata.labels = Some([("exposure".to_string(), "internet".to_string())].into());
+        index.apply_service(&s);
+        let delta = index.flush();
+        let [Change::Put(after)] = &delta.changes[..] else {
+            panic!("{:?}", delta.changes)
+        };
+        assert_eq!(
+            after.labels.get("exposure").map(String::as_str),
+            Some("internet")
+        );
+        assert_eq!((&after.vips, &after.nodes), (&before.vips, &before.nodes));
+    }
+
     #[test]
     fn nothing_is_told_before_a_configuration_and_every_service_after_one() {
         let mut index = Index::new("n1", Filter::default(), Recompute::Incremental);

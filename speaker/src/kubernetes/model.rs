@@ -19,6 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// The label that keeps a node out of every load balancer.
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -223,6 +224,8 @@ pub struct Facts {
     pub source_ranges_annotation: Option<String>,
     /// `spec.ports` with a protocol the forwarder knows: (name, protocol, port).
     pub ports: Vec<(String, Protocol, i32)>,
+    /// `metadata.labels`, matched by advertisements' `serviceSelector`.
+    pub labels: Arc<crate::announce::Labels>,
 }
 
 impl Facts {
@@ -268,6 +271,7 @@ impl Facts {
                     ))
                 })
                 .collect(),
+            labels: Arc::new(svc.metadata.labels.clone().unwrap_or_default()),
         }
     }
 }
@@ -405,6 +409,7 @@ pub fn entry(
         } else {
             staying
         }),
+        labels: Arc::clone(&svc.labels),
     });
     if !forward || !candidates.contains(me) {
         return out;
@@ -522,6 +527,7 @@ fn forward_service(
         source_ranges,
         ports,
         max_connections: None,
+        labels: (*svc.labels).clone(),
     })
 }
 
@@ -744,6 +750,7 @@ mod facts_tests {
                     ("http".into(), Protocol::Tcp, 80),
                     ("dns".into(), Protocol::Udp, 53)
                 ],
+                labels: Arc::new([("app".to_string(), "web".to_string())].into()),
             }
         );
     }
@@ -762,7 +769,6 @@ mod facts_tests {
                 ],
                 json!("{}"),
             ),
-            (&["metadata", "labels"], json!({"app": "web2"})),
             (&["metadata", "ownerReferences"], json!([])),
             (&["spec", "selector"], json!({"app": "other"})),
             (&["spec", "clusterIPs"], json!(["10.96.0.11"])),
@@ -779,6 +785,8 @@ mod facts_tests {
         let base = facts(&full());
         for (path, to) in [
             (&["metadata", "uid"][..], json!("u-9")),
+            // Advertisements' serviceSelector reads them.
+            (&["metadata", "labels"], json!({"app": "web2"})),
             (&["spec", "type"], json!("NodePort")),
             (&["spec", "loadBalancerClass"], json!("other")),
             (&["spec", "externalTrafficPolicy"], json!("Cluster")),

@@ -232,6 +232,7 @@ mod tests {
             vips: vec!["192.0.2.10".parse().unwrap()],
             healthy,
             nodes: None,
+            labels: Default::default(),
         })
     }
 

@@ -110,6 +110,7 @@ mod tests {
             vips: vips.iter().map(|v| v.parse().expect("ip")).collect(),
             healthy: true,
             nodes: nodes.map(|n| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>()),
+            labels: Default::default(),
         })
     }
 

@@ -115,20 +115,35 @@ pub fn wanted_interfaces(ads: &[L2Advertisement]) -> iface::Wanted {
     iface::Wanted { named, excluded }
 }
 
-/// Whether this node answers for a VIP of `pool` on interface `iface`: some
-/// entry covering the pool and selecting the node (by `labels`) names the
-/// interface, or names none (any interface the node announces on). Each
-/// entry's `interfaces` thus scope its own pools, not every VIP.
+/// Whether this node answers for a VIP of a service of `pool` labelled
+/// `service` on interface `iface`: some entry covering the service and
+/// selecting the node (by `labels`) names the interface, or names none (any
+/// interface the node announces on). Each entry's `interfaces` thus scope
+/// its own pools and services, not every VIP.
 fn answers_on(
     ads: &[L2Advertisement],
     labels: &BTreeMap<String, String>,
     pool: &str,
+    service: &announce::Labels,
     iface: &str,
 ) -> bool {
     ads.iter()
-        .filter(|a| a.pools.is_empty() || a.pools.iter().any(|p| p == pool))
+        .filter(|a| a.covers(pool, service))
         .filter(|a| a.node_selector.as_ref().is_none_or(|s| s.matches(labels)))
         .any(|a| a.interfaces.is_empty() || a.interfaces.iter().any(|i| i == iface))
+}
+
+/// The entries (by index) covering a group: those covering the pool and
+/// the labels of any member. The members have one owner, so an address
+/// two Services share is announced when either is selected, from the nodes
+/// either entry allows (MetalLB elects per Service and can split such an
+/// address across two nodes: metallb#3025).
+fn covering(ads: &[L2Advertisement], g: &groups::Group) -> Vec<usize> {
+    ads.iter()
+        .enumerate()
+        .filter(|(_, a)| g.services.iter().any(|s| a.covers(&s.pool, &s.labels)))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Why layer 2 mode cannot start.
@@ -186,8 +201,10 @@ struct Owned {
     /// When this node took the service (the announcement schedule's origin).
     taken: Instant,
     vips: Vec<IpAddr>,
-    /// The service's pool: which entries, so which interfaces, cover it.
+    /// The service's pool and labels: which entries, so which interfaces,
+    /// cover it.
     pool: String,
+    labels: Arc<announce::Labels>,
     next: Instant,
     sent: usize,
     /// When a conflict last made this node re-assert the service.
@@ -1049,16 +1066,15 @@ impl Runner {
         self.announce_due().await;
     }
 
-    /// The live members that may announce services of `pool`: node
-    /// selectors of the advertisements covering it, and this node only with
-    /// a link up. The same for every service of the pool, so it is computed
-    /// once per pool and election pass.
-    fn eligible_for_pool(&self, pool: &str, live: &[&str]) -> Vec<String> {
-        let ads: Vec<&L2Advertisement> = self
-            .opts
-            .advertisements
+    /// The live members that may announce a group the entries `covering`
+    /// (indices: [`covering`]) cover: their node selectors, and this node
+    /// only with a link up. The same for every group the same entries
+    /// cover (in practice, every group of a pool), so it is computed once
+    /// per set of entries and election pass.
+    fn eligible_for(&self, covering: &[usize], live: &[&str]) -> Vec<String> {
+        let ads: Vec<&L2Advertisement> = covering
             .iter()
-            .filter(|a| a.pools.is_empty() || a.pools.iter().any(|p| p == pool))
+            .filter_map(|i| self.opts.advertisements.get(*i))
             .collect();
         if ads.is_empty() {
             return Vec::new();
@@ -1120,18 +1136,17 @@ impl Runner {
             .map(str::to_string)
             .collect();
         let live_refs: Vec<&str> = live.iter().map(String::as_str).collect();
-        let mut by_pool: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_entries: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
         let mut changed = false;
         let groups = Arc::clone(&self.groups);
         for g in groups.iter() {
-            // Members share addresses, so they share a pool (the allocator's rule).
-            let pool = &g.services[0].pool;
-            if !by_pool.contains_key(pool) {
-                let e = self.eligible_for_pool(pool, &live_refs);
-                by_pool.insert(pool.clone(), e);
+            let entries = covering(&self.opts.advertisements, g);
+            if !by_entries.contains_key(&entries) {
+                let e = self.eligible_for(&entries, &live_refs);
+                by_entries.insert(entries.clone(), e);
             }
-            let pool_refs: Vec<&str> = by_pool[pool].iter().map(String::as_str).collect();
-            let refs = g.eligible(&pool_refs);
+            let candidates: Vec<&str> = by_entries[&entries].iter().map(String::as_str).collect();
+            let refs = g.eligible(&candidates);
             // A node's claim on the group: its longest-held claim on a member
             // (every member's, for a group of one: the claim as before).
             let mut held: BTreeMap<&str, u64> = BTreeMap::new();
@@ -1169,6 +1184,7 @@ impl Runner {
                             taken: Instant::now(),
                             vips: s.vips.clone(),
                             pool: s.pool.clone(),
+                            labels: Arc::clone(&s.labels),
                             next: Instant::now(),
                             sent: 0,
                             reasserted: None,
@@ -1176,7 +1192,23 @@ impl Runner {
                     );
                     self.metrics.l2_ownership_changes.inc();
                     changed = true;
-                } else if !mine_now && i_own {
+                } else if mine_now {
+                    // Still ours, but the entry may have changed under us (a new
+                    // address, new labels): answer and announce what it is now,
+                    // or the old address would be answered until a failover.
+                    let o = self.owned.get_mut(&s.key).expect("owned");
+                    if o.vips != s.vips {
+                        tracing::info!(service = %s.key, vips = ?s.vips, was = ?o.vips, "addresses changed: announcing the new ones");
+                        o.vips = s.vips.clone();
+                        o.announce_from(Instant::now());
+                        changed = true;
+                    }
+                    if o.pool != s.pool || o.labels != s.labels {
+                        o.pool = s.pool.clone();
+                        o.labels = Arc::clone(&s.labels);
+                        changed = true;
+                    }
+                } else if i_own {
                     tracing::info!(service = %s.key, new_owner = ?owner, group = %g.key, "giving up: no longer answering");
                     self.owned.remove(&s.key);
                     self.metrics.l2_ownership_changes.inc();
@@ -1229,7 +1261,7 @@ impl Runner {
             let answered: Vec<(IpAddr, ferrolb_l2::wire::Mac)> = self
                 .owned
                 .values()
-                .filter(|o| answers_on(ads, &labels, &o.pool, &i.name))
+                .filter(|o| answers_on(ads, &labels, &o.pool, &o.labels, &i.name))
                 .flat_map(|o| {
                     let mac = match o.mac {
                         None => Some(node_mac),
@@ -1298,16 +1330,13 @@ impl Runner {
     /// services whose MAC changed (turned on or off live) to the new one.
     fn assign_vmacs(&mut self) {
         let ads = &self.opts.advertisements;
-        let wants = |pool: &str| {
-            ads.iter()
-                .any(|a| a.virtual_mac && (a.pools.is_empty() || a.pools.iter().any(|p| p == pool)))
-        };
+        let wants = |g: &groups::Group| covering(ads, g).into_iter().any(|i| ads[i].virtual_mac);
         let mut group_of = BTreeMap::new();
         let mut identities: Vec<(&str, IpAddr)> = Vec::new();
         // Only groups that want a virtual MAC are indexed: with the feature
         // off (the default), a Service change costs no copy of every key.
         for g in self.groups.iter() {
-            if let (true, Some(id)) = (wants(&g.services[0].pool), g.identity()) {
+            if let (true, Some(id)) = (wants(g), g.identity()) {
                 for s in &g.services {
                     group_of.insert(s.key.clone(), g.key.clone());
                 }
@@ -1419,7 +1448,11 @@ impl Runner {
             if o.next > now || o.pending {
                 continue;
             }
-            frames.extend(o.vips.iter().map(|v| (*v, o.pool.clone())));
+            frames.extend(
+                o.vips
+                    .iter()
+                    .map(|v| (*v, o.pool.clone(), Arc::clone(&o.labels))),
+            );
             o.sent += 1;
             o.next = match self.opts.repeats.get(o.sent - 1) {
                 Some(offset) => o.taken + *offset,
@@ -1447,10 +1480,10 @@ impl Runner {
                 let r = i.responder.lock().expect("lock poisoned");
                 frames
                     .iter()
-                    .filter(|(_, pool)| {
-                        answers_on(&self.opts.advertisements, &labels, pool, &i.name)
+                    .filter(|(_, pool, service)| {
+                        answers_on(&self.opts.advertisements, &labels, pool, service, &i.name)
                     })
-                    .flat_map(|(v, _)| r.announce(*v))
+                    .flat_map(|(v, _, _)| r.announce(*v))
                     .collect()
             };
             for f in out {
@@ -1469,5 +1502,88 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+    use crate::announce::ServiceVips;
+
+    fn svc(key: &str, labels: &[(&str, &str)]) -> Arc<ServiceVips> {
+        Arc::new(ServiceVips {
+            key: key.into(),
+            pool: "vips".into(),
+            vips: vec!["192.0.2.100".parse().unwrap()],
+            healthy: true,
+            nodes: None,
+            labels: Arc::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+    }
+
+    fn ads() -> Vec<L2Advertisement> {
+        ferrolb_config::Config::from_yaml(
+            "pools: [{name: vips, addresses: [192.0.2.100/30]}, {name: other, addresses: [192.0.2.200/30]}]
+l2:
+  - {pools: [vips], interfaces: [eth0], serviceSelector: {matchLabels: {tier: edge}}}
+  - {pools: [vips], interfaces: [eth1], serviceSelector: {matchLabels: {tier: core}}}
+  - {pools: [other]}
+",
+        )
+        .expect("valid")
+        .l2
+    }
+
+    #[test]
+    fn a_group_is_covered_by_every_entry_selecting_any_member() {
+        let ads = ads();
+        let group = |services: Vec<Arc<ServiceVips>>| groups::Group {
+            key: services[0].key.clone(),
+            services,
+        };
+        assert_eq!(
+            covering(&ads, &group(vec![svc("a", &[("tier", "edge")])])),
+            [0]
+        );
+        assert_eq!(
+            covering(&ads, &group(vec![svc("a", &[])])),
+            Vec::<usize>::new()
+        );
+        // Two Services sharing an address, selected by different entries:
+        // one group, one owner, elected among both entries' nodes.
+        let shared = group(vec![
+            svc("a", &[("tier", "edge")]),
+            svc("b", &[("tier", "core")]),
+        ]);
+        assert_eq!(covering(&ads, &shared), [0, 1]);
+    }
+
+    #[test]
+    fn a_vip_is_answered_on_the_interfaces_of_the_entries_selecting_its_service() {
+        let ads = ads();
+        let node = BTreeMap::new();
+        let edge: announce::Labels = [("tier".to_string(), "edge".to_string())].into();
+        assert!(answers_on(&ads, &node, "vips", &edge, "eth0"));
+        assert!(!answers_on(&ads, &node, "vips", &edge, "eth1"));
+        assert!(!answers_on(
+            &ads,
+            &node,
+            "vips",
+            &Default::default(),
+            "eth0"
+        ));
+        // An entry without a selector covers every service of its pools.
+        assert!(answers_on(
+            &ads,
+            &node,
+            "other",
+            &Default::default(),
+            "eth7"
+        ));
     }
 }

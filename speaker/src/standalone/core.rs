@@ -81,6 +81,7 @@ fn vips(plan: &Plan, health: &BTreeMap<String, bool>) -> Vec<ServiceVips> {
             healthy: s.service.ports.is_empty()
                 || health.get(&s.service.name).copied().unwrap_or(false),
             nodes: None,
+            labels: Arc::new(s.service.labels.clone()),
         })
         .collect()
 }

@@ -376,6 +376,7 @@ pub(super) fn advertisement(ctx: &mut Ctx, f: Field<'_>) -> Option<BgpAdvertisem
             "largeCommunities",
             "peers",
             "nodeSelector",
+            "serviceSelector",
         ],
     )?;
     Some(BgpAdvertisement {
@@ -401,5 +402,6 @@ pub(super) fn advertisement(ctx: &mut Ctx, f: Field<'_>) -> Option<BgpAdvertisem
             .unwrap_or_default(),
         peers: obj.get("peers").map(|f| ctx.strings(f)).unwrap_or_default(),
         node_selector: obj.get("nodeSelector").and_then(|f| selector(ctx, f)),
+        service_selector: obj.get("serviceSelector").and_then(|f| selector(ctx, f)),
     })
 }

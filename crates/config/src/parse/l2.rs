@@ -10,6 +10,7 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
             "interfaces",
             "excludeInterfaces",
             "nodeSelector",
+            "serviceSelector",
             "virtualMac",
         ],
     )?;
@@ -32,6 +33,7 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
         }),
     };
     let node_selector = obj.get("nodeSelector").and_then(|f| selector(ctx, f));
+    let service_selector = obj.get("serviceSelector").and_then(|f| selector(ctx, f));
     let virtual_mac = obj
         .get("virtualMac")
         .and_then(|f| ctx.boolean(f))
@@ -41,6 +43,7 @@ pub(super) fn l2(ctx: &mut Ctx, f: Field<'_>) -> Option<L2Advertisement> {
         interfaces,
         exclude_interfaces,
         node_selector,
+        service_selector,
         virtual_mac,
     })
 }

@@ -12,6 +12,7 @@ pub(super) fn service(ctx: &mut Ctx, f: Field<'_>) -> Option<Service> {
             "sourceRanges",
             "ports",
             "maxConnections",
+            "labels",
         ],
     )?;
     let max_connections = obj
@@ -43,6 +44,10 @@ pub(super) fn service(ctx: &mut Ctx, f: Field<'_>) -> Option<Service> {
         }
     }
     let ports = ports.into_iter().map(|(_, p)| p).collect();
+    let labels = obj
+        .get("labels")
+        .and_then(|f| labels(ctx, f))
+        .unwrap_or_default();
     Some(Service {
         name: name?,
         ip,
@@ -50,6 +55,7 @@ pub(super) fn service(ctx: &mut Ctx, f: Field<'_>) -> Option<Service> {
         source_ranges,
         ports,
         max_connections,
+        labels,
     })
 }
 
