@@ -53,7 +53,7 @@ enum Command {
     },
     /// Run the controller against the cluster (in-cluster credentials, or
     /// KUBECONFIG / --kubeconfig).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -177,6 +177,8 @@ async fn run_controller(args: RunArgs) -> Result<ExitCode> {
     });
     let settings = Settings {
         config: args.cluster.config_source(),
+        metallb: (args.cluster.config_source == ferrolb_kube::SourceKind::Metallb)
+            .then(|| args.cluster.metallb_namespace.clone()),
         classes: ClassFilter {
             class: args.load_balancer_class,
             ignore_classless: args.ignore_classless,
@@ -238,7 +240,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(run_controller(args))),
+            .and_then(|rt| rt.block_on(run_controller(*args))),
     };
     match result {
         Ok(code) => code,

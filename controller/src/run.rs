@@ -28,6 +28,9 @@ pub const FIELD_MANAGER: &str = "ferrolb-controller";
 pub struct Settings {
     /// The configuration ConfigMap (its namespace is the Lease's too).
     pub config: ferrolb_kube::ConfigSource,
+    /// With `--config-source metallb`: the namespace of MetalLB's objects,
+    /// read instead of the ConfigMap.
+    pub metallb: Option<String>,
     /// Which Services are handled.
     pub classes: ClassFilter,
     /// Name of the leader Lease.
@@ -158,6 +161,7 @@ fn reference(
     regarding: &Regarding,
     settings: &Settings,
     config_uid: &Option<String>,
+    config_ref: &Option<ObjectReference>,
 ) -> ObjectReference {
     match regarding {
         Regarding::Service(key, uid) => ObjectReference {
@@ -168,6 +172,8 @@ fn reference(
             uid: (!uid.is_empty()).then(|| uid.clone()),
             ..ObjectReference::default()
         },
+        // MetalLB's objects are the configuration: the Event goes on them.
+        Regarding::Config if config_ref.is_some() => config_ref.clone().expect("checked"),
         Regarding::Config => ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("ConfigMap".into()),
@@ -298,11 +304,46 @@ struct Loop {
     events: ferrolb_kube::Events,
     events_dropped: u64,
     config_uid: Option<String>,
+    /// With `--config-source metallb`: the object configuration Events are
+    /// about (the first IPAddressPool), and the last Event note per object
+    /// about what did not convert.
+    config_ref: Option<ObjectReference>,
+    metallb_lost: std::collections::BTreeMap<String, String>,
     retries: Retries,
     tally: Tally,
 }
 
 impl Loop {
+    /// A new conversion of MetalLB's objects: a Warning on each object
+    /// whose unconverted fields changed (once per change, not per pass),
+    /// and configuration Events from now on about its first IPAddressPool.
+    fn metallb_converted(&mut self, c: &ferrolb_kube::metallb::Converted) {
+        self.config_ref = c
+            .objects
+            .iter()
+            .find(|(label, _)| label.starts_with("IPAddressPool "))
+            .or_else(|| c.objects.iter().next())
+            .map(|(_, r)| r.clone());
+        let lost = c.lost_by_object();
+        for (label, note) in &lost {
+            if self.metallb_lost.get(label) == Some(note) {
+                continue;
+            }
+            let Some(regarding) = c.objects.get(label) else {
+                continue;
+            };
+            tracing::warn!(object = %label, "{note}");
+            self.events.send(ferrolb_kube::EventSpec {
+                regarding: regarding.clone(),
+                warning: true,
+                reason: "MetalLBFieldNotConverted".into(),
+                action: "LoadConfig".into(),
+                note: note.clone(),
+            });
+        }
+        self.metallb_lost = lost;
+    }
+
     /// Carries out what the core decided: Events queued, status writes in parallel.
     async fn execute(&mut self, outputs: Vec<Output>) {
         let mut writes = Vec::new();
@@ -317,7 +358,12 @@ impl Loop {
                             tracing::info!(reason = ev.reason, regarding = ?ev.regarding, "{}", ev.note)
                         }
                     }
-                    let regarding = reference(&ev.regarding, &self.settings, &self.config_uid);
+                    let regarding = reference(
+                        &ev.regarding,
+                        &self.settings,
+                        &self.config_uid,
+                        &self.config_ref,
+                    );
                     self.events.send(ferrolb_kube::EventSpec {
                         regarding,
                         warning: ev.severity == Severity::Warning,
@@ -441,11 +487,20 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
         watcher::Config::default(),
     )
     .default_backoff();
-    let config = watcher::watcher(
-        Api::<ConfigMap>::namespaced(client.clone(), &settings.config.namespace),
-        watcher::Config::default().fields(&format!("metadata.name={}", settings.config.name)),
-    )
-    .default_backoff();
+    let mut metallb = settings
+        .metallb
+        .as_deref()
+        .map(|ns| ferrolb_kube::metallb::watch(client.clone(), ns));
+    let config = if metallb.is_some() {
+        futures::stream::pending().boxed()
+    } else {
+        watcher::watcher(
+            Api::<ConfigMap>::namespaced(client.clone(), &settings.config.namespace),
+            watcher::Config::default().fields(&format!("metadata.name={}", settings.config.name)),
+        )
+        .default_backoff()
+        .boxed()
+    };
     // Namespace labels, for pools' namespaceSelector: known before the
     // first allocation, so a restart restores what it finds.
     let namespaces = watcher::watcher(
@@ -454,7 +509,7 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
     )
     .default_backoff();
     let mut services = services.boxed();
-    let mut config = config.boxed();
+    let mut config = config;
     let mut namespaces = namespaces.boxed();
     let mut lp = Loop {
         client,
@@ -466,6 +521,8 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
         events,
         events_dropped: 0,
         config_uid: None,
+        config_ref: None,
+        metallb_lost: Default::default(),
         retries: Retries::default(),
         tally: Tally::default(),
     };
@@ -540,6 +597,24 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
                 Ok(None) => anyhow::bail!("the ConfigMap watch ended"),
                 Err(e) => { tracing::warn!(error = %e, "ConfigMap watch error; retrying"); Vec::new() }
             },
+            r = async { metallb.as_mut().expect("guarded").changed().await }, if metallb.is_some() => {
+                if r.is_err() {
+                    anyhow::bail!("the MetalLB watch ended");
+                }
+                let converted = metallb.as_mut().expect("guarded").borrow_and_update().clone();
+                match converted {
+                    None => Vec::new(),
+                    Some(c) => {
+                        lp.metallb_converted(&c);
+                        let mut out = lp.core.config_changed(c.config.clone());
+                        if !cfg_synced {
+                            cfg_synced = true;
+                            if svc_synced && ns_synced { out.extend(lp.core.synced()); }
+                        }
+                        out
+                    }
+                }
+            }
             ev = namespaces.try_next() => match ev {
                 Ok(Some(Event::InitApply(ns) | Event::Apply(ns))) => {
                     let name = ns.metadata.name.clone().unwrap_or_default();

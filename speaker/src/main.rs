@@ -545,6 +545,8 @@ fn main() -> ExitCode {
                         ferrolb_speaker::kubernetes::Options {
                             node: a.node,
                             config: a.cluster.config_source(),
+                            metallb: (a.cluster.config_source == ferrolb_kube::SourceKind::Metallb)
+                                .then(|| a.cluster.metallb_namespace.clone()),
                             kubeconfig: a.cluster.kubeconfig,
                             namespace: a.cluster.namespace,
                             speaker_selector: a.speaker_selector,

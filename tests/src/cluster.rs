@@ -160,6 +160,14 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("create {ns}/{name}: {e}"))
     }
 
+    /// The `extra` of [`Cluster::create_service`] for a Service the
+    /// speaker forwards (`ferrolb.io/forward`), port `port` (named `http`)
+    /// to its endpoints' `target`.
+    pub fn forwarded(port: u16, target: u16) -> Value {
+        json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
+               "spec": {"ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": target}]}})
+    }
+
     /// Merge-patches a Service.
     pub async fn patch_service(&self, ns: &str, name: &str, patch: Value) {
         Api::<Service>::namespaced(self.client.clone(), ns)

@@ -60,13 +60,8 @@ async fn forwarded_service_reaches_ready_endpoints_through_the_vip() {
     let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
 
     let vport = ferrolb_tests::speaker::free_port();
-    c.create_service(
-        "shop",
-        "web",
-        json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
-               "spec": {"ports": [{"name": "http", "port": vport, "protocol": "TCP", "targetPort": port}]}}),
-    )
-    .await;
+    c.create_service("shop", "web", Cluster::forwarded(vport, port))
+        .await;
     c.set_endpoints(
         "shop",
         "web",
@@ -183,13 +178,8 @@ async fn a_node_that_may_not_announce_does_not_forward() {
     let _ctl = Controller::start(&c, "ctl", &[]).await;
     let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
     let vport = ferrolb_tests::speaker::free_port();
-    c.create_service(
-        "shop",
-        "web",
-        json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
-               "spec": {"ports": [{"name": "http", "port": vport, "protocol": "TCP", "targetPort": port}]}}),
-    )
-    .await;
+    c.create_service("shop", "web", Cluster::forwarded(vport, port))
+        .await;
     c.set_endpoints("shop", "web", port, &[("127.0.42.1", "node1", true)]);
     let ip = c.wait_ingress("shop", "web", 1, T).await;
     let vip: SocketAddr = format!("{}:{vport}", ip[0]).parse().unwrap();
@@ -374,11 +364,7 @@ async fn source_ranges_from_the_annotation_refuse_clients_outside_them() {
     let speaker = KubeSpeaker::start(&c, "node1", &[]).await;
     let vport = ferrolb_tests::speaker::free_port();
     let service = |extra: serde_json::Value| {
-        ferrolb_tests::cluster::merged(
-            json!({"metadata": {"annotations": {"ferrolb.io/forward": "true"}},
-                   "spec": {"ports": [{"name": "http", "port": vport, "protocol": "TCP", "targetPort": port}]}}),
-            &extra,
-        )
+        ferrolb_tests::cluster::merged(Cluster::forwarded(vport, port), &extra)
     };
     // Only 192.0.2.0/24 (by the annotation); the test's client is 127.0.0.1.
     c.create_service(

@@ -4,6 +4,8 @@
 //! seen in the API server's audit log and used by the test suite's RBAC
 //! check), and an Event publisher that never slows the caller down.
 
+pub mod metallb;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -34,6 +36,24 @@ pub struct ClusterArgs {
     /// Key of the ConfigMap holding the YAML.
     #[arg(long, default_value = "config.yaml")]
     pub config_key: String,
+    /// Where the configuration comes from: the ferrolb ConfigMap, or
+    /// MetalLB's custom resources, converted on every change (a cluster
+    /// switching from MetalLB keeps its configuration as it is).
+    #[arg(long, value_enum, default_value_t = SourceKind::Ferrolb)]
+    pub config_source: SourceKind,
+    /// Namespace of MetalLB's custom resources (`--config-source metallb`).
+    #[arg(long, default_value = "metallb-system")]
+    pub metallb_namespace: String,
+}
+
+/// Where the configuration is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// The ferrolb ConfigMap (`--config-map`, `--config-key`).
+    Ferrolb,
+    /// MetalLB's IPAddressPools, advertisements, BGPPeers, Communities and
+    /// BFDProfiles in `--metallb-namespace`.
+    Metallb,
 }
 
 impl ClusterArgs {

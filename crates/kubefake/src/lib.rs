@@ -15,6 +15,7 @@ mod patch;
 mod path;
 pub mod rbac;
 pub mod resource;
+pub mod schema;
 mod selector;
 mod server;
 pub mod store;

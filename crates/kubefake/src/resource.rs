@@ -197,15 +197,71 @@ pub const RESOURCES: &[ResourceType] = &[
         namespaced: true,
         has_status: false,
     },
+    // MetalLB's custom resources, for `--config-source metallb` and the
+    // migration tests: served only while their CRDs exist, each at one
+    // version (BGPPeer at v1beta2, its storage version; the real server
+    // also serves v1beta1 and converts between them).
+    ResourceType {
+        group: "metallb.io",
+        version: "v1beta1",
+        plural: "ipaddresspools",
+        kind: "IPAddressPool",
+        namespaced: true,
+        has_status: true,
+    },
+    ResourceType {
+        group: "metallb.io",
+        version: "v1beta1",
+        plural: "l2advertisements",
+        kind: "L2Advertisement",
+        namespaced: true,
+        has_status: true,
+    },
+    ResourceType {
+        group: "metallb.io",
+        version: "v1beta1",
+        plural: "bgpadvertisements",
+        kind: "BGPAdvertisement",
+        namespaced: true,
+        has_status: true,
+    },
+    ResourceType {
+        group: "metallb.io",
+        version: "v1beta2",
+        plural: "bgppeers",
+        kind: "BGPPeer",
+        namespaced: true,
+        has_status: true,
+    },
+    ResourceType {
+        group: "metallb.io",
+        version: "v1beta1",
+        plural: "communities",
+        kind: "Community",
+        namespaced: true,
+        has_status: true,
+    },
+    ResourceType {
+        group: "metallb.io",
+        version: "v1beta1",
+        plural: "bfdprofiles",
+        kind: "BFDProfile",
+        namespaced: true,
+        has_status: true,
+    },
 ];
+
+/// Whether `rt` is a custom resource (defined by a CRD), not built in: a
+/// group with a dot outside Kubernetes' own `*.k8s.io`.
+fn is_custom(rt: &ResourceType) -> bool {
+    rt.group.contains('.') && !rt.group.ends_with("k8s.io")
+}
 
 /// The name of the CustomResourceDefinition that must exist for
 /// `resource` to be served, if it is a custom resource.
 pub fn definition(resource: usize) -> Option<String> {
     let rt = &RESOURCES[resource];
-    rt.group
-        .ends_with("ferrolb.io")
-        .then(|| format!("{}.{}", rt.plural, rt.group))
+    is_custom(rt).then(|| format!("{}.{}", rt.plural, rt.group))
 }
 
 /// Index into [`RESOURCES`] of the type served at `group/version/plural`.

@@ -197,7 +197,9 @@ pub(crate) async fn handle(
             let crds = resource::by_name("customresourcedefinitions", "apiextensions.k8s.io")
                 .expect("CRDs are served");
             let store = shared.store.lock().expect("store lock");
-            store.get(crds, None, &crd).is_ok()
+            store
+                .get(crds, None, &crd)
+                .is_ok_and(|d| crate::schema::serves(&d, resource::RESOURCES[r].version))
         }
     };
     if let Some(doc) = crate::discovery::document(uri.path(), &served) {

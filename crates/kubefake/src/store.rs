@@ -267,6 +267,34 @@ impl Store {
         (resource, ns.unwrap_or("").to_string(), name.to_string())
     }
 
+    /// A custom resource's object as its CRD's schema admits it (pruned,
+    /// defaulted), or the 422 the real server gives: built-in types pass.
+    fn admit_custom(&self, resource: usize, object: &mut Value) -> Result<(), ApiError> {
+        let Some(crd) = resource::definition(resource) else {
+            return Ok(());
+        };
+        let crds = resource::by_name("customresourcedefinitions", "apiextensions.k8s.io")
+            .expect("CRDs are served");
+        let Some(def) = self.objects.get(&Self::key(crds, None, &crd)) else {
+            return Ok(());
+        };
+        let rt = &RESOURCES[resource];
+        let Some(schema) = crate::schema::of_version(&def.object, rt.version) else {
+            return Ok(());
+        };
+        crate::schema::admit(schema, object).map_err(|errors| ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: format!(
+                "{}.{} {:?} is invalid: {}",
+                rt.kind,
+                rt.group,
+                name_of(object).unwrap_or_default(),
+                errors.join(", ")
+            ),
+        })
+    }
+
     /// Every object of one type, in every namespace, without selectors or pages.
     pub fn all(&self, resource: usize) -> Vec<Value> {
         self.list(
@@ -487,6 +515,7 @@ impl Store {
         crate::strategy::validate_name(rt.kind, rt.plural, &name)?;
         set_meta(&mut object, "name", Value::String(name));
         crate::strategy::validate_labels(rt.kind, &object)?;
+        self.admit_custom(resource, &mut object)?;
         set_meta(
             &mut object,
             "uid",
@@ -591,6 +620,7 @@ impl Store {
             }
         }
         crate::strategy::validate_labels(rt.kind, &object)?;
+        self.admit_custom(key.0, &mut object)?;
         if rt.plural == "services" && rt.group.is_empty() {
             if status_only {
                 crate::strategy::service_status(&mut object)?;

@@ -15,7 +15,7 @@ mod legacy;
 pub mod report;
 pub mod yaml;
 
-pub use convert::{go_duration_ms, Objects};
+pub use convert::{go_duration_ms, label, Objects};
 pub use report::{Note, Outcome, Report};
 
 use serde_json::Value;
@@ -124,11 +124,18 @@ fn gather(
 pub fn import(text: &str) -> Result<Import, ImportError> {
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(text).map_err(|e| ImportError::Yaml(e.to_string()))?;
+    import_values(&docs)
+}
+
+/// Converts MetalLB's objects already parsed (documents, `List`s, the
+/// legacy ConfigMap), as [`import`] does with text: what `--config-source
+/// metallb` feeds it from the API server's watches.
+pub fn import_values(docs: &[Value]) -> Result<Import, ImportError> {
     let mut objects = Objects::default();
     let mut quiet = BTreeSet::new();
     let mut report = Report::default();
     let mut found = false;
-    for d in &docs {
+    for d in docs {
         gather(d, &mut objects, &mut quiet, &mut report, &mut found);
     }
     if !found {

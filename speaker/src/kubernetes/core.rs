@@ -52,6 +52,9 @@ pub struct Settings {
     pub recompute: Recompute,
     /// Where the configuration is in its ConfigMap.
     pub config: ferrolb_kube::ConfigSource,
+    /// The configuration is MetalLB's objects, converted
+    /// ([`Context::metallb`]), not the ConfigMap.
+    pub metallb: bool,
 }
 
 /// The rarely changing objects, each kind as a whole.
@@ -59,6 +62,9 @@ pub struct Settings {
 pub struct Context {
     /// The configuration ConfigMap, if it exists.
     pub config_map: Option<Arc<ConfigMap>>,
+    /// With `--config-source metallb`: MetalLB's objects converted, once
+    /// every kind has been listed.
+    pub metallb: Option<Arc<ferrolb_kube::metallb::Converted>>,
     /// Every Node.
     pub nodes: Vec<Arc<Node>>,
     /// The speaker Pods.
@@ -523,17 +529,35 @@ impl Core {
     fn apply_context(&mut self, ctx: Context, now: Instant, out: &mut Vec<Output>) {
         let me = self.s.node.clone();
         let cm = ctx.config_map.as_deref();
-        let text = cm.and_then(|c| self.s.config.text(c));
+        let converted = ctx.metallb.as_deref().filter(|_| self.s.metallb);
+        let text = if self.s.metallb {
+            converted.map(|c| c.text.clone())
+        } else {
+            cm.and_then(|c| self.s.config.text(c))
+        };
         if text != self.config_text {
             self.config_text = text;
-            match cm.map(|c| self.s.config.read(c)) {
+            let read = if self.s.metallb {
+                converted.map(|c| c.config.clone())
+            } else {
+                cm.map(|c| self.s.config.read(c))
+            };
+            match read {
                 Some(Ok(c)) => {
                     out.push(Output::Metric(Metric::Reloaded(true)));
                     self.index.set_config(Arc::new(c));
                 }
                 Some(Err(e)) => {
                     out.push(Output::Metric(Metric::Reloaded(false)));
-                    tracing::error!("the ConfigMap is invalid; the last valid configuration stays in force:\n{e}");
+                    let what = if self.s.metallb {
+                        "MetalLB's objects convert to an invalid configuration"
+                    } else {
+                        "the ConfigMap is invalid"
+                    };
+                    tracing::error!("{what}; the last valid configuration stays in force:\n{e}");
+                }
+                None if self.s.metallb => {
+                    tracing::error!("MetalLB's objects are not listed yet; announcing nothing")
                 }
                 None => {
                     tracing::error!(configmap = %self.s.config.display(), "no configuration yet; announcing nothing")
@@ -738,6 +762,7 @@ mod tests {
                 name: "ferrolb".into(),
                 key: "config.yaml".into(),
             },
+            metallb: false,
         })
     }
 
@@ -772,6 +797,7 @@ mod tests {
     fn cluster(config: Option<&str>, deleting: &[&str]) -> Context {
         Context {
             config_map: config.map(config_map),
+            metallb: None,
             nodes: vec![
                 node("n1", "192.0.2.1", json!({"zone": "a"})),
                 node("n2", "192.0.2.2", json!({"zone": "b"})),

@@ -52,6 +52,9 @@ pub struct Options {
     pub namespace: String,
     /// The configuration ConfigMap.
     pub config: ferrolb_kube::ConfigSource,
+    /// With `--config-source metallb`: the namespace of MetalLB's objects,
+    /// read instead of the ConfigMap.
+    pub metallb: Option<String>,
     /// Label selector of the speaker Pods (the members of layer 2 failover).
     pub speaker_selector: String,
     /// UDP port of the membership heartbeats.
@@ -189,9 +192,11 @@ fn snapshot(
     config_maps: &Store<ConfigMap>,
     nodes: &Store<Node>,
     pods: &Store<Pod>,
+    metallb: Option<&watch::Receiver<Option<Arc<ferrolb_kube::metallb::Converted>>>>,
 ) -> core::Context {
     core::Context {
         config_map: config_maps.state().into_iter().next(),
+        metallb: metallb.and_then(|m| m.borrow().clone()),
         nodes: nodes.state(),
         pods: pods.state(),
     }
@@ -396,6 +401,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         watcher::Config::default().fields(&format!("metadata.name={}", opts.config.name)),
         changed.clone(),
     );
+    let mut metallb = opts
+        .metallb
+        .as_deref()
+        .map(|ns| ferrolb_kube::metallb::watch(client.clone(), ns));
     tracing::info!(node = %opts.node, namespace = %opts.namespace, "waiting for the first list of every watched resource");
     for (what, ready) in [
         ("Nodes", nodes.wait_until_ready().await),
@@ -411,6 +420,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         filter: opts.filter.clone(),
         recompute: opts.recompute,
         config: opts.config.clone(),
+        metallb: opts.metallb.is_some(),
     });
     while !core.listed() {
         let ev = api_rx
@@ -422,7 +432,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let forwarder = Forwarder::new(Arc::clone(&metrics));
     let mut health = forwarder.service_health();
     core.health(health.borrow_and_update().clone());
-    core.context(snapshot(&config_maps, &nodes, &pods));
+    core.context(snapshot(&config_maps, &nodes, &pods, metallb.as_ref()));
     let mut shell = Shell {
         metrics: Arc::clone(&metrics),
         client: client.clone(),
@@ -478,7 +488,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 // Let a burst of changes settle into one recomputation.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 changes.borrow_and_update();
-                core.context(snapshot(&config_maps, &nodes, &pods));
+                core.context(snapshot(&config_maps, &nodes, &pods, metallb.as_ref()));
+            }
+            r = async { metallb.as_mut().expect("guarded").changed().await }, if metallb.is_some() => {
+                if r.is_err() {
+                    anyhow::bail!("the MetalLB watch ended");
+                }
+                metallb.as_mut().expect("guarded").borrow_and_update();
+                core.context(snapshot(&config_maps, &nodes, &pods, metallb.as_ref()));
             }
             _ = health.changed() => core.health(health.borrow_and_update().clone()),
             _ = health_tick.tick() => {
