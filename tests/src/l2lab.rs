@@ -402,24 +402,7 @@ impl Cluster {
     /// Asks for the VIP with a broadcast ARP request from the client and
     /// returns every MAC that answered within 500 ms.
     pub fn arp_answers(&self, vip: &str) -> BTreeSet<String> {
-        let code = r#"
-import socket, struct, sys, time
-vip = socket.inet_aton(sys.argv[1]); me = socket.inet_aton("192.0.2.1")
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); s.bind(("eth0", 0))
-mac = s.getsockname()[4]
-req = b"\xff"*6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + me + b"\x00"*6 + vip
-s.send(req.ljust(60, b"\x00")); s.settimeout(0.05); seen = set(); end = time.time() + 0.5
-while time.time() < end:
-    try: f = s.recv(128)
-    except socket.timeout: continue
-    if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == vip: seen.add(f[22:28].hex(":"))
-print(" ".join(sorted(seen)))
-"#;
-        let out = self.lab.exec_ok("client", &["python3", "-c", code, vip]);
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
+        arp_answers(&self.lab, "client", "192.0.2.1", vip)
     }
 
     /// The nodes with a link whose address is `mac` (a virtual MAC's
@@ -503,4 +486,27 @@ impl Cluster {
         }
         self.speakers.retain(|(n, _)| n != node);
     }
+}
+
+/// Asks for `vip` with a broadcast ARP request from `host` (`eth0`, its
+/// address `me`) and returns every MAC that answered within 500 ms.
+pub fn arp_answers(lab: &Lab, host: &str, me: &str, vip: &str) -> BTreeSet<String> {
+    let code = r#"
+import socket, struct, sys, time
+vip = socket.inet_aton(sys.argv[1]); me = socket.inet_aton(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+req = b"\xff"*6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + me + b"\x00"*6 + vip
+s.send(req.ljust(60, b"\x00")); s.settimeout(0.05); seen = set(); end = time.time() + 0.5
+while time.time() < end:
+    try: f = s.recv(128)
+    except socket.timeout: continue
+    if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == vip: seen.add(f[22:28].hex(":"))
+print(" ".join(sorted(seen)))
+"#;
+    let out = lab.exec_ok(host, &["python3", "-c", code, vip, me]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }

@@ -22,6 +22,7 @@ pub mod deploy;
 pub mod image;
 pub mod kernel_lab;
 pub mod l2lab;
+pub mod metallb_fake;
 pub mod netns;
 pub mod pods;
 pub mod product;

@@ -92,9 +92,10 @@ impl Product {
         Product::start_with(mode, None).await
     }
 
-    /// As [`Product::start`], with `l2` (the ConfigMap's `l2:` line, layer 2
-    /// mode) instead of the default one.
-    pub async fn start_with(mode: Mode, l2: Option<&str>) -> Product {
+    /// As [`Product::start`], with `section` instead of the ConfigMap's
+    /// default one after `pools:` (layer 2 mode: its `l2:` line; BGP mode:
+    /// its `bgp:` section).
+    pub async fn start_with(mode: Mode, section: Option<&str>) -> Product {
         let mut lab = Lab::new(if mode == Mode::Layer2 { "pl" } else { "pb" });
         match mode {
             Mode::Layer2 => {
@@ -131,7 +132,7 @@ impl Product {
             Mode::Layer2 => (
                 format!(
                     "pools: [{{name: vips, addresses: [192.0.2.100-192.0.2.110]}}]\n{}\n",
-                    l2.unwrap_or("l2: [{pools: [vips], interfaces: [eth0]}]")
+                    section.unwrap_or("l2: [{pools: [vips], interfaces: [eth0]}]")
                 ),
                 None,
             ),
@@ -148,11 +149,14 @@ impl Product {
                 }
                 std::fs::write(dir.join("bird.conf"), conf).unwrap();
                 (
-                    "pools: [{name: vips, addresses: [203.0.113.0/28]}]
-bgp:
+                    format!(
+                        "pools: [{{name: vips, addresses: [203.0.113.0/28]}}]\n{}",
+                        section.unwrap_or(
+                            "bgp:
   peers: [{name: bird, address: 192.0.2.1, asn: 65000, myAsn: 65001, holdTime: 9s}]
 "
-                    .to_string(),
+                        )
+                    ),
                     Some(routers::bird(&mut lab, "router", &dir)),
                 )
             }
