@@ -39,6 +39,13 @@ pub const MEMBER_KEY: &str = "5f0d8c1e9a7b3f26c4d1e8a0b7f3c6d2e9a1b4c7d0e3f6a9b2
 /// How long the waits below wait.
 pub const T: Duration = Duration::from_secs(15);
 
+/// Endpoints of a Service on every node, all ready (the pods' port 9000).
+pub const ALL_READY: [(&str, &str, bool); 3] = [
+    ("192.0.2.11", "node1", true),
+    ("192.0.2.12", "node2", true),
+    ("192.0.2.13", "node3", true),
+];
+
 /// How VIPs reach the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -246,6 +253,20 @@ impl Product {
             .await;
         self.cluster.set_endpoints("shop", name, 9000, endpoints);
         self.cluster.wait_ingress("shop", name, 1, T).await[0].clone()
+    }
+
+    /// Sets label `key=value` on Node `node`, as `kubectl label node` does.
+    pub async fn label_node(&self, node: &str, key: &str, value: &str) {
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(self.cluster.client.clone());
+        nodes
+            .patch(
+                node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("label node {node}: {e}"));
     }
 
     /// The speaker Pod on `node`.

@@ -13,16 +13,10 @@
 use ferrolb_tests::metallb_fake::{accept_vip, ArpMonitor, FakeBgpSpeaker, FakeSpeaker};
 use ferrolb_tests::product::{Mode, Product, NODES, T};
 use ferrolb_tests::{require, Need};
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-const ALL: [(&str, &str, bool); 3] = [
-    ("192.0.2.11", "node1", true),
-    ("192.0.2.12", "node2", true),
-    ("192.0.2.13", "node3", true),
-];
+const ALL: [(&str, &str, bool); 3] = ferrolb_tests::product::ALL_READY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_2_pool_moves_from_metallb_with_one_announcer_at_every_moment() {
@@ -79,16 +73,8 @@ async fn a_layer_2_pool_moves_from_metallb_with_one_announcer_at_every_moment() 
     metallb[1].announce(&[]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...then ferrolb's entry selects the nodes: its owner announces.
-    let nodes: Api<Node> = Api::all(p.cluster.client.clone());
     for (n, _) in NODES {
-        nodes
-            .patch(
-                n,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"ferrolb.io/l2": "handed-over"}}})),
-            )
-            .await
-            .expect("label the node");
+        p.label_node(n, "ferrolb.io/l2", "handed-over").await;
     }
     let t = Instant::now();
     let owner = loop {
@@ -216,7 +202,6 @@ async fn bgp_moves_from_metallb_node_by_node_without_losing_the_vip() {
         b.starts_with("node")
     });
     let probe = p.probe(&vip, 8080);
-    let nodes: Api<Node> = Api::all(p.cluster.client.clone());
     let mut fewest = all.len();
     let mut steps = Vec::new();
     for (i, (n, ip)) in NODES.iter().enumerate() {
@@ -226,14 +211,7 @@ async fn bgp_moves_from_metallb_node_by_node_without_losing_the_vip() {
         let gone = p.wait_next_hops(&vip, &others);
         fewest = fewest.min(p.next_hops(&vip).len());
         // ferrolb's peer selects the node: its session comes up and advertises.
-        nodes
-            .patch(
-                n,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"ferrolb.io/bgp": "handed-over"}}})),
-            )
-            .await
-            .expect("label the node");
+        p.label_node(n, "ferrolb.io/bgp", "handed-over").await;
         let back = p.wait_next_hops(&vip, &all);
         steps.push(format!(
             "{n}: MetalLB's route gone in {} ms, ferrolb's up {} ms after the label",

@@ -14,11 +14,7 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-const ALL: [(&str, &str, bool); 3] = [
-    ("192.0.2.11", "node1", true),
-    ("192.0.2.12", "node2", true),
-    ("192.0.2.13", "node3", true),
-];
+const ALL: [(&str, &str, bool); 3] = ferrolb_tests::product::ALL_READY;
 const ONLY_NODE2: [(&str, &str, bool); 2] = [
     ("192.0.2.12", "node2", true),
     ("192.0.2.13", "node3", false),
