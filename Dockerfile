@@ -39,6 +39,6 @@ CMD ["run"]
 
 FROM gcr.io/distroless/static-debian12 AS speaker
 COPY --from=build /usr/local/bin/ferrolb-speaker /ferrolb-speaker
-EXPOSE 7473 7946/udp 179
+EXPOSE 7474 7947/udp 179
 ENTRYPOINT ["/ferrolb-speaker"]
 CMD ["kubernetes"]

@@ -113,7 +113,7 @@ enum Command {
     /// every Service's address and the nodes announcing it, cluster-wide.
     Status {
         /// The speaker's metrics address.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7473")]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7474")]
         address: std::net::SocketAddr,
         /// Ask the API instead: every node's NodeAnnouncement (deploy/crds.yaml).
         #[arg(long)]
@@ -193,7 +193,7 @@ struct KubeArgs {
     #[arg(long, hide = true)]
     full_recompute: bool,
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7473")]
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7474")]
     metrics_address: std::net::SocketAddr,
     /// TLS and bearer tokens for the metrics endpoint.
     #[command(flatten)]

@@ -299,7 +299,7 @@ async fn run(a: &Args, mode: &'static str) -> Figures {
             "--log-level",
             "warn",
         ];
-        let metrics = format!("{ip}:7473");
+        let metrics = format!("{ip}:7474");
         cmd.extend(["--metrics-address", &metrics]);
         if mode == "full" {
             cmd.push("--full-recompute");

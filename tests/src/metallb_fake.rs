@@ -1,12 +1,13 @@
 //! A process playing MetalLB's layer 2 speaker on a lab node, for the
-//! migration tests: it binds memberlist's port (UDP and TCP 7946) as
-//! MetalLB's speaker does beside ferrolb's in the node's network namespace
-//! (both run with hostNetwork), announces the VIPs its control file lists
-//! with gratuitous ARP and answers ARP requests for them with the node's
-//! MAC, as MetalLB's elected owner does. kube-proxy's part (every node
-//! accepts traffic for a LoadBalancer address, whoever announces it) is
-//! [`accept_vip`]. And a client-side monitor of who answers ARP for a VIP,
-//! round after round: the "one announcer at every moment" check.
+//! migration tests: it binds memberlist's port (UDP and TCP 7946) and FRR
+//! mode's metrics port (TCP 7473) as MetalLB's speaker does beside
+//! ferrolb's in the node's network namespace (both run with hostNetwork),
+//! announces the VIPs its control file lists with gratuitous ARP and
+//! answers ARP requests for them with the node's MAC, as MetalLB's elected
+//! owner does. kube-proxy's part (every node accepts traffic for a
+//! LoadBalancer address, whoever announces it) is [`accept_vip`]. And a
+//! client-side monitor of who answers ARP for a VIP, round after round:
+//! the "one announcer at every moment" check.
 
 use crate::netns::Lab;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,11 @@ import os, socket, struct, sys, time
 iface, control, ready = sys.argv[1], sys.argv[2], sys.argv[3]
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("0.0.0.0", 7946))
 tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM); tcp.bind(("0.0.0.0", 7946)); tcp.listen(4)
+# FRR mode's frr-metrics.
+frr = socket.socket(socket.AF_INET, socket.SOCK_STREAM); frr.bind(("0.0.0.0", 7473)); frr.listen(4)
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); s.bind((iface, 0))
 mac = s.getsockname()[4]; s.settimeout(0.02)
-open(ready, "w").write("bound 7946/udp 7946/tcp\n")
+open(ready, "w").write("bound 7946/udp 7946/tcp 7473/tcp\n")
 def frame(op, dst, sha, spa, tha, tpa):
     return (dst + sha + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + sha + spa + tha + tpa).ljust(60, b"\x00")
 owned = set(); answered = 0
@@ -80,7 +83,7 @@ pub struct FakeSpeaker {
 }
 
 impl FakeSpeaker {
-    /// Starts it on `node`'s `eth0` and waits until it has bound 7946.
+    /// Starts it on `node`'s `eth0` and waits until it has bound its ports.
     pub fn start(lab: &mut Lab, node: &str, dir: &Path) -> FakeSpeaker {
         let control = dir.join(format!("metallb-{node}.control"));
         let ready = dir.join(format!("metallb-{node}.ready"));
@@ -103,7 +106,7 @@ impl FakeSpeaker {
         while !ready.exists() {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
-                "MetalLB's stand-in on {node} could not bind memberlist's port 7946: {}",
+                "MetalLB's stand-in on {node} could not bind memberlist's port 7946 or FRR's metrics port 7473: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));

@@ -97,7 +97,7 @@ impl Lab {
     }
 
     /// `/metrics` from 127.0.0.1:`port` inside namespace `short` (the
-    /// Kubernetes-mode speaker serves on 7473).
+    /// Kubernetes-mode speaker serves on 7474).
     pub fn metrics_on(&self, short: &str, port: u16) -> String {
         let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
         let out = self.exec(short, &["bash", "-c", &script]);

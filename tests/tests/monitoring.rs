@@ -311,7 +311,7 @@ fn the_scrape_job_and_the_pod_monitor_pick_each_shipped_pods_metrics_port_alone(
         }
     }
     kept.sort();
-    assert_eq!(kept, ["10.0.0.1:7472", "10.0.0.1:7473"], "{found:#}");
+    assert_eq!(kept, ["10.0.0.1:7472", "10.0.0.1:7474"], "{found:#}");
     // The PodMonitor selects both templates, names their port, and adds the
     // labels the plain job adds.
     let pm: serde_json::Value =

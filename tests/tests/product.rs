@@ -133,7 +133,7 @@ fn assert_scraped_as_shipped(prom: &Prometheus) {
     seen.sort();
     let mut want: Vec<(String, String, String)> = NODES
         .iter()
-        .map(|(n, ip)| ("speaker".into(), n.to_string(), format!("{ip}:7473")))
+        .map(|(n, ip)| ("speaker".into(), n.to_string(), format!("{ip}:7474")))
         .collect();
     want.sort();
     assert_eq!(&seen[2..], &want[..], "{targets:#?}");
@@ -362,7 +362,7 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let metrics = p.lab.metrics_on(&next, 7473);
+    let metrics = p.lab.metrics_on(&next, 7474);
     assert!(
         metrics.contains(&format!(
             "ferrolb_vip_announced{{service=\"shop/web\",vip=\"{vip}\",mode=\"l2\"}} 1"
@@ -377,7 +377,7 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
             .filter(|(n, _)| *n != owner)
             .map(|(n, _)| {
                 metric_sum(
-                    &p.lab.metrics_on(n, 7473),
+                    &p.lab.metrics_on(n, 7474),
                     "ferrolb_l2_failover_seconds_count",
                     &[],
                 )
@@ -474,7 +474,7 @@ async fn kubectl_apply_to_reachable_vip_with_failover_in_layer_2() {
             let ip = NODES.iter().find(|(n, _)| *n == next).unwrap().1;
             assert_eq!(
                 a["labels"]["instance"],
-                format!("{ip}:7473").as_str(),
+                format!("{ip}:7474").as_str(),
                 "{a}"
             );
             eprintln!(
@@ -618,7 +618,7 @@ async fn kubectl_apply_to_reachable_vip_in_bgp_mode_against_bird() {
     let all = |state: &str| -> Vec<String> {
         NODES
             .iter()
-            .map(|(_, ip)| format!("{ip}:7473 bird {state}"))
+            .map(|(_, ip)| format!("{ip}:7474 bird {state}"))
             .collect()
     };
     let long = Duration::from_secs(100);
@@ -841,7 +841,7 @@ async fn kernel_mode_in_kubernetes_forwards_in_the_program_and_warns_where_it_ca
         "the Warning names the port, the node and the cause: {note}"
     );
     // The owner, from its metrics; the endpoint moves to another node.
-    let metrics = |n: &str| p.lab.metrics_on(n, 7473);
+    let metrics = |n: &str| p.lab.metrics_on(n, 7474);
     let owner = ["node1", "node2", "node3"]
         .into_iter()
         .find(|n| {
