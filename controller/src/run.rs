@@ -491,7 +491,7 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
         .metallb
         .as_deref()
         .map(|ns| ferrolb_kube::metallb::watch(client.clone(), ns));
-    let config = if metallb.is_some() {
+    let mut config = if metallb.is_some() {
         futures::stream::pending().boxed()
     } else {
         watcher::watcher(
@@ -509,7 +509,6 @@ async fn lead(client: Client, settings: Settings, shared: Arc<Shared>, fence: Fe
     )
     .default_backoff();
     let mut services = services.boxed();
-    let mut config = config;
     let mut namespaces = namespaces.boxed();
     let mut lp = Loop {
         client,

@@ -268,3 +268,24 @@ async fn the_speaker_forwards_with_metallbs_configuration() {
         speaker.log()
     );
 }
+
+/// A standby in MetalLB mode takes over from a killed leader with the same
+/// configuration, and moves nothing the old leader assigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_in_metallb_mode_takes_over_with_metallbs_pools() {
+    let c = Cluster::start().await;
+    install_metallb_crds(&c);
+    create(&c, "ipaddresspools", "prod", json!({"addresses": ["192.0.2.0/28"]}))
+        .await
+        .unwrap();
+    let mut first = Controller::start(&c, "ctl-a", &["--config-source", "metallb"]).await;
+    let second = Controller::spawn(&c, "ctl-b", &["--config-source", "metallb"]);
+    c.create_service("shop", "web", json!({})).await;
+    let web = c.wait_ingress("shop", "web", 1, T).await;
+    first.kill("KILL");
+    second.wait_leading(Duration::from_secs(20)).await;
+    c.create_service("shop", "db", json!({})).await;
+    let db = c.wait_ingress("shop", "db", 1, T).await;
+    assert!(db[0].starts_with("192.0.2.") && db != web, "{db:?} {web:?}");
+    assert_eq!(c.ingress("shop", "web"), web);
+}

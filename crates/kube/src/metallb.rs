@@ -157,20 +157,28 @@ async fn run(client: Client, ns: String, tx: watch::Sender<Option<Arc<Converted>
     let mut warned: Vec<Option<String>> = vec![None; KINDS.len()];
     let mut dirty = false;
     loop {
-        let ev = if dirty {
-            // A burst of changes settles into one conversion.
-            match tokio::time::timeout(Duration::from_millis(50), events.next()).await {
-                Ok(ev) => ev,
-                Err(_) => {
-                    dirty = false;
-                    if listed.iter().all(|l| *l) {
-                        publish(&ns, &objects, &tx);
-                    }
-                    continue;
-                }
+        let next = async {
+            if dirty {
+                // A burst of changes settles into one conversion.
+                tokio::time::timeout(Duration::from_millis(50), events.next()).await
+            } else {
+                Ok(events.next().await)
             }
-        } else {
-            events.next().await
+        };
+        let ev = tokio::select! {
+            // Nobody reads any more (a controller that stopped leading): stop watching.
+            _ = tx.closed() => return,
+            ev = next => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(_) => {
+                dirty = false;
+                if listed.iter().all(|l| *l) {
+                    publish(&ns, &objects, &tx);
+                }
+                continue;
+            }
         };
         let Some((i, ev)) = ev else { return };
         let (plural, version, kind) = KINDS[i];
