@@ -275,9 +275,14 @@ async fn the_speaker_forwards_with_metallbs_configuration() {
 async fn a_standby_in_metallb_mode_takes_over_with_metallbs_pools() {
     let c = Cluster::start().await;
     install_metallb_crds(&c);
-    create(&c, "ipaddresspools", "prod", json!({"addresses": ["192.0.2.0/28"]}))
-        .await
-        .unwrap();
+    create(
+        &c,
+        "ipaddresspools",
+        "prod",
+        json!({"addresses": ["192.0.2.0/28"]}),
+    )
+    .await
+    .unwrap();
     let mut first = Controller::start(&c, "ctl-a", &["--config-source", "metallb"]).await;
     let second = Controller::spawn(&c, "ctl-b", &["--config-source", "metallb"]);
     c.create_service("shop", "web", json!({})).await;
