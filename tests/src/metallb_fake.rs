@@ -190,16 +190,8 @@ impl ArpMonitor {
 
     /// Stops it; every round.
     pub fn finish(self) -> Vec<Round> {
-        std::fs::write(&self.stop, "").unwrap();
-        let t = Instant::now();
-        while !self.out.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "the ARP monitor never wrote its result"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        serde_json::from_str(&std::fs::read_to_string(&self.out).unwrap()).unwrap()
+        let text = crate::product::stop_and_read(&self.stop, &self.out, "the ARP monitor");
+        serde_json::from_str(&text).unwrap()
     }
 }
 

@@ -507,6 +507,21 @@ with open(out + ".tmp", "w") as f: json.dump(rows, f)
 os.rename(out + ".tmp", out)
 "#;
 
+/// Asks a lab script to stop (its `stop` file) and returns what it wrote
+/// to `out` once it has (within 10 s; `what` names it in the failure).
+pub fn stop_and_read(stop: &std::path::Path, out: &std::path::Path, what: &str) -> String {
+    std::fs::write(stop, "").unwrap();
+    let t = Instant::now();
+    while !out.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{what} never wrote its result"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::read_to_string(out).unwrap()
+}
+
 /// What a [`PROBE`] saw.
 #[derive(Debug, Clone)]
 pub struct ProbeReport {
@@ -534,17 +549,8 @@ pub struct Probe {
 impl Probe {
     /// Stops it and reads what it saw.
     pub fn finish(self) -> ProbeReport {
-        std::fs::write(&self.stop, "").unwrap();
-        let t = Instant::now();
-        while !self.out.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "the probe never wrote its result"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         let rows: Vec<(f64, f64, u32, Option<String>)> =
-            serde_json::from_str(&std::fs::read_to_string(&self.out).unwrap()).unwrap();
+            serde_json::from_str(&stop_and_read(&self.stop, &self.out, "the probe")).unwrap();
         let mut took: Vec<f64> = rows.iter().map(|r| (r.1 - r.0) * 1000.0).collect();
         took.sort_by(f64::total_cmp);
         let mut answered_by: Vec<String> = Vec::new();

@@ -67,6 +67,21 @@ fn install_metallb_crds(c: &Cluster) {
     c.server.create_namespace(NS);
 }
 
+/// A cluster with MetalLB's CRDs and one IPAddressPool `name` of `addresses`.
+async fn with_pool(name: &str, addresses: &str) -> Cluster {
+    let c = Cluster::start().await;
+    install_metallb_crds(&c);
+    create(
+        &c,
+        "ipaddresspools",
+        name,
+        json!({"addresses": [addresses]}),
+    )
+    .await
+    .expect("create the pool");
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metallb_objects_are_served_with_their_crds_and_checked_against_their_schemas() {
     let c = Cluster::start().await;
@@ -137,16 +152,7 @@ async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_allocates_from_metallbs_pools_live_and_reports_what_did_not_convert() {
-    let c = Cluster::start().await;
-    install_metallb_crds(&c);
-    create(
-        &c,
-        "ipaddresspools",
-        "prod",
-        json!({"addresses": ["192.0.2.0/28"]}),
-    )
-    .await
-    .unwrap();
+    let c = with_pool("prod", "192.0.2.0/28").await;
     create(
         &c,
         "l2advertisements",
@@ -235,16 +241,7 @@ async fn the_speaker_forwards_with_metallbs_configuration() {
     )
     .await
     .unwrap();
-    let c = Cluster::start().await;
-    install_metallb_crds(&c);
-    create(
-        &c,
-        "ipaddresspools",
-        "loopback",
-        json!({"addresses": ["127.0.42.0/28"]}),
-    )
-    .await
-    .unwrap();
+    let c = with_pool("loopback", "127.0.42.0/28").await;
     c.create_node("node1", "127.0.0.1", json!({}));
     c.create_speaker_pod("node1", "127.0.0.1");
     let _ctl = Controller::start(&c, "ctl", &["--config-source", "metallb"]).await;
@@ -273,16 +270,7 @@ async fn the_speaker_forwards_with_metallbs_configuration() {
 /// configuration, and moves nothing the old leader assigned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_in_metallb_mode_takes_over_with_metallbs_pools() {
-    let c = Cluster::start().await;
-    install_metallb_crds(&c);
-    create(
-        &c,
-        "ipaddresspools",
-        "prod",
-        json!({"addresses": ["192.0.2.0/28"]}),
-    )
-    .await
-    .unwrap();
+    let c = with_pool("prod", "192.0.2.0/28").await;
     let mut first = Controller::start(&c, "ctl-a", &["--config-source", "metallb"]).await;
     let second = Controller::spawn(&c, "ctl-b", &["--config-source", "metallb"]);
     c.create_service("shop", "web", json!({})).await;

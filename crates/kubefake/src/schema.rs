@@ -35,30 +35,20 @@ pub fn serves(crd: &Value, version: &str) -> bool {
 /// error lists every problem as `path: why`. `apiVersion`, `kind` and
 /// `metadata` are the server's, never pruned here.
 pub fn admit(schema: &Value, object: &mut Value) -> Result<(), Vec<String>> {
-    let mut errors = Vec::new();
     let Some(map) = object.as_object_mut() else {
         return Err(vec!["the object must be a JSON object".into()]);
     };
-    let props = schema.get("properties").and_then(Value::as_object);
-    let keep_unknown = preserves(schema);
-    let keys: Vec<String> = map.keys().cloned().collect();
-    for k in keys {
-        if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-            continue;
-        }
-        match props.and_then(|p| p.get(&k)) {
-            Some(sub) => {
-                let v = map.get_mut(&k).expect("listed");
-                check(sub, v, &k, &mut errors);
-            }
-            None if keep_unknown => {}
-            None => {
-                map.remove(&k);
-            }
-        }
+    // The server's fields stay out of the schema's reach (`metadata` is
+    // declared as a bare object, which would prune it to nothing).
+    let kept: Vec<(String, Value)> = ["apiVersion", "kind", "metadata"]
+        .into_iter()
+        .filter_map(|k| map.remove_entry(k))
+        .collect();
+    let mut errors = Vec::new();
+    check(schema, object, "", &mut errors);
+    if let Some(map) = object.as_object_mut() {
+        map.extend(kept);
     }
-    fill_defaults(schema, map, "", &mut errors);
-    required(schema, map, "", &mut errors);
     if errors.is_empty() {
         Ok(())
     } else {

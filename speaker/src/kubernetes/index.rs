@@ -435,6 +435,17 @@ mod tests {
         obj(json!({"metadata": {"name": name, "labels": labels}}))
     }
 
+    /// An incremental index of node n1, the only node and speaker, with no configuration yet.
+    fn one_node() -> Index {
+        let mut index = Index::new("n1", Filter::default(), Recompute::Incremental);
+        index.set_nodes(
+            &[node("n1", json!({}))],
+            &["n1".to_string()].into(),
+            BTreeSet::new(),
+        );
+        index
+    }
+
     fn config() -> Arc<Config> {
         Arc::new(
             Config::from_yaml("pools: [{name: vips, addresses: [203.0.113.0/24]}]\n")
@@ -591,13 +602,8 @@ mod tests {
 
     #[test]
     fn a_relist_removes_what_it_did_not_list_and_keeps_the_rest_untouched() {
-        let mut index = Index::new("n1", Filter::default(), Recompute::Incremental);
+        let mut index = one_node();
         index.set_config(config());
-        index.set_nodes(
-            &[node("n1", json!({}))],
-            &["n1".to_string()].into(),
-            BTreeSet::new(),
-        );
         for i in 0..3 {
             index.apply_service(&service(i, false, false));
             index.apply_slice(&slice(i, 0, &[(1, "n1", true)]));
@@ -621,13 +627,8 @@ mod tests {
     /// told again, with its new labels (and nothing else changes).
     #[test]
     fn a_relabelled_service_is_told_with_its_new_labels() {
-        let mut index = Index::new("n1", Filter::default(), Recompute::Incremental);
+        let mut index = one_node();
         index.set_config(config());
-        index.set_nodes(
-            &[node("n1", json!({}))],
-            &["n1".to_string()].into(),
-            BTreeSet::new(),
-        );
         let mut s = service(1, false, false);
         index.apply_service(&s);
         index.apply_slice(&slice(1, 0, &[(1, "n1", true)]));
@@ -651,12 +652,7 @@ mod tests {
 
     #[test]
     fn nothing_is_told_before_a_configuration_and_every_service_after_one() {
-        let mut index = Index::new("n1", Filter::default(), Recompute::Incremental);
-        index.set_nodes(
-            &[node("n1", json!({}))],
-            &["n1".to_string()].into(),
-            BTreeSet::new(),
-        );
+        let mut index = one_node();
         index.apply_service(&service(7, false, false));
         index.apply_slice(&slice(7, 0, &[(1, "n1", true)]));
         assert_eq!(index.flush(), Delta::default());
